@@ -1,0 +1,318 @@
+//! The daemon's topology: bind every socket, start the socket threads and tokio tasks, tell
+//! systemd, wait for the shutdown signal, then drain downstream within the drain limit.
+//!
+//! ```text
+//!  ASR workers --PUSH--> [zmq-transcripts thread: validate, count] --bounded mpsc (block)-->
+//!      [transcript consumer task] --> (assembler and model: later stages)
+//!  [events publisher thread] <--sync_channel (drop newest, counted)-- lifecycle / emotion events
+//!  [audio_tap publisher thread] <--sync_channel (drop newest, counted)-- ingest (later stage)
+//!  [metrics HTTP task]  [watchdog task: feeds systemd only while every thread beats]
+//! ```
+//!
+//! Shutdown flows one way: the token stops the only source (the transcript receiver); it drops
+//! its sender; the consumer sees the channel close and ends; the `daemon.stopping` event is
+//! queued; the last publisher handles are dropped, each publisher drains its queue and exits;
+//! the libzmq context is terminated, which flushes what libzmq still holds (linger).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{self, BusError, Heartbeat, PublisherHandle};
+use crate::config::Config;
+use crate::events::{Lifecycle, LifecycleEvent};
+use crate::metrics::{self, HEARTBEAT_MAX_AGE, Metrics};
+use crate::transcripts::{self, Limits, StreamSet, Transcript};
+use crate::version::VersionInfo;
+
+/// Why the daemon could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A ZeroMQ socket could not be set up.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The metrics listener could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Draining took longer than `daemon.shutdown_timeout`.
+    #[error("draining did not finish within {0:?}; {1} was still running")]
+    DrainTimeout(Duration, &'static str),
+}
+
+/// What a running daemon exposes to its embedder (tests use it; `run` drives it).
+pub struct Running {
+    cancel: CancellationToken,
+    metrics: Arc<Metrics>,
+    events: PublisherHandle,
+    tap: Option<PublisherHandle>,
+    consumer: tokio::task::JoinHandle<()>,
+    threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
+    ctx: zmq::Context,
+    shutdown_timeout: Duration,
+}
+
+/// Bind everything and start serving. Returns once initialised (sockets bound, threads
+/// running); errors name the socket or address that failed.
+pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
+    let info = VersionInfo::libraries();
+    let metrics = Arc::new(Metrics::new(&info));
+    let ctx = zmq::Context::new();
+    let mut threads = Vec::new();
+
+    // The ZAP handler must exist before the first CURVE socket is bound.
+    let authorized = [
+        Some(&cfg.transcripts),
+        Some(&cfg.events),
+        cfg.audio_tap.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|s| s.curve.as_ref()?.authorized.clone());
+    if let Some(keys) = authorized {
+        threads.push(("zmq-zap", bus::spawn_zap(&ctx, keys, metrics.clone())?));
+    }
+
+    let t = &cfg.raw.transcripts;
+    // libzmq refuses (and disconnects) anything larger than this at the transport level;
+    // between max_message_bytes and this, messages are received and counted as oversized.
+    let transport_limit = (t.max_message_bytes as i64 * 4).max(1 << 20);
+    let pull = bus::bind(&ctx, &cfg.transcripts, zmq::PULL, |s| {
+        s.set_rcvhwm(t.rcvhwm)?;
+        s.set_maxmsgsize(transport_limit)
+    })?;
+    let e = &cfg.raw.events;
+    let events_sock = bus::bind(&ctx, &cfg.events, zmq::PUB, |s| s.set_sndhwm(e.sndhwm))?;
+    let tap_sock = match &cfg.audio_tap {
+        Some(spec) => {
+            let hwm = cfg.raw.audio_tap.sndhwm;
+            Some(bus::bind(&ctx, spec, zmq::PUB, |s| s.set_sndhwm(hwm))?)
+        }
+        None => None,
+    };
+    let listener = match cfg.metrics {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| DaemonError::MetricsBind { addr, source })?,
+        ),
+        None => None,
+    };
+
+    let cancel = CancellationToken::new();
+    let linger = cfg.shutdown_timeout();
+    let mut beats = Vec::new();
+
+    let hb = Heartbeat::new("zmq-events");
+    let (events, join) = bus::spawn_publisher(
+        "events",
+        events_sock,
+        e.queue,
+        linger,
+        metrics.clone(),
+        hb.clone(),
+    )?;
+    beats.push(hb);
+    threads.push(("zmq-events", join));
+
+    let tap = match tap_sock {
+        Some(sock) => {
+            let hb = Heartbeat::new("zmq-audio_tap");
+            let q = cfg.raw.audio_tap.queue;
+            let (h, join) =
+                bus::spawn_publisher("audio_tap", sock, q, linger, metrics.clone(), hb.clone())?;
+            beats.push(hb);
+            threads.push(("zmq-audio_tap", join));
+            Some(h)
+        }
+        None => None,
+    };
+
+    let streams: StreamSet = Arc::new(std::sync::RwLock::new(
+        cfg.raw.streams.iter().map(|s| s.id.clone()).collect(),
+    ));
+    let (tx, rx) = mpsc::channel(t.queue);
+    let hb = Heartbeat::new("zmq-transcripts");
+    let join = transcripts::spawn_receiver(
+        pull,
+        Limits::from(t),
+        t.reject_log_interval.0,
+        streams,
+        metrics.clone(),
+        hb.clone(),
+        tx,
+        cancel.clone(),
+    )?;
+    beats.push(hb);
+    threads.push(("zmq-transcripts", join));
+
+    let consumer = tokio::spawn(consume(rx));
+
+    let beats = Arc::new(beats);
+    if let Some(listener) = listener {
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            beats.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(period, beats, cancel.clone()));
+    }
+
+    events.publish(LifecycleEvent::daemon(Lifecycle::DaemonUp, None).to_message());
+    metrics.set_ready(true);
+    Ok(Running {
+        cancel,
+        metrics,
+        events,
+        tap,
+        consumer,
+        threads,
+        ctx,
+        shutdown_timeout: cfg.shutdown_timeout(),
+    })
+}
+
+impl Running {
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A handle onto the audio-tap publisher (ingest feeds it).
+    pub fn tap(&self) -> Option<&PublisherHandle> {
+        self.tap.as_ref()
+    }
+
+    /// Drain and stop within the configured limit.
+    pub async fn stop(self, reason: &str) -> Result<(), DaemonError> {
+        let Running {
+            cancel,
+            metrics,
+            events,
+            tap,
+            consumer,
+            threads,
+            mut ctx,
+            shutdown_timeout,
+        } = self;
+        let deadline = Instant::now() + shutdown_timeout;
+        metrics.set_ready(false);
+        cancel.cancel();
+
+        // The receiver stops within one poll, drops its sender, and the consumer ends.
+        if tokio::time::timeout_at(deadline.into(), consumer)
+            .await
+            .is_err()
+        {
+            return Err(DaemonError::DrainTimeout(
+                shutdown_timeout,
+                "transcript consumer",
+            ));
+        }
+        events.publish(
+            LifecycleEvent::daemon(Lifecycle::DaemonStopping, Some(reason.to_string()))
+                .to_message(),
+        );
+        drop(events);
+        drop(tap);
+        for (name, join) in threads.into_iter().filter(|(n, _)| *n != "zmq-zap") {
+            let joined = tokio::task::spawn_blocking(move || join.join());
+            if tokio::time::timeout_at(deadline.into(), joined)
+                .await
+                .is_err()
+            {
+                return Err(DaemonError::DrainTimeout(shutdown_timeout, name));
+            }
+        }
+        // Terminating the context flushes queued messages (up to linger) and ends the ZAP
+        // thread, whose socket then reports ETERM.
+        let term = tokio::task::spawn_blocking(move || ctx.destroy());
+        if tokio::time::timeout_at(deadline.into(), term)
+            .await
+            .is_err()
+        {
+            return Err(DaemonError::DrainTimeout(
+                shutdown_timeout,
+                "libzmq context",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Run until `shutdown` resolves, then drain. Tells systemd READY, STOPPING and feeds its
+/// watchdog (all no-ops outside systemd).
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = &'static str>,
+) -> Result<(), DaemonError> {
+    let running = start(&cfg).await?;
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
+    tracing::info!(
+        transcripts = %cfg.transcripts.endpoint.to_zmq(),
+        events = %cfg.events.endpoint.to_zmq(),
+        audio_tap = %cfg.audio_tap.as_ref().map(|s| s.endpoint.to_zmq()).unwrap_or_else(|| "off".into()),
+        metrics = %cfg.metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        streams = cfg.raw.streams.len(),
+        model = %cfg.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no inference)".into()),
+        "Summerd is ready"
+    );
+    let reason = shutdown.await;
+    tracing::info!(reason, "Draining");
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("draining"),
+    ]);
+    let accepted = running.metrics().accepted_count();
+    running.stop(reason).await?;
+    tracing::info!(transcripts_accepted = accepted, "Stopped cleanly");
+    Ok(())
+}
+
+/// The transcript consumer. The assembler and the model worker plug in here; until they
+/// exist, segments are logged at debug level and dropped after being counted.
+async fn consume(mut rx: mpsc::Receiver<Transcript>) {
+    while let Some(t) = rx.recv().await {
+        tracing::debug!(
+            stream = %t.stream,
+            seq = t.seq,
+            start = t.start,
+            end = t.end,
+            is_final = t.is_final,
+            "Transcript segment received"
+        );
+    }
+}
+
+/// Feed systemd's watchdog at half its period, but only while every socket thread has beaten
+/// recently: a thread stuck in libzmq or dead stops the feed, and systemd restarts us.
+async fn watchdog(period: Duration, beats: Arc<Vec<Heartbeat>>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match metrics::stale(&beats, HEARTBEAT_MAX_AGE.min(period)) {
+            None => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Some(h) => {
+                tracing::error!(thread = h.name(), age = ?h.age(), "Thread is not responding; withholding the watchdog");
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Messages the daemon publishes (INTERFACES.md, "Emotion events out" and "Audio tap out").
+//!
+//! Every message is multipart `[topic, JSON]` (the tap adds a third frame of PCM). Topics:
+//! - `emotion.<stream>`: one [`EmotionEvent`] per utterance;
+//! - `lifecycle.<stream>`: `stream.up` / `stream.down` / `stream.error` ([`LifecycleEvent`]);
+//! - `lifecycle.daemon`: `daemon.up` once initialised, `daemon.stopping` when draining.
+//!
+//! A subscriber that wants everything about one stream subscribes to both of its prefixes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::Multipart;
+
+/// The wire version of every published message.
+pub const V: u32 = 1;
+
+/// Which modalities contributed to an inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Modalities {
+    /// Text (transcript or supplied embedding).
+    pub text: bool,
+    /// Acoustic descriptors.
+    pub audio: bool,
+    /// Face features.
+    pub visual: bool,
+}
+
+/// One emotion estimate for one utterance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmotionEvent {
+    /// Always 1.
+    pub v: u32,
+    /// Always "emotion".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Stream id.
+    pub stream: String,
+    /// Utterance number (the segment's seq).
+    pub utterance: u64,
+    /// The segment's seq.
+    pub seq: u64,
+    /// Speaker label as sent by the ASR worker.
+    pub speaker: String,
+    /// Span start, seconds on the stream's media timeline.
+    pub start: f64,
+    /// Span end.
+    pub end: f64,
+    /// Most probable class.
+    pub label: String,
+    /// Its probability.
+    pub confidence: f32,
+    /// Every class's probability.
+    pub probs: BTreeMap<String, f32>,
+    /// Which inputs were present.
+    pub modalities: Modalities,
+    /// `name@sha256-prefix` of the model.
+    pub model: String,
+    /// Milliseconds from the segment's arrival to publication.
+    pub latency_ms: f64,
+    /// RFC 3339 UTC time of publication.
+    pub emitted_at: String,
+    /// True for an estimate made from a partial (non-final) segment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
+    /// Transcript text, only where `publish_text` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// Lifecycle kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lifecycle {
+    /// The daemon is initialised and serving.
+    #[serde(rename = "daemon.up")]
+    DaemonUp,
+    /// The daemon is draining and will exit.
+    #[serde(rename = "daemon.stopping")]
+    DaemonStopping,
+    /// A stream's media is flowing.
+    #[serde(rename = "stream.up")]
+    StreamUp,
+    /// A stream's media stopped (with a reason).
+    #[serde(rename = "stream.down")]
+    StreamDown,
+    /// A stream failed (with a reason); it may be retried.
+    #[serde(rename = "stream.error")]
+    StreamError,
+}
+
+/// A lifecycle event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleEvent {
+    /// Always 1.
+    pub v: u32,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: Lifecycle,
+    /// The stream, for `stream.*` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Why, where there is a reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339 UTC time of publication.
+    pub emitted_at: String,
+}
+
+impl LifecycleEvent {
+    /// A daemon-wide event.
+    pub fn daemon(kind: Lifecycle, reason: Option<String>) -> Self {
+        LifecycleEvent {
+            v: V,
+            kind,
+            stream: None,
+            reason,
+            emitted_at: now_rfc3339(),
+        }
+    }
+
+    /// The multipart message.
+    pub fn to_message(&self) -> Multipart {
+        let topic = format!("lifecycle.{}", self.stream.as_deref().unwrap_or("daemon"));
+        vec![topic.into_bytes(), to_json(self)]
+    }
+}
+
+impl EmotionEvent {
+    /// The multipart message.
+    pub fn to_message(&self) -> Multipart {
+        vec![
+            format!("emotion.{}", self.stream).into_bytes(),
+            to_json(self),
+        ]
+    }
+}
+
+/// Header of an audio-tap message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TapHeader {
+    /// Always 1.
+    pub v: u32,
+    /// Stream id.
+    pub stream: String,
+    /// Media time of the first sample, seconds.
+    pub pts: f64,
+    /// Always 16000.
+    pub rate: u32,
+    /// Always 1.
+    pub channels: u32,
+    /// Always "S16LE".
+    pub format: String,
+}
+
+/// Sample rate of the tap.
+pub const TAP_RATE: u32 = 16_000;
+
+/// The multipart tap message `[stream, header, PCM S16LE]` for `samples` starting at `pts`.
+pub fn tap_message(stream: &str, pts: f64, samples: &[i16]) -> Multipart {
+    let header = TapHeader {
+        v: V,
+        stream: stream.to_string(),
+        pts,
+        rate: TAP_RATE,
+        channels: 1,
+        format: "S16LE".into(),
+    };
+    let mut pcm = Vec::with_capacity(samples.len() * 2);
+    for s in samples {
+        pcm.extend_from_slice(&s.to_le_bytes());
+    }
+    vec![stream.as_bytes().to_vec(), to_json(&header), pcm]
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our own types have string keys and finite floats checked upstream; serialisation of
+    // them cannot fail.
+    serde_json::to_vec(v).expect("event types serialise")
+}
+
+/// Now, as RFC 3339 UTC with milliseconds (`2026-11-28T10:15:02.113Z`).
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&fmt)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_topic_and_json() {
+        let e = LifecycleEvent::daemon(Lifecycle::DaemonUp, None);
+        let m = e.to_message();
+        assert_eq!(m[0], b"lifecycle.daemon");
+        let v: serde_json::Value = serde_json::from_slice(&m[1]).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["type"], "daemon.up");
+        assert!(v.get("stream").is_none());
+        assert!(v["emitted_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn tap_message_is_little_endian_pcm() {
+        let m = tap_message("call-42", 12.3, &[1, -2, i16::MAX]);
+        assert_eq!(m[0], b"call-42");
+        let h: TapHeader = serde_json::from_slice(&m[1]).unwrap();
+        assert_eq!((h.rate, h.channels, h.format.as_str()), (16000, 1, "S16LE"));
+        assert_eq!(m[2], vec![1, 0, 0xfe, 0xff, 0xff, 0x7f]);
+    }
+
+    #[test]
+    fn emotion_event_matches_the_contract() {
+        let e = EmotionEvent {
+            v: V,
+            kind: "emotion".into(),
+            stream: "call-42".into(),
+            utterance: 17,
+            seq: 17,
+            speaker: "customer".into(),
+            start: 12.34,
+            end: 15.1,
+            label: "anger".into(),
+            confidence: 0.71,
+            probs: [("anger".to_string(), 0.71), ("neutral".to_string(), 0.29)].into(),
+            modalities: Modalities {
+                text: true,
+                audio: true,
+                visual: false,
+            },
+            model: "summer-default@abcdef12".into(),
+            latency_ms: 8.4,
+            emitted_at: now_rfc3339(),
+            provisional: false,
+            text: None,
+        };
+        let m = e.to_message();
+        assert_eq!(m[0], b"emotion.call-42");
+        let v: serde_json::Value = serde_json::from_slice(&m[1]).unwrap();
+        for key in [
+            "v",
+            "type",
+            "stream",
+            "utterance",
+            "seq",
+            "speaker",
+            "start",
+            "end",
+            "label",
+            "confidence",
+            "probs",
+            "modalities",
+            "model",
+            "latency_ms",
+            "emitted_at",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert!(
+            v.get("text").is_none(),
+            "text must not ride unless publish_text"
+        );
+        assert!(v.get("provisional").is_none());
+    }
+}

@@ -1,0 +1,14 @@
+//! summerd: live multimodal emotion recognition as a daemon.
+//!
+//! This crate is the daemon's library; the `summerd` binary (`src/main.rs`) is a thin CLI over
+//! it. See `docs/architecture.md` for how the pieces fit.
+
+#![warn(missing_docs)]
+
+pub mod bus;
+pub mod config;
+pub mod daemon;
+pub mod events;
+pub mod metrics;
+pub mod transcripts;
+pub mod version;

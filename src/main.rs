@@ -1,0 +1,172 @@
+//! The `summerd` command line: `run`, `validate`, `version`, `keygen`.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (a socket that cannot bind, a drain that
+//! overran); 2 a configuration error (the message names the key).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use summerd::config::{self, Config, LogFormat};
+use summerd::version::VersionInfo;
+
+#[derive(Parser)]
+#[command(
+    name = "summerd",
+    version,
+    about = "Live multimodal emotion recognition daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or SIGINT, then drain and exit.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Check a config file: exit 0 if it is good, 2 with every problem named if not.
+    Validate {
+        /// Config file.
+        #[arg(short, long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print the versions of summerd, libtorch (and CUDA), GStreamer and libzmq.
+    Version {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a CURVE keypair: DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub.
+    Keygen {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// File stem.
+        #[arg(long, default_value = "server")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: OK ({} stream(s); transcripts {}, events {}{})",
+                    config.display(),
+                    cfg.raw.streams.len(),
+                    cfg.transcripts.endpoint.to_zmq(),
+                    cfg.events.endpoint.to_zmq(),
+                    if cfg.model_path.is_none() {
+                        "; no model: no inference"
+                    } else {
+                        ""
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Version { json } => {
+            let v = VersionInfo::probe();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("plain struct")
+                );
+            } else {
+                print!("{}", v.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Keygen { dir, name } => report(keygen(&dir, &name)),
+        Command::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg);
+            report(run(cfg))
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Summerd failed");
+            eprintln!("summerd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.raw.daemon.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match cfg.raw.daemon.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("summerd-rt")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            }
+        };
+        summerd::daemon::run(cfg, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn keygen(dir: &Path, name: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pair =
+        zmq::CurveKeyPair::new().context("libzmq cannot make CURVE keys (no CURVE support?)")?;
+    let secret = zmq::z85_encode(&pair.secret_key).context("encoding the secret key")?;
+    let public = zmq::z85_encode(&pair.public_key).context("encoding the public key")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = dir.join(format!("{name}.key"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .with_context(|| format!("creating {} (it must not exist yet)", key.display()))?;
+    writeln!(f, "{secret}")?;
+    let pubf = dir.join(format!("{name}.pub"));
+    std::fs::write(&pubf, format!("{public}\n"))
+        .with_context(|| format!("writing {}", pubf.display()))?;
+    println!("{}\n{}", key.display(), pubf.display());
+    Ok(())
+}

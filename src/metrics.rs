@@ -1,0 +1,332 @@
+//! Prometheus metrics: one registry, named counters, and a small HTTP endpoint on loopback.
+//!
+//! Metric names (the `_total` suffix is added by the encoder):
+//! - `summerd_build_info{version,libtorch,gstreamer,libzmq}` = 1
+//! - `summerd_transcripts_accepted_total`
+//! - `summerd_transcripts_rejected_total{reason}` (every reason pre-registered at 0)
+//! - `summerd_messages_published_total{socket}` / `summerd_messages_dropped_total{socket}`
+//! - `summerd_socket_errors_total{socket}`
+//! - `summerd_curve_auth_denied_total`
+//! - `summerd_ready` (1 once initialised, 0 while draining)
+//!
+//! The HTTP side answers `GET /metrics` (text format 0.0.4) and `GET /healthz` (200 while every
+//! worker thread's heartbeat is fresh, else 503 naming the stale one); anything else is 404.
+//! Requests are capped in size and time so that a stuck client cannot hold a task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Heartbeat;
+use crate::transcripts::Reject;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The daemon's metrics. Cheap to share (`Arc`), lock-free to update.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Counter,
+    rejected: Family<Labels, Counter>,
+    published: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    socket_errors: Family<Labels, Counter>,
+    auth_denied: Counter,
+    ready: Gauge<i64, AtomicI64>,
+    // Handles into the families above, created once, so that counting on a hot path neither
+    // allocates label sets nor takes the family's lock.
+    by_reason: HashMap<&'static str, Counter>,
+    by_socket: HashMap<(&'static str, Kind), Counter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Published,
+    Dropped,
+    Error,
+}
+
+const SOCKETS: [&str; 3] = ["transcripts", "events", "audio_tap"];
+
+impl Metrics {
+    /// A registry with every metric registered; `build` labels the build-info metric.
+    pub fn new(build: &crate::version::VersionInfo) -> Self {
+        let mut registry = Registry::with_prefix("summerd");
+        let info = Info::new(vec![
+            ("version", build.summerd.clone()),
+            ("libtorch", build.libtorch.clone()),
+            ("gstreamer", build.gstreamer.clone()),
+            ("libzmq", build.libzmq.clone()),
+        ]);
+        registry.register(
+            "build",
+            "Versions of summerd and its native libraries",
+            info,
+        );
+        let m = Metrics {
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            published: Family::default(),
+            dropped: Family::default(),
+            socket_errors: Family::default(),
+            auth_denied: Counter::default(),
+            ready: Gauge::default(),
+            by_reason: HashMap::new(),
+            by_socket: HashMap::new(),
+            registry,
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register(
+            "transcripts_accepted",
+            "Transcript segments that passed validation",
+            m.accepted.clone(),
+        );
+        r.register(
+            "transcripts_rejected",
+            "Transcript messages dropped, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "messages_published",
+            "Messages handed to libzmq, by socket",
+            m.published.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Messages dropped before libzmq because the publisher queue was full, by socket",
+            m.dropped.clone(),
+        );
+        r.register(
+            "socket_errors",
+            "libzmq errors while sending or receiving, by socket",
+            m.socket_errors.clone(),
+        );
+        r.register(
+            "curve_auth_denied",
+            "CURVE clients refused because their key is not authorised",
+            m.auth_denied.clone(),
+        );
+        r.register(
+            "ready",
+            "1 once initialised and serving, 0 while starting or draining",
+            m.ready.clone(),
+        );
+        for reason in Reject::REASONS {
+            let c = m
+                .rejected
+                .get_or_create(&vec![("reason", reason.to_string())])
+                .clone();
+            m.by_reason.insert(reason, c);
+        }
+        for socket in SOCKETS {
+            let l = vec![("socket", socket.to_string())];
+            let c = m.socket_errors.get_or_create(&l).clone();
+            m.by_socket.insert((socket, Kind::Error), c);
+            if socket != "transcripts" {
+                let c = m.published.get_or_create(&l).clone();
+                m.by_socket.insert((socket, Kind::Published), c);
+                let c = m.dropped.get_or_create(&l).clone();
+                m.by_socket.insert((socket, Kind::Dropped), c);
+            }
+        }
+        m
+    }
+
+    fn count(&self, socket: &'static str, kind: Kind) {
+        match self.by_socket.get(&(socket, kind)) {
+            Some(c) => {
+                c.inc();
+            }
+            None => {
+                let family = match kind {
+                    Kind::Published => &self.published,
+                    Kind::Dropped => &self.dropped,
+                    Kind::Error => &self.socket_errors,
+                };
+                family
+                    .get_or_create(&vec![("socket", socket.to_string())])
+                    .inc();
+            }
+        }
+    }
+
+    /// Count an accepted transcript.
+    pub fn transcript_accepted(&self) {
+        self.accepted.inc();
+    }
+
+    /// Count a rejected transcript.
+    pub fn transcript_rejected(&self, reason: &'static str) {
+        match self.by_reason.get(reason) {
+            Some(c) => {
+                c.inc();
+            }
+            None => {
+                self.rejected
+                    .get_or_create(&vec![("reason", reason.to_string())])
+                    .inc();
+            }
+        }
+    }
+
+    /// Count a message handed to libzmq.
+    pub fn published(&self, socket: &'static str) {
+        self.count(socket, Kind::Published);
+    }
+
+    /// Count a message dropped before libzmq.
+    pub fn dropped(&self, socket: &'static str) {
+        self.count(socket, Kind::Dropped);
+    }
+
+    /// Count a socket error.
+    pub fn socket_error(&self, socket: &'static str) {
+        self.count(socket, Kind::Error);
+    }
+
+    /// Count a refused CURVE client.
+    pub fn auth_denied(&self) {
+        self.auth_denied.inc();
+    }
+
+    /// Set the readiness gauge.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Accepted transcripts so far.
+    pub fn accepted_count(&self) -> u64 {
+        self.accepted.get()
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The first heartbeat older than `max_age`, if any.
+pub fn stale<'a>(beats: &'a [Heartbeat], max_age: Duration) -> Option<&'a Heartbeat> {
+    beats.iter().find(|h| h.age() > max_age)
+}
+
+/// Longest a worker thread may go without a heartbeat before it counts as stuck.
+pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(5);
+const MAX_REQUEST: usize = 8192;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bind the metrics listener (separate from serving, so that "address in use" is reported
+/// at start-up, naming the address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve metrics until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    beats: Arc<Vec<Heartbeat>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let conn = tokio::select! {
+            _ = cancel.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let (m, b) = (metrics.clone(), beats.clone());
+                tokio::spawn(async move {
+                    if tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &m, &b))
+                        .await
+                        .is_err()
+                    {
+                        tracing::debug!("Metrics request timed out");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Accepting a metrics connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, metrics: &Metrics, beats: &[Heartbeat]) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > MAX_REQUEST {
+            let _ = respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
+            return;
+        }
+    }
+    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET", "/healthz") => match stale(beats, HEARTBEAT_MAX_AGE) {
+            None => ("200 OK", "text/plain", "ok\n".to_string()),
+            Some(h) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("thread {} has not reported for {:?}\n", h.name(), h.age()),
+            ),
+        },
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".into(),
+        ),
+        _ => ("405 Method Not Allowed", "text/plain", String::new()),
+    };
+    let _ = respond(&mut stream, status, ctype, &body).await;
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

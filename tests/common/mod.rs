@@ -1,0 +1,271 @@
+//! Helpers for tests that run the real `summerd` binary against real peers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The venv python that carries pyzmq (set up by tests/setup.sh).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("SUMMERD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            let cache = std::env::var_os("SUMMERD_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(&home).join(".cache/summerd"));
+            cache.join("venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "pyzmq's python not found at {} (run tests/setup.sh, or set SUMMERD_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+/// A peer script under tests/peers.
+pub fn peer(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
+}
+
+/// A running daemon with its own config, ports and scratch directory.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub transcripts: String,
+    pub events: String,
+    pub tap: String,
+    pub metrics: String,
+}
+
+impl Daemon {
+    /// Start `summerd run` on free loopback ports. `extra` is appended to the generated
+    /// config; where it has its own `[transcripts]`, `[events]` or `[audio_tap]` section, the
+    /// generated one is left out.
+    pub fn start(extra: &str) -> Daemon {
+        Self::start_with(|_, _| extra.to_string())
+    }
+
+    /// Like `start`, but the extra text is built knowing the scratch dir and the ports
+    /// (transcripts, events, audio tap) that the daemon's endpoints must use.
+    pub fn start_with(extra: impl FnOnce(&Path, (u16, u16, u16)) -> String) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+        std::fs::write(
+            dir.path().join("pipelines/file.gst"),
+            "uridecodebin uri={uri} ! fakesink\n",
+        )
+        .unwrap();
+        let (t, e, a, m) = (free_port(), free_port(), free_port(), free_port());
+        let extra = extra(dir.path(), (t, e, a));
+        let has = |section: &str| extra.contains(&format!("[{section}]"));
+        let mut cfg = String::from("[daemon]\nlog_level = \"info\"\nshutdown_timeout = \"5s\"\n");
+        if !has("transcripts") {
+            cfg += &format!("[transcripts]\nendpoint = \"tcp://127.0.0.1:{t}\"\n");
+        }
+        if !has("events") {
+            cfg += &format!("[events]\nendpoint = \"tcp://127.0.0.1:{e}\"\n");
+        }
+        if !has("audio_tap") {
+            cfg += &format!("[audio_tap]\nendpoint = \"tcp://127.0.0.1:{a}\"\n");
+        }
+        cfg +=
+            &format!("[metrics]\nlisten = \"127.0.0.1:{m}\"\n[pipelines]\ndir = \"pipelines\"\n");
+        cfg += "[[streams]]\nid = \"call-42\"\nuri = \"file:///tmp/a.mp4\"\ntemplate = \"file\"\n";
+        cfg += "[[streams]]\nid = \"call-7\"\nuri = \"file:///tmp/b.mp4\"\ntemplate = \"file\"\n";
+        cfg += &extra;
+        let path = dir.path().join("summerd.toml");
+        std::fs::write(&path, &cfg).unwrap();
+        // stderr goes to a file: a pipe nobody reads would fill and block the daemon.
+        let log = std::fs::File::create(dir.path().join("summerd.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_summerd"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start summerd");
+        let mut d = Daemon {
+            child,
+            dir,
+            transcripts: format!("tcp://127.0.0.1:{t}"),
+            events: format!("tcp://127.0.0.1:{e}"),
+            tap: format!("tcp://127.0.0.1:{a}"),
+            metrics: format!("127.0.0.1:{m}"),
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("summerd exited early with {status}:\n{}", self.log());
+            }
+            if let Ok((_, body)) = http_get(&self.metrics, "/metrics") {
+                if metric(&body, "summerd_ready") == Some(1.0) {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("summerd did not become ready within 30 s");
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("summerd.log")).unwrap_or_default()
+    }
+
+    /// The current metrics text.
+    pub fn scrape(&self) -> String {
+        http_get(&self.metrics, "/metrics")
+            .expect("scrape metrics")
+            .1
+    }
+
+    /// Send a signal (`TERM`, `INT`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for exit; returns (exit code, log).
+    pub fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("summerd did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET over plain HTTP/1.1; returns (status code, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The value of a sample line `name{labels} value` (labels as written, or none).
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A python peer running in the background, with its stdout readable line by line.
+pub struct Peer {
+    pub child: Child,
+    pub out: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    pub fn spawn(script: &str, args: &[&str]) -> Peer {
+        let mut child = Command::new(python())
+            .arg(peer(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python peer");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Peer { child, out }
+    }
+
+    pub fn line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        match self.out.read_line(&mut l) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(l.trim_end().to_string()),
+        }
+    }
+
+    /// Every remaining line, after the peer exits.
+    pub fn finish(mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(l) = self.line() {
+            lines.push(l);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "peer {status}");
+        lines
+    }
+}
+
+/// Run a python peer to completion; returns its stdout, asserting success.
+pub fn run_peer(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(peer(script))
+        .args(args)
+        .output()
+        .expect("run python peer");
+    assert!(
+        out.status.success(),
+        "peer {script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Poll `f` until it returns Some or `limit` passes.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up for summerd: Debian packages, the Python venv that carries
+# libtorch (torch==2.13.0 for tch 0.26) and the test peers (pyzmq), then the release build.
+# Everything downloaded is cached outside the clone, under $SUMMERD_CACHE.
+# A second run with everything in place only checks and returns (a few seconds).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${SUMMERD_CACHE:-$HOME/.cache/summerd}
+venv=$cache/venv
+mkdir -p "$cache"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------------------
+debs=(
+  pkg-config
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-libav gstreamer1.0-tools
+  libzmq3-dev
+  systemd
+  python3-venv
+)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_=''
+  [ "$(id -u)" -eq 0 ] || sudo_=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_ apt-get update -qq
+  $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Python venv: libtorch for tch, and the peers the tests talk to ----------------------
+# The stamp records exactly what is installed; change the list and the venv is brought up to date.
+py_reqs=(torch==2.13.0 pyzmq==27.1.0)
+stamp="${py_reqs[*]}"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.summerd-stamp" 2>/dev/null)" != "$stamp" ]; then
+  log "preparing the Python venv in $venv (${py_reqs[*]})"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  PIP_CACHE_DIR=$cache/pip "$venv/bin/pip" install -q "${py_reqs[@]}"
+  echo "$stamp" >"$venv/.summerd-stamp"
+fi
+
+# --- Build -------------------------------------------------------------------------------
+# tch finds libtorch through the venv's python; build.rs records its lib dir as an rpath,
+# so the binary runs without LD_LIBRARY_PATH.
+export PATH="$venv/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1
+if [ "${SUMMERD_SETUP_NO_BUILD:-0}" != 1 ]; then
+  log "building summerd (release)"
+  (cd "$here" && cargo build --release --locked -q)
+fi
