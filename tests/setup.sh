@@ -3,6 +3,9 @@
 # libtorch (torch==2.13.0 for tch 0.26) and the test peers (pyzmq), then the release build.
 # Everything downloaded is cached outside the clone, under $SUMMERD_CACHE.
 # A second run with everything in place only checks and returns (a few seconds).
+#
+# Usage: tests/setup.sh [COMMAND ARGS...]   runs COMMAND afterwards in the prepared
+# environment (venv python on PATH, LIBTORCH_USE_PYTORCH=1, SUMMERD_PYTHON set).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,6 +50,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.summerd-stamp" 2>/dev/null)" 
 fi
 
 # --- Build -------------------------------------------------------------------------------
+export SUMMERD_PYTHON=$venv/bin/python
 # tch finds libtorch through the venv's python; build.rs records its lib dir as an rpath,
 # so the binary runs without LD_LIBRARY_PATH.
 export PATH="$venv/bin:$PATH"
@@ -54,4 +58,9 @@ export LIBTORCH_USE_PYTORCH=1
 if [ "${SUMMERD_SETUP_NO_BUILD:-0}" != 1 ]; then
   log "building summerd (release)"
   (cd "$here" && cargo build --release --locked -q)
+fi
+
+if (($#)); then
+  cd "$here"
+  exec "$@"
 fi

@@ -184,21 +184,24 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
     let (client_pub, client_sec) = keypair();
     let (stranger_pub, stranger_sec) = keypair();
     let (wrong_server_pub, _) = keypair();
-    let d = Daemon::start_with(|dir, (t, e, _)| {
-        std::fs::write(dir.join("server.key"), &server_sec).unwrap();
-        std::fs::write(dir.join("server.pub"), &server_pub).unwrap();
-        std::fs::write(
-            dir.join("clients"),
-            format!("# the ASR worker\n{client_pub}\n"),
-        )
-        .unwrap();
-        format!(
-            "[transcripts]\nendpoint = \"tcp://127.0.0.1:{t}\"\ncurve = true\n\
+    let d = Daemon::start_with(
+        |dir, (t, e, _)| {
+            std::fs::write(dir.join("server.key"), &server_sec).unwrap();
+            std::fs::write(dir.join("server.pub"), &server_pub).unwrap();
+            std::fs::write(
+                dir.join("clients"),
+                format!("# the ASR worker\n{client_pub}\n"),
+            )
+            .unwrap();
+            format!(
+                "[transcripts]\nendpoint = \"tcp://127.0.0.1:{t}\"\ncurve = true\n\
              [events]\nendpoint = \"tcp://127.0.0.1:{e}\"\ncurve = true\n\
              [curve]\nsecret_key_file = \"server.key\"\npublic_key_file = \"server.pub\"\n\
              authorized_keys_file = \"clients\"\n"
-        )
-    });
+            )
+        },
+        &[],
+    );
     let accepted = || metric(&d.scrape(), "summerd_transcripts_accepted_total").unwrap();
     let push = |server: &str, public: &str, secret: &str| {
         // PUSH does not fail on a refused handshake; linger bounds how long it tries.
@@ -295,14 +298,17 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
 #[test]
 fn curve_subscriber_with_the_right_key_receives_events() {
     let (server_pub, server_sec) = keypair();
-    let d = Daemon::start_with(|dir, (_, e, _)| {
-        std::fs::write(dir.join("server.key"), &server_sec).unwrap();
-        std::fs::write(dir.join("server.pub"), &server_pub).unwrap();
-        format!(
-            "[events]\nendpoint = \"tcp://127.0.0.1:{e}\"\ncurve = true\n\
+    let d = Daemon::start_with(
+        |dir, (_, e, _)| {
+            std::fs::write(dir.join("server.key"), &server_sec).unwrap();
+            std::fs::write(dir.join("server.pub"), &server_pub).unwrap();
+            format!(
+                "[events]\nendpoint = \"tcp://127.0.0.1:{e}\"\ncurve = true\n\
              [curve]\nsecret_key_file = \"server.key\"\npublic_key_file = \"server.pub\"\n"
-        )
-    });
+            )
+        },
+        &[],
+    );
     let mut sub = Peer::spawn(
         "subscribe.py",
         &[

@@ -57,12 +57,16 @@ impl Daemon {
     /// config; where it has its own `[transcripts]`, `[events]` or `[audio_tap]` section, the
     /// generated one is left out.
     pub fn start(extra: &str) -> Daemon {
-        Self::start_with(|_, _| extra.to_string())
+        Self::start_with(|_, _| extra.to_string(), &[])
     }
 
     /// Like `start`, but the extra text is built knowing the scratch dir and the ports
     /// (transcripts, events, audio tap) that the daemon's endpoints must use.
-    pub fn start_with(extra: impl FnOnce(&Path, (u16, u16, u16)) -> String) -> Daemon {
+    /// `env` is added to the daemon's environment.
+    pub fn start_with(
+        extra: impl FnOnce(&Path, (u16, u16, u16)) -> String,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("pipelines")).unwrap();
         std::fs::write(
@@ -95,6 +99,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_summerd"))
             .args(["run", "-c"])
             .arg(&path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

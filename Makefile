@@ -1,0 +1,17 @@
+# The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
+.PHONY: run test lint setup
+
+# Run the daemon with the default config in the foreground (Ctrl-C drains and exits).
+run:
+	bash tests/setup.sh ./target/release/summerd run -c config/summerd.toml
+
+# Every test: unit, config, ZeroMQ interop with pyzmq, CURVE, metrics, systemd.
+test:
+	bash tests/setup.sh cargo test --release --locked
+
+# Formatting and lints, as required before a commit.
+lint:
+	bash tests/setup.sh sh -c 'cargo fmt --check && cargo clippy --release --locked --all-targets -- -D warnings'
+
+setup:
+	bash tests/setup.sh
