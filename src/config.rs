@@ -629,16 +629,15 @@ impl Checker {
                 ),
             );
         }
-        if let Endpoint::Ipc(p) = &ep {
-            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if !dir.is_dir() {
-                    self.bad(
-                        format!("{name}.endpoint"),
-                        format!("directory '{}' does not exist", dir.display()),
-                        "an ipc:// path in an existing directory",
-                    );
-                }
-            }
+        if let Endpoint::Ipc(p) = &ep
+            && let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            self.bad(
+                format!("{name}.endpoint"),
+                format!("directory '{}' does not exist", dir.display()),
+                "an ipc:// path in an existing directory",
+            );
         }
         if curve && keys.is_none() {
             self.bad(

@@ -143,7 +143,6 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     let join = transcripts::spawn_receiver(
         pull,
         Limits::from(t),
-        t.reject_log_interval.0,
         streams,
         metrics.clone(),
         hb.clone(),

@@ -221,7 +221,7 @@ impl Metrics {
 }
 
 /// The first heartbeat older than `max_age`, if any.
-pub fn stale<'a>(beats: &'a [Heartbeat], max_age: Duration) -> Option<&'a Heartbeat> {
+pub fn stale(beats: &[Heartbeat], max_age: Duration) -> Option<&Heartbeat> {
     beats.iter().find(|h| h.age() > max_age)
 }
 

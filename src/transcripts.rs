@@ -207,6 +207,8 @@ pub struct Limits {
     pub max_embedding_dim: usize,
     /// Oldest acceptable end of a unix-clock segment.
     pub max_segment_age: Duration,
+    /// At most one log line per reject reason per this interval (not used by `validate`).
+    pub reject_log_interval: Duration,
 }
 
 impl From<&crate::config::TranscriptsConfig> for Limits {
@@ -216,6 +218,7 @@ impl From<&crate::config::TranscriptsConfig> for Limits {
             max_text_chars: c.max_text_chars,
             max_embedding_dim: c.max_embedding_dim,
             max_segment_age: c.max_segment_age.0,
+            reject_log_interval: c.reject_log_interval.0,
         }
     }
 }
@@ -464,7 +467,6 @@ pub type StreamSet = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
 pub fn spawn_receiver(
     socket: zmq::Socket,
     limits: Limits,
-    log_interval: Duration,
     streams: StreamSet,
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
@@ -474,7 +476,7 @@ pub fn spawn_receiver(
     std::thread::Builder::new()
         .name("zmq-transcripts".into())
         .spawn(move || {
-            let mut rejects = RejectLog::new(log_interval);
+            let mut rejects = RejectLog::new(limits.reject_log_interval);
             while !cancel.is_cancelled() {
                 heartbeat.beat();
                 match socket.poll(zmq::POLLIN, crate::bus::POLL_MS) {
@@ -550,6 +552,7 @@ mod tests {
             max_text_chars: 100,
             max_embedding_dim: 8,
             max_segment_age: Duration::from_secs(60),
+            reject_log_interval: Duration::from_secs(1),
         }
     }
 

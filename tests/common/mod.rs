@@ -122,10 +122,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("summerd exited early with {status}:\n{}", self.log());
             }
-            if let Ok((_, body)) = http_get(&self.metrics, "/metrics") {
-                if metric(&body, "summerd_ready") == Some(1.0) {
-                    return;
-                }
+            if let Ok((_, body)) = http_get(&self.metrics, "/metrics")
+                && metric(&body, "summerd_ready") == Some(1.0)
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
