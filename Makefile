@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run test lint setup
+.PHONY: run test lint setup bench-text
 
 # Run the daemon with the default config in the foreground (Ctrl-C drains and exits).
 run:
@@ -15,3 +15,8 @@ lint:
 
 setup:
 	bash tests/setup.sh
+
+# Text encoder: parity and speed against sentence-transformers on 500 MELD utterances
+# (needs ../shared); figures printed and written to target/bench/text.json.
+bench-text:
+	bash tests/setup.sh cargo bench --locked --bench text

@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub metrics: MetricsConfig,
     /// The emotion model.
     pub model: ModelConfig,
+    /// The sentence encoder that turns transcript text into vectors for the model.
+    pub text_encoder: TextEncoderConfig,
     /// Where GStreamer launch templates (`<name>.gst`) are looked up.
     pub pipelines: PipelinesConfig,
     /// Streams attached at start.
@@ -238,6 +240,26 @@ impl Default for ModelConfig {
         Self {
             path: None,
             device: "auto".into(),
+        }
+    }
+}
+
+/// `[text_encoder]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TextEncoderConfig {
+    /// Directory with `config.json`, `tokenizer.json` and `model.safetensors` of a BERT
+    /// sentence encoder (the set-up fetches all-MiniLM-L6-v2 here). Checked when a model is set.
+    pub dir: PathBuf,
+    /// Truncation length in tokens, special tokens included (2-512).
+    pub max_tokens: usize,
+}
+
+impl Default for TextEncoderConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("../").join(crate::text::DEFAULT_DIR),
+            max_tokens: crate::text::DEFAULT_MAX_TOKENS,
         }
     }
 }
@@ -476,6 +498,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Model directory, resolved, when set.
     pub model_path: Option<PathBuf>,
+    /// Text encoder directory, resolved.
+    pub text_encoder_dir: PathBuf,
     /// Pipelines directory, resolved.
     pub pipelines_dir: PathBuf,
 }
@@ -857,6 +881,27 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         );
     }
 
+    // [text_encoder]
+    let text_encoder_dir = c.resolve(&raw.text_encoder.dir);
+    c.range(
+        "text_encoder.max_tokens",
+        raw.text_encoder.max_tokens,
+        2,
+        512,
+    );
+    if model_path.is_some() {
+        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+            if !text_encoder_dir.join(f).is_file() {
+                c.bad(
+                    "text_encoder.dir",
+                    format!("'{}' does not exist", text_encoder_dir.join(f).display()),
+                    "a directory with config.json, tokenizer.json and model.safetensors \
+                     (tests/setup.sh fetches the default one)",
+                );
+            }
+        }
+    }
+
     // [pipelines] and [[streams]]
     let pipelines_dir = c.resolve(&raw.pipelines.dir);
     if !raw.streams.is_empty() && !pipelines_dir.is_dir() {
@@ -939,6 +984,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         audio_tap,
         metrics,
         model_path,
+        text_encoder_dir,
         pipelines_dir,
         raw,
     })

@@ -5,10 +5,13 @@
 
 #![warn(missing_docs)]
 
+pub mod assets;
+pub mod bert;
 pub mod bus;
 pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod metrics;
+pub mod text;
 pub mod transcripts;
 pub mod version;

@@ -42,6 +42,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compute features offline, as the daemon does.
+    Features {
+        #[command(subcommand)]
+        what: Features,
+    },
     /// Write a CURVE keypair: DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub.
     Keygen {
         /// Directory to write into.
@@ -50,6 +55,24 @@ enum Command {
         /// File stem.
         #[arg(long, default_value = "server")]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Features {
+    /// Sentence embeddings of TEXTs (or of each line of stdin): one JSON object a line.
+    Text {
+        /// Encoder directory (config.json, tokenizer.json, model.safetensors).
+        #[arg(long, default_value = summerd::text::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Truncation length in tokens.
+        #[arg(long, default_value_t = summerd::text::DEFAULT_MAX_TOKENS)]
+        max_tokens: usize,
+        /// Also print the token ids.
+        #[arg(long)]
+        ids: bool,
+        /// Texts; none: read lines from stdin.
+        texts: Vec<String>,
     },
 }
 
@@ -90,6 +113,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Keygen { dir, name } => report(keygen(&dir, &name)),
+        Command::Features {
+            what:
+                Features::Text {
+                    dir,
+                    max_tokens,
+                    ids,
+                    texts,
+                },
+        } => report(features_text(&dir, max_tokens, ids, texts)),
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(cfg) => cfg,
@@ -168,5 +200,38 @@ fn keygen(dir: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::write(&pubf, format!("{public}\n"))
         .with_context(|| format!("writing {}", pubf.display()))?;
     println!("{}\n{}", key.display(), pubf.display());
+    Ok(())
+}
+
+fn features_text(
+    dir: &Path,
+    max_tokens: usize,
+    ids: bool,
+    texts: Vec<String>,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let texts = if texts.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading stdin")?
+    } else {
+        texts
+    };
+    let enc = summerd::text::TextEncoder::load(dir, max_tokens, tch::Device::cuda_if_available())?;
+    for chunk in texts.chunks(32) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let tokens = enc.tokenize(&refs)?;
+        let emb = enc.encode(&refs)?;
+        for (i, (text, e)) in refs.iter().zip(emb).enumerate() {
+            let row = tokens.row(i);
+            let mut obj = serde_json::json!({"text": text, "tokens": row.len(), "embedding": e});
+            if ids {
+                obj["ids"] = serde_json::json!(row);
+            }
+            println!("{obj}");
+        }
+    }
     Ok(())
 }

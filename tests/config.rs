@@ -164,8 +164,11 @@ authorized_keys_file = "clients"
 [model]
 path = "model"
 device = "cuda:0"
+[text_encoder]
+dir = "{encoder}"
 {STREAM}"#,
-        dir = s.dir.path().display()
+        dir = s.dir.path().display(),
+        encoder = repo().join(summerd::text::DEFAULT_DIR).display()
     );
     let (code, out) = validate(&s.write("full.toml", &full));
     assert_eq!(code, 0, "{out}");
@@ -252,6 +255,16 @@ const BAD: &[(&str, &str, &[&str])] = &[
         "missing model file",
         "[model]\npath = \"no-such-model\"\n",
         &["`model.path`", "manifest.json", "does not exist"],
+    ),
+    (
+        "missing text encoder",
+        "[model]\npath = \"model\"\n[text_encoder]\ndir = \"no-encoder\"\n",
+        &["`text_encoder.dir`", "no-encoder/config.json"],
+    ),
+    (
+        "text encoder length",
+        "[text_encoder]\nmax_tokens = 1024\n",
+        &["`text_encoder.max_tokens`", "2 to 512"],
     ),
     (
         "bad device",

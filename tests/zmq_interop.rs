@@ -205,21 +205,15 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
     let accepted = || metric(&d.scrape(), "summerd_transcripts_accepted_total").unwrap();
     let push = |server: &str, public: &str, secret: &str| {
         // PUSH does not fail on a refused handshake; linger bounds how long it tries.
+        // Keys go as --opt=KEY: a Z85 key may begin with '-'.
+        let (s, p, k) = (
+            format!("--server-key={server}"),
+            format!("--client-public={public}"),
+            format!("--client-secret={secret}"),
+        );
         run_peer(
             "push_transcripts.py",
-            &[
-                &d.transcripts,
-                "--total",
-                "20",
-                "--bad",
-                "0",
-                "--server-key",
-                server,
-                "--client-public",
-                public,
-                "--client-secret",
-                secret,
-            ],
+            &[&d.transcripts, "--total", "20", "--bad", "0", &s, &p, &k],
         );
     };
 
@@ -259,8 +253,7 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
             "lifecycle.",
             "--timeout",
             "8",
-            "--server-key",
-            &server_pub,
+            &format!("--server-key={server_pub}"),
         ],
     );
     let mut bad = Peer::spawn(
@@ -271,8 +264,7 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
             "lifecycle.",
             "--timeout",
             "8",
-            "--server-key",
-            &wrong_server_pub,
+            &format!("--server-key={wrong_server_pub}"),
         ],
     );
     assert_eq!(good.line().as_deref(), Some("subscribed"));
@@ -317,8 +309,7 @@ fn curve_subscriber_with_the_right_key_receives_events() {
             "lifecycle.",
             "--timeout",
             "8",
-            "--server-key",
-            &server_pub,
+            &format!("--server-key={server_pub}"),
         ],
     );
     assert_eq!(sub.line().as_deref(), Some("subscribed"));

@@ -274,3 +274,77 @@ pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// What sentence-transformers makes of `texts` (tests/peers/text_reference.py): token ids,
+/// embeddings and, with `bench`, its timings.
+pub struct TextReference {
+    pub ids: Vec<Vec<i64>>,
+    pub embeddings: Vec<Vec<f32>>,
+    pub json: serde_json::Value,
+}
+
+pub fn text_reference(
+    texts: &[String],
+    max_tokens: usize,
+    threads: i32,
+    bench: bool,
+) -> TextReference {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    let output = dir.path().join("out.json");
+    std::fs::write(&input, serde_json::to_string(texts).unwrap()).unwrap();
+    let mut args = vec![
+        input.to_str().unwrap().to_string(),
+        output.to_str().unwrap().to_string(),
+        "--max-tokens".into(),
+        max_tokens.to_string(),
+        "--threads".into(),
+        threads.to_string(),
+    ];
+    if bench {
+        args.push("--bench".into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_peer("text_reference.py", &refs);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    let ids = serde_json::from_value(json["ids"].clone()).unwrap();
+    let embeddings = serde_json::from_value(json["embeddings"].clone()).unwrap();
+    TextReference {
+        ids,
+        embeddings,
+        json,
+    }
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// The repository's default text encoder (fetched by tests/setup.sh).
+pub fn text_encoder() -> summerd::text::TextEncoder {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(summerd::text::DEFAULT_DIR);
+    summerd::text::TextEncoder::load(&dir, summerd::text::DEFAULT_MAX_TOKENS, tch::Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The first `n` utterances of MELD's test split, or None (with a loud note) without assets.
+pub fn meld_test_utterances(n: usize) -> Option<Vec<String>> {
+    let Some(dir) = summerd::assets::dir() else {
+        eprintln!(
+            "SKIPPED: ../shared (or $SUMMERD_ASSETS) is absent; MELD parity needs data/meld/test_sent_emo.csv"
+        );
+        return None;
+    };
+    let rows =
+        summerd::assets::read_meld(&dir.join("data/meld/test_sent_emo.csv")).expect("MELD CSV");
+    Some(rows.into_iter().take(n).map(|r| r.utterance).collect())
+}

