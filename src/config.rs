@@ -43,6 +43,10 @@ pub struct RawConfig {
     pub text_encoder: TextEncoderConfig,
     /// Where GStreamer launch templates (`<name>.gst`) are looked up.
     pub pipelines: PipelinesConfig,
+    /// How streams are ingested and supervised.
+    pub ingest: IngestConfig,
+    /// The local control endpoint (attach, detach, list).
+    pub control: ControlConfig,
     /// Streams attached at start.
     pub streams: Vec<StreamConfig>,
 }
@@ -280,6 +284,64 @@ impl Default for PipelinesConfig {
     }
 }
 
+/// `[ingest]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// First delay before a failed stream is rebuilt; doubles on each failure.
+    pub backoff_initial: HumanDuration,
+    /// Longest delay between rebuilds (keep it short: a returning source is picked up within
+    /// about this long).
+    pub backoff_max: HumanDuration,
+    /// A live source that delivers no media for this long is rebuilt.
+    pub stall_timeout: HumanDuration,
+    /// Video frames per second handed to the vision stage (`{fps}` in templates).
+    pub video_fps: u32,
+    /// Largest width of those frames (`{max_width}`; scaled inside GStreamer).
+    pub video_max_width: u32,
+    /// Largest height of those frames (`{max_height}`).
+    pub video_max_height: u32,
+    /// Audio chunks queued per stream between GStreamer and the audio stage (full: a chunk
+    /// is dropped, counted and logged).
+    pub audio_queue: usize,
+    /// Video frames queued per stream (full: the oldest is dropped and counted).
+    pub video_queue: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            backoff_initial: HumanDuration(Duration::from_millis(250)),
+            backoff_max: HumanDuration(Duration::from_secs(1)),
+            stall_timeout: HumanDuration(Duration::from_secs(3)),
+            video_fps: 5,
+            video_max_width: 640,
+            video_max_height: 480,
+            audio_queue: 512,
+            video_queue: 4,
+        }
+    }
+}
+
+/// `[control]`: a ZeroMQ REP socket taking JSON commands (attach, detach, list).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control endpoint at all.
+    pub enabled: bool,
+    /// Endpoint to bind; only loopback TCP or ipc:// (it has no authentication).
+    pub endpoint: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: "tcp://127.0.0.1:5558".into(),
+        }
+    }
+}
+
 /// `[[streams]]`: one live stream attached at start.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -302,6 +364,25 @@ pub struct StreamConfig {
     /// Overrides `events.publish_text` for this stream.
     #[serde(default)]
     pub publish_text: Option<bool>,
+    /// Extra template values: `{name}` in the template (e.g. `sync = "false"` to read a file
+    /// as fast as possible instead of in real time).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl StreamConfig {
+    /// As an ingest attach request.
+    pub fn spec(&self) -> crate::ingest::StreamSpec {
+        crate::ingest::StreamSpec {
+            id: self.id.clone(),
+            uri: self.uri.clone(),
+            template: self.template.clone(),
+            speakers: self.speakers.clone(),
+            infer_speakers: self.infer_speakers.clone(),
+            publish_text: self.publish_text,
+            options: self.options.clone(),
+        }
+    }
 }
 
 /// A duration written as a human string: `"10s"`, `"250ms"`, `"5m"`.
@@ -502,6 +583,8 @@ pub struct Config {
     pub text_encoder_dir: PathBuf,
     /// Pipelines directory, resolved.
     pub pipelines_dir: PathBuf,
+    /// Control endpoint, when enabled.
+    pub control: Option<Endpoint>,
 }
 
 impl Config {
@@ -902,6 +985,53 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    // [ingest]
+    let ig = &raw.ingest;
+    c.duration(
+        "ingest.backoff_initial",
+        ig.backoff_initial.0,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
+    c.duration(
+        "ingest.backoff_max",
+        ig.backoff_max.0,
+        ig.backoff_initial.0,
+        Duration::from_secs(600),
+    );
+    c.duration(
+        "ingest.stall_timeout",
+        ig.stall_timeout.0,
+        Duration::from_millis(500),
+        Duration::from_secs(600),
+    );
+    c.range("ingest.video_fps", ig.video_fps, 1, 60);
+    c.range("ingest.video_max_width", ig.video_max_width, 16, 7680);
+    c.range("ingest.video_max_height", ig.video_max_height, 16, 4320);
+    c.range("ingest.audio_queue", ig.audio_queue, 1, 100_000);
+    c.range("ingest.video_queue", ig.video_queue, 1, 1000);
+
+    // [control]
+    let control = if raw.control.enabled {
+        match Endpoint::parse(&raw.control.endpoint) {
+            Ok(ep) if ep.is_local() => Some(ep),
+            Ok(_) => {
+                c.bad(
+                    "control.endpoint",
+                    format!("'{}' is reachable from other hosts", raw.control.endpoint),
+                    "a loopback tcp:// or an ipc:// endpoint (the control socket has no authentication)",
+                );
+                None
+            }
+            Err(e) => {
+                c.bad("control.endpoint", e, "tcp://127.0.0.1:PORT or ipc:///path");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     // [pipelines] and [[streams]]
     let pipelines_dir = c.resolve(&raw.pipelines.dir);
     if !raw.streams.is_empty() && !pipelines_dir.is_dir() {
@@ -969,6 +1099,39 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         if s.infer_speakers.iter().any(String::is_empty) {
             c.bad(k("infer_speakers"), "holds an empty role", "role names");
         }
+        if ok_name && pipelines_dir.join(format!("{}.gst", s.template)).is_file() {
+            match crate::ingest::template::Template::load(&pipelines_dir, &s.template) {
+                Ok(t) => {
+                    if let Err(e) = t.check_uri(&s.uri) {
+                        c.bad(
+                            k("uri"),
+                            e.to_string(),
+                            &format!("a URI of scheme {}", t.schemes.join(", ")),
+                        );
+                    }
+                    let mut vars: BTreeMap<String, String> = [
+                        "uri",
+                        "fps",
+                        "max_width",
+                        "max_height",
+                        "sync",
+                        "video_caps",
+                    ]
+                    .into_iter()
+                    .map(|v| (v.to_string(), String::new()))
+                    .collect();
+                    vars.extend(s.options.clone());
+                    if let Err(e) = t.render(&vars) {
+                        c.bad(
+                            k("options"),
+                            e.to_string(),
+                            "a value for every {placeholder} of the template",
+                        );
+                    }
+                }
+                Err(e) => c.bad(k("template"), e.to_string(), "a readable template"),
+            }
+        }
     }
 
     if !c.problems.is_empty() {
@@ -986,6 +1149,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         model_path,
         text_encoder_dir,
         pipelines_dir,
+        control,
         raw,
     })
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{self, BusError, Heartbeat, PublisherHandle};
 use crate::config::Config;
 use crate::events::{Lifecycle, LifecycleEvent};
+use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{self, HEARTBEAT_MAX_AGE, Metrics};
 use crate::transcripts::{self, Limits, StreamSet, Transcript};
 use crate::version::VersionInfo;
@@ -42,6 +43,9 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// A configured stream could not be attached.
+    #[error("cannot attach stream: {0}")]
+    Attach(#[from] crate::ingest::IngestError),
     /// Draining took longer than `daemon.shutdown_timeout`.
     #[error("draining did not finish within {0:?}; {1} was still running")]
     DrainTimeout(Duration, &'static str),
@@ -54,6 +58,7 @@ pub struct Running {
     events: PublisherHandle,
     tap: Option<PublisherHandle>,
     consumer: tokio::task::JoinHandle<()>,
+    ingest: Arc<Ingest>,
     threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
     ctx: zmq::Context,
     shutdown_timeout: Duration,
@@ -135,9 +140,44 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         None => None,
     };
 
-    let streams: StreamSet = Arc::new(std::sync::RwLock::new(
-        cfg.raw.streams.iter().map(|s| s.id.clone()).collect(),
+    // Transcripts are accepted for attached streams only; ingest keeps this set.
+    let streams: StreamSet = Arc::new(std::sync::RwLock::new(Default::default()));
+    let ig = &cfg.raw.ingest;
+    let ingest = Arc::new(Ingest::new(
+        IngestSettings {
+            pipelines_dir: cfg.pipelines_dir.clone(),
+            backoff_initial: ig.backoff_initial.0,
+            backoff_max: ig.backoff_max.0,
+            stall_timeout: ig.stall_timeout.0,
+            video_fps: ig.video_fps,
+            video_max_width: ig.video_max_width,
+            video_max_height: ig.video_max_height,
+            audio_queue: ig.audio_queue,
+            video_queue: ig.video_queue,
+            tap_chunk_ms: cfg.audio_tap.as_ref().map(|_| cfg.raw.audio_tap.chunk_ms),
+        },
+        events.clone(),
+        tap.clone(),
+        metrics.clone(),
+        streams.clone(),
     ));
+    if let Some(ep) = &cfg.control {
+        let spec = crate::config::SocketSpec {
+            name: "control",
+            endpoint: ep.clone(),
+            curve: None,
+        };
+        let sock = bus::bind(&ctx, &spec, zmq::REP, |_| Ok(()))?;
+        let hb = Heartbeat::new("zmq-control");
+        threads.push((
+            "zmq-control",
+            crate::control::spawn(sock, ingest.clone(), hb.clone(), cancel.clone())?,
+        ));
+        beats.push(hb);
+    }
+    for s in &cfg.raw.streams {
+        ingest.attach(s.spec())?;
+    }
     let (tx, rx) = mpsc::channel(t.queue);
     let hb = Heartbeat::new("zmq-transcripts");
     let join = transcripts::spawn_receiver(
@@ -175,6 +215,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         events,
         tap,
         consumer,
+        ingest,
         threads,
         ctx,
         shutdown_timeout: cfg.shutdown_timeout(),
@@ -185,6 +226,11 @@ impl Running {
     /// The daemon's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The stream ingest (attach, detach, list).
+    pub fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
     }
 
     /// A handle onto the audio-tap publisher (ingest feeds it).
@@ -200,12 +246,21 @@ impl Running {
             events,
             tap,
             consumer,
+            ingest,
             threads,
             mut ctx,
             shutdown_timeout,
         } = self;
         let deadline = Instant::now() + shutdown_timeout;
         metrics.set_ready(false);
+        // Sources first: the pipelines stop, their audio threads flush the tap.
+        let stopping = tokio::task::spawn_blocking(move || ingest.stop_all());
+        if tokio::time::timeout_at(deadline.into(), stopping)
+            .await
+            .is_err()
+        {
+            return Err(DaemonError::DrainTimeout(shutdown_timeout, "ingest"));
+        }
         cancel.cancel();
 
         // The receiver stops within one poll, drops its sender, and the consumer ends.

@@ -103,6 +103,12 @@ pub struct LifecycleEvent {
     /// Why, where there is a reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For `stream.*`: the end of the stream's media timeline so far, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_time: Option<f64>,
+    /// For `stream.up` after a reconnect: the media interval [start, end] that was missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<[f64; 2]>,
     /// RFC 3339 UTC time of publication.
     pub emitted_at: String,
 }
@@ -115,7 +121,17 @@ impl LifecycleEvent {
             kind,
             stream: None,
             reason,
+            media_time: None,
+            gap: None,
             emitted_at: now_rfc3339(),
+        }
+    }
+
+    /// A stream's event.
+    pub fn stream(kind: Lifecycle, stream: &str, reason: Option<String>) -> Self {
+        LifecycleEvent {
+            stream: Some(stream.to_string()),
+            ..Self::daemon(kind, reason)
         }
     }
 

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -44,6 +44,11 @@ pub struct Metrics {
     socket_errors: Family<Labels, Counter>,
     auth_denied: Counter,
     ready: Gauge<i64, AtomicI64>,
+    audio_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    video_frames: Family<Labels, Counter>,
+    ingest_dropped: Family<Labels, Counter>,
+    stream_up: Family<Labels, Gauge<i64, AtomicI64>>,
+    restarts: Family<Labels, Counter>,
     // Handles into the families above, created once, so that counting on a hot path neither
     // allocates label sets nor takes the family's lock.
     by_reason: HashMap<&'static str, Counter>,
@@ -82,6 +87,11 @@ impl Metrics {
             socket_errors: Family::default(),
             auth_denied: Counter::default(),
             ready: Gauge::default(),
+            audio_seconds: Family::default(),
+            video_frames: Family::default(),
+            ingest_dropped: Family::default(),
+            stream_up: Family::default(),
+            restarts: Family::default(),
             by_reason: HashMap::new(),
             by_socket: HashMap::new(),
             registry,
@@ -122,6 +132,31 @@ impl Metrics {
             "ready",
             "1 once initialised and serving, 0 while starting or draining",
             m.ready.clone(),
+        );
+        r.register(
+            "ingest_audio_seconds",
+            "Seconds of audio received, by stream",
+            m.audio_seconds.clone(),
+        );
+        r.register(
+            "ingest_video_frames",
+            "Video frames handed to the vision stage, by stream",
+            m.video_frames.clone(),
+        );
+        r.register(
+            "ingest_dropped",
+            "Audio chunks or video frames dropped because a stage's queue was full, by stream and kind",
+            m.ingest_dropped.clone(),
+        );
+        r.register(
+            "stream_up",
+            "1 while a stream's media flows",
+            m.stream_up.clone(),
+        );
+        r.register(
+            "stream_restarts",
+            "Pipeline restarts after an error, end or stall, by stream",
+            m.restarts.clone(),
         );
         for reason in Reject::REASONS {
             let c = m
@@ -206,6 +241,41 @@ impl Metrics {
         self.ready.set(i64::from(ready));
     }
 
+    /// Per-stream handles, created on attach.
+    pub fn stream(&self, id: &str) -> StreamMetrics {
+        let l = vec![("stream", id.to_string())];
+        let kind = |k: &str| vec![("stream", id.to_string()), ("kind", k.to_string())];
+        // One statement each: a family's guard lives to the end of its statement, and two
+        // guards of one family in one expression deadlock.
+        let audio_seconds = self.audio_seconds.get_or_create(&l).clone();
+        let video_frames = self.video_frames.get_or_create(&l).clone();
+        let dropped_audio = self.ingest_dropped.get_or_create(&kind("audio")).clone();
+        let dropped_video = self.ingest_dropped.get_or_create(&kind("video")).clone();
+        let up = self.stream_up.get_or_create(&l).clone();
+        let restarts = self.restarts.get_or_create(&l).clone();
+        StreamMetrics {
+            audio_seconds,
+            video_frames,
+            dropped_audio,
+            dropped_video,
+            up,
+            restarts,
+        }
+    }
+
+    /// Remove a detached stream's series.
+    pub fn forget_stream(&self, id: &str) {
+        let l = vec![("stream", id.to_string())];
+        self.audio_seconds.remove(&l);
+        self.video_frames.remove(&l);
+        self.stream_up.remove(&l);
+        self.restarts.remove(&l);
+        for k in ["audio", "video"] {
+            self.ingest_dropped
+                .remove(&vec![("stream", id.to_string()), ("kind", k.to_string())]);
+        }
+    }
+
     /// Accepted transcripts so far.
     pub fn accepted_count(&self) -> u64 {
         self.accepted.get()
@@ -217,6 +287,44 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// One stream's metric handles (lock-free to update from streaming threads).
+#[derive(Clone)]
+pub struct StreamMetrics {
+    audio_seconds: Counter<f64, AtomicU64>,
+    video_frames: Counter,
+    dropped_audio: Counter,
+    dropped_video: Counter,
+    up: Gauge<i64, AtomicI64>,
+    restarts: Counter,
+}
+
+impl StreamMetrics {
+    /// Count seconds of audio received.
+    pub fn audio_seconds(&self, s: f64) {
+        self.audio_seconds.inc_by(s);
+    }
+    /// Count a video frame handed on.
+    pub fn video_frame(&self) {
+        self.video_frames.inc();
+    }
+    /// Count a dropped audio chunk.
+    pub fn dropped_audio(&self) {
+        self.dropped_audio.inc();
+    }
+    /// Count a dropped video frame.
+    pub fn dropped_video(&self) {
+        self.dropped_video.inc();
+    }
+    /// Set the up gauge.
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+    /// Count a restart.
+    pub fn restarted(&self) {
+        self.restarts.inc();
     }
 }
 

@@ -1,0 +1,798 @@
+//! Ingest: one supervised GStreamer pipeline per stream, attached and detached at run time.
+//!
+//! Per stream:
+//! - a **supervisor thread** builds the pipeline from its template and URI, plays it, watches
+//!   its bus, and on an error, an unexpected end or a stall (a live source that delivers
+//!   nothing for `stall_timeout`) tears it down and rebuilds it after an exponential backoff.
+//!   It publishes `stream.up` (first media after a (re)connect, with the gap if any),
+//!   `stream.down` and `stream.error` with reasons.
+//! - **appsink callbacks** (GStreamer's streaming threads) place each buffer on the stream's
+//!   media timeline and hand it on with `try_send`: audio into a bounded channel (full: the
+//!   chunk is dropped, counted and logged, never silently), video into a drop-oldest queue
+//!   (the oldest frame is dropped and counted).
+//! - an **audio thread** resamples to 16 kHz (rubato) and publishes the audio tap in
+//!   `chunk_ms` pieces on the same timeline.
+//! - a **video thread** takes the newest frames for the vision stage (which arrives with the
+//!   vision issue; until then frames are counted and released).
+//!
+//! A failing stream never touches another: each has its own pipeline, threads and queues.
+//! Detaching cancels the supervisor, which stops its pipeline; the audio and video threads end
+//! when their inputs close, and every buffer and queue of the stream is freed.
+
+pub mod template;
+pub mod timeline;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::PublisherHandle;
+use crate::events::{Lifecycle, LifecycleEvent, tap_message};
+use crate::metrics::{Metrics, StreamMetrics};
+use crate::resample::{TARGET_RATE, To16k, to_i16};
+use crate::transcripts::StreamSet;
+use template::{Template, TemplateError};
+use timeline::Timeline;
+
+/// Settings shared by every stream (from `[ingest]` and `[audio_tap]`).
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Where templates are.
+    pub pipelines_dir: PathBuf,
+    /// First retry delay.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// A live source that delivers nothing for this long is restarted.
+    pub stall_timeout: Duration,
+    /// Video frames per second handed to the vision stage.
+    pub video_fps: u32,
+    /// Largest video width handed on (scaled inside GStreamer).
+    pub video_max_width: u32,
+    /// Largest video height handed on.
+    pub video_max_height: u32,
+    /// Audio chunks queued per stream.
+    pub audio_queue: usize,
+    /// Video frames queued per stream (oldest dropped).
+    pub video_queue: usize,
+    /// Milliseconds of audio per tap message; None: no tap.
+    pub tap_chunk_ms: Option<u32>,
+}
+
+/// What to attach.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Stream id.
+    pub id: String,
+    /// Source URI.
+    pub uri: String,
+    /// Template name.
+    pub template: String,
+    /// Speaker label -> role.
+    #[serde(default)]
+    pub speakers: BTreeMap<String, String>,
+    /// Roles whose emotions may be inferred; empty: all.
+    #[serde(default)]
+    pub infer_speakers: Vec<String>,
+    /// Whether transcript text rides in this stream's events (None: the default).
+    #[serde(default)]
+    pub publish_text: Option<bool>,
+    /// Extra template values (`{name}` in the template), e.g. `sync = "false"`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Ingest errors, for attach and detach.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Bad stream id.
+    #[error("stream id '{0}' is not valid (1-128 characters of A-Z a-z 0-9 . _ : -)")]
+    BadId(String),
+    /// Already attached.
+    #[error("stream '{0}' is already attached")]
+    Duplicate(String),
+    /// Not attached.
+    #[error("stream '{0}' is not attached")]
+    Unknown(String),
+    /// Template problem.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// Could not start a thread.
+    #[error("cannot start a thread for stream '{0}': {1}")]
+    Thread(String, std::io::Error),
+}
+
+/// A stream's state, as `list` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    /// Building or waiting for first media.
+    Starting,
+    /// Media is flowing.
+    Up,
+    /// Down, waiting to retry.
+    Retrying,
+    /// A non-live source reached its end.
+    Ended,
+}
+
+/// One attached stream as `list` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamInfo {
+    /// Its spec.
+    #[serde(flatten)]
+    pub spec: StreamSpec,
+    /// Its state.
+    pub state: StreamState,
+    /// Media seconds received so far (end of the timeline).
+    pub media_time: f64,
+    /// Restarts so far.
+    pub restarts: u64,
+}
+
+struct Shared {
+    id: String,
+    state: Mutex<StreamState>,
+    timeline: Mutex<Timeline>,
+    attempt_up: AtomicBool,
+    last_buffer_ms: AtomicU64,
+    epoch: Instant,
+    restarts: AtomicU64,
+    metrics: StreamMetrics,
+    events: PublisherHandle,
+}
+
+impl Shared {
+    fn touch(&self) {
+        self.last_buffer_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn since_buffer(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_buffer_ms.load(Ordering::Relaxed)))
+    }
+
+    fn set_state(&self, s: StreamState) {
+        *self.state.lock().expect("state lock") = s;
+        self.metrics.set_up(s == StreamState::Up);
+    }
+
+    fn lifecycle(&self, kind: Lifecycle, reason: Option<String>, gap: Option<timeline::Gap>) {
+        let media_time = self.timeline.lock().expect("timeline lock").end();
+        let mut e = LifecycleEvent::stream(kind, &self.id, reason);
+        e.media_time = Some(media_time);
+        e.gap = gap.map(|g| [g.start, g.end]);
+        self.events.publish(e.to_message());
+    }
+}
+
+struct Attached {
+    spec: StreamSpec,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    supervisor: JoinHandle<()>,
+}
+
+/// The set of attached streams.
+pub struct Ingest {
+    settings: IngestSettings,
+    events: PublisherHandle,
+    tap: Option<PublisherHandle>,
+    metrics: Arc<Metrics>,
+    known: StreamSet,
+    streams: Mutex<HashMap<String, Attached>>,
+}
+
+/// An audio buffer placed on the timeline.
+struct AudioChunk {
+    t: f64,
+    rate: u32,
+    samples: Vec<f32>,
+    /// First chunk of a new connection: the resampler starts afresh.
+    fresh: bool,
+}
+
+/// An RGB video frame placed on the stream's timeline, for the vision stage.
+#[derive(Debug, Clone)]
+pub struct VideoFrame {
+    /// Media time, seconds.
+    pub t: f64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Packed RGB, `width * 3` bytes a row.
+    pub rgb: Vec<u8>,
+}
+
+/// A bounded queue that drops its oldest item when full (video: the newest frame matters).
+pub struct DropOldest<T> {
+    inner: Mutex<(VecDeque<T>, bool)>,
+    ready: Condvar,
+    cap: usize,
+}
+
+impl<T> DropOldest<T> {
+    /// A queue holding at most `cap` items.
+    pub fn new(cap: usize) -> Self {
+        DropOldest {
+            inner: Mutex::new((VecDeque::with_capacity(cap), false)),
+            ready: Condvar::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Add an item; returns true if the oldest was dropped to make room.
+    pub fn push(&self, item: T) -> bool {
+        let mut g = self.inner.lock().expect("queue lock");
+        let dropped = g.0.len() >= self.cap;
+        if dropped {
+            g.0.pop_front();
+        }
+        g.0.push_back(item);
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// No more items will come.
+    pub fn close(&self) {
+        self.inner.lock().expect("queue lock").1 = true;
+        self.ready.notify_all();
+    }
+
+    /// The next item, waiting up to `timeout`; `Err(())` once closed and empty.
+    pub fn pop(&self, timeout: Duration) -> Result<Option<T>, ()> {
+        let mut g = self.inner.lock().expect("queue lock");
+        if g.0.is_empty() && !g.1 {
+            g = self.ready.wait_timeout(g, timeout).expect("queue lock").0;
+        }
+        match g.0.pop_front() {
+            Some(x) => Ok(Some(x)),
+            None if g.1 => Err(()),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Ingest {
+    /// An ingest with no streams yet.
+    pub fn new(
+        settings: IngestSettings,
+        events: PublisherHandle,
+        tap: Option<PublisherHandle>,
+        metrics: Arc<Metrics>,
+        known: StreamSet,
+    ) -> Self {
+        Ingest {
+            settings,
+            events,
+            tap,
+            metrics,
+            known,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Check that a spec can be attached (id, template, URI scheme, placeholders) without
+    /// attaching it.
+    pub fn check(&self, spec: &StreamSpec) -> Result<String, IngestError> {
+        if !crate::config::valid_stream_id(&spec.id) {
+            return Err(IngestError::BadId(spec.id.clone()));
+        }
+        let t = Template::load(&self.settings.pipelines_dir, &spec.template)?;
+        t.check_uri(&spec.uri)?;
+        Ok(t.render(&self.vars(spec))?)
+    }
+
+    fn vars(&self, spec: &StreamSpec) -> BTreeMap<String, String> {
+        let s = &self.settings;
+        let mut v: BTreeMap<String, String> = [
+            ("uri", spec.uri.clone()),
+            ("fps", s.video_fps.to_string()),
+            ("max_width", s.video_max_width.to_string()),
+            ("max_height", s.video_max_height.to_string()),
+            ("sync", "true".to_string()),
+            (
+                "video_caps",
+                format!(
+                    "video/x-raw,format=RGB,width=(int)[16,{}],height=(int)[16,{}],pixel-aspect-ratio=(fraction)1/1",
+                    s.video_max_width, s.video_max_height
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        v.extend(spec.options.clone());
+        v
+    }
+
+    /// Attach a stream: it starts at once and keeps retrying until detached.
+    pub fn attach(&self, spec: StreamSpec) -> Result<(), IngestError> {
+        let desc = self.check(&spec)?;
+        let mut streams = self.streams.lock().expect("streams lock");
+        if streams.contains_key(&spec.id) {
+            return Err(IngestError::Duplicate(spec.id));
+        }
+        let shared = Arc::new(Shared {
+            id: spec.id.clone(),
+            state: Mutex::new(StreamState::Starting),
+            timeline: Mutex::new(Timeline::new()),
+            attempt_up: AtomicBool::new(false),
+            last_buffer_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            restarts: AtomicU64::new(0),
+            metrics: self.metrics.stream(&spec.id),
+            events: self.events.clone(),
+        });
+        let cancel = CancellationToken::new();
+        let sup = Supervisor {
+            desc,
+            settings: self.settings.clone(),
+            shared: shared.clone(),
+            tap: self.tap.clone(),
+            cancel: cancel.clone(),
+        };
+        let supervisor = std::thread::Builder::new()
+            .name(format!("ingest-{}", spec.id))
+            .spawn(move || sup.run())
+            .map_err(|e| IngestError::Thread(spec.id.clone(), e))?;
+        self.known
+            .write()
+            .expect("stream set lock")
+            .insert(spec.id.clone());
+        tracing::info!(stream = %spec.id, uri = %spec.uri, template = %spec.template, "Attached stream");
+        streams.insert(
+            spec.id.clone(),
+            Attached {
+                spec,
+                shared,
+                cancel,
+                supervisor,
+            },
+        );
+        Ok(())
+    }
+
+    /// Detach a stream: stop its pipeline and free everything it holds.
+    pub fn detach(&self, id: &str) -> Result<(), IngestError> {
+        let a = self
+            .streams
+            .lock()
+            .expect("streams lock")
+            .remove(id)
+            .ok_or_else(|| IngestError::Unknown(id.to_string()))?;
+        self.known.write().expect("stream set lock").remove(id);
+        a.cancel.cancel();
+        let _ = a.supervisor.join();
+        self.metrics.forget_stream(id);
+        tracing::info!(stream = %id, "Detached stream");
+        Ok(())
+    }
+
+    /// Every attached stream.
+    pub fn list(&self) -> Vec<StreamInfo> {
+        let streams = self.streams.lock().expect("streams lock");
+        let mut v: Vec<StreamInfo> = streams
+            .values()
+            .map(|a| StreamInfo {
+                spec: a.spec.clone(),
+                state: *a.shared.state.lock().expect("state lock"),
+                media_time: a.shared.timeline.lock().expect("timeline lock").end(),
+                restarts: a.shared.restarts.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        v
+    }
+
+    /// Detach everything (shutdown: sources stop first).
+    pub fn stop_all(&self) {
+        let ids: Vec<String> = self
+            .streams
+            .lock()
+            .expect("streams lock")
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            let _ = self.detach(&id);
+        }
+    }
+}
+
+struct Supervisor {
+    desc: String,
+    settings: IngestSettings,
+    shared: Arc<Shared>,
+    tap: Option<PublisherHandle>,
+    cancel: CancellationToken,
+}
+
+enum Outcome {
+    /// Detached or shutting down.
+    Cancelled,
+    /// A non-live source ended: nothing more will come.
+    Ended,
+    /// Failed or ended unexpectedly: retry.
+    Retry,
+}
+
+impl Supervisor {
+    fn run(self) {
+        // The audio and video consumers outlive single connections: the timeline and the tap
+        // continue across reconnects.
+        let (audio_tx, audio_rx) = sync_channel::<AudioChunk>(self.settings.audio_queue);
+        let video = Arc::new(DropOldest::<VideoFrame>::new(self.settings.video_queue));
+        let audio_thread = {
+            let shared = self.shared.clone();
+            let tap = self.tap.clone();
+            let chunk_ms = self.settings.tap_chunk_ms;
+            std::thread::Builder::new()
+                .name(format!("audio-{}", self.shared.id))
+                .spawn(move || audio_loop(audio_rx, shared, tap, chunk_ms))
+        };
+        let video_thread = {
+            let shared = self.shared.clone();
+            let q = video.clone();
+            std::thread::Builder::new()
+                .name(format!("video-{}", self.shared.id))
+                .spawn(move || video_loop(q, shared))
+        };
+
+        let mut backoff = self.settings.backoff_initial;
+        loop {
+            self.shared.attempt_up.store(false, Ordering::Relaxed);
+            self.shared.set_state(StreamState::Starting);
+            let started = Instant::now();
+            let outcome = self.attempt(&audio_tx, &video);
+            self.shared
+                .timeline
+                .lock()
+                .expect("timeline lock")
+                .mark_down(Instant::now());
+            match outcome {
+                Outcome::Cancelled => break,
+                Outcome::Ended => {
+                    self.shared.set_state(StreamState::Ended);
+                    // Wait for detach; the stream stays listed as ended.
+                    while !self.cancel.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    break;
+                }
+                Outcome::Retry => {
+                    self.shared.set_state(StreamState::Retrying);
+                    self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.restarted();
+                    // A connection that lasted a while resets the backoff.
+                    if started.elapsed() > self.settings.backoff_max * 4 {
+                        backoff = self.settings.backoff_initial;
+                    }
+                    if self.sleep(backoff) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                }
+            }
+        }
+        drop(audio_tx);
+        video.close();
+        if let Ok(t) = audio_thread {
+            let _ = t.join();
+        }
+        if let Ok(t) = video_thread {
+            let _ = t.join();
+        }
+    }
+
+    /// Sleep unless cancelled; true if cancelled.
+    fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if self.cancel.is_cancelled() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+        }
+        self.cancel.is_cancelled()
+    }
+
+    fn fail(&self, reason: String) -> Outcome {
+        tracing::warn!(stream = %self.shared.id, %reason, "Stream failed; retrying");
+        self.shared
+            .lifecycle(Lifecycle::StreamError, Some(reason.clone()), None);
+        if self.shared.attempt_up.load(Ordering::Relaxed) {
+            self.shared
+                .lifecycle(Lifecycle::StreamDown, Some(reason), None);
+        }
+        Outcome::Retry
+    }
+
+    fn attempt(
+        &self,
+        audio_tx: &SyncSender<AudioChunk>,
+        video: &Arc<DropOldest<VideoFrame>>,
+    ) -> Outcome {
+        let pipeline = match gst::parse::launch(&self.desc) {
+            Ok(p) => p,
+            Err(e) => return self.fail(format!("cannot build the pipeline: {e}")),
+        };
+        let Ok(bin) = pipeline.clone().downcast::<gst::Bin>() else {
+            return self.fail("the template is not a pipeline".into());
+        };
+        let Some(audio) = bin
+            .by_name("audio")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        else {
+            return self.fail("the template has no appsink named audio".into());
+        };
+        audio.set_callbacks(audio_callbacks(self.shared.clone(), audio_tx.clone()));
+        if let Some(v) = bin
+            .by_name("video")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        {
+            v.set_callbacks(video_callbacks(self.shared.clone(), video.clone()));
+        }
+        self.shared.touch();
+        let live = match pipeline.set_state(gst::State::Playing) {
+            Ok(s) => s == gst::StateChangeSuccess::NoPreroll,
+            Err(_) => {
+                let reason =
+                    first_error(&pipeline).unwrap_or_else(|| "the pipeline would not start".into());
+                let _ = pipeline.set_state(gst::State::Null);
+                return self.fail(reason);
+            }
+        };
+        let outcome = self.watch(&pipeline, live);
+        let _ = pipeline.set_state(gst::State::Null);
+        outcome
+    }
+
+    fn watch(&self, pipeline: &gst::Element, live: bool) -> Outcome {
+        let bus = pipeline.bus().expect("a pipeline has a bus");
+        let types = [
+            gst::MessageType::Error,
+            gst::MessageType::Eos,
+            gst::MessageType::Warning,
+        ];
+        loop {
+            if self.cancel.is_cancelled() {
+                if self.shared.attempt_up.load(Ordering::Relaxed) {
+                    self.shared
+                        .lifecycle(Lifecycle::StreamDown, Some("detached".into()), None);
+                }
+                return Outcome::Cancelled;
+            }
+            let msg = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(100), &types);
+            match msg.as_ref().map(|m| m.view()) {
+                Some(gst::MessageView::Error(e)) => {
+                    let src = e
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
+                    return self.fail(format!("{} ({src})", e.error()));
+                }
+                Some(gst::MessageView::Eos(_)) => {
+                    if live {
+                        return self.fail("the live source ended".into());
+                    }
+                    tracing::info!(stream = %self.shared.id, "Stream reached its end");
+                    self.shared.lifecycle(
+                        Lifecycle::StreamDown,
+                        Some("end of stream".into()),
+                        None,
+                    );
+                    return Outcome::Ended;
+                }
+                Some(gst::MessageView::Warning(w)) => {
+                    tracing::debug!(stream = %self.shared.id, warning = %w.error(), "GStreamer warning");
+                }
+                _ => {}
+            }
+            if live && self.shared.since_buffer() > self.settings.stall_timeout {
+                return self.fail(format!(
+                    "no media for {:?} (stalled)",
+                    self.settings.stall_timeout
+                ));
+            }
+        }
+    }
+}
+
+fn first_error(pipeline: &gst::Element) -> Option<String> {
+    let bus = pipeline.bus()?;
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_mseconds(500),
+        &[gst::MessageType::Error],
+    )?;
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        _ => None,
+    }
+}
+
+fn secs(t: Option<gst::ClockTime>) -> Option<f64> {
+    t.map(|t| t.nseconds() as f64 / 1e9)
+}
+
+/// Mark the attempt up on its first buffer and place the buffer on the timeline.
+fn place(shared: &Shared, pts: Option<f64>, duration: f64) -> (f64, bool) {
+    shared.touch();
+    let (t, gap) =
+        shared
+            .timeline
+            .lock()
+            .expect("timeline lock")
+            .place(pts, duration, Instant::now());
+    let first = !shared.attempt_up.swap(true, Ordering::Relaxed);
+    if first {
+        shared.set_state(StreamState::Up);
+        tracing::info!(stream = %shared.id, media_time = t, "Stream is up");
+        shared.lifecycle(Lifecycle::StreamUp, None, gap);
+    }
+    (t, first)
+}
+
+fn audio_callbacks(shared: Arc<Shared>, tx: SyncSender<AudioChunk>) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            let rate = sample
+                .caps()
+                .and_then(|c| c.structure(0)?.get::<i32>("rate").ok())
+                .unwrap_or(0) as u32;
+            let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+            let samples: Vec<f32> = map
+                .as_slice()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if rate == 0 || samples.is_empty() {
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            let duration = samples.len() as f64 / f64::from(rate);
+            let (t, fresh) = place(&shared, secs(buffer.pts()), duration);
+            match tx.try_send(AudioChunk { t, rate, samples, fresh }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    shared.metrics.dropped_audio();
+                    tracing::warn!(stream = %shared.id, media_time = t, "Audio queue full; dropped a chunk");
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(gst::FlowError::Flushing),
+            }
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
+}
+
+fn video_callbacks(
+    shared: Arc<Shared>,
+    q: Arc<DropOldest<VideoFrame>>,
+) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            let Some(s) = sample
+                .caps()
+                .and_then(|c| c.structure(0).map(|s| s.to_owned()))
+            else {
+                return Ok(gst::FlowSuccess::Ok);
+            };
+            let (w, h) = (
+                s.get::<i32>("width").unwrap_or(0) as u32,
+                s.get::<i32>("height").unwrap_or(0) as u32,
+            );
+            let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+            let row = (w as usize * 3).next_multiple_of(4);
+            if w == 0 || h == 0 || map.len() < row * h as usize {
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            // GStreamer pads RGB rows to 4 bytes; repack tightly.
+            let mut rgb = Vec::with_capacity(w as usize * 3 * h as usize);
+            for y in 0..h as usize {
+                rgb.extend_from_slice(&map[y * row..y * row + w as usize * 3]);
+            }
+            let (t, _) = place(&shared, secs(buffer.pts()), 0.0);
+            if q.push(VideoFrame {
+                t,
+                width: w,
+                height: h,
+                rgb,
+            }) {
+                shared.metrics.dropped_video();
+            }
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
+}
+
+fn audio_loop(
+    rx: Receiver<AudioChunk>,
+    shared: Arc<Shared>,
+    tap: Option<PublisherHandle>,
+    chunk_ms: Option<u32>,
+) {
+    let mut resampler: Option<(u32, To16k)> = None;
+    let mut out16 = Vec::new();
+    let mut pcm = Vec::new();
+    // Media time of out16[0].
+    let mut t16 = 0.0;
+    let chunk = chunk_ms.map(|ms| (TARGET_RATE * ms / 1000) as usize);
+    loop {
+        let c = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        shared
+            .metrics
+            .audio_seconds(c.samples.len() as f64 / f64::from(c.rate));
+        let Some(chunk) = chunk else { continue };
+        let Some(tap) = &tap else { continue };
+        // A new connection or rate: start the resampler afresh at this chunk's time.
+        if c.fresh || resampler.as_ref().is_none_or(|(r, _)| *r != c.rate) {
+            match To16k::new(c.rate) {
+                Ok(r) => resampler = Some((c.rate, r)),
+                Err(e) => {
+                    tracing::warn!(stream = %shared.id, error = %e, "Cannot resample this stream");
+                    continue;
+                }
+            }
+            out16.clear();
+            t16 = c.t;
+        }
+        let (_, r) = resampler.as_mut().expect("set above");
+        r.push(&c.samples, &mut out16);
+        let mut start = 0;
+        while out16.len() - start >= chunk {
+            pcm.clear();
+            to_i16(&out16[start..start + chunk], &mut pcm);
+            tap.publish(tap_message(&shared.id, t16, &pcm));
+            t16 += chunk as f64 / f64::from(TARGET_RATE);
+            start += chunk;
+        }
+        out16.drain(..start);
+    }
+}
+
+fn video_loop(q: Arc<DropOldest<VideoFrame>>, shared: Arc<Shared>) {
+    // The vision stage (faces, expression) plugs in here.
+    while let Ok(frame) = q.pop(Duration::from_millis(200)) {
+        if frame.is_some() {
+            shared.metrics.video_frame();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_oldest_keeps_the_newest() {
+        let q = DropOldest::new(2);
+        assert!(!q.push(1));
+        assert!(!q.push(2));
+        assert!(q.push(3));
+        assert_eq!(q.pop(Duration::ZERO), Ok(Some(2)));
+        assert_eq!(q.pop(Duration::ZERO), Ok(Some(3)));
+        assert_eq!(q.pop(Duration::ZERO), Ok(None));
+        q.close();
+        assert_eq!(q.pop(Duration::ZERO), Err(()));
+    }
+}

@@ -1,0 +1,224 @@
+//! Pipeline templates: `pipelines/<name>.gst` files holding a gst-launch description with
+//! `{placeholders}`, and a header comment naming the URI schemes the template takes:
+//!
+//! ```text
+//! # schemes: rtsp rtsps
+//! uridecodebin uri={uri} name=dec ...
+//! ```
+//!
+//! Every value is inserted as a double-quoted gst-launch string (`"` and `\` escaped), so a
+//! URI or option can never add elements to the pipeline. A placeholder with no value is an
+//! error naming it; so is a URI whose scheme the template does not list.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A loaded template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// File stem.
+    pub name: String,
+    /// URI schemes it accepts (`file`, `rtsp`, ...); empty: any.
+    pub schemes: Vec<String>,
+    /// The launch description (comment lines removed, lines joined).
+    pub body: String,
+}
+
+/// Template errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// The file could not be read.
+    #[error("pipeline template '{name}' cannot be read from {path}: {message}")]
+    Read {
+        /// Template name.
+        name: String,
+        /// Where it was looked for.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The template names a placeholder nobody supplied.
+    #[error(
+        "pipeline template '{template}' uses {{{placeholder}}}, which has no value (give it in the stream's options)"
+    )]
+    Unbound {
+        /// Template name.
+        template: String,
+        /// The placeholder.
+        placeholder: String,
+    },
+    /// The URI's scheme is not one the template takes.
+    #[error("URI '{uri}' has scheme '{scheme}', but template '{template}' takes: {allowed}")]
+    Scheme {
+        /// The URI.
+        uri: String,
+        /// Its scheme.
+        scheme: String,
+        /// Template name.
+        template: String,
+        /// Accepted schemes.
+        allowed: String,
+    },
+    /// A `{` without its `}`.
+    #[error("pipeline template '{0}' has an unclosed '{{'")]
+    Unclosed(String),
+}
+
+impl Template {
+    /// Load `<dir>/<name>.gst`.
+    pub fn load(dir: &Path, name: &str) -> Result<Template, TemplateError> {
+        let path = dir.join(format!("{name}.gst"));
+        let text = std::fs::read_to_string(&path).map_err(|e| TemplateError::Read {
+            name: name.to_string(),
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Self::parse(name, &text))
+    }
+
+    /// Parse template text.
+    pub fn parse(name: &str, text: &str) -> Template {
+        let mut schemes = Vec::new();
+        let mut body = Vec::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if let Some(c) = t.strip_prefix('#') {
+                if let Some(list) = c.trim().strip_prefix("schemes:") {
+                    schemes.extend(list.split_whitespace().map(str::to_string));
+                }
+            } else if !t.is_empty() {
+                body.push(t.trim_end_matches('\\').trim());
+            }
+        }
+        Template {
+            name: name.to_string(),
+            schemes,
+            body: body.join(" "),
+        }
+    }
+
+    /// Check a URI's scheme against the template's list.
+    pub fn check_uri(&self, uri: &str) -> Result<(), TemplateError> {
+        let scheme = uri.split_once(':').map(|(s, _)| s).unwrap_or("");
+        if self.schemes.is_empty() || self.schemes.iter().any(|s| s == scheme) {
+            Ok(())
+        } else {
+            Err(TemplateError::Scheme {
+                uri: uri.to_string(),
+                scheme: scheme.to_string(),
+                template: self.name.clone(),
+                allowed: self.schemes.join(", "),
+            })
+        }
+    }
+
+    /// The launch description with every `{name}` replaced by the quoted value of `vars`.
+    pub fn render(&self, vars: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+        let mut out = String::with_capacity(self.body.len() + 64);
+        let mut rest = self.body.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| TemplateError::Unclosed(self.name.clone()))?;
+            let key = &after[..close];
+            let value = vars.get(key).ok_or_else(|| TemplateError::Unbound {
+                template: self.name.clone(),
+                placeholder: key.to_string(),
+            })?;
+            out.push_str(&quote(value));
+            rest = &after[close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// Whether the template has a video branch.
+    pub fn has_video(&self) -> bool {
+        self.body.contains("name=video")
+    }
+}
+
+/// A gst-launch double-quoted string.
+pub fn quote(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_quoted_values() {
+        let t = Template::parse(
+            "x",
+            "# schemes: file\n# a comment\nuridecodebin uri={uri} ! \\\n  fakesink name={n}\n",
+        );
+        assert_eq!(t.schemes, ["file"]);
+        let r = t
+            .render(&vars(&[("uri", "file:///a b.mp4"), ("n", "s")]))
+            .unwrap();
+        assert_eq!(
+            r,
+            r#"uridecodebin uri="file:///a b.mp4" ! fakesink name="s""#
+        );
+    }
+
+    #[test]
+    fn values_cannot_inject_elements() {
+        let t = Template::parse("x", "uridecodebin uri={uri} ! fakesink");
+        let r = t
+            .render(&vars(&[(
+                "uri",
+                r#"file:///x" ! filesink location="/etc/passwd"#,
+            )]))
+            .unwrap();
+        assert_eq!(
+            r,
+            r#"uridecodebin uri="file:///x\" ! filesink location=\"/etc/passwd" ! fakesink"#
+        );
+        // And GStreamer reads it as one property value: the pipeline has no filesink.
+        gstreamer::init().unwrap();
+        if let Ok(p) = gstreamer::parse::launch(&r) {
+            let bin = p.downcast::<gstreamer::Bin>().unwrap();
+            assert!(
+                bin.iterate_elements()
+                    .into_iter()
+                    .flatten()
+                    .all(|e| { e.factory().map(|f| f.name() != "filesink").unwrap_or(true) })
+            );
+        }
+    }
+
+    #[test]
+    fn unbound_placeholder_and_scheme_are_named() {
+        let t = Template::parse("rtp", "# schemes: udp\nudpsrc uri={uri} caps={caps}");
+        let e = t
+            .render(&vars(&[("uri", "udp://0.0.0.0:5004")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("{caps}"), "{e}");
+        let e = t.check_uri("http://x").unwrap_err();
+        assert!(
+            e.to_string().contains("scheme 'http'") && e.to_string().contains("udp"),
+            "{e}"
+        );
+        assert!(t.check_uri("udp://0.0.0.0:5004").is_ok());
+    }
+}

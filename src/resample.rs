@@ -1,0 +1,171 @@
+//! Streaming resampling to 16 kHz mono with rubato (an FFT resampler with a fixed chunk),
+//! with caller-owned buffers: input is gathered into an internal chunk, and each full chunk is
+//! resampled into a buffer allocated once. The resampler's delay is removed, so that output
+//! sample n sits at input time n / 16000 s: timelines stay aligned.
+
+use rubato::{FftFixedInOut, Resampler};
+
+/// The rate everything downstream works at.
+pub const TARGET_RATE: u32 = 16_000;
+
+/// Errors building a resampler.
+#[derive(Debug, thiserror::Error)]
+pub enum ResampleError {
+    /// The input rate is unusable.
+    #[error("cannot resample from {rate} Hz: {message}")]
+    Rate {
+        /// Input rate.
+        rate: u32,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A streaming mono resampler from `rate` to 16 kHz.
+pub struct To16k {
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    rs: FftFixedInOut<f32>,
+    pending: Vec<f32>,
+    out: Vec<Vec<f32>>,
+    skip: usize,
+}
+
+impl To16k {
+    /// A resampler for input at `rate` Hz (passes 16 kHz through untouched).
+    pub fn new(rate: u32) -> Result<Self, ResampleError> {
+        if rate == TARGET_RATE {
+            return Ok(To16k { inner: None });
+        }
+        if !(4000..=384_000).contains(&rate) {
+            return Err(ResampleError::Rate {
+                rate,
+                message: "outside 4-384 kHz".into(),
+            });
+        }
+        // ~10 ms input chunks keep the added latency small.
+        let chunk = (rate / 100).max(1) as usize;
+        let rs = FftFixedInOut::<f32>::new(rate as usize, TARGET_RATE as usize, chunk, 1).map_err(
+            |e| ResampleError::Rate {
+                rate,
+                message: e.to_string(),
+            },
+        )?;
+        let out = rs.output_buffer_allocate(true);
+        let skip = rs.output_delay();
+        Ok(To16k {
+            inner: Some(Inner {
+                pending: Vec::with_capacity(rs.input_frames_max()),
+                rs,
+                out,
+                skip,
+            }),
+        })
+    }
+
+    /// Resample `input`, appending the 16 kHz samples that are ready to `output`.
+    pub fn push(&mut self, input: &[f32], output: &mut Vec<f32>) {
+        let Some(s) = &mut self.inner else {
+            output.extend_from_slice(input);
+            return;
+        };
+        let mut rest = input;
+        while !rest.is_empty() {
+            let need = s.rs.input_frames_next() - s.pending.len();
+            let take = need.min(rest.len());
+            s.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if s.pending.len() == s.rs.input_frames_next() {
+                let (_, produced) =
+                    s.rs.process_into_buffer(&[&s.pending], &mut s.out, None)
+                        .expect("buffers are sized by the resampler itself");
+                let drop = s.skip.min(produced);
+                s.skip -= drop;
+                output.extend_from_slice(&s.out[0][drop..produced]);
+                s.pending.clear();
+            }
+        }
+    }
+}
+
+/// 16 kHz float samples to S16LE-ready integers (clipped).
+pub fn to_i16(x: &[f32], out: &mut Vec<i16>) {
+    out.extend(
+        x.iter()
+            .map(|v| (v.clamp(-1.0, 1.0) * 32767.0).round() as i16),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(rate: u32, hz: f32, secs: f32) -> Vec<f32> {
+        (0..(rate as f32 * secs) as usize)
+            .map(|i| (i as f32 * hz * std::f32::consts::TAU / rate as f32).sin() * 0.5)
+            .collect()
+    }
+
+    /// Frequency by zero crossings.
+    fn freq(x: &[f32], rate: u32) -> f32 {
+        let crossings = x.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
+        crossings as f32 * rate as f32 / x.len() as f32
+    }
+
+    #[test]
+    fn rates_and_chunkings_agree_and_keep_the_pitch() {
+        for rate in [8000, 16000, 22050, 32000, 44100, 48000] {
+            let input = tone(rate, 440.0, 1.0);
+            let mut whole = Vec::new();
+            To16k::new(rate).unwrap().push(&input, &mut whole);
+            for chunk in [1, 7, 160, 441, 4096] {
+                let mut r = To16k::new(rate).unwrap();
+                let mut out = Vec::new();
+                for c in input.chunks(chunk) {
+                    r.push(c, &mut out);
+                }
+                assert_eq!(out, whole, "rate {rate}, chunk {chunk}");
+            }
+            // Nearly a second out (the last partial chunk waits for more input).
+            assert!(
+                whole.len() as f32 > 16000.0 * 0.97,
+                "rate {rate}: {}",
+                whole.len()
+            );
+            let f = freq(&whole[800..], TARGET_RATE);
+            assert!((f - 440.0).abs() < 5.0, "rate {rate}: {f} Hz");
+        }
+    }
+
+    #[test]
+    fn delay_is_compensated() {
+        // An impulse at input time 0.5 s must come out near output sample 8000.
+        let rate = 44100;
+        let mut x = vec![0.0f32; rate as usize];
+        x[rate as usize / 2] = 1.0;
+        let mut out = Vec::new();
+        To16k::new(rate).unwrap().push(&x, &mut out);
+        let peak = out
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap()
+            .0;
+        assert!((peak as i64 - 8000).abs() <= 2, "peak at {peak}");
+    }
+
+    #[test]
+    fn bad_rates_are_errors() {
+        assert!(To16k::new(0).is_err());
+        assert!(To16k::new(1_000_000).is_err());
+    }
+
+    #[test]
+    fn i16_conversion_clips() {
+        let mut v = Vec::new();
+        to_i16(&[0.0, 1.5, -2.0, 0.5], &mut v);
+        assert_eq!(v, vec![0, 32767, -32767, 16384]);
+    }
+}
