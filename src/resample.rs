@@ -28,9 +28,13 @@ pub struct To16k {
 
 struct Inner {
     rs: FftFixedInOut<f32>,
+    rate: u32,
     pending: Vec<f32>,
     out: Vec<Vec<f32>>,
     skip: usize,
+    delay: usize,
+    in_total: u64,
+    out_total: u64,
 }
 
 impl To16k {
@@ -59,8 +63,12 @@ impl To16k {
             inner: Some(Inner {
                 pending: Vec::with_capacity(rs.input_frames_max()),
                 rs,
+                rate,
                 out,
                 skip,
+                delay: skip,
+                in_total: 0,
+                out_total: 0,
             }),
         })
     }
@@ -71,6 +79,7 @@ impl To16k {
             output.extend_from_slice(input);
             return;
         };
+        s.in_total += input.len() as u64;
         let mut rest = input;
         while !rest.is_empty() {
             let need = s.rs.input_frames_next() - s.pending.len();
@@ -81,12 +90,49 @@ impl To16k {
                 let (_, produced) =
                     s.rs.process_into_buffer(&[&s.pending], &mut s.out, None)
                         .expect("buffers are sized by the resampler itself");
-                let drop = s.skip.min(produced);
-                s.skip -= drop;
-                output.extend_from_slice(&s.out[0][drop..produced]);
+                s.emit(produced, output, u64::MAX);
                 s.pending.clear();
             }
         }
+    }
+
+    /// End of input: push out everything still inside (the partial chunk and the
+    /// resampler's delay), exactly as many samples as the input's duration makes at 16 kHz,
+    /// and start afresh.
+    pub fn flush(&mut self, output: &mut Vec<f32>) {
+        let Some(s) = &mut self.inner else { return };
+        let expected =
+            (s.in_total * u64::from(TARGET_RATE) + u64::from(s.rate) / 2) / u64::from(s.rate);
+        // Zero-padded chunks push the partial chunk and then the delay line out.
+        let mut input = std::mem::take(&mut s.pending);
+        let mut guard = 0;
+        while s.out_total < expected && guard < 1000 {
+            input.resize(s.rs.input_frames_next(), 0.0);
+            let (_, produced) =
+                s.rs.process_into_buffer(&[&input], &mut s.out, None)
+                    .expect("buffers are sized by the resampler itself");
+            s.emit(produced, output, expected);
+            input.clear();
+            guard += 1;
+        }
+        s.rs.reset();
+        s.skip = s.delay;
+        s.in_total = 0;
+        s.out_total = 0;
+        s.pending = input;
+    }
+}
+
+impl Inner {
+    /// Append `produced` fresh samples, less the delay still to skip, up to `limit` in all.
+    fn emit(&mut self, produced: usize, output: &mut Vec<f32>, limit: u64) {
+        let drop = self.skip.min(produced);
+        self.skip -= drop;
+        let room = limit
+            .saturating_sub(self.out_total)
+            .min((produced - drop) as u64) as usize;
+        output.extend_from_slice(&self.out[0][drop..drop + room]);
+        self.out_total += room as u64;
     }
 }
 
@@ -154,6 +200,25 @@ mod tests {
             .unwrap()
             .0;
         assert!((peak as i64 - 8000).abs() <= 2, "peak at {peak}");
+    }
+
+    #[test]
+    fn flush_yields_exactly_the_input_duration() {
+        for rate in [8000, 16000, 22050, 44100, 48000] {
+            let input = tone(rate, 300.0, 3.0);
+            let mut r = To16k::new(rate).unwrap();
+            let mut out = Vec::new();
+            for c in input.chunks(1000) {
+                r.push(c, &mut out);
+            }
+            r.flush(&mut out);
+            assert_eq!(out.len(), 48000, "rate {rate}");
+            // And it starts afresh.
+            let mut again = Vec::new();
+            r.push(&input, &mut again);
+            r.flush(&mut again);
+            assert_eq!(again, out, "rate {rate}");
+        }
     }
 
     #[test]

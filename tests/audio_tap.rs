@@ -15,7 +15,7 @@ async fn pyzmq_sub_receives_tap_messages() {
     let (t, e, a) = (free_port(), free_port(), free_port());
     let toml = format!(
         "[transcripts]\nendpoint = \"tcp://127.0.0.1:{t}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{e}\"\n\
-         [audio_tap]\nendpoint = \"tcp://127.0.0.1:{a}\"\n[metrics]\nenabled = false\n"
+         [audio_tap]\nendpoint = \"tcp://127.0.0.1:{a}\"\n[metrics]\nenabled = false\n[control]\nenabled = false\n"
     );
     let cfg = Config::from_toml(&toml, Path::new("inline.toml")).unwrap();
     let running = summerd::daemon::start(&cfg).await.unwrap();

@@ -23,6 +23,9 @@ debs=(
   gstreamer1.0-libav gstreamer1.0-tools
   libzmq3-dev
   systemd
+  # ingest tests: a real RTSP server (gst-rtsp-server via python3-gi), H.264 and AAC encoders
+  gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi
+  gstreamer1.0-plugins-ugly
   python3-venv
 )
 missing=()

@@ -129,7 +129,7 @@ fn pyzmq_sub_receives_lifecycle_events_and_sigterm_drains() {
             &[
                 &d.events,
                 "--prefix",
-                "lifecycle.",
+                "lifecycle.daemon",
                 "--count",
                 "1",
                 "--timeout",
@@ -250,7 +250,7 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
         &[
             &d.events,
             "--prefix",
-            "lifecycle.",
+            "lifecycle.daemon",
             "--timeout",
             "8",
             &format!("--server-key={server_pub}"),
@@ -261,7 +261,7 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
         &[
             &d.events,
             "--prefix",
-            "lifecycle.",
+            "lifecycle.daemon",
             "--timeout",
             "8",
             &format!("--server-key={wrong_server_pub}"),
@@ -306,7 +306,7 @@ fn curve_subscriber_with_the_right_key_receives_events() {
         &[
             &d.events,
             "--prefix",
-            "lifecycle.",
+            "lifecycle.daemon",
             "--timeout",
             "8",
             &format!("--server-key={server_pub}"),

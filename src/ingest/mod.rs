@@ -146,6 +146,11 @@ struct Shared {
     state: Mutex<StreamState>,
     timeline: Mutex<Timeline>,
     attempt_up: AtomicBool,
+    // End of stream per branch, for non-live sources whose other branch never links (an
+    // audio-only file through a template with a video branch never gets a pipeline EOS).
+    audio_eos: AtomicBool,
+    video_seen: AtomicBool,
+    video_eos: AtomicBool,
     last_buffer_ms: AtomicU64,
     epoch: Instant,
     restarts: AtomicU64,
@@ -193,6 +198,14 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     known: StreamSet,
     streams: Mutex<HashMap<String, Attached>>,
+}
+
+/// What the audio thread receives.
+enum AudioMsg {
+    /// A buffer.
+    Chunk(AudioChunk),
+    /// The connection ended: push out what the resampler still holds.
+    Flush,
 }
 
 /// An audio buffer placed on the timeline.
@@ -252,18 +265,29 @@ impl<T> DropOldest<T> {
         self.ready.notify_all();
     }
 
-    /// The next item, waiting up to `timeout`; `Err(())` once closed and empty.
-    pub fn pop(&self, timeout: Duration) -> Result<Option<T>, ()> {
+    /// The next item, waiting up to `timeout`.
+    pub fn pop(&self, timeout: Duration) -> Pop<T> {
         let mut g = self.inner.lock().expect("queue lock");
         if g.0.is_empty() && !g.1 {
             g = self.ready.wait_timeout(g, timeout).expect("queue lock").0;
         }
         match g.0.pop_front() {
-            Some(x) => Ok(Some(x)),
-            None if g.1 => Err(()),
-            None => Ok(None),
+            Some(x) => Pop::Item(x),
+            None if g.1 => Pop::Closed,
+            None => Pop::Empty,
         }
     }
+}
+
+/// What [`DropOldest::pop`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pop<T> {
+    /// An item.
+    Item(T),
+    /// Nothing within the timeout.
+    Empty,
+    /// Closed and drained.
+    Closed,
 }
 
 impl Ingest {
@@ -331,6 +355,9 @@ impl Ingest {
             state: Mutex::new(StreamState::Starting),
             timeline: Mutex::new(Timeline::new()),
             attempt_up: AtomicBool::new(false),
+            audio_eos: AtomicBool::new(false),
+            video_seen: AtomicBool::new(false),
+            video_eos: AtomicBool::new(false),
             last_buffer_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             restarts: AtomicU64::new(0),
@@ -434,7 +461,7 @@ impl Supervisor {
     fn run(self) {
         // The audio and video consumers outlive single connections: the timeline and the tap
         // continue across reconnects.
-        let (audio_tx, audio_rx) = sync_channel::<AudioChunk>(self.settings.audio_queue);
+        let (audio_tx, audio_rx) = sync_channel::<AudioMsg>(self.settings.audio_queue);
         let video = Arc::new(DropOldest::<VideoFrame>::new(self.settings.video_queue));
         let audio_thread = {
             let shared = self.shared.clone();
@@ -454,10 +481,19 @@ impl Supervisor {
 
         let mut backoff = self.settings.backoff_initial;
         loop {
-            self.shared.attempt_up.store(false, Ordering::Relaxed);
+            for flag in [
+                &self.shared.attempt_up,
+                &self.shared.audio_eos,
+                &self.shared.video_seen,
+                &self.shared.video_eos,
+            ] {
+                flag.store(false, Ordering::Relaxed);
+            }
             self.shared.set_state(StreamState::Starting);
             let started = Instant::now();
             let outcome = self.attempt(&audio_tx, &video);
+            // The pipeline is stopped: no callback sends any more; the tap gets the tail.
+            let _ = audio_tx.send(AudioMsg::Flush);
             self.shared
                 .timeline
                 .lock()
@@ -523,7 +559,7 @@ impl Supervisor {
 
     fn attempt(
         &self,
-        audio_tx: &SyncSender<AudioChunk>,
+        audio_tx: &SyncSender<AudioMsg>,
         video: &Arc<DropOldest<VideoFrame>>,
     ) -> Outcome {
         let pipeline = match gst::parse::launch(&self.desc) {
@@ -577,6 +613,22 @@ impl Supervisor {
                 return Outcome::Cancelled;
             }
             let msg = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(100), &types);
+            let sh = &self.shared;
+            let branches_done = sh.audio_eos.load(Ordering::Relaxed)
+                && (!sh.video_seen.load(Ordering::Relaxed) || sh.video_eos.load(Ordering::Relaxed));
+            let eos = matches!(
+                msg.as_ref().map(|m| m.view()),
+                Some(gst::MessageView::Eos(_))
+            ) || (!live && branches_done);
+            if eos {
+                if live {
+                    return self.fail("the live source ended".into());
+                }
+                tracing::info!(stream = %self.shared.id, "Stream reached its end");
+                self.shared
+                    .lifecycle(Lifecycle::StreamDown, Some("end of stream".into()), None);
+                return Outcome::Ended;
+            }
             match msg.as_ref().map(|m| m.view()) {
                 Some(gst::MessageView::Error(e)) => {
                     let src = e
@@ -584,18 +636,6 @@ impl Supervisor {
                         .map(|s| s.path_string().to_string())
                         .unwrap_or_default();
                     return self.fail(format!("{} ({src})", e.error()));
-                }
-                Some(gst::MessageView::Eos(_)) => {
-                    if live {
-                        return self.fail("the live source ended".into());
-                    }
-                    tracing::info!(stream = %self.shared.id, "Stream reached its end");
-                    self.shared.lifecycle(
-                        Lifecycle::StreamDown,
-                        Some("end of stream".into()),
-                        None,
-                    );
-                    return Outcome::Ended;
                 }
                 Some(gst::MessageView::Warning(w)) => {
                     tracing::debug!(stream = %self.shared.id, warning = %w.error(), "GStreamer warning");
@@ -646,8 +686,10 @@ fn place(shared: &Shared, pts: Option<f64>, duration: f64) -> (f64, bool) {
     (t, first)
 }
 
-fn audio_callbacks(shared: Arc<Shared>, tx: SyncSender<AudioChunk>) -> gst_app::AppSinkCallbacks {
+fn audio_callbacks(shared: Arc<Shared>, tx: SyncSender<AudioMsg>) -> gst_app::AppSinkCallbacks {
+    let eos = shared.clone();
     gst_app::AppSinkCallbacks::builder()
+        .eos(move |_| eos.audio_eos.store(true, Ordering::Relaxed))
         .new_sample(move |sink| {
             let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
             let rate = sample
@@ -666,7 +708,7 @@ fn audio_callbacks(shared: Arc<Shared>, tx: SyncSender<AudioChunk>) -> gst_app::
             }
             let duration = samples.len() as f64 / f64::from(rate);
             let (t, fresh) = place(&shared, secs(buffer.pts()), duration);
-            match tx.try_send(AudioChunk { t, rate, samples, fresh }) {
+            match tx.try_send(AudioMsg::Chunk(AudioChunk { t, rate, samples, fresh })) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     shared.metrics.dropped_audio();
@@ -707,6 +749,7 @@ fn video_callbacks(
             for y in 0..h as usize {
                 rgb.extend_from_slice(&map[y * row..y * row + w as usize * 3]);
             }
+            shared.video_seen.store(true, Ordering::Relaxed);
             let (t, _) = place(&shared, secs(buffer.pts()), 0.0);
             if q.push(VideoFrame {
                 t,
@@ -722,7 +765,7 @@ fn video_callbacks(
 }
 
 fn audio_loop(
-    rx: Receiver<AudioChunk>,
+    rx: Receiver<AudioMsg>,
     shared: Arc<Shared>,
     tap: Option<PublisherHandle>,
     chunk_ms: Option<u32>,
@@ -734,10 +777,21 @@ fn audio_loop(
     let mut t16 = 0.0;
     let chunk = chunk_ms.map(|ms| (TARGET_RATE * ms / 1000) as usize);
     loop {
-        let c = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(c) => c,
+        let msg = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let c = match msg {
+            AudioMsg::Chunk(c) => c,
+            AudioMsg::Flush => {
+                if let (Some((_, r)), Some(chunk), Some(tap)) = (resampler.as_mut(), chunk, &tap) {
+                    r.flush(&mut out16);
+                    t16 = publish_tap(tap, &shared.id, &mut out16, t16, chunk, &mut pcm, true);
+                }
+                resampler = None;
+                continue;
+            }
         };
         shared
             .metrics
@@ -758,23 +812,41 @@ fn audio_loop(
         }
         let (_, r) = resampler.as_mut().expect("set above");
         r.push(&c.samples, &mut out16);
-        let mut start = 0;
-        while out16.len() - start >= chunk {
-            pcm.clear();
-            to_i16(&out16[start..start + chunk], &mut pcm);
-            tap.publish(tap_message(&shared.id, t16, &pcm));
-            t16 += chunk as f64 / f64::from(TARGET_RATE);
-            start += chunk;
-        }
-        out16.drain(..start);
+        t16 = publish_tap(tap, &shared.id, &mut out16, t16, chunk, &mut pcm, false);
     }
+}
+
+/// Publish the full `chunk`-sample pieces of `out16` (and, with `tail`, the rest as a last
+/// shorter piece); returns the media time of what remains.
+fn publish_tap(
+    tap: &PublisherHandle,
+    id: &str,
+    out16: &mut Vec<f32>,
+    mut t16: f64,
+    chunk: usize,
+    pcm: &mut Vec<i16>,
+    tail: bool,
+) -> f64 {
+    let mut start = 0;
+    while out16.len() - start >= chunk || (tail && start < out16.len()) {
+        let end = (start + chunk).min(out16.len());
+        pcm.clear();
+        to_i16(&out16[start..end], pcm);
+        tap.publish(tap_message(id, t16, pcm));
+        t16 += (end - start) as f64 / f64::from(TARGET_RATE);
+        start = end;
+    }
+    out16.drain(..start);
+    t16
 }
 
 fn video_loop(q: Arc<DropOldest<VideoFrame>>, shared: Arc<Shared>) {
     // The vision stage (faces, expression) plugs in here.
-    while let Ok(frame) = q.pop(Duration::from_millis(200)) {
-        if frame.is_some() {
-            shared.metrics.video_frame();
+    loop {
+        match q.pop(Duration::from_millis(200)) {
+            Pop::Item(_frame) => shared.metrics.video_frame(),
+            Pop::Empty => {}
+            Pop::Closed => return,
         }
     }
 }
@@ -789,10 +861,10 @@ mod tests {
         assert!(!q.push(1));
         assert!(!q.push(2));
         assert!(q.push(3));
-        assert_eq!(q.pop(Duration::ZERO), Ok(Some(2)));
-        assert_eq!(q.pop(Duration::ZERO), Ok(Some(3)));
-        assert_eq!(q.pop(Duration::ZERO), Ok(None));
+        assert_eq!(q.pop(Duration::ZERO), Pop::Item(2));
+        assert_eq!(q.pop(Duration::ZERO), Pop::Item(3));
+        assert_eq!(q.pop(Duration::ZERO), Pop::Empty);
         q.close();
-        assert_eq!(q.pop(Duration::ZERO), Err(()));
+        assert_eq!(q.pop(Duration::ZERO), Pop::Closed);
     }
 }

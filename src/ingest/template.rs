@@ -157,6 +157,7 @@ pub fn quote(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gstreamer::prelude::*;
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -45,6 +45,8 @@ pub fn peer(name: &str) -> PathBuf {
 /// A running daemon with its own config, ports and scratch directory.
 pub struct Daemon {
     pub child: Child,
+    /// The control endpoint.
+    pub control: String,
     pub dir: tempfile::TempDir,
     pub transcripts: String,
     pub events: String,
@@ -67,11 +69,25 @@ impl Daemon {
         extra: impl FnOnce(&Path, (u16, u16, u16)) -> String,
         env: &[(&str, &str)],
     ) -> Daemon {
+        Self::start_custom(extra, env, true)
+    }
+
+    /// With `default_streams`, two silent live streams (`call-42`, `call-7`, from a scratch
+    /// `idle.gst` template) are attached so that transcripts for them are accepted; without,
+    /// none (and `extra` may set `[pipelines]` itself).
+    pub fn start_custom(
+        extra: impl FnOnce(&Path, (u16, u16, u16)) -> String,
+        env: &[(&str, &str)],
+        default_streams: bool,
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("pipelines")).unwrap();
         std::fs::write(
-            dir.path().join("pipelines/file.gst"),
-            "uridecodebin uri={uri} ! fakesink\n",
+            dir.path().join("pipelines/idle.gst"),
+            "# schemes: test\naudiotestsrc is-live=true wave=silence samplesperbuffer=1600 \
+             ! audio/x-raw,rate=16000 ! audioconvert \
+             ! audio/x-raw,format=F32LE,channels=1,layout=interleaved \
+             ! appsink name=audio sync=false async=false\n",
         )
         .unwrap();
         let (t, e, a, m) = (free_port(), free_port(), free_port(), free_port());
@@ -87,11 +103,21 @@ impl Daemon {
         if !has("audio_tap") {
             cfg += &format!("[audio_tap]\nendpoint = \"tcp://127.0.0.1:{a}\"\n");
         }
-        cfg +=
-            &format!("[metrics]\nlisten = \"127.0.0.1:{m}\"\n[pipelines]\ndir = \"pipelines\"\n");
-        cfg += "[[streams]]\nid = \"call-42\"\nuri = \"file:///tmp/a.mp4\"\ntemplate = \"file\"\n";
-        cfg += "[[streams]]\nid = \"call-7\"\nuri = \"file:///tmp/b.mp4\"\ntemplate = \"file\"\n";
+        cfg += &format!("[metrics]\nlisten = \"127.0.0.1:{m}\"\n");
+        if !has("pipelines") {
+            cfg += "[pipelines]\ndir = \"pipelines\"\n";
+        }
+        if !has("control") {
+            cfg += &format!(
+                "[control]\nendpoint = \"tcp://127.0.0.1:{}\"\n",
+                free_port()
+            );
+        }
         cfg += &extra;
+        if default_streams {
+            cfg += "[[streams]]\nid = \"call-42\"\nuri = \"test://idle\"\ntemplate = \"idle\"\n";
+            cfg += "[[streams]]\nid = \"call-7\"\nuri = \"test://idle\"\ntemplate = \"idle\"\n";
+        }
         let path = dir.path().join("summerd.toml");
         std::fs::write(&path, &cfg).unwrap();
         // stderr goes to a file: a pipe nobody reads would fill and block the daemon.
@@ -104,8 +130,15 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("start summerd");
+        let control = cfg
+            .split("[control]\nendpoint = \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_string();
         let mut d = Daemon {
             child,
+            control,
             dir,
             transcripts: format!("tcp://127.0.0.1:{t}"),
             events: format!("tcp://127.0.0.1:{e}"),
@@ -130,6 +163,28 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("summerd did not become ready within 30 s");
+    }
+
+    /// One control request (JSON) and its reply.
+    pub fn control(&self, req: serde_json::Value) -> serde_json::Value {
+        let ctx = zmq::Context::new();
+        let s = ctx.socket(zmq::REQ).unwrap();
+        s.set_linger(0).unwrap();
+        s.set_rcvtimeo(30_000).unwrap();
+        s.connect(&self.control).unwrap();
+        s.send(req.to_string().as_bytes(), 0).unwrap();
+        let reply = s.recv_bytes(0).expect("control reply");
+        serde_json::from_slice(&reply).unwrap()
+    }
+
+    /// The state of a stream as `list` reports it.
+    pub fn stream_state(&self, id: &str) -> Option<String> {
+        let r = self.control(serde_json::json!({"cmd": "list"}));
+        r["streams"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == id)
+            .and_then(|s| s["state"].as_str().map(str::to_string))
     }
 
     /// What the daemon logged so far.

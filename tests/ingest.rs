@@ -1,0 +1,448 @@
+//! Ingest with real components on loopback: GStreamer pipelines from the shipped templates,
+//! files (wav made here, mp4 from ../shared), a real RTSP server (gst-rtsp-server), RTP/UDP
+//! G.711 from a gst-launch sender, live test sources; attach/detach/list over the control
+//! socket; the audio tap as a pyzmq SUB sees it; the reconnect-and-isolation fault test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Peer, eventually, free_port, metric};
+use serde_json::json;
+
+fn pipelines() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("pipelines")
+        .display()
+        .to_string()
+}
+
+/// A daemon with the repository's templates and no streams.
+fn daemon() -> Daemon {
+    Daemon::start_custom(
+        |_, _| format!("[pipelines]\ndir = \"{}\"\n", pipelines()),
+        &[],
+        false,
+    )
+}
+
+fn attach(d: &Daemon, id: &str, uri: &str, template: &str, options: serde_json::Value) {
+    let r = d.control(
+        json!({"cmd": "attach", "id": id, "uri": uri, "template": template, "options": options}),
+    );
+    assert_eq!(r["ok"], true, "attach {id}: {r}");
+}
+
+fn audio_seconds(d: &Daemon, id: &str) -> f64 {
+    metric(
+        &d.scrape(),
+        &format!("summerd_ingest_audio_seconds_total{{stream=\"{id}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+fn gst_launch(args: &str) -> Child {
+    Command::new("gst-launch-1.0")
+        .args(["-q"])
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0 (Debian gstreamer1.0-tools)")
+}
+
+/// A 3-second 44.1 kHz mono WAV with a 440 Hz tone, made by GStreamer.
+fn make_wav(dir: &Path) -> PathBuf {
+    let p = dir.join("tone.wav");
+    let ok = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "audiotestsrc",
+            "num-buffers=300",
+            "samplesperbuffer=441",
+            "freq=440",
+            "!",
+        ])
+        .args([
+            "audio/x-raw,rate=44100,channels=1",
+            "!",
+            "wavenc",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", p.display()))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    p
+}
+
+fn events(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|m| serde_json::from_str(m["body"].as_str()?).ok())
+        .collect()
+}
+
+#[test]
+fn wav_file_feeds_the_tap_on_its_timeline_and_ends() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = make_wav(dir.path());
+    let mut tap = Peer::spawn(
+        "subscribe.py",
+        &[
+            &d.tap,
+            "--prefix",
+            "call",
+            "--count",
+            "75",
+            "--timeout",
+            "20",
+        ],
+    );
+    let mut life = Peer::spawn(
+        "subscribe.py",
+        &[
+            &d.events,
+            "--prefix",
+            "lifecycle.call",
+            "--count",
+            "2",
+            "--timeout",
+            "20",
+        ],
+    );
+    assert_eq!(tap.line().as_deref(), Some("subscribed"));
+    assert_eq!(life.line().as_deref(), Some("subscribed"));
+    attach(
+        &d,
+        "call-wav",
+        &format!("file://{}", wav.display()),
+        "file",
+        json!({"sync": "false"}),
+    );
+
+    // 3 s at 16 kHz in 40 ms messages: 75 messages, contiguous from 0.
+    let lines = tap.finish();
+    assert_eq!(lines.len(), 75, "tap messages: {}", lines.len());
+    let mut expected_pts = 0.0;
+    for l in &lines {
+        let m: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(m["topic"], "call-wav");
+        let h: serde_json::Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (h["rate"].as_u64(), h["format"].as_str()),
+            (Some(16000), Some("S16LE"))
+        );
+        let pts = h["pts"].as_f64().unwrap();
+        assert!(
+            (pts - expected_pts).abs() < 1e-6,
+            "pts {pts}, expected {expected_pts}"
+        );
+        assert_eq!(m["extra_frame_bytes"], json!([1280]));
+        expected_pts += 0.04;
+    }
+    let ev = events(&life.finish());
+    let kinds: Vec<_> = ev
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["stream.up", "stream.down"], "{ev:?}");
+    assert_eq!(ev[1]["reason"], "end of stream");
+    assert!(
+        (ev[1]["media_time"].as_f64().unwrap() - 3.0).abs() < 0.05,
+        "{ev:?}"
+    );
+    assert_eq!(d.stream_state("call-wav").as_deref(), Some("ended"));
+    assert!((audio_seconds(&d, "call-wav") - 3.0).abs() < 0.01);
+}
+
+#[test]
+fn mp4_from_shared_yields_scaled_video_frames_and_audio() {
+    let Some(assets) = summerd::assets::dir() else {
+        eprintln!(
+            "SKIPPED: ../shared (or $SUMMERD_ASSETS) is absent; the mp4 test needs media/street-faces.mp4"
+        );
+        return;
+    };
+    let d = daemon();
+    let mp4 = assets
+        .join("media/street-faces.mp4")
+        .canonicalize()
+        .unwrap();
+    attach(
+        &d,
+        "street",
+        &format!("file://{}", mp4.display()),
+        "file",
+        json!({"sync": "false"}),
+    );
+    let ended = eventually(Duration::from_secs(30), || {
+        (d.stream_state("street").as_deref() == Some("ended")).then_some(())
+    });
+    assert!(ended.is_some(), "{}", d.log());
+    let m = d.scrape();
+    let frames = metric(&m, "summerd_ingest_video_frames_total{stream=\"street\"}").unwrap();
+    // 4.2 s at 5 fps; the video queue holds 4 and drops the oldest when the consumer lags.
+    let dropped = metric(
+        &m,
+        "summerd_ingest_dropped_total{stream=\"street\",kind=\"video\"}",
+    )
+    .unwrap();
+    assert!(
+        (19.0..=23.0).contains(&(frames + dropped)),
+        "frames {frames} + dropped {dropped}"
+    );
+    assert!((audio_seconds(&d, "street") - 4.2).abs() < 0.05);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.mp4");
+    std::fs::write(
+        &junk,
+        (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+
+    let r = d
+        .control(json!({"cmd": "attach", "id": "x", "uri": "gopher://host/1", "template": "rtsp"}));
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"].as_str().unwrap().contains("scheme 'gopher'"),
+        "{r}"
+    );
+    let r =
+        d.control(json!({"cmd": "attach", "id": "x", "uri": "file:///a", "template": "webrtc"}));
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("pipeline template 'webrtc'"),
+        "{r}"
+    );
+    let r = d
+        .control(json!({"cmd": "attach", "id": "bad id!", "uri": "file:///a", "template": "file"}));
+    assert!(r["error"].as_str().unwrap().contains("not valid"), "{r}");
+    let r = d.control(json!({"cmd": "launch"}));
+    assert!(r["error"].as_str().unwrap().contains("bad request"), "{r}");
+    let r = d.control(json!({"cmd": "detach", "id": "nope"}));
+    assert!(r["error"].as_str().unwrap().contains("not attached"), "{r}");
+
+    let mut life = Peer::spawn(
+        "subscribe.py",
+        &[
+            &d.events,
+            "--prefix",
+            "lifecycle.junk",
+            "--count",
+            "1",
+            "--timeout",
+            "15",
+        ],
+    );
+    assert_eq!(life.line().as_deref(), Some("subscribed"));
+    attach(
+        &d,
+        "junk",
+        &format!("file://{}", junk.display()),
+        "file",
+        json!({}),
+    );
+    let r =
+        d.control(json!({"cmd": "attach", "id": "junk", "uri": "file:///a", "template": "file"}));
+    assert!(
+        r["error"].as_str().unwrap().contains("already attached"),
+        "{r}"
+    );
+    let ev = events(&life.finish());
+    assert_eq!(ev.len(), 1, "no stream.error for a corrupt file");
+    assert_eq!(ev[0]["type"], "stream.error");
+    let reason = ev[0]["reason"].as_str().unwrap();
+    assert!(!reason.is_empty(), "{ev:?}");
+    // The daemon is fine and detaching frees the stream.
+    assert_eq!(
+        d.control(json!({"cmd": "detach", "id": "junk"}))["ok"],
+        true
+    );
+    assert_eq!(d.control(json!({"cmd": "list"}))["streams"], json!([]));
+    assert_eq!(common::http_get(&d.metrics, "/healthz").unwrap().0, 200);
+}
+
+struct RtspServer(Child);
+
+impl RtspServer {
+    fn start(port: u16) -> RtspServer {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(common::peer("rtsp_server.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with gi (Debian python3-gi, gir1.2-gst-rtsp-server-1.0)");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "RTSP server did not start");
+        RtspServer(child)
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The RTSP server dies mid-stream and comes back: its streams go down and are flowing again
+/// within 2 s of its return; the RTP and test streams in the same daemon never pause.
+#[test]
+fn rtsp_outage_reconnects_while_other_streams_keep_flowing() {
+    let d = daemon();
+    let rtsp_port = free_port();
+    let rtp_port = free_port();
+    let mut server = RtspServer::start(rtsp_port);
+    let mut sender = gst_launch(&format!(
+        "audiotestsrc is-live=true freq=220 ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay ! udpsink host=127.0.0.1 port={rtp_port}"
+    ));
+    attach(
+        &d,
+        "av",
+        &format!("rtsp://127.0.0.1:{rtsp_port}/av"),
+        "rtsp",
+        json!({}),
+    );
+    attach(
+        &d,
+        "aac",
+        &format!("rtsp://127.0.0.1:{rtsp_port}/audio"),
+        "rtsp",
+        json!({}),
+    );
+    attach(
+        &d,
+        "sip",
+        &format!("udp://127.0.0.1:{rtp_port}"),
+        "rtp-pcmu",
+        json!({}),
+    );
+    attach(&d, "synthetic", "test://tone", "test", json!({}));
+    let ids = ["av", "aac", "sip", "synthetic"];
+    let all_up = eventually(Duration::from_secs(20), || {
+        ids.iter()
+            .all(|id| d.stream_state(id).as_deref() == Some("up"))
+            .then_some(())
+    });
+    assert!(
+        all_up.is_some(),
+        "not all streams came up: {}\n{}",
+        d.control(json!({"cmd": "list"})),
+        d.log()
+    );
+    let frames = metric(
+        &d.scrape(),
+        "summerd_ingest_video_frames_total{stream=\"av\"}",
+    )
+    .unwrap_or(0.0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        metric(
+            &d.scrape(),
+            "summerd_ingest_video_frames_total{stream=\"av\"}"
+        )
+        .unwrap()
+            > frames,
+        "RTSP video frames are not flowing"
+    );
+
+    // Outage.
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let before: Vec<f64> = ["sip", "synthetic"]
+        .iter()
+        .map(|id| audio_seconds(&d, id))
+        .collect();
+    let down = eventually(Duration::from_secs(10), || {
+        ["av", "aac"]
+            .iter()
+            .all(|id| d.stream_state(id).as_deref() != Some("up"))
+            .then_some(())
+    });
+    assert!(
+        down.is_some(),
+        "RTSP streams did not notice the outage\n{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let outage = 2.0;
+    for (id, b) in ["sip", "synthetic"].iter().zip(&before) {
+        let gained = audio_seconds(&d, id) - b;
+        assert!(
+            gained > outage * 0.8,
+            "{id} paused during the RTSP outage: {gained:.2} s of audio"
+        );
+        assert_eq!(d.stream_state(id).as_deref(), Some("up"));
+    }
+
+    // Return: flowing again within 2 s.
+    server = RtspServer::start(rtsp_port);
+    let back = Instant::now();
+    let up = eventually(Duration::from_secs(10), || {
+        ["av", "aac"]
+            .iter()
+            .all(|id| d.stream_state(id).as_deref() == Some("up"))
+            .then(|| back.elapsed())
+    });
+    let took = up.unwrap_or_else(|| panic!("RTSP streams did not come back\n{}", d.log()));
+    eprintln!("RTSP streams flowing again {took:?} after the server returned");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+    let m = d.scrape();
+    assert!(metric(&m, "summerd_stream_restarts_total{stream=\"av\"}").unwrap() >= 1.0);
+    assert_eq!(
+        metric(&m, "summerd_stream_restarts_total{stream=\"sip\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, "summerd_stream_restarts_total{stream=\"synthetic\"}"),
+        Some(0.0)
+    );
+
+    // The timeline stays continuous across the reconnect: it now covers the outage too.
+    let list = d.control(json!({"cmd": "list"}));
+    let av = list["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "av")
+        .unwrap();
+    let synthetic = list["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "synthetic")
+        .unwrap();
+    let (a, s) = (
+        av["media_time"].as_f64().unwrap(),
+        synthetic["media_time"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - s).abs() < 1.5,
+        "av timeline {a:.2} vs synthetic {s:.2}"
+    );
+
+    // Detach frees the stream; transcripts for it become unknown.
+    assert_eq!(d.control(json!({"cmd": "detach", "id": "av"}))["ok"], true);
+    assert_eq!(d.stream_state("av"), None);
+    let _ = sender.kill();
+    let _ = sender.wait();
+    drop(server);
+}
