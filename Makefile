@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run test lint setup bench-text
+.PHONY: run test lint setup bench-text bench-ingest
 
 # Run the daemon with the default config in the foreground (Ctrl-C drains and exits).
 run:
@@ -20,3 +20,8 @@ setup:
 # (needs ../shared); figures printed and written to target/bench/text.json.
 bench-text:
 	bash tests/setup.sh cargo bench --locked --bench text
+
+# Ingest: CPU per stream-second of summerd's ingest vs a bare GStreamer decode of the same
+# 720p25 H.264+AAC file; figures printed and written to target/bench/ingest.json.
+bench-ingest:
+	bash tests/setup.sh cargo bench --locked --bench ingest

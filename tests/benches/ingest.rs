@@ -1,0 +1,154 @@
+//! Ingest cost: CPU seconds per stream-second for summerd's ingest of a 720p25 H.264 + AAC
+//! file, against a bare `gst-launch-1.0 uridecodebin ... ! fakesink` decode of the same file,
+//! in the same run, both as fast as the machine allows. Prints the figures and writes
+//! target/bench/ingest.json.
+//!
+//! Run: `make bench-ingest`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, eventually};
+use serde_json::json;
+
+const SECONDS: u32 = 30;
+
+/// A 30 s 1280x720 25 fps H.264 + AAC (48 kHz stereo) mp4 of moving test patterns, made once.
+fn fixture(dir: &Path) -> PathBuf {
+    let p = dir.join("720p25-h264-aac.mp4");
+    if p.exists() {
+        return p;
+    }
+    let frames = SECONDS * 25;
+    let audio_buffers = SECONDS * 48_000 / 1024 + 1;
+    let tmp = dir.join("fixture.tmp.mp4");
+    let pipeline = format!(
+        "videotestsrc num-buffers={frames} pattern=ball motion=sweep background-color=0xff305070 \
+         ! video/x-raw,width=1280,height=720,framerate=25/1 ! x264enc speed-preset=veryfast bitrate=3000 key-int-max=50 \
+         ! h264parse ! queue ! mp4mux name=m ! filesink location={} \
+         audiotestsrc num-buffers={audio_buffers} samplesperbuffer=1024 wave=pink-noise \
+         ! audio/x-raw,rate=48000,channels=2 ! avenc_aac ! aacparse ! queue ! m.",
+        tmp.display()
+    );
+    let ok = Command::new("gst-launch-1.0")
+        .args(["-q", "-e"])
+        .args(pipeline.split_whitespace())
+        .status()
+        .expect("gst-launch-1.0")
+        .success();
+    assert!(ok, "could not make the fixture");
+    std::fs::rename(&tmp, &p).unwrap();
+    p
+}
+
+/// CPU seconds (user + system) of the finished children so far.
+fn children_cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// CPU seconds (user + system) of a running process, from /proc.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn main() {
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = fixture(&out);
+    let uri = format!("file://{}", file.display());
+
+    // Bare decode, the same elements summerd's file template starts from.
+    let before = children_cpu();
+    let t0 = Instant::now();
+    let ok = Command::new("gst-launch-1.0")
+        .args(["-q", "uridecodebin", &format!("uri={uri}"), "name=d"])
+        .args(["d.", "!", "queue", "!", "fakesink", "sync=false"])
+        .args(["d.", "!", "queue", "!", "fakesink", "sync=false"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let bare_wall = t0.elapsed().as_secs_f64();
+    let bare_cpu = children_cpu() - before;
+
+    // summerd: attach the file (as fast as possible), measure the daemon's CPU from attach
+    // to the end of the stream.
+    let pipelines = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let d = Daemon::start_custom(
+        |_, _| format!("[pipelines]\ndir = \"{}\"\n", pipelines.display()),
+        &[],
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = d.child.id();
+    let cpu0 = process_cpu(pid);
+    let t0 = Instant::now();
+    let r = d.control(json!({"cmd": "attach", "id": "bench", "uri": uri, "template": "file", "options": {"sync": "false"}}));
+    assert_eq!(r["ok"], true, "{r}");
+    let ended = eventually(Duration::from_secs(300), || {
+        (d.stream_state("bench").as_deref() == Some("ended")).then_some(())
+    });
+    assert!(ended.is_some(), "stream did not end\n{}", d.log());
+    let ours_wall = t0.elapsed().as_secs_f64();
+    let ours_cpu = process_cpu(pid) - cpu0;
+    let m = d.scrape();
+    let audio =
+        common::metric(&m, "summerd_ingest_audio_seconds_total{stream=\"bench\"}").unwrap_or(0.0);
+    let frames =
+        common::metric(&m, "summerd_ingest_video_frames_total{stream=\"bench\"}").unwrap_or(0.0);
+
+    let secs = f64::from(SECONDS);
+    let ratio = ours_cpu / bare_cpu;
+    println!("ingest of a {SECONDS} s 1280x720 25 fps H.264 + AAC file, as fast as possible");
+    println!(
+        "{:<28} {:>12} {:>12} {:>16}",
+        "", "CPU s", "wall s", "CPU s / stream s"
+    );
+    println!(
+        "{:<28} {:>12.2} {:>12.2} {:>16.4}",
+        "bare gst-launch decode",
+        bare_cpu,
+        bare_wall,
+        bare_cpu / secs
+    );
+    println!(
+        "{:<28} {:>12.2} {:>12.2} {:>16.4}",
+        "summerd ingest",
+        ours_cpu,
+        ours_wall,
+        ours_cpu / secs
+    );
+    println!(
+        "ratio summerd / bare decode: {ratio:.3}   (audio {audio:.2} s, {frames} frames handed on)"
+    );
+    let report = json!({
+        "fixture": {"seconds": SECONDS, "video": "1280x720 25 fps H.264", "audio": "AAC 48 kHz stereo", "content": "GStreamer test patterns"},
+        "bare_decode": {"cpu_s": bare_cpu, "wall_s": bare_wall, "cpu_per_stream_s": bare_cpu / secs},
+        "summerd_ingest": {"cpu_s": ours_cpu, "wall_s": ours_wall, "cpu_per_stream_s": ours_cpu / secs,
+                            "audio_s": audio, "video_frames": frames},
+        "ratio": ratio,
+    });
+    std::fs::write(
+        out.join("ingest.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", out.join("ingest.json").display());
+}
