@@ -342,48 +342,9 @@ impl Default for ControlConfig {
     }
 }
 
-/// `[[streams]]`: one live stream attached at start.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamConfig {
-    /// Stream id: 1-128 characters of `A-Z a-z 0-9 . _ : -`; the `stream` of transcripts and
-    /// the suffix of event topics (`emotion.<id>`).
-    pub id: String,
-    /// Source URI handed to the template (`file:///...`, `rtsp://...`, `srt://...`, ...).
-    pub uri: String,
-    /// Pipeline template name: `<pipelines.dir>/<template>.gst`.
-    pub template: String,
-    /// Speaker label in transcripts -> role (e.g. `"spk0" = "agent"`). Unmapped labels are
-    /// their own role.
-    #[serde(default)]
-    pub speakers: BTreeMap<String, String>,
-    /// Roles whose emotions may be inferred at all. Empty: every role. Set it to exclude
-    /// agents where EU AI Act art. 5(1)(f) applies.
-    #[serde(default)]
-    pub infer_speakers: Vec<String>,
-    /// Overrides `events.publish_text` for this stream.
-    #[serde(default)]
-    pub publish_text: Option<bool>,
-    /// Extra template values: `{name}` in the template (e.g. `sync = "false"` to read a file
-    /// as fast as possible instead of in real time).
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-}
-
-impl StreamConfig {
-    /// As an ingest attach request.
-    pub fn spec(&self) -> crate::ingest::StreamSpec {
-        crate::ingest::StreamSpec {
-            id: self.id.clone(),
-            uri: self.uri.clone(),
-            template: self.template.clone(),
-            speakers: self.speakers.clone(),
-            infer_speakers: self.infer_speakers.clone(),
-            publish_text: self.publish_text,
-            options: self.options.clone(),
-        }
-    }
-}
+/// `[[streams]]`: one live stream attached at start; the same fields as an attach request
+/// on the control socket.
+pub type StreamConfig = crate::ingest::StreamSpec;
 
 /// A duration written as a human string: `"10s"`, `"250ms"`, `"5m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -176,7 +176,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         beats.push(hb);
     }
     for s in &cfg.raw.streams {
-        ingest.attach(s.spec())?;
+        ingest.attach(s.clone())?;
     }
     let (tx, rx) = mpsc::channel(t.queue);
     let hb = Heartbeat::new("zmq-transcripts");

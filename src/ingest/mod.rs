@@ -69,26 +69,30 @@ pub struct IngestSettings {
     pub tap_chunk_ms: Option<u32>,
 }
 
-/// What to attach.
+/// What to attach: a `[[streams]]` table of the config, or an attach request.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
-    /// Stream id.
+    /// Stream id: 1-128 characters of `A-Z a-z 0-9 . _ : -`; the `stream` of transcripts and
+    /// the suffix of event topics (`emotion.<id>`).
     pub id: String,
-    /// Source URI.
+    /// Source URI handed to the template (`file:///...`, `rtsp://...`, `udp://...`, ...).
     pub uri: String,
-    /// Template name.
+    /// Pipeline template name: `<pipelines.dir>/<template>.gst`.
     pub template: String,
-    /// Speaker label -> role.
+    /// Speaker label in transcripts -> role (e.g. `"spk0" = "agent"`). Unmapped labels are
+    /// their own role.
     #[serde(default)]
     pub speakers: BTreeMap<String, String>,
-    /// Roles whose emotions may be inferred; empty: all.
+    /// Roles whose emotions may be inferred at all. Empty: every role. Set it to exclude
+    /// agents where EU AI Act art. 5(1)(f) applies.
     #[serde(default)]
     pub infer_speakers: Vec<String>,
-    /// Whether transcript text rides in this stream's events (None: the default).
+    /// Overrides `events.publish_text` for this stream.
     #[serde(default)]
     pub publish_text: Option<bool>,
-    /// Extra template values (`{name}` in the template), e.g. `sync = "false"`.
+    /// Extra template values: `{name}` in the template (e.g. `sync = "false"` to read a file
+    /// as fast as possible instead of in real time).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
