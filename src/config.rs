@@ -10,7 +10,7 @@
 //! Relative paths in the file are resolved against the directory of the config file, so that
 //! the same file works from a checkout and from `/etc/summerd` under systemd.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -1070,18 +1070,13 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                             &format!("a URI of scheme {}", t.schemes.join(", ")),
                         );
                     }
-                    let mut vars: BTreeMap<String, String> = [
-                        "uri",
-                        "fps",
-                        "max_width",
-                        "max_height",
-                        "sync",
-                        "video_caps",
-                    ]
-                    .into_iter()
-                    .map(|v| (v.to_string(), String::new()))
-                    .collect();
-                    vars.extend(s.options.clone());
+                    let ig = &raw.ingest;
+                    let vars = crate::ingest::template_vars(
+                        s,
+                        ig.video_fps,
+                        ig.video_max_width,
+                        ig.video_max_height,
+                    );
                     if let Err(e) = t.render(&vars) {
                         c.bad(
                             k("options"),

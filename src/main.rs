@@ -223,7 +223,7 @@ fn features_text(
     for chunk in texts.chunks(32) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let tokens = enc.tokenize(&refs)?;
-        let emb = enc.encode(&refs)?;
+        let emb = enc.vectors(&tokens)?;
         for (i, (text, e)) in refs.iter().zip(emb).enumerate() {
             let row = tokens.row(i);
             let mut obj = serde_json::json!({"text": text, "tokens": row.len(), "embedding": e});

@@ -225,12 +225,16 @@ impl TextEncoder {
         Ok(mean_pool_normalize(&hidden, &att))
     }
 
-    /// Tokenise and embed: one `dim`-long unit vector per text.
-    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, TextError> {
-        let t = self.tokenize(texts)?;
-        let e = self.embed(&t)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+    /// Embed already tokenised input: one `dim`-long unit vector per row, on the CPU.
+    pub fn vectors(&self, t: &Tokens) -> Result<Vec<Vec<f32>>, TextError> {
+        let e = self.embed(t)?.f_to_device(Device::Cpu)?.f_contiguous()?;
         let flat = Vec::<f32>::try_from(e.f_view([-1])?)?;
         Ok(flat.chunks(self.dim).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Tokenise and embed: one `dim`-long unit vector per text.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, TextError> {
+        self.vectors(&self.tokenize(texts)?)
     }
 }
 

@@ -39,7 +39,7 @@ fn check_parity(texts: &[String]) {
     let mut failures = Vec::new();
     for (start, chunk) in refs.chunks(32).enumerate().map(|(i, c)| (i * 32, c)) {
         let tokens = enc.tokenize(chunk).unwrap();
-        let emb = enc.encode(chunk).unwrap();
+        let emb = enc.vectors(&tokens).unwrap();
         for (j, e) in emb.iter().enumerate() {
             let i = start + j;
             if tokens.row(j) != reference.ids[i] {
@@ -81,7 +81,7 @@ fn hard_inputs_give_unit_vectors_and_truncate() {
     let texts = hard_inputs();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let tokens = enc.tokenize(&refs).unwrap();
-    let batch = enc.encode(&refs).unwrap();
+    let batch = enc.vectors(&tokens).unwrap();
     assert_eq!(batch.len(), texts.len());
     for (i, e) in batch.iter().enumerate() {
         assert_eq!(e.len(), 384);

@@ -326,25 +326,7 @@ impl Ingest {
 
     fn vars(&self, spec: &StreamSpec) -> BTreeMap<String, String> {
         let s = &self.settings;
-        let mut v: BTreeMap<String, String> = [
-            ("uri", spec.uri.clone()),
-            ("fps", s.video_fps.to_string()),
-            ("max_width", s.video_max_width.to_string()),
-            ("max_height", s.video_max_height.to_string()),
-            ("sync", "true".to_string()),
-            (
-                "video_caps",
-                format!(
-                    "video/x-raw,format=RGB,width=(int)[16,{}],height=(int)[16,{}],pixel-aspect-ratio=(fraction)1/1",
-                    s.video_max_width, s.video_max_height
-                ),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        v.extend(spec.options.clone());
-        v
+        template_vars(spec, s.video_fps, s.video_max_width, s.video_max_height)
     }
 
     /// Attach a stream: it starts at once and keeps retrying until detached.
@@ -442,6 +424,33 @@ impl Ingest {
             let _ = self.detach(&id);
         }
     }
+}
+
+/// The values a stream's template is rendered with: the built-in placeholders (`{uri}`,
+/// `{fps}`, `{max_width}`, `{max_height}`, `{sync}`, `{video_caps}`), then the stream's
+/// options, which may override them. Validation renders with the same values.
+pub fn template_vars(
+    spec: &StreamSpec,
+    fps: u32,
+    max_width: u32,
+    max_height: u32,
+) -> BTreeMap<String, String> {
+    let video_caps = format!(
+        "video/x-raw,format=RGB,width=(int)[16,{max_width}],height=(int)[16,{max_height}],pixel-aspect-ratio=(fraction)1/1"
+    );
+    let mut v: BTreeMap<String, String> = [
+        ("uri", spec.uri.clone()),
+        ("fps", fps.to_string()),
+        ("max_width", max_width.to_string()),
+        ("max_height", max_height.to_string()),
+        ("sync", "true".to_string()),
+        ("video_caps", video_caps),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    v.extend(spec.options.clone());
+    v
 }
 
 struct Supervisor {

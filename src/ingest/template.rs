@@ -133,11 +133,6 @@ impl Template {
         out.push_str(rest);
         Ok(out)
     }
-
-    /// Whether the template has a video branch.
-    pub fn has_video(&self) -> bool {
-        self.body.contains("name=video")
-    }
 }
 
 /// A gst-launch double-quoted string.

@@ -72,7 +72,7 @@ fn main() {
     for chunk in refs.chunks(32) {
         let tokens = enc.tokenize(chunk).unwrap();
         our_ids.extend((0..chunk.len()).map(|i| tokens.row(i)));
-        ours.extend(enc.encode(chunk).unwrap());
+        ours.extend(enc.vectors(&tokens).unwrap());
     }
 
     let reference = text_reference(&texts, enc.max_tokens(), threads, true);
