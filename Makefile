@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run test lint setup bench-text bench-ingest
+.PHONY: run test lint setup bench-text bench-ingest bench-acoustic
 
 # Run the daemon with the default config in the foreground (Ctrl-C drains and exits).
 run:
@@ -25,3 +25,9 @@ bench-text:
 # 720p25 H.264+AAC file; figures printed and written to target/bench/ingest.json.
 bench-ingest:
 	bash tests/setup.sh cargo bench --locked --bench ingest
+
+# Acoustic descriptors: summerd's eGeMAPS v02 vs openSMILE 2.6.0 on the 415 EmoDB clips
+# (needs ../shared): agreement per functional, LOSO UAR, speed; figures printed and written to
+# target/bench/acoustic.json and target/bench/acoustic.png.
+bench-acoustic:
+	bash tests/setup.sh sh -c 'cargo bench --locked --bench acoustic && python tests/acoustic_report.py'

@@ -5,12 +5,14 @@
 
 #![warn(missing_docs)]
 
+pub mod acoustic;
 pub mod assets;
 pub mod bert;
 pub mod bus;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod decode;
 pub mod events;
 pub mod ingest;
 pub mod metrics;

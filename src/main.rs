@@ -60,6 +60,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Features {
+    /// eGeMAPS v02 descriptors of audio files (any format GStreamer decodes): the 88
+    /// functionals per file, or with --lld the 10 ms LLD frames as CSV.
+    Audio {
+        /// One JSON object per file (a line each) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The smoothed LLD frames as CSV (file, start time, 25 LLDs) instead of functionals.
+        #[arg(long, conflicts_with = "json")]
+        lld: bool,
+        /// Audio files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Sentence embeddings of TEXTs (or of each line of stdin): one JSON object a line.
     Text {
         /// Encoder directory (config.json, tokenizer.json, model.safetensors).
@@ -122,6 +135,9 @@ fn main() -> ExitCode {
                     texts,
                 },
         } => report(features_text(&dir, max_tokens, ids, texts)),
+        Command::Features {
+            what: Features::Audio { json, lld, files },
+        } => report(features_audio(&files, json, lld)),
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(cfg) => cfg,
@@ -134,6 +150,73 @@ fn main() -> ExitCode {
             report(run(cfg))
         }
     }
+}
+
+fn features_audio(files: &[PathBuf], json: bool, lld: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use summerd::acoustic::{self, LLD_NAMES};
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if lld {
+        writeln!(out, "file,start,{}", LLD_NAMES.join(","))?;
+    }
+    let mut failed = 0;
+    for path in files {
+        let audio = match summerd::decode::decode_audio(path) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("summerd: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        let (f, frames) = acoustic::file_functionals(audio.rate, &audio.samples)
+            .with_context(|| path.display().to_string())?;
+        let name = path.display().to_string();
+        if lld {
+            for (k, row) in acoustic::functionals::smooth(&frames).iter().enumerate() {
+                write!(out, "{},{:.2}", name, k as f64 * acoustic::FRAME_SECONDS)?;
+                for v in row {
+                    write!(out, ",{v}")?;
+                }
+                writeln!(out)?;
+            }
+        } else if json {
+            let values: serde_json::Map<String, serde_json::Value> = f
+                .named()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect();
+            let obj = serde_json::json!({
+                "file": name,
+                "rate": audio.rate,
+                "seconds": audio.samples.len() as f64 / f64::from(audio.rate),
+                "frames": f.frames,
+                "voiced_frames": f.voiced_frames,
+                "enough_voiced": f.enough_voiced(),
+                "functionals": values,
+            });
+            writeln!(out, "{obj}")?;
+        } else {
+            writeln!(
+                out,
+                "{name}: {} frames, {} voiced{}",
+                f.frames,
+                f.voiced_frames,
+                if f.enough_voiced() {
+                    ""
+                } else {
+                    " (not enough voiced frames: voice functionals are 0)"
+                }
+            )?;
+            for (k, v) in f.named() {
+                writeln!(out, "  {k:<45} {v:>14.6}")?;
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} file(s) could not be read", files.len());
+    }
+    Ok(())
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

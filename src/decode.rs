@@ -1,0 +1,101 @@
+//! Decoding a whole media file's audio to mono f32 at its own rate, with GStreamer (any
+//! container and codec the installed plugins decode). For offline verbs and tools; the daemon's
+//! live path is `ingest`.
+
+use std::path::Path;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+/// Errors decoding a file.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The file is not there.
+    #[error("{path}: no such file")]
+    Missing {
+        /// The path.
+        path: String,
+    },
+    /// GStreamer failed (no decoder, corrupt data...).
+    #[error("{path}: {message}")]
+    Gst {
+        /// The path.
+        path: String,
+        /// What GStreamer said.
+        message: String,
+    },
+}
+
+/// A decoded recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    /// Samples per second.
+    pub rate: u32,
+    /// Mono samples in [-1, 1].
+    pub samples: Vec<f32>,
+}
+
+/// Decode `path`'s first audio stream to mono f32 at its native rate.
+pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
+    let name = path.display().to_string();
+    let fail = |message: String| DecodeError::Gst {
+        path: name.clone(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(DecodeError::Missing { path: name });
+    }
+    gst::init().map_err(|e| fail(e.to_string()))?;
+    let pipeline = gst::parse::launch(
+        "filesrc name=src ! decodebin ! audioconvert ! \
+         audio/x-raw,format=F32LE,channels=1,layout=interleaved ! appsink name=sink sync=false",
+    )
+    .map_err(|e| fail(e.to_string()))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| fail("not a pipeline".into()))?;
+    let src = pipeline
+        .by_name("src")
+        .ok_or_else(|| fail("no filesrc".into()))?;
+    src.set_property("location", path.to_string_lossy().as_ref());
+    let sink = pipeline
+        .by_name("sink")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or_else(|| fail("no appsink".into()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut rate = 0u32;
+    let mut samples = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        if let Some(r) = sample
+            .caps()
+            .and_then(|c| c.structure(0)?.get::<i32>("rate").ok())
+        {
+            rate = r as u32;
+        }
+        if let Some(buf) = sample.buffer()
+            && let Ok(map) = buf.map_readable()
+        {
+            samples.extend(
+                map.as_slice()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+    }
+    let error = pipeline.bus().and_then(|bus| {
+        bus.iter().find_map(|msg| match msg.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+    });
+    let _ = pipeline.set_state(gst::State::Null);
+    if let Some(e) = error {
+        return Err(fail(e));
+    }
+    if rate == 0 {
+        return Err(fail("no audio stream".into()));
+    }
+    Ok(Audio { rate, samples })
+}

@@ -1,0 +1,409 @@
+//! The acoustic stage: known answers on synthetic signals, streaming = one-shot over a matrix of
+//! input rates and chunk sizes, span errors, the `features audio` verb, and agreement with
+//! openSMILE on real speech (needs ../shared; skips loudly without it).
+
+mod common;
+
+use std::f32::consts::PI;
+use std::process::Command;
+
+use summerd::acoustic::{self, AcousticStream, Functionals, Lld, NAMES, Settings, SpanError};
+
+const F0_IDX: usize = 10;
+
+fn value(f: &Functionals, name: &str) -> f32 {
+    let i = NAMES.iter().position(|n| *n == name).expect(name);
+    f.values[i]
+}
+
+fn semitones(hz: f32) -> f32 {
+    12.0 * (hz / 27.5).log2()
+}
+
+/// A harmonic signal (5 harmonics, falling 6 dB each) at `rate`, with the instantaneous
+/// frequency `f0(t)`.
+fn harmonic(rate: u32, seconds: f32, f0: impl Fn(f32) -> f32) -> Vec<f32> {
+    let n = (rate as f32 * seconds) as usize;
+    let mut phase = 0.0f32;
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            phase += 2.0 * PI * f0(t) / rate as f32;
+            (1..=5)
+                .map(|h| 0.5f32.powi(h - 1) * (h as f32 * phase).sin())
+                .sum::<f32>()
+                * 0.2
+        })
+        .collect()
+}
+
+/// Periods built one by one: lengths alternate `t0 * (1 +- jitter)`, amplitudes `1 +- shimmer`.
+fn perturbed(rate: u32, seconds: f32, f0: f32, jitter: f32, shimmer: f32) -> Vec<f32> {
+    let n = (rate as f32 * seconds) as usize;
+    let mut out = Vec::with_capacity(n);
+    let mut k = 0;
+    while out.len() < n {
+        let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
+        let len = (rate as f32 / f0 * (1.0 + sign * jitter)).round() as usize;
+        let amp = 0.3 * (1.0 + sign * shimmer);
+        for i in 0..len {
+            let ph = 2.0 * PI * i as f32 / len as f32;
+            out.push(amp * (ph.sin() + 0.5 * (2.0 * ph).sin() + 0.25 * (3.0 * ph).sin()));
+        }
+        k += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+fn whole(rate: u32, x: &[f32]) -> (Functionals, Vec<Lld>) {
+    acoustic::file_functionals(rate, x).expect("rate")
+}
+
+fn all_finite(f: &Functionals) -> bool {
+    f.values.iter().all(|v| v.is_finite())
+}
+
+#[test]
+fn pure_tones_give_their_pitch_at_every_input_rate() {
+    for rate in [8_000, 16_000, 22_050, 32_000, 44_100, 48_000] {
+        for hz in [110.0f32, 220.0, 330.0] {
+            let x: Vec<f32> = (0..rate)
+                .map(|i| 0.3 * (2.0 * PI * hz * i as f32 / rate as f32).sin())
+                .collect();
+            let (f, _) = whole(rate, &x);
+            assert!(f.enough_voiced(), "{rate} Hz, {hz} Hz tone: unvoiced");
+            let got = value(&f, "F0semitoneFrom27.5Hz_sma3nz_percentile50.0");
+            assert!(
+                (got - semitones(hz)).abs() < 0.5,
+                "{rate} Hz input, {hz} Hz tone: median F0 {got} st, truth {} st",
+                semitones(hz)
+            );
+            assert!(all_finite(&f));
+        }
+    }
+}
+
+#[test]
+fn a_chirp_is_tracked_frame_by_frame() {
+    let rate = 16_000;
+    let f0 = |t: f32| 120.0 * 2f32.powf(t / 2.0); // one octave in 2 s
+    let x = harmonic(rate, 2.0, f0);
+    let (_, frames) = whole(rate, &x);
+    let mut good = 0;
+    let mut voiced = 0;
+    for (k, fr) in frames.iter().enumerate() {
+        if fr.v[F0_IDX] > 0.0 {
+            voiced += 1;
+            // the 60 ms pitch frame starting at k * 10 ms is centred 30 ms later
+            let truth = semitones(f0(k as f32 * 0.01 + 0.03));
+            if (fr.v[F0_IDX] - truth).abs() < 0.5 {
+                good += 1;
+            }
+        }
+    }
+    assert!(
+        voiced as f32 > 0.9 * frames.len() as f32,
+        "{voiced} of {}",
+        frames.len()
+    );
+    assert!(
+        good as f32 >= 0.95 * voiced as f32,
+        "{good} of {voiced} within 0.5 st"
+    );
+}
+
+#[test]
+fn jitter_and_shimmer_follow_the_perturbation() {
+    let rate = 16_000;
+    let (clean, _) = whole(rate, &perturbed(rate, 1.0, 150.0, 0.0, 0.0));
+    let (rough, _) = whole(rate, &perturbed(rate, 1.0, 150.0, 0.02, 0.1));
+    let j0 = value(&clean, "jitterLocal_sma3nz_amean");
+    let j1 = value(&rough, "jitterLocal_sma3nz_amean");
+    let s0 = value(&clean, "shimmerLocaldB_sma3nz_amean");
+    let s1 = value(&rough, "shimmerLocaldB_sma3nz_amean");
+    // Alternating +-2 % periods: consecutive periods differ by 4 % of the mean period.
+    assert!(j0 < 0.01, "clean jitter {j0}");
+    assert!((0.025..0.06).contains(&j1), "jitter {j1}, truth 0.04");
+    // Alternating +-10 % amplitudes: 20 log10(1.1 / 0.9) = 1.74 dB.
+    assert!(s0 < 0.3, "clean shimmer {s0}");
+    assert!((1.2..2.4).contains(&s1), "shimmer {s1} dB, truth 1.74 dB");
+}
+
+#[test]
+fn noise_silence_dc_and_clipping_are_handled() {
+    let rate = 16_000;
+    // White noise (a fixed LCG): mostly unvoiced.
+    let mut seed = 12345u32;
+    let noise: Vec<f32> = (0..rate * 2)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 0.6 - 0.3
+        })
+        .collect();
+    let (f, frames) = whole(rate, &noise);
+    assert!(all_finite(&f));
+    assert!(
+        (f.voiced_frames as f32) < 0.1 * frames.len() as f32,
+        "noise: {} of {} frames voiced",
+        f.voiced_frames,
+        frames.len()
+    );
+    // Digital silence: nothing voiced, the marker says so, every value finite.
+    let (f, _) = whole(rate, &vec![0.0; rate as usize]);
+    assert!(all_finite(&f));
+    assert_eq!(f.voiced_frames, 0);
+    assert!(!f.enough_voiced());
+    assert_eq!(value(&f, "F0semitoneFrom27.5Hz_sma3nz_amean"), 0.0);
+    // DC.
+    let (f, _) = whole(rate, &vec![0.5; rate as usize]);
+    assert!(all_finite(&f));
+    assert!(!f.enough_voiced());
+    // A tone driven 10x into clipping keeps its pitch.
+    let clipped: Vec<f32> = (0..rate)
+        .map(|i| (3.0 * (2.0 * PI * 200.0 * i as f32 / rate as f32).sin()).clamp(-1.0, 1.0))
+        .collect();
+    let (f, _) = whole(rate, &clipped);
+    assert!(all_finite(&f));
+    let got = value(&f, "F0semitoneFrom27.5Hz_sma3nz_percentile50.0");
+    assert!((got - semitones(200.0)).abs() < 0.5, "clipped: {got}");
+}
+
+#[test]
+fn spans_short_empty_unready_and_evicted() {
+    let rate = 16_000;
+    let x = harmonic(rate, 3.0, |_| 150.0);
+    let mut s = AcousticStream::new(
+        rate,
+        Settings {
+            history_frames: 100,
+            pitch_lag_frames: 40,
+        },
+    )
+    .unwrap();
+    s.push(&x);
+    let ready = s.ready_until();
+    assert!(ready > 2.0 && ready < 3.0, "decided up to {ready}");
+    assert!(matches!(
+        s.functionals(ready - 0.5, ready + 0.5),
+        Err(SpanError::NotReady { .. })
+    ));
+    assert!(matches!(
+        s.functionals(0.0, 0.5),
+        Err(SpanError::Evicted { .. })
+    ));
+    assert!(matches!(
+        s.functionals(ready - 0.5, ready - 0.5),
+        Err(SpanError::Empty { .. })
+    ));
+    // Two frames: finite, and not enough voiced frames.
+    let f = s.functionals(ready - 0.02, ready).unwrap();
+    assert_eq!(f.frames, 2);
+    assert!(all_finite(&f));
+    assert!(!f.enough_voiced());
+    assert_eq!(value(&f, "F0semitoneFrom27.5Hz_sma3nz_amean"), 0.0);
+    // A full second inside the history is voiced at 150 Hz.
+    let f = s.functionals(ready - 0.9, ready).unwrap();
+    assert_eq!(f.frames, 90);
+    let got = value(&f, "F0semitoneFrom27.5Hz_sma3nz_amean");
+    assert!((got - semitones(150.0)).abs() < 0.5, "{got}");
+    // Flushing decides the rest.
+    s.flush();
+    assert!(s.ready_until() > ready);
+}
+
+/// Streaming in chunks of any size gives exactly the frames of one-shot processing.
+#[test]
+fn streaming_equals_one_shot_over_rates_and_chunk_sizes() {
+    for rate in [8_000u32, 16_000, 22_050, 32_000, 44_100, 48_000] {
+        let mut x = harmonic(rate, 1.2, |t| 130.0 + 40.0 * t);
+        let mut seed = rate;
+        for v in x.iter_mut() {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *v += ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.01;
+        }
+        let (f_once, once) = whole(rate, &x);
+        assert!(once.len() > 100);
+        for chunk in [1usize, 7, 160, 441, 4096] {
+            let mut s = AcousticStream::new(rate, Settings::default()).unwrap();
+            for c in x.chunks(chunk) {
+                s.push(c);
+            }
+            s.flush();
+            let frames = s.frames(0.0, s.ready_until()).unwrap();
+            assert_eq!(frames.len(), once.len(), "rate {rate}, chunk {chunk}");
+            assert!(
+                frames == once,
+                "rate {rate}, chunk {chunk}: frames differ from one-shot"
+            );
+            let f = s.functionals(0.0, s.ready_until()).unwrap();
+            assert_eq!(f, f_once, "rate {rate}, chunk {chunk}");
+        }
+    }
+}
+
+fn summerd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_summerd"))
+}
+
+fn write_wav(path: &std::path::Path, rate: u32) {
+    let ok = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "audiotestsrc",
+            "num-buffers=20",
+            "samplesperbuffer=2205",
+            "freq=180",
+        ])
+        .arg(format!("!audio/x-raw,rate={rate},channels=1,format=S16LE"))
+        .args(["!", "wavenc", "!", "filesink"])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0")
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn the_features_audio_verb_prints_functionals_and_llds() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    write_wav(&wav, 22_050);
+    let out = summerd()
+        .args(["features", "audio", "--json"])
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rate"], 22_050);
+    let funcs = v["functionals"].as_object().unwrap();
+    assert_eq!(funcs.len(), 88);
+    for n in NAMES {
+        assert!(funcs[n].as_f64().unwrap().is_finite(), "{n}");
+    }
+    let st = funcs["F0semitoneFrom27.5Hz_sma3nz_percentile50.0"]
+        .as_f64()
+        .unwrap() as f32;
+    assert!((st - semitones(180.0)).abs() < 0.5, "{st}");
+
+    let out = summerd()
+        .args(["features", "audio", "--lld"])
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("file,start,Loudness_sma3,"));
+    assert_eq!(header.split(',').count(), 27);
+    let rows: Vec<&str> = lines.collect();
+    // 2 s of audio: frames start every 10 ms while a 60 ms frame still fits.
+    assert_eq!(rows.len(), 195, "{} LLD rows", rows.len());
+
+    // A missing file among good ones: a clear error, exit 1, the good one still printed.
+    let out = summerd()
+        .args(["features", "audio", "--json"])
+        .arg(dir.path().join("nope.wav"))
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.wav: no such file"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+/// Agreement with openSMILE 2.6.0 on 120 real EmoDB clips for the descriptors summerd matches
+/// closely (the full 88-functional report is `make bench-acoustic`).
+#[test]
+fn agrees_with_opensmile_on_real_speech() {
+    let Some(assets) = summerd::assets::dir() else {
+        eprintln!("SKIPPED: ../shared (or $SUMMERD_ASSETS) is absent; no EmoDB clips");
+        return;
+    };
+    let mut files: Vec<_> = std::fs::read_dir(assets.join("data/emodb/wav"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let files: Vec<_> = files.into_iter().step_by(3).take(120).collect();
+    let list = files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>();
+    let script = r#"
+import json, sys, opensmile
+s = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                    feature_level=opensmile.FeatureLevel.Functionals)
+for f in sys.argv[1:]:
+    df = s.process_file(f)
+    print(json.dumps(dict(zip(df.columns, map(float, df.iloc[0].values)))))
+"#;
+    let out = Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .args(&list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openSMILE oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let oracle: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ours: Vec<Functionals> = files
+        .iter()
+        .map(|p| {
+            let a = summerd::decode::decode_audio(p).unwrap();
+            whole(a.rate, &a.samples).0
+        })
+        .collect();
+    let r = |name: &str| {
+        let a: Vec<f64> = oracle.iter().map(|o| o[name].as_f64().unwrap()).collect();
+        let b: Vec<f64> = ours.iter().map(|f| value(f, name) as f64).collect();
+        pearson(&a, &b)
+    };
+    let mut report = Vec::new();
+    for (name, floor) in [
+        ("loudness_sma3_amean", 0.98),
+        ("loudness_sma3_percentile50.0", 0.97),
+        ("spectralFlux_sma3_amean", 0.97),
+        ("mfcc1_sma3_amean", 0.98),
+        ("mfcc2_sma3_amean", 0.98),
+        ("mfcc3_sma3_amean", 0.98),
+        ("mfcc4_sma3_amean", 0.98),
+        ("hammarbergIndexV_sma3nz_amean", 0.9),
+        ("alphaRatioV_sma3nz_amean", 0.9),
+        ("equivalentSoundLevel_dBp", 0.98),
+        ("F0semitoneFrom27.5Hz_sma3nz_amean", 0.95),
+        ("F0semitoneFrom27.5Hz_sma3nz_percentile50.0", 0.95),
+        ("HNRdBACF_sma3nz_amean", 0.75),
+    ] {
+        let got = r(name);
+        report.push(format!("{name}: r = {got:.3} (floor {floor})"));
+        assert!(got >= floor, "{}", report.join("\n"));
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma).powi(2);
+        sbb += (y - mb).powi(2);
+    }
+    sab / (saa * sbb).sqrt()
+}
