@@ -19,7 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "target" / "bench"
 LABELS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness", "N": "neutral"}
-ENERGY_SPECTRAL = ("loudness", "spectralFlux", "mfcc", "alphaRatio", "hammarberg", "slope", "equivalentSoundLevel")
+ENERGY_SPECTRAL = ("loudness", "spectralFlux", "mfcc", "alphaRatio", "hammarberg", "slopeV", "slopeUV",
+                   "equivalentSoundLevel")
 
 
 def loso_uar(x, y, speakers, per_speaker):
@@ -94,7 +95,7 @@ def main():
         rel = float(np.median(np.abs(b - a) / np.maximum(np.abs(a), 1e-12)))
         per_feature.append({
             "name": n, "r": r, "median_rel_diff": rel,
-            "energy_spectral": any(k.lower() in n.lower() for k in ENERGY_SPECTRAL),
+            "energy_spectral": n.startswith(ENERGY_SPECTRAL),
         })
     n90 = sum(p["r"] >= 0.9 for p in per_feature)
     es = [p for p in per_feature if p["energy_spectral"]]

