@@ -47,6 +47,55 @@ enum Command {
         #[command(subcommand)]
         what: Features,
     },
+    /// Write training data in the native format from real data, with summerd's extractors.
+    Dataset {
+        #[command(subcommand)]
+        what: DatasetCmd,
+    },
+    /// Train a teacher and a student distilled from it (CUDA when available): early stopping
+    /// on DEV, one evaluation on TEST; writes the model(s), report.json and pictures to OUT.
+    Train {
+        /// Recipe (TOML: [model], [train], [kd]).
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Train split (native format).
+        #[arg(long)]
+        train: PathBuf,
+        /// Dev split (early stopping).
+        #[arg(long)]
+        dev: PathBuf,
+        /// Test split (evaluated once, at the end).
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate a model directory on a split: metrics as JSON on stdout (and with --out, a
+    /// report.json and a picture there).
+    Eval {
+        /// Model directory (manifest.json + weights).
+        #[arg(long)]
+        model: PathBuf,
+        /// Split (native format).
+        #[arg(long)]
+        data: PathBuf,
+        /// Directory for report.json and report.svg.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Leave-one-group-out (e.g. speaker) evaluation of the fused network on a split.
+    Loso {
+        /// Recipe (TOML).
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Data (native format; groups from its sidecar).
+        #[arg(long)]
+        data: PathBuf,
+        /// Directory for report.json and report.svg.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a CURVE keypair: DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub.
     Keygen {
         /// Directory to write into.
@@ -55,6 +104,29 @@ enum Command {
         /// File stem.
         #[arg(long, default_value = "server")]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCmd {
+    /// A MELD split from $SUMMERD_ASSETS/data/meld/<split>_sent_emo.csv: text vectors,
+    /// speakers, labels, dialogues.
+    Meld {
+        /// train, dev or test.
+        #[arg(long)]
+        split: String,
+        /// Output file (.safetensors; the sidecar is written beside it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Text encoder directory.
+        #[arg(long, default_value = summerd::text::DEFAULT_DIR)]
+        encoder: PathBuf,
+    },
+    /// EmoDB from $SUMMERD_ASSETS/data/emodb/wav: eGeMAPS functionals, speakers, labels.
+    Emodb {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -138,6 +210,16 @@ fn main() -> ExitCode {
         Command::Features {
             what: Features::Audio { json, lld, files },
         } => report(features_audio(&files, json, lld)),
+        Command::Dataset { what } => report(dataset(what)),
+        Command::Train {
+            recipe,
+            train,
+            dev,
+            test,
+            out,
+        } => report(train_cmd(&recipe, &train, &dev, test.as_deref(), &out)),
+        Command::Eval { model, data, out } => report(eval(&model, &data, out.as_deref())),
+        Command::Loso { recipe, data, out } => report(loso(&recipe, &data, &out)),
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(cfg) => cfg,
@@ -216,6 +298,142 @@ fn features_audio(files: &[PathBuf], json: bool, lld: bool) -> anyhow::Result<()
     if failed > 0 {
         anyhow::bail!("{failed} of {} file(s) could not be read", files.len());
     }
+    Ok(())
+}
+
+fn assets() -> anyhow::Result<PathBuf> {
+    summerd::assets::dir().context("the shared data (SUMMERD_ASSETS, default ../shared) is absent")
+}
+
+fn dataset(what: DatasetCmd) -> anyhow::Result<()> {
+    use summerd::train::writers;
+    let (ds, out) = match what {
+        DatasetCmd::Meld {
+            split,
+            out,
+            encoder,
+        } => {
+            anyhow::ensure!(
+                ["train", "dev", "test"].contains(&split.as_str()),
+                "--split must be train, dev or test"
+            );
+            let csv = assets()?.join(format!("data/meld/{split}_sent_emo.csv"));
+            let enc = summerd::text::TextEncoder::load(
+                &encoder,
+                summerd::text::DEFAULT_MAX_TOKENS,
+                tch::Device::cuda_if_available(),
+            )?;
+            (writers::meld(&csv, &enc)?, out)
+        }
+        DatasetCmd::Emodb { out } => (writers::emodb(&assets()?.join("data/emodb/wav"))?, out),
+    };
+    ds.save(&out)?;
+    println!(
+        "{}: {} utterances in {} dialogues, {} classes, dims (text, audio, visual) {:?}",
+        out.display(),
+        ds.len(),
+        ds.dialogues(),
+        ds.meta.classes.len(),
+        ds.meta.features.dims()
+    );
+    Ok(())
+}
+
+fn read_recipe(path: &Path) -> anyhow::Result<summerd::train::Recipe> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    summerd::train::Recipe::parse(&text).with_context(|| path.display().to_string())
+}
+
+fn load_data(path: &Path) -> anyhow::Result<summerd::train::data::Dataset> {
+    Ok(summerd::train::data::Dataset::load(path)?)
+}
+
+fn train_cmd(
+    recipe: &Path,
+    train: &Path,
+    dev: &Path,
+    test: Option<&Path>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let recipe = read_recipe(recipe)?;
+    let (tr, dv) = (load_data(train)?, load_data(dev)?);
+    let te = test.map(load_data).transpose()?;
+    let device = tch::Device::cuda_if_available();
+    let r = summerd::train::run(&recipe, &tr, &dv, te.as_ref(), out, device)?;
+    for (name, p) in [
+        ("teacher", r.teacher.as_ref()),
+        ("student", r.student.as_ref()),
+    ] {
+        if let Some(p) = p {
+            let t = p
+                .test
+                .as_ref()
+                .map(|m| format!(", test WA {:.1} WF1 {:.1}", m.wa, m.wf1))
+                .unwrap_or_default();
+            println!(
+                "{name}: best epoch {}/{}, dev WA {:.1} WF1 {:.1}{t}; experts kept {:?} ({:.0} s)",
+                p.best_epoch, p.epochs, p.dev.wa, p.dev.wf1, p.active_experts, p.seconds
+            );
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn eval(model: &Path, data: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let device = tch::Device::cuda_if_available();
+    let m = summerd::model::Model::load(model, device)?;
+    let ds = load_data(data)?;
+    anyhow::ensure!(
+        ds.meta.classes == m.manifest.classes,
+        "the data's classes {:?} are not the model's {:?}",
+        ds.meta.classes,
+        m.manifest.classes
+    );
+    m.manifest.features.check_against(&ds.meta.features)?;
+    let (metrics, active) = summerd::train::evaluate(&m.net, &ds, device, 64);
+    let obj = serde_json::json!({"metrics": metrics, "active_experts": active, "classes": ds.meta.classes});
+    println!("{}", serde_json::to_string_pretty(&obj)?);
+    if let Some(out) = out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(
+            out.join("report.json"),
+            serde_json::to_string_pretty(&obj)? + "\n",
+        )?;
+        let title = format!("{} on {}", model.display(), data.display());
+        std::fs::write(
+            out.join("report.svg"),
+            summerd::train::metrics::svg(&metrics, &ds.meta.classes, &title),
+        )?;
+    }
+    Ok(())
+}
+
+fn loso(recipe: &Path, data: &Path, out: &Path) -> anyhow::Result<()> {
+    let recipe = read_recipe(recipe)?;
+    let ds = load_data(data)?;
+    let r = summerd::train::loso(&recipe, &ds, tch::Device::cuda_if_available())?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&r)? + "\n",
+    )?;
+    std::fs::write(
+        out.join("report.svg"),
+        summerd::train::metrics::svg(&r.pooled, &r.classes, "leave one group out, pooled"),
+    )?;
+    for (g, m, dev) in &r.folds {
+        println!("held out {g} (dev {dev}): WA {:.1} UAR {:.1}", m.wa, m.uar);
+    }
+    println!(
+        "pooled over {} folds: WA {:.1}, WF1 {:.1}, UAR {:.1} ({:.0} s); wrote {}",
+        r.folds.len(),
+        r.pooled.wa,
+        r.pooled.wf1,
+        r.pooled.uar,
+        r.seconds,
+        out.display()
+    );
     Ok(())
 }
 

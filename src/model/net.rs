@@ -1,0 +1,362 @@
+//! The SUMMER network: per-modality branches (projection, speaker and position embeddings,
+//! a Transformer over the conversation window, SDMoE), hierarchical cross-modal fusion with
+//! DynAttn, a global SDMoE and the classifier. The text teacher is the text branch alone with
+//! its own classifier.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::layers::{DynAttn, EncoderLayer, Routing, Sdmoe};
+
+/// The three modalities, in the order of [`Batch::present`]'s last axis.
+pub const MODALITIES: [&str; 3] = ["text", "audio", "visual"];
+
+/// How the streams are fused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fusion {
+    /// SUMMER: text attends to audio, the result attends to visual.
+    #[default]
+    TextAudioVisual,
+    /// Text attends to visual, then to audio.
+    TextVisualAudio,
+    /// Audio attends to visual, then to text.
+    AudioVisualText,
+    /// No cross-attention: the branch outputs concatenated and projected.
+    Concat,
+}
+
+impl Fusion {
+    fn order(self) -> [usize; 3] {
+        match self {
+            Fusion::TextAudioVisual | Fusion::Concat => [0, 1, 2],
+            Fusion::TextVisualAudio => [0, 2, 1],
+            Fusion::AudioVisualText => [1, 2, 0],
+        }
+    }
+}
+
+/// The network's hyper-parameters (the `[model]` table of a recipe; stored in the manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Width of every stream.
+    pub d_model: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// Transformer layers per modality branch.
+    pub layers: i64,
+    /// FFN width in the Transformer and DynAttn blocks.
+    pub ffn_hidden: i64,
+    /// Dropout in training.
+    pub dropout: f64,
+    /// Utterances an utterance can see (itself included).
+    pub window: i64,
+    /// Streaming: utterance t sees only utterances <= t. False: the bidirectional variant.
+    pub causal: bool,
+    /// Speaker embeddings (speaker indices at or over this share the last one).
+    pub speakers: i64,
+    /// Experts per SDMoE.
+    pub experts: i64,
+    /// Hidden width of each expert.
+    pub expert_hidden: i64,
+    /// Router softmax temperature (paper: 0.5).
+    pub tau: f64,
+    /// Expert selection.
+    pub routing: Routing,
+    /// Fusion order.
+    pub fusion: Fusion,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            d_model: 256,
+            heads: 4,
+            layers: 1,
+            ffn_hidden: 512,
+            dropout: 0.1,
+            window: 12,
+            causal: true,
+            speakers: 9,
+            experts: 8,
+            expert_hidden: 256,
+            tau: 0.5,
+            routing: Routing::default(),
+            fusion: Fusion::default(),
+        }
+    }
+}
+
+/// A batch of conversations, padded to the longest: B conversations x T utterances.
+#[derive(Debug)]
+pub struct Batch {
+    /// Feature matrices [B, T, D_m] (D_m may be 0: the modality is not used).
+    pub features: [Tensor; 3],
+    /// Presence per modality [B, T, 3] (bool).
+    pub present: Tensor,
+    /// Real utterances, not padding [B, T] (bool).
+    pub valid: Tensor,
+    /// Speaker index within the conversation [B, T] (i64).
+    pub speaker: Tensor,
+    /// Labels [B, T] (i64; -1: none).
+    pub label: Tensor,
+}
+
+impl Batch {
+    /// The attention mask [B, T, T]: the window (causal or not) over real utterances.
+    pub fn window_mask(&self, window: i64, causal: bool) -> Tensor {
+        let t = self.valid.size()[1];
+        let idx = Tensor::arange(t, (Kind::Int64, self.valid.device()));
+        let d = idx.unsqueeze(1) - idx.unsqueeze(0); // t - s
+        let band = if causal {
+            d.ge(0).logical_and(&d.lt(window))
+        } else {
+            d.abs().lt(window)
+        };
+        band.unsqueeze(0).logical_and(&self.valid.unsqueeze(1))
+    }
+
+    /// Position in the window of each utterance: min(index, window - 1).
+    pub fn positions(&self, window: i64) -> Tensor {
+        let (b, t) = self.valid.size2().expect("[B, T]");
+        Tensor::arange(t, (Kind::Int64, self.valid.device()))
+            .clamp_max(window - 1)
+            .unsqueeze(0)
+            .expand([b, t], false)
+    }
+}
+
+/// What a forward pass gives.
+#[derive(Debug)]
+pub struct Output {
+    /// Class logits [B, T, C].
+    pub logits: Tensor,
+    /// The representation the classifier reads [B, T, d].
+    pub feature: Tensor,
+    /// Experts kept per token, per SDMoE ([B, T] each), named.
+    pub active: Vec<(String, Tensor)>,
+}
+
+struct Branch {
+    proj: nn::Linear,
+    ln: nn::LayerNorm,
+    spk: nn::Embedding,
+    pos: nn::Embedding,
+    layers: Vec<EncoderLayer>,
+    moe: Sdmoe,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Branch {
+    fn new(p: nn::Path, dim: i64, c: &ModelConfig) -> Branch {
+        let d = c.d_model;
+        Branch {
+            proj: nn::linear(&p / "proj", dim, d, Default::default()),
+            ln: nn::layer_norm(&p / "ln", vec![d], Default::default()),
+            spk: nn::embedding(&p / "speaker", c.speakers, d, Default::default()),
+            pos: nn::embedding(&p / "position", c.window, d, Default::default()),
+            layers: (0..c.layers)
+                .map(|i| EncoderLayer::new(&p / "layers" / i, d, c.heads, c.ffn_hidden, c.dropout))
+                .collect(),
+            moe: Sdmoe::new(&p / "moe", d, c.experts, c.expert_hidden, c.tau, c.routing),
+            mean: p.zeros_no_train("norm_mean", &[dim]),
+            std: p.ones_no_train("norm_std", &[dim]),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        present: &Tensor,
+        b: &Batch,
+        c: &ModelConfig,
+        mask: &Tensor,
+        train: bool,
+    ) -> (Tensor, Tensor) {
+        let x = (x - &self.mean) / &self.std;
+        let keep = present.unsqueeze(-1).to_kind(Kind::Float);
+        let speaker = b.speaker.clamp(0, c.speakers - 1);
+        let e = self.proj.forward(&x) * keep
+            + self.spk.forward(&speaker)
+            + self.pos.forward(&b.positions(c.window));
+        let mut h = self.ln.forward(&e).dropout(c.dropout, train);
+        // A missing modality is no key for anyone.
+        let mask = mask.logical_and(&present.unsqueeze(1));
+        for l in &self.layers {
+            h = l.forward(&h, &mask, train);
+        }
+        self.moe.forward(&h, train)
+    }
+}
+
+/// What a network is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetKind {
+    /// The text branch alone with its classifier (the IKD teacher).
+    TextTeacher,
+    /// Every modality the dimensions name, fused (the student, or a multimodal teacher).
+    Fused,
+}
+
+/// A SUMMER network (student or teacher) whose weights live in the given `VarStore` path.
+pub struct Summer {
+    cfg: ModelConfig,
+    kind: NetKind,
+    dims: [i64; 3],
+    branches: Vec<(usize, Branch)>,
+    fuse: Vec<DynAttn>,
+    concat: Option<nn::Linear>,
+    global: Option<Sdmoe>,
+    cls: nn::Linear,
+    classes: i64,
+}
+
+impl std::fmt::Debug for Summer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Summer")
+            .field("kind", &self.kind)
+            .field("dims", &self.dims)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Summer {
+    /// Build under `p` for input dimensions `dims` (text, audio, visual; 0 = not used) and
+    /// `classes` outputs. Weight names are stable: `text.proj.weight`, `fuse.0.gate.weight`,
+    /// `global.w1`, `cls.weight`, ...
+    pub fn new(
+        p: &nn::Path,
+        kind: NetKind,
+        dims: [i64; 3],
+        classes: i64,
+        cfg: &ModelConfig,
+    ) -> Summer {
+        let d = cfg.d_model;
+        let used: Vec<usize> = match kind {
+            NetKind::TextTeacher => vec![0],
+            NetKind::Fused => cfg
+                .fusion
+                .order()
+                .into_iter()
+                .filter(|m| dims[*m] > 0)
+                .collect(),
+        };
+        let branches = used
+            .iter()
+            .map(|m| (*m, Branch::new(p / MODALITIES[*m], dims[*m], cfg)))
+            .collect::<Vec<_>>();
+        let fused = kind == NetKind::Fused;
+        let (fuse, concat) = if fused && cfg.fusion == Fusion::Concat {
+            let n = branches.len() as i64;
+            (
+                Vec::new(),
+                Some(nn::linear(p / "concat", n * d, d, Default::default())),
+            )
+        } else if fused {
+            let fuse = (1..branches.len())
+                .map(|i| {
+                    DynAttn::new(
+                        p / "fuse" / (i - 1),
+                        d,
+                        cfg.heads,
+                        cfg.ffn_hidden,
+                        cfg.dropout,
+                    )
+                })
+                .collect();
+            (fuse, None)
+        } else {
+            (Vec::new(), None)
+        };
+        let global = fused.then(|| {
+            Sdmoe::new(
+                p / "global",
+                d,
+                cfg.experts,
+                cfg.expert_hidden,
+                cfg.tau,
+                cfg.routing,
+            )
+        });
+        Summer {
+            cfg: cfg.clone(),
+            kind,
+            dims,
+            branches,
+            fuse,
+            concat,
+            global,
+            cls: nn::linear(p / "cls", d, classes, Default::default()),
+            classes,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> i64 {
+        self.classes
+    }
+
+    /// Set a branch's input standardisation (mean, std per feature), e.g. from training data.
+    pub fn set_normalisation(&mut self, modality: usize, mean: &Tensor, std: &Tensor) {
+        if let Some((_, b)) = self.branches.iter_mut().find(|(m, _)| *m == modality) {
+            tch::no_grad(|| {
+                b.mean.copy_(mean);
+                b.std.copy_(&std.clamp_min(1e-6));
+            });
+        }
+    }
+
+    /// The classifier alone (for Cross-KD: a student feature through the teacher's classifier).
+    pub fn classify(&self, feature: &Tensor) -> Tensor {
+        self.cls.forward(feature)
+    }
+
+    /// Forward over a batch.
+    pub fn forward(&self, b: &Batch, train: bool) -> Output {
+        let c = &self.cfg;
+        let mask = b.window_mask(c.window, c.causal);
+        let mut active = Vec::new();
+        let mut outs = Vec::new();
+        for (m, br) in &self.branches {
+            let present = b.present.select(2, *m as i64).logical_and(&b.valid);
+            let (h, a) = br.forward(&b.features[*m], &present, b, c, &mask, train);
+            active.push((MODALITIES[*m].to_string(), a));
+            outs.push((present, h));
+        }
+        let mut h = if let Some(lin) = &self.concat {
+            let parts: Vec<Tensor> = outs
+                .iter()
+                .map(|(p, h)| h * p.unsqueeze(-1).to_kind(Kind::Float))
+                .collect();
+            lin.forward(&Tensor::cat(&parts, -1))
+        } else {
+            let mut it = outs.iter();
+            let (_, first) = it.next().expect("at least the text branch");
+            let mut q = first.shallow_clone();
+            for (f, (present, kv)) in self.fuse.iter().zip(it) {
+                let m = mask.logical_and(&present.unsqueeze(1));
+                q = f.forward(&q, kv, &m, train);
+            }
+            q
+        };
+        if let Some(g) = &self.global {
+            let (y, a) = g.forward(&h, train);
+            h = y;
+            active.push(("global".to_string(), a));
+        }
+        Output {
+            logits: self.cls.forward(&h),
+            feature: h,
+            active,
+        }
+    }
+}

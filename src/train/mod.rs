@@ -1,0 +1,611 @@
+//! Training and evaluation of SUMMER models: the recipe (TOML), the teacher phase (cross-entropy,
+//! early stopping on dev), the student phase (cross-entropy + logit KD + Cross-KD + latent
+//! alignment with the frozen teacher), one final evaluation on the test split, and the report.
+
+pub mod data;
+pub mod metrics;
+pub mod writers;
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::model::kd::{self, KdConfig};
+use crate::model::{Model, ModelConfig, ModelError, NetKind, Output, Summer};
+use data::Dataset;
+use metrics::Metrics;
+
+/// Errors training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A dataset problem.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    /// A model problem.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The recipe is wrong.
+    #[error("recipe: {0}")]
+    Recipe(String),
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// Writing the report failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Optimisation settings (the `[train]` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Most epochs per phase.
+    pub epochs: usize,
+    /// Stop after this many epochs without a better dev WF1.
+    pub patience: usize,
+    /// Dialogues per batch.
+    pub batch: usize,
+    /// Seed of libtorch's generator and of the shuffling.
+    pub seed: i64,
+    /// libtorch CPU threads.
+    pub threads: i32,
+    /// Train the fused student after the teacher (false: the teacher is the result).
+    pub student: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 5e-4,
+            epochs: 30,
+            patience: 5,
+            batch: 16,
+            seed: 1,
+            threads: 2,
+            student: true,
+        }
+    }
+}
+
+/// A training recipe: `[model]`, `[train]`, `[kd]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recipe {
+    /// The network.
+    pub model: ModelConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
+    /// Distillation.
+    pub kd: KdConfig,
+}
+
+impl Recipe {
+    /// Parse a recipe file's text.
+    pub fn parse(text: &str) -> Result<Recipe, TrainError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| TrainError::Recipe(e.to_string()))?;
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| TrainError::Recipe(format!("`{}`: {}", e.path(), e.inner().message())))
+    }
+}
+
+/// One phase's log.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    /// Teacher or student.
+    pub kind: NetKind,
+    /// Epochs run.
+    pub epochs: usize,
+    /// The epoch whose weights were kept (1-based).
+    pub best_epoch: usize,
+    /// Dev metrics of the kept weights.
+    pub dev: Metrics,
+    /// Dev WF1 per epoch.
+    pub dev_wf1: Vec<f64>,
+    /// Test metrics (computed once, after training).
+    pub test: Option<Metrics>,
+    /// Mean experts kept per token, per SDMoE, on the test (or dev) split.
+    pub active_experts: Vec<(String, f64)>,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+/// Everything `summerd train` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Classes.
+    pub classes: Vec<String>,
+    /// Teacher phase (none when the data has no text: the fused network is trained alone).
+    pub teacher: Option<PhaseReport>,
+    /// Student phase, if run.
+    pub student: Option<PhaseReport>,
+}
+
+/// Predictions of `net` on `ds` (labelled utterances only): (truths, predictions, mean experts
+/// kept per SDMoE).
+pub fn predict(
+    net: &Summer,
+    ds: &Dataset,
+    device: Device,
+    batch: usize,
+) -> (Vec<i64>, Vec<i64>, Vec<(String, f64)>) {
+    let _g = tch::no_grad_guard();
+    let (mut truth, mut pred) = (Vec::new(), Vec::new());
+    let mut active: Vec<(String, f64, f64)> = Vec::new();
+    let idx: Vec<usize> = (0..ds.dialogues()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let b = ds.batch(chunk, device);
+        let out = net.forward(&b, false);
+        let keep = b.label.ge(0).logical_and(&b.valid).flatten(0, 1);
+        let sel = keep.nonzero().squeeze_dim(1);
+        let c = out.logits.size()[2];
+        let p = out
+            .logits
+            .view([-1, c])
+            .index_select(0, &sel)
+            .argmax(-1, false);
+        let t = b.label.flatten(0, 1).index_select(0, &sel);
+        truth.extend(Vec::<i64>::try_from(&t.to_device(Device::Cpu)).expect("i64"));
+        pred.extend(Vec::<i64>::try_from(&p.to_device(Device::Cpu)).expect("i64"));
+        let valid = b.valid.flatten(0, 1).nonzero().squeeze_dim(1);
+        for (name, a) in &out.active {
+            let a = a.flatten(0, 1).index_select(0, &valid);
+            let (s, n) = (a.sum(Kind::Double).double_value(&[]), a.size()[0] as f64);
+            match active.iter_mut().find(|(k, _, _)| k == name) {
+                Some(e) => {
+                    e.1 += s;
+                    e.2 += n;
+                }
+                None => active.push((name.clone(), s, n)),
+            }
+        }
+    }
+    let active = active
+        .into_iter()
+        .map(|(k, s, n)| (k, s / n.max(1.0)))
+        .collect();
+    (truth, pred, active)
+}
+
+/// Metrics of `net` on `ds`.
+pub fn evaluate(
+    net: &Summer,
+    ds: &Dataset,
+    device: Device,
+    batch: usize,
+) -> (Metrics, Vec<(String, f64)>) {
+    let (t, p, a) = predict(net, ds, device, batch);
+    (metrics::compute(&t, &p, net.classes() as usize), a)
+}
+
+/// Deterministic shuffle (splitmix64) of 0..n for an epoch.
+fn order(n: usize, seed: i64, epoch: usize) -> Vec<usize> {
+    let mut state = (seed as u64) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Flattened labelled-token selection of a batch: (indices into B*T, labels).
+fn labelled(label: &Tensor) -> (Tensor, Tensor) {
+    let flat = label.flatten(0, 1);
+    let sel = flat.ge(0).nonzero().squeeze_dim(1);
+    let y = flat.index_select(0, &sel);
+    (sel, y)
+}
+
+fn tokens(x: &Tensor, sel: &Tensor) -> Tensor {
+    let d = x.size()[2];
+    x.reshape([-1, d]).index_select(0, sel)
+}
+
+/// The best epoch so far: dev WF1, epoch, dev metrics, weights.
+type Best = (f64, usize, Metrics, Vec<(String, Tensor)>);
+
+fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().copy()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn restore(vs: &nn::VarStore, saved: &[(String, Tensor)]) {
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        for (k, t) in saved {
+            if let Some(v) = vars.get(k) {
+                v.shallow_clone().copy_(t);
+            }
+        }
+    });
+}
+
+/// Train `net` (weights in `vs`) with cross-entropy plus `extra(output, batch, selection)`;
+/// keep the weights of the epoch with the best dev WF1.
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    net: &Summer,
+    vs: &nn::VarStore,
+    extra_vs: Option<&nn::VarStore>,
+    train: &Dataset,
+    dev: &Dataset,
+    cfg: &TrainConfig,
+    device: Device,
+    extra: &dyn Fn(&Output, &crate::model::Batch, &Tensor) -> Option<Tensor>,
+) -> Result<(usize, usize, Metrics, Vec<f64>), TrainError> {
+    let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
+    let mut opt2 = match extra_vs {
+        Some(v) => Some(nn::Adam::default().build(v, cfg.lr)?),
+        None => None,
+    };
+    let mut best: Option<Best> = None;
+    let mut curve = Vec::new();
+    let mut since = 0;
+    let mut epochs = 0;
+    for epoch in 0..cfg.epochs {
+        epochs = epoch + 1;
+        let idx = order(train.dialogues(), cfg.seed, epoch);
+        for chunk in idx.chunks(cfg.batch.max(1)) {
+            let b = train.batch(chunk, device);
+            let out = net.forward(&b, true);
+            let (sel, y) = labelled(&b.label);
+            if sel.size()[0] == 0 {
+                continue;
+            }
+            let logits = tokens(&out.logits, &sel);
+            let mut loss = kd::cross_entropy(&logits, &y);
+            if let Some(e) = extra(&out, &b, &sel) {
+                loss += e;
+            }
+            opt.zero_grad();
+            if let Some(o) = opt2.as_mut() {
+                o.zero_grad();
+            }
+            loss.backward();
+            opt.step();
+            if let Some(o) = opt2.as_mut() {
+                o.step();
+            }
+        }
+        let (m, _) = evaluate(net, dev, device, 64);
+        curve.push(m.wf1);
+        tracing::info!(epoch = epoch + 1, dev_wf1 = m.wf1, dev_wa = m.wa, "epoch");
+        if best.as_ref().is_none_or(|(w, ..)| m.wf1 > *w) {
+            best = Some((m.wf1, epoch + 1, m, snapshot(vs)));
+            since = 0;
+        } else {
+            since += 1;
+            if since >= cfg.patience {
+                break;
+            }
+        }
+    }
+    let (_, best_epoch, m, saved) = best.ok_or_else(|| TrainError::Recipe("epochs = 0".into()))?;
+    restore(vs, &saved);
+    Ok((epochs, best_epoch, m, curve))
+}
+
+fn normalise(model: &mut Model, train: &Dataset) {
+    for m in 0..3 {
+        if train.meta.features.dims()[m] > 0 {
+            let (mean, std) = train.stats(m);
+            let dev = model.vs.device();
+            model
+                .net
+                .set_normalisation(m, &mean.to_device(dev), &std.to_device(dev));
+        }
+    }
+}
+
+/// Train a teacher (and, unless `recipe.train.student` is false, a student distilled from it)
+/// on `train`, stopping on `dev`; evaluate once on `test`; write the model(s) and the report
+/// under `out` (the teacher in `out/teacher` when a student is trained).
+pub fn run(
+    recipe: &Recipe,
+    train: &Dataset,
+    dev: &Dataset,
+    test: Option<&Dataset>,
+    out: &Path,
+    device: Device,
+) -> Result<TrainReport, TrainError> {
+    if dev.meta.classes != train.meta.classes || dev.meta.features != train.meta.features {
+        return Err(TrainError::Recipe(
+            "the dev split has other classes or features than the train split".into(),
+        ));
+    }
+    tch::set_num_threads(recipe.train.threads.max(1));
+    tch::manual_seed(recipe.train.seed);
+    let classes = train.meta.classes.clone();
+    let features = train.meta.features.clone();
+    let teacher_kind = if recipe.kd.multimodal_teacher {
+        NetKind::Fused
+    } else {
+        NetKind::TextTeacher
+    };
+    let teacher_features = if teacher_kind == NetKind::TextTeacher {
+        crate::model::Features {
+            text: features.text.clone(),
+            audio: None,
+            visual: None,
+        }
+    } else {
+        features.clone()
+    };
+    let has_text = features.text.is_some();
+    if !has_text && !recipe.train.student {
+        return Err(TrainError::Recipe(
+            "the data has no text, so there is no text teacher: set train.student = true".into(),
+        ));
+    }
+    let mut report = TrainReport {
+        recipe: recipe.clone(),
+        classes: classes.clone(),
+        teacher: None,
+        student: None,
+    };
+    let mut teacher_model = None;
+    if has_text {
+        let (model, phase) = train_teacher(
+            recipe,
+            teacher_kind,
+            teacher_features,
+            train,
+            dev,
+            test,
+            out,
+            device,
+        )?;
+        report.teacher = Some(phase);
+        teacher_model = Some(model);
+    }
+    // --- student ---
+    if recipe.train.student {
+        let t0 = Instant::now();
+        let mut student = Model::new(
+            NetKind::Fused,
+            features,
+            classes.clone(),
+            &recipe.model,
+            device,
+        );
+        normalise(&mut student, train);
+        let kd_vs = nn::VarStore::new(device);
+        let d = recipe.model.d_model;
+        let proj = nn::linear(kd_vs.root() / "latent_proj", d, d, Default::default());
+        let (w_logit, w_cross, w_latent) = match &teacher_model {
+            Some(_) => recipe.kd.weights(),
+            None => (0.0, 0.0, 0.0),
+        };
+        let temp = recipe.kd.temperature;
+        let tnet = teacher_model.as_ref().map(|t| &t.net);
+        let extra = move |out: &Output, b: &crate::model::Batch, sel: &Tensor| -> Option<Tensor> {
+            let tnet = tnet?;
+            if w_logit == 0.0 && w_cross == 0.0 && w_latent == 0.0 {
+                return None;
+            }
+            let t_out = tch::no_grad(|| tnet.forward(b, false));
+            let t_logits = tokens(&t_out.logits, sel);
+            let s_feat = tokens(&out.feature, sel);
+            let mut loss = Tensor::zeros([], (Kind::Float, out.logits.device()));
+            if w_logit > 0.0 {
+                loss += kd::soft_kl(&t_logits, &tokens(&out.logits, sel), temp) * w_logit;
+            }
+            if w_cross > 0.0 {
+                loss += kd::soft_kl(&t_logits, &tnet.classify(&s_feat), temp) * w_cross;
+            }
+            if w_latent > 0.0 {
+                let t_feat = tokens(&t_out.feature, sel);
+                loss += kd::cosine_loss(&proj.forward(&s_feat), &t_feat) * w_latent;
+            }
+            Some(loss)
+        };
+        let (epochs, best_epoch, dev_m, curve) = fit(
+            &student.net,
+            &student.vs,
+            Some(&kd_vs),
+            train,
+            dev,
+            &recipe.train,
+            device,
+            &extra,
+        )?;
+        let test_m = test.map(|t| evaluate(&student.net, t, device, 64));
+        let active = test_m
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| evaluate(&student.net, dev, device, 64).1);
+        student.manifest.trained_on = train.meta.source.clone();
+        student.save(out)?;
+        report.student = Some(PhaseReport {
+            kind: NetKind::Fused,
+            epochs,
+            best_epoch,
+            dev: dev_m,
+            dev_wf1: curve,
+            test: test_m.map(|(m, _)| m),
+            active_experts: active,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    write_report(out, &report)?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_teacher(
+    recipe: &Recipe,
+    teacher_kind: NetKind,
+    teacher_features: crate::model::Features,
+    train: &Dataset,
+    dev: &Dataset,
+    test: Option<&Dataset>,
+    out: &Path,
+    device: Device,
+) -> Result<(Model, PhaseReport), TrainError> {
+    let t0 = Instant::now();
+    let mut teacher = Model::new(
+        teacher_kind,
+        teacher_features,
+        train.meta.classes.clone(),
+        &recipe.model,
+        device,
+    );
+    normalise(&mut teacher, train);
+    let (epochs, best_epoch, dev_m, curve) = fit(
+        &teacher.net,
+        &teacher.vs,
+        None,
+        train,
+        dev,
+        &recipe.train,
+        device,
+        &|_, _, _| None,
+    )?;
+    teacher.vs.freeze();
+    let test_m = test.map(|t| evaluate(&teacher.net, t, device, 64));
+    let active = test_m
+        .as_ref()
+        .map(|(_, a)| a.clone())
+        .unwrap_or_else(|| evaluate(&teacher.net, dev, device, 64).1);
+    let teacher_report = PhaseReport {
+        kind: teacher_kind,
+        epochs,
+        best_epoch,
+        dev: dev_m,
+        dev_wf1: curve,
+        test: test_m.map(|(m, _)| m),
+        active_experts: active,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let teacher_dir = if recipe.train.student {
+        out.join("teacher")
+    } else {
+        out.to_path_buf()
+    };
+    teacher.manifest.trained_on = train.meta.source.clone();
+    teacher.save(&teacher_dir)?;
+    Ok((teacher, teacher_report))
+}
+
+/// `out/report.json` and, per phase with a test result, `out/<phase>-test.svg`.
+pub fn write_report(out: &Path, report: &TrainReport) -> Result<(), TrainError> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(report).expect("plain struct") + "\n",
+    )?;
+    for (name, phase) in [
+        ("teacher", report.teacher.as_ref()),
+        ("student", report.student.as_ref()),
+    ] {
+        if let Some(p) = phase {
+            let (m, split) = match &p.test {
+                Some(m) => (m, "test"),
+                None => (&p.dev, "dev"),
+            };
+            std::fs::write(
+                out.join(format!("{name}-{split}.svg")),
+                metrics::svg(m, &report.classes, &format!("{name}, {split} split")),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A leave-one-group-out evaluation (e.g. leave one speaker out).
+#[derive(Debug, Clone, Serialize)]
+pub struct LosoReport {
+    /// The recipe (the fused network, cross-entropy only).
+    pub recipe: Recipe,
+    /// Classes.
+    pub classes: Vec<String>,
+    /// Per held-out group: (group, its metrics, the dev group used for early stopping).
+    pub folds: Vec<(String, Metrics, String)>,
+    /// All held-out predictions pooled.
+    pub pooled: Metrics,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+/// Leave each group out in turn: train the fused network (cross-entropy only) on the other
+/// groups but one, stop early on that one (the next group in order), test on the held-out group;
+/// pool the held-out predictions.
+pub fn loso(recipe: &Recipe, ds: &Dataset, device: Device) -> Result<LosoReport, TrainError> {
+    let t0 = Instant::now();
+    tch::set_num_threads(recipe.train.threads.max(1));
+    let mut groups: Vec<String> = ds.meta.groups.clone();
+    groups.sort();
+    groups.dedup();
+    if groups.len() < 3 {
+        return Err(TrainError::Recipe(format!(
+            "leave-one-group-out needs at least 3 groups, the data has {}",
+            groups.len()
+        )));
+    }
+    let (mut truth, mut pred) = (Vec::new(), Vec::new());
+    let mut folds = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        let dev_g = &groups[(i + 1) % groups.len()];
+        let pick = |f: &dyn Fn(&str) -> bool| -> Vec<usize> {
+            (0..ds.dialogues())
+                .filter(|d| f(&ds.meta.groups[*d]))
+                .collect()
+        };
+        let test = ds.subset(&pick(&|x| x == g));
+        let dev = ds.subset(&pick(&|x| x == dev_g));
+        let train = ds.subset(&pick(&|x| x != g && x != dev_g));
+        tch::manual_seed(recipe.train.seed);
+        let mut model = Model::new(
+            NetKind::Fused,
+            ds.meta.features.clone(),
+            ds.meta.classes.clone(),
+            &recipe.model,
+            device,
+        );
+        normalise(&mut model, &train);
+        fit(
+            &model.net,
+            &model.vs,
+            None,
+            &train,
+            &dev,
+            &recipe.train,
+            device,
+            &|_, _, _| None,
+        )?;
+        let (t, p, _) = predict(&model.net, &test, device, 64);
+        folds.push((
+            g.clone(),
+            metrics::compute(&t, &p, ds.meta.classes.len()),
+            dev_g.clone(),
+        ));
+        truth.extend(t);
+        pred.extend(p);
+    }
+    Ok(LosoReport {
+        recipe: recipe.clone(),
+        classes: ds.meta.classes.clone(),
+        folds,
+        pooled: metrics::compute(&truth, &pred, ds.meta.classes.len()),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

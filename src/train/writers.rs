@@ -1,0 +1,178 @@
+//! Writers of the native format from real data with summerd's own extractors: MELD's CSV
+//! (text vectors from the text encoder, speakers, labels, dialogues) and EmoDB's wav files (the
+//! eGeMAPS functionals, speakers as groups, labels).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::data::{DataError, Dataset, FORMAT, Sidecar};
+use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features, TEXT_EXTRACTOR};
+use crate::text::TextEncoder;
+
+/// MELD's classes, in the order of its documentation.
+pub const MELD_CLASSES: [&str; 7] = [
+    "neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger",
+];
+/// EmoDB's classes and their letters (the 6th character of a file name).
+pub const EMODB_CLASSES: [(&str, char); 7] = [
+    ("anger", 'W'),
+    ("boredom", 'L'),
+    ("disgust", 'E'),
+    ("fear", 'A'),
+    ("happiness", 'F'),
+    ("sadness", 'T'),
+    ("neutral", 'N'),
+];
+
+fn invalid(path: &Path, message: String) -> DataError {
+    DataError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// A MELD split (`*_sent_emo.csv`) as a dataset: each dialogue in utterance order, speakers
+/// numbered by first appearance within the dialogue, texts encoded with `enc`.
+pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
+    let rows = crate::assets::read_meld(csv).map_err(|e| invalid(csv, e.to_string()))?;
+    let mut dialogues: BTreeMap<u32, Vec<&crate::assets::MeldRow>> = BTreeMap::new();
+    for r in &rows {
+        dialogues.entry(r.dialogue).or_default().push(r);
+    }
+    let mut offsets = vec![0i64];
+    let (mut texts, mut speakers, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ids = Vec::new();
+    for (id, mut utts) in dialogues {
+        utts.sort_by_key(|r| r.index);
+        let mut names: Vec<&str> = Vec::new();
+        for r in utts {
+            let s = match names.iter().position(|n| *n == r.speaker) {
+                Some(i) => i,
+                None => {
+                    names.push(&r.speaker);
+                    names.len() - 1
+                }
+            };
+            let label = MELD_CLASSES
+                .iter()
+                .position(|c| *c == r.emotion)
+                .ok_or_else(|| invalid(csv, format!("unknown emotion '{}'", r.emotion)))?;
+            texts.push(r.utterance.as_str());
+            speakers.push(s as i64);
+            labels.push(label as i64);
+        }
+        offsets.push(texts.len() as i64);
+        ids.push(format!("dia{id}"));
+    }
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(32) {
+        let t = enc
+            .tokenize(chunk)
+            .map_err(|e| invalid(csv, e.to_string()))?;
+        vectors.push(
+            enc.embed(&t)
+                .map_err(|e| invalid(csv, e.to_string()))?
+                .to_device(Device::Cpu),
+        );
+    }
+    let text = Tensor::cat(&vectors, 0).to_kind(Kind::Float);
+    let n = texts.len() as i64;
+    let dim = text.size()[1];
+    let groups = ids.clone();
+    Ok(Dataset {
+        meta: Sidecar {
+            format: FORMAT.into(),
+            classes: MELD_CLASSES.iter().map(|s| s.to_string()).collect(),
+            features: Features {
+                text: Some(FeatureSpec {
+                    extractor: TEXT_EXTRACTOR.into(),
+                    dim,
+                }),
+                audio: None,
+                visual: None,
+            },
+            dialogues: ids,
+            groups,
+            source: format!(
+                "MELD {}",
+                csv.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        },
+        offsets,
+        features: [
+            text,
+            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+        ],
+        present: Tensor::from_slice(&[1u8, 0, 0])
+            .to_kind(Kind::Bool)
+            .unsqueeze(0)
+            .repeat([n, 1]),
+        speaker: Tensor::from_slice(&speakers),
+        label: Tensor::from_slice(&labels),
+    })
+}
+
+/// EmoDB clips as a dataset: one single-utterance dialogue per clip, its 88 eGeMAPS functionals
+/// as the audio vector, the speaker (first two characters) as its group.
+pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| invalid(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+        .collect();
+    files.sort();
+    let (mut feats, mut labels, mut ids, mut groups) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for f in &files {
+        let name = f
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let letter = name.chars().nth(5).unwrap_or('?');
+        let label = EMODB_CLASSES
+            .iter()
+            .position(|(_, c)| *c == letter)
+            .ok_or_else(|| invalid(f, format!("no EmoDB label letter in '{name}'")))?;
+        let audio = crate::decode::decode_audio(f).map_err(|e| invalid(f, e.to_string()))?;
+        let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
+            .map_err(|e| invalid(f, e.to_string()))?;
+        feats.extend_from_slice(&func.values);
+        labels.push(label as i64);
+        ids.push(name.trim_end_matches(".wav").to_string());
+        groups.push(name[..2].to_string());
+    }
+    let n = files.len() as i64;
+    Ok(Dataset {
+        meta: Sidecar {
+            format: FORMAT.into(),
+            classes: EMODB_CLASSES.iter().map(|(s, _)| s.to_string()).collect(),
+            features: Features {
+                text: None,
+                audio: Some(FeatureSpec {
+                    extractor: AUDIO_EXTRACTOR.into(),
+                    dim: 88,
+                }),
+                visual: None,
+            },
+            dialogues: ids,
+            groups,
+            source: "EmoDB (acted German speech), summerd eGeMAPS v02 functionals".into(),
+        },
+        offsets: (0..=n).collect(),
+        features: [
+            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+            Tensor::from_slice(&feats).view([n, 88]),
+            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+        ],
+        present: Tensor::from_slice(&[0u8, 1, 0])
+            .to_kind(Kind::Bool)
+            .unsqueeze(0)
+            .repeat([n, 1]),
+        speaker: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+        label: Tensor::from_slice(&labels),
+    })
+}

@@ -1,0 +1,436 @@
+//! The SUMMER model and its trainer on synthetic data: causality, presence masks, gradients,
+//! save/load, determinism, the dataset format, recipes, and training end to end.
+
+use tch::{Device, Kind, Tensor};
+
+use summerd::model::{
+    Batch, FeatureSpec, Features, Fusion, Model, ModelConfig, ModelError, NetKind, Routing,
+};
+use summerd::train::data::{Dataset, FORMAT, Sidecar};
+use summerd::train::{self, Recipe};
+
+/// libtorch's generator is global to the process: tests that seed it and draw from it take
+/// turns, or one test's draws would move another's.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn features(dims: [i64; 3]) -> Features {
+    let spec = |d: i64, name: &str| {
+        (d > 0).then(|| FeatureSpec {
+            extractor: name.into(),
+            dim: d,
+        })
+    };
+    Features {
+        text: spec(dims[0], "t"),
+        audio: spec(dims[1], "a"),
+        visual: spec(dims[2], "v"),
+    }
+}
+
+fn small_cfg() -> ModelConfig {
+    ModelConfig {
+        d_model: 32,
+        heads: 4,
+        ffn_hidden: 64,
+        expert_hidden: 32,
+        experts: 4,
+        window: 4,
+        dropout: 0.1,
+        ..ModelConfig::default()
+    }
+}
+
+fn batch(b: i64, t: i64, dims: [i64; 3]) -> Batch {
+    let opts = (Kind::Float, Device::Cpu);
+    Batch {
+        features: [
+            Tensor::randn([b, t, dims[0]], opts),
+            Tensor::randn([b, t, dims[1]], opts),
+            Tensor::randn([b, t, dims[2]], opts),
+        ],
+        present: Tensor::ones([b, t, 3], (Kind::Bool, Device::Cpu)),
+        valid: Tensor::ones([b, t], (Kind::Bool, Device::Cpu)),
+        speaker: Tensor::randint(3, [b, t], (Kind::Int64, Device::Cpu)),
+        label: Tensor::randint(7, [b, t], (Kind::Int64, Device::Cpu)),
+    }
+}
+
+fn clone(b: &Batch) -> Batch {
+    Batch {
+        features: [
+            b.features[0].copy(),
+            b.features[1].copy(),
+            b.features[2].copy(),
+        ],
+        present: b.present.copy(),
+        valid: b.valid.copy(),
+        speaker: b.speaker.copy(),
+        label: b.label.copy(),
+    }
+}
+
+const DIMS: [i64; 3] = [12, 6, 5];
+
+fn model(cfg: &ModelConfig) -> Model {
+    Model::new(
+        NetKind::Fused,
+        features(DIMS),
+        (0..7).map(|i| format!("c{i}")).collect(),
+        cfg,
+        Device::Cpu,
+    )
+}
+
+#[test]
+fn causal_outputs_do_not_depend_on_later_utterances() {
+    let _rng = rng();
+    tch::manual_seed(3);
+    for fusion in [
+        Fusion::TextAudioVisual,
+        Fusion::TextVisualAudio,
+        Fusion::AudioVisualText,
+        Fusion::Concat,
+    ] {
+        let cfg = ModelConfig {
+            fusion,
+            ..small_cfg()
+        };
+        let m = model(&cfg);
+        let b = batch(2, 7, DIMS);
+        let base = m.net.forward(&b, false).logits;
+        for t in 0..6 {
+            let mut changed = clone(&b);
+            for f in changed.features.iter_mut() {
+                let _ = f.narrow(1, t + 1, 7 - t - 1).fill_(9.0);
+            }
+            let _ = changed.speaker.narrow(1, t + 1, 7 - t - 1).fill_(2);
+            let out = m.net.forward(&changed, false).logits;
+            assert!(
+                out.narrow(1, 0, t + 1).equal(&base.narrow(1, 0, t + 1)),
+                "{fusion:?}: utterance {t} changed when later ones did"
+            );
+            assert!(
+                !out.narrow(1, t + 1, 7 - t - 1)
+                    .equal(&base.narrow(1, t + 1, 7 - t - 1))
+            );
+        }
+    }
+    // The bidirectional variant does look ahead.
+    let cfg = ModelConfig {
+        causal: false,
+        ..small_cfg()
+    };
+    let m = model(&cfg);
+    let b = batch(1, 5, DIMS);
+    let base = m.net.forward(&b, false).logits;
+    let changed = clone(&b);
+    let _ = changed.features[0].narrow(1, 4, 1).fill_(9.0);
+    let out = m.net.forward(&changed, false).logits;
+    assert!(!out.narrow(1, 3, 1).equal(&base.narrow(1, 3, 1)));
+}
+
+#[test]
+fn a_missing_modality_contributes_nothing() {
+    let _rng = rng();
+    tch::manual_seed(4);
+    let m = model(&small_cfg());
+    let b = batch(2, 5, DIMS);
+    // No face anywhere, no audio for utterance 2 of the first conversation.
+    let _ = b.present.select(2, 2).fill_(0);
+    let _ = b.present.get(0).get(2).get(1).fill_(0);
+    let base = m.net.forward(&b, false).logits;
+    assert!(
+        base.isfinite().all().int64_value(&[]) == 1,
+        "NaN or inf with missing modalities"
+    );
+    let mut other = clone(&b);
+    other.features[2] = Tensor::randn([2, 5, DIMS[2]], (Kind::Float, Device::Cpu)) * 100.0;
+    let _ = other.features[1].get(0).get(2).fill_(1e3);
+    let out = m.net.forward(&other, false).logits;
+    assert!(
+        out.equal(&base),
+        "features of an absent modality changed the output"
+    );
+    // Everything but text missing still gives finite logits.
+    let text_only = clone(&b);
+    let _ = text_only.present.narrow(2, 1, 2).fill_(0);
+    let out = m.net.forward(&text_only, false).logits;
+    assert!(out.isfinite().all().int64_value(&[]) == 1);
+}
+
+#[test]
+fn gradients_reach_every_trainable_parameter() {
+    let _rng = rng();
+    tch::manual_seed(5);
+    for routing in [
+        Routing::Dynamic { alpha: 2.0 },
+        Routing::TopK { k: 2 },
+        Routing::Dense,
+    ] {
+        let cfg = ModelConfig {
+            routing,
+            dropout: 0.0,
+            ..small_cfg()
+        };
+        let m = model(&cfg);
+        let b = batch(4, 6, DIMS);
+        let out = m.net.forward(&b, true);
+        let loss = out
+            .logits
+            .view([-1, 7])
+            .cross_entropy_for_logits(&b.label.view([-1]));
+        loss.backward();
+        for (name, v) in m.vs.variables() {
+            if !v.requires_grad() {
+                continue; // normalisation statistics
+            }
+            let g = v.grad();
+            assert!(g.defined(), "{routing:?}: no gradient for {name}");
+            let s = g.abs().sum(Kind::Double).double_value(&[]);
+            assert!(s > 0.0, "{routing:?}: zero gradient for {name}");
+        }
+    }
+}
+
+#[test]
+fn active_expert_counts_follow_the_routing() {
+    let _rng = rng();
+    tch::manual_seed(6);
+    let b = batch(2, 6, DIMS);
+    let count = |routing| {
+        let m = model(&ModelConfig {
+            routing,
+            ..small_cfg()
+        });
+        let out = m.net.forward(&b, false);
+        out.active
+            .iter()
+            .map(|(_, a)| a.mean(Kind::Double).double_value(&[]))
+            .collect::<Vec<_>>()
+    };
+    assert!(count(Routing::Dense).iter().all(|c| *c == 4.0));
+    assert!(count(Routing::TopK { k: 2 }).iter().all(|c| *c == 2.0));
+    let dynamic = count(Routing::Dynamic { alpha: 2.0 });
+    assert_eq!(dynamic.len(), 4, "text, audio, visual and the global SDMoE");
+    assert!(dynamic.iter().all(|c| (1.0..=4.0).contains(c)));
+}
+
+#[test]
+fn save_and_load_round_trip_bit_exact() {
+    let _rng = rng();
+    tch::manual_seed(7);
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model(&small_cfg());
+    m.net.set_normalisation(
+        1,
+        &Tensor::ones([6], (Kind::Float, Device::Cpu)),
+        &(Tensor::ones([6], (Kind::Float, Device::Cpu)) * 2.0),
+    );
+    m.save(dir.path()).unwrap();
+    let back = Model::load(dir.path(), Device::Cpu).unwrap();
+    assert_eq!(back.manifest, m.manifest);
+    let a = m.vs.variables();
+    let b = back.vs.variables();
+    assert_eq!(a.len(), b.len());
+    for (k, v) in &a {
+        assert!(v.equal(&b[k]), "{k} differs after load");
+    }
+    let x = batch(1, 4, DIMS);
+    assert!(
+        m.net
+            .forward(&x, false)
+            .logits
+            .equal(&back.net.forward(&x, false).logits)
+    );
+    // Features the daemon does not have: a clear error.
+    let err = back
+        .manifest
+        .features
+        .check_against(&features([12, 88, 0]))
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Features { .. }), "{err}");
+    assert!(err.to_string().contains("audio"), "{err}");
+    // Tampered weights: refused.
+    let w = dir.path().join("weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&w, bytes).unwrap();
+    let err = Model::load(dir.path(), Device::Cpu)
+        .err()
+        .expect("tampered weights load");
+    assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
+}
+
+/// A synthetic conversation set whose labels are a linear function of the text vectors, with
+/// audio that carries the same signal and visual absent on half the utterances.
+fn synthetic(dialogues: usize, seed: i64) -> Dataset {
+    let opts = (Kind::Float, Device::Cpu);
+    // The same class centres for every split; the rest drawn from the split's own seed.
+    tch::manual_seed(0);
+    let centres = Tensor::randn([3, DIMS[0]], opts) * 2.0;
+    tch::manual_seed(seed);
+    let lens: Vec<i64> = (0..dialogues).map(|d| 3 + (d as i64 % 5)).collect();
+    let n: i64 = lens.iter().sum();
+    let label = Tensor::randint(3, [n], (Kind::Int64, Device::Cpu));
+    let text = centres.index_select(0, &label) + Tensor::randn([n, DIMS[0]], opts);
+    let audio = Tensor::randn([n, DIMS[1]], opts) + label.unsqueeze(1).to_kind(Kind::Float);
+    let visual = Tensor::randn([n, DIMS[2]], opts);
+    let mut offsets = vec![0i64];
+    for l in &lens {
+        offsets.push(offsets.last().unwrap() + l);
+    }
+    let present = Tensor::ones([n, 3], (Kind::Bool, Device::Cpu));
+    present.select(1, 2).copy_(
+        &Tensor::arange(n, (Kind::Int64, Device::Cpu))
+            .remainder(2)
+            .eq(0),
+    );
+    Dataset {
+        meta: Sidecar {
+            format: FORMAT.into(),
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            features: features(DIMS),
+            dialogues: (0..dialogues).map(|d| format!("d{d}")).collect(),
+            groups: (0..dialogues).map(|d| format!("g{}", d % 4)).collect(),
+            source: "synthetic".into(),
+        },
+        offsets,
+        features: [text, audio, visual],
+        present,
+        speaker: Tensor::randint(2, [n], (Kind::Int64, Device::Cpu)),
+        label,
+    }
+}
+
+fn quick_recipe() -> Recipe {
+    let mut r = Recipe {
+        model: small_cfg(),
+        ..Recipe::default()
+    };
+    r.train.epochs = 4;
+    r.train.patience = 2;
+    r.train.batch = 8;
+    r.train.threads = 1;
+    r.train.lr = 3e-3;
+    r
+}
+
+#[test]
+fn datasets_round_trip_and_subset() {
+    let _rng = rng();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synthetic(10, 1);
+    let p = dir.path().join("s.safetensors");
+    ds.save(&p).unwrap();
+    let back = Dataset::load(&p).unwrap();
+    assert_eq!(back.meta, ds.meta);
+    assert_eq!(back.offsets, ds.offsets);
+    for m in 0..3 {
+        assert!(back.features[m].equal(&ds.features[m]));
+    }
+    assert!(back.present.equal(&ds.present) && back.label.equal(&ds.label));
+    let sub = ds.subset(&[2, 5]);
+    assert_eq!(sub.dialogues(), 2);
+    assert_eq!(sub.meta.dialogues, vec!["d2".to_string(), "d5".to_string()]);
+    assert_eq!(
+        sub.len() as i64,
+        (ds.offsets[3] - ds.offsets[2]) + (ds.offsets[6] - ds.offsets[5])
+    );
+    // A sidecar that disagrees with the tensors is refused.
+    let mut meta = ds.meta.clone();
+    meta.dialogues.pop();
+    std::fs::write(
+        format!("{}.json", p.display()),
+        serde_json::to_string(&meta).unwrap(),
+    )
+    .unwrap();
+    assert!(Dataset::load(&p).is_err());
+}
+
+#[test]
+fn recipes_reject_unknown_keys_by_name() {
+    let _rng = rng();
+    let err = Recipe::parse("[model]\nd_modle = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("d_modle"), "{err}");
+    let err = Recipe::parse("[model]\nrouting = { kind = \"dynamic\", beta = 1.0 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("beta"), "{err}");
+    let r =
+        Recipe::parse("[model]\nrouting = { kind = \"top_k\", k = 2 }\n[kd]\nmode = \"logit\"\n")
+            .unwrap();
+    assert_eq!(r.model.routing, Routing::TopK { k: 2 });
+}
+
+#[test]
+fn training_learns_is_deterministic_and_touches_test_once() {
+    let _rng = rng();
+    let (train_ds, dev_ds, test_ds) = (synthetic(40, 11), synthetic(12, 12), synthetic(12, 13));
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = quick_recipe();
+    let a = train::run(
+        &recipe,
+        &train_ds,
+        &dev_ds,
+        Some(&test_ds),
+        &dir.path().join("a"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let b = train::run(
+        &recipe,
+        &train_ds,
+        &dev_ds,
+        Some(&test_ds),
+        &dir.path().join("b"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let (ta, sa) = (a.teacher.as_ref().unwrap(), a.student.as_ref().unwrap());
+    // Learns: three separable classes, well above chance (33 %).
+    assert!(
+        ta.test.as_ref().unwrap().wa > 70.0,
+        "teacher test WA {}",
+        ta.test.as_ref().unwrap().wa
+    );
+    assert!(
+        sa.test.as_ref().unwrap().wa > 70.0,
+        "student test WA {}",
+        sa.test.as_ref().unwrap().wa
+    );
+    // Same seed, same result, bit for bit.
+    assert_eq!(sa.test, b.student.as_ref().unwrap().test);
+    let sha = |d: &str| {
+        Model::load(&dir.path().join(d), Device::Cpu)
+            .unwrap()
+            .manifest
+            .weights_sha256
+    };
+    assert_eq!(sha("a"), sha("b"));
+    assert_eq!(sha("a/teacher"), sha("b/teacher"));
+    // The report and pictures are written.
+    for f in ["report.json", "teacher-test.svg", "student-test.svg"] {
+        assert!(dir.path().join("a").join(f).exists(), "{f}");
+    }
+    // The saved student evaluates to the reported test metrics.
+    let m = Model::load(&dir.path().join("a"), Device::Cpu).unwrap();
+    let (metrics, _) = train::evaluate(&m.net, &test_ds, Device::Cpu, 64);
+    assert_eq!(Some(metrics), sa.test);
+}
+
+#[test]
+fn leave_one_group_out_pools_every_group() {
+    let _rng = rng();
+    let ds = synthetic(24, 21);
+    let r = train::loso(&quick_recipe(), &ds, Device::Cpu).unwrap();
+    assert_eq!(r.folds.len(), 4);
+    assert_eq!(r.pooled.n, ds.len());
+    assert!(r.pooled.wa > 60.0, "{}", r.pooled.wa);
+}
