@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run test lint setup bench-text bench-ingest bench-acoustic
+.PHONY: run test lint setup bench-text bench-ingest bench-acoustic bench-model ablate
 
 # Run the daemon with the default config in the foreground (Ctrl-C drains and exits).
 run:
@@ -31,3 +31,16 @@ bench-ingest:
 # target/bench/acoustic.json and target/bench/acoustic.png.
 bench-acoustic:
 	bash tests/setup.sh sh -c 'cargo bench --locked --bench acoustic && python tests/acoustic_report.py'
+
+# The model on real data (needs ../shared): MELD teacher + student (causal and bidirectional),
+# EmoDB audio leave-one-speaker-out, inference cost; target/bench/model.json and pictures.
+bench-model:
+	bash tests/setup.sh tests/bench_model.sh
+
+# The routing and alpha ablations on MELD text (teacher), 3 seeds each:
+# target/bench/ablation-{routing,alpha}/ablation.md.
+ablate:
+	bash tests/setup.sh sh -c 'tests/bench_model.sh datasets && for set in routing alpha; do \
+	  target/release/summerd ablate --recipe models/recipes/meld-ablate.toml --set $$set --seeds 3 \
+	    --train target/data/meld-train.safetensors --dev target/data/meld-dev.safetensors \
+	    --test target/data/meld-test.safetensors --out target/bench/ablation-$$set; done'

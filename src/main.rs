@@ -96,6 +96,31 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run a named set of variants (routing, alpha, kd, fusion) with several seeds each and write
+    /// one table (OUT/ablation.md, OUT/ablation.json) of test WF1 mean and spread.
+    Ablate {
+        /// Base recipe.
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Which variants.
+        #[arg(long, value_enum)]
+        set: summerd::train::AblationSet,
+        /// Seeds per variant.
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
+        /// Train split.
+        #[arg(long)]
+        train: PathBuf,
+        /// Dev split.
+        #[arg(long)]
+        dev: PathBuf,
+        /// Test split.
+        #[arg(long)]
+        test: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a CURVE keypair: DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub.
     Keygen {
         /// Directory to write into.
@@ -220,6 +245,27 @@ fn main() -> ExitCode {
         } => report(train_cmd(&recipe, &train, &dev, test.as_deref(), &out)),
         Command::Eval { model, data, out } => report(eval(&model, &data, out.as_deref())),
         Command::Loso { recipe, data, out } => report(loso(&recipe, &data, &out)),
+        Command::Ablate {
+            recipe,
+            set,
+            seeds,
+            train,
+            dev,
+            test,
+            out,
+        } => report((|| {
+            let recipe = read_recipe(&recipe)?;
+            let (tr, dv, te) = (load_data(&train)?, load_data(&dev)?, load_data(&test)?);
+            let device = tch::Device::cuda_if_available();
+            let splits = summerd::train::Splits {
+                train: &tr,
+                dev: &dv,
+                test: &te,
+            };
+            let (_, md) = summerd::train::ablate(&recipe, set, seeds, splits, &out, device)?;
+            print!("{md}");
+            Ok(())
+        })()),
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(cfg) => cfg,

@@ -1,6 +1,8 @@
 //! The SUMMER model and its trainer on synthetic data: causality, presence masks, gradients,
 //! save/load, determinism, the dataset format, recipes, and training end to end.
 
+mod common;
+
 use tch::{Device, Kind, Tensor};
 
 use summerd::model::{
@@ -433,4 +435,106 @@ fn leave_one_group_out_pools_every_group() {
     assert_eq!(r.folds.len(), 4);
     assert_eq!(r.pooled.n, ds.len());
     assert!(r.pooled.wa > 60.0, "{}", r.pooled.wa);
+}
+
+/// The ERC literature's pickle layout (written here, small) converts to the native format,
+/// trains and evaluates.
+#[test]
+fn erc_feature_pickles_convert_train_and_evaluate() {
+    let _rng = rng();
+    let dir = tempfile::tempdir().unwrap();
+    let pkl = dir.path().join("IEMOCAP_features.pkl");
+    let script = r#"
+import pickle, sys, numpy as np
+rng = np.random.default_rng(0)
+centres = rng.normal(size=(3, 10)) * 2
+ids, spk, lab, text, audio, vis, sent = {}, {}, {}, {}, {}, {}, {}
+vids = [f"Ses0{i}" for i in range(40)]
+for i, v in enumerate(vids):
+    n = 3 + i % 4
+    y = rng.integers(0, 3, size=n)
+    ids[v] = [f"{v}_{k}" for k in range(n)]
+    spk[v] = ["M" if k % 2 else "F" for k in range(n)]
+    lab[v] = [int(x) for x in y]
+    text[v] = [centres[x] + rng.normal(size=10) for x in y]
+    audio[v] = [rng.normal(size=6) + x for x in y]
+    vis[v] = [rng.normal(size=5) for x in y]
+    sent[v] = ["..." for _ in range(n)]
+obj = (ids, spk, lab, text, audio, vis, sent, vids[:32], vids[32:])
+pickle.dump(obj, open(sys.argv[1], "wb"))
+"#;
+    let ok = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .arg(&pkl)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "writing the pickle");
+    let out = dir.path().join("native");
+    let conv = std::process::Command::new(common::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/convert_erc_pickle.py"
+        ))
+        .arg(&pkl)
+        .arg(&out)
+        .args(["--classes", "happy,sad,neutral"])
+        .output()
+        .unwrap();
+    assert!(
+        conv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&conv.stderr)
+    );
+    let train_ds = Dataset::load(&out.join("train.safetensors")).unwrap();
+    let dev_ds = Dataset::load(&out.join("dev.safetensors")).unwrap();
+    let test_ds = Dataset::load(&out.join("test.safetensors")).unwrap();
+    assert_eq!(train_ds.meta.features.dims(), [10, 6, 5]);
+    assert_eq!(
+        (
+            train_ds.dialogues(),
+            dev_ds.dialogues(),
+            test_ds.dialogues()
+        ),
+        (29, 3, 8)
+    );
+    // Speakers 'F'/'M' numbered by first appearance: F = 0, M = 1.
+    assert_eq!(
+        Vec::<i64>::try_from(&train_ds.speaker.narrow(0, 0, 3)).unwrap(),
+        vec![0, 1, 0]
+    );
+    let r = train::run(
+        &quick_recipe(),
+        &train_ds,
+        &dev_ds,
+        Some(&test_ds),
+        &dir.path().join("m"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let wa = r.student.unwrap().test.unwrap().wa;
+    assert!(wa > 70.0, "test WA {wa}");
+}
+
+#[test]
+fn ablation_sets_name_their_variants() {
+    use summerd::train::AblationSet;
+    let base = Recipe::default();
+    let alpha = AblationSet::Alpha.variants(&base);
+    let names: Vec<&str> = alpha.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["alpha=0.5", "alpha=1", "alpha=1.5", "alpha=2", "alpha=2.5"]
+    );
+    assert_eq!(alpha[0].1.model.routing, Routing::Dynamic { alpha: 0.5 });
+    let kd = AblationSet::Kd.variants(&base);
+    assert_eq!(kd.len(), 5);
+    assert!(kd.iter().all(|(_, r)| r.train.student));
+    assert_eq!(kd[0].0, "kd=none");
+    assert_eq!(AblationSet::Routing.variants(&base).len(), 3);
+    assert_eq!(
+        AblationSet::Fusion.variants(&base)[3].1.model.fusion,
+        Fusion::Concat
+    );
 }

@@ -609,3 +609,196 @@ pub fn loso(recipe: &Recipe, ds: &Dataset, device: Device) -> Result<LosoReport,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
+
+/// A named set of variants for the ablation harness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AblationSet {
+    /// Routing: dynamic (alpha 2) / top-2 / dense.
+    Routing,
+    /// The dynamic threshold alpha in {0.5, 1, 1.5, 2, 2.5}.
+    Alpha,
+    /// Distillation: none / logit / cross / latent / all.
+    Kd,
+    /// Fusion order: T+A then V / T+V then A / A+V then T / concatenation.
+    Fusion,
+}
+
+impl AblationSet {
+    /// The variants: (name, recipe).
+    pub fn variants(self, base: &Recipe) -> Vec<(String, Recipe)> {
+        let with = |f: &dyn Fn(&mut Recipe)| {
+            let mut r = base.clone();
+            f(&mut r);
+            r
+        };
+        match self {
+            AblationSet::Routing => vec![
+                (
+                    "dynamic a=2".into(),
+                    with(&|r| r.model.routing = crate::model::Routing::Dynamic { alpha: 2.0 }),
+                ),
+                (
+                    "top-2".into(),
+                    with(&|r| r.model.routing = crate::model::Routing::TopK { k: 2 }),
+                ),
+                (
+                    "dense".into(),
+                    with(&|r| r.model.routing = crate::model::Routing::Dense),
+                ),
+            ],
+            AblationSet::Alpha => [0.5, 1.0, 1.5, 2.0, 2.5]
+                .into_iter()
+                .map(|a| {
+                    (
+                        format!("alpha={a}"),
+                        with(&|r| r.model.routing = crate::model::Routing::Dynamic { alpha: a }),
+                    )
+                })
+                .collect(),
+            AblationSet::Kd => [
+                kd::KdMode::None,
+                kd::KdMode::Logit,
+                kd::KdMode::Cross,
+                kd::KdMode::Latent,
+                kd::KdMode::All,
+            ]
+            .into_iter()
+            .map(|m| {
+                (
+                    format!(
+                        "kd={}",
+                        serde_json::to_value(m)
+                            .expect("enum")
+                            .as_str()
+                            .unwrap_or("?")
+                    ),
+                    with(&|r| {
+                        r.kd.mode = m;
+                        r.train.student = true;
+                    }),
+                )
+            })
+            .collect(),
+            AblationSet::Fusion => [
+                crate::model::Fusion::TextAudioVisual,
+                crate::model::Fusion::TextVisualAudio,
+                crate::model::Fusion::AudioVisualText,
+                crate::model::Fusion::Concat,
+            ]
+            .into_iter()
+            .map(|f| {
+                (
+                    format!(
+                        "fusion={}",
+                        serde_json::to_value(f)
+                            .expect("enum")
+                            .as_str()
+                            .unwrap_or("?")
+                    ),
+                    with(&|r| {
+                        r.model.fusion = f;
+                        r.train.student = true;
+                    }),
+                )
+            })
+            .collect(),
+        }
+    }
+}
+
+/// One ablation row: a variant's test figures over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct AblationRow {
+    /// Variant name.
+    pub variant: String,
+    /// Seeds run.
+    pub seeds: Vec<i64>,
+    /// Test WF1 per seed (of the final model: the student when one is trained).
+    pub wf1: Vec<f64>,
+    /// Test WA per seed.
+    pub wa: Vec<f64>,
+    /// Mean experts kept per token (averaged over the model's SDMoEs), per seed.
+    pub active: Vec<f64>,
+}
+
+fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len().max(1) as f64;
+    let m = x.iter().sum::<f64>() / n;
+    let v = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, v.sqrt())
+}
+
+/// The three splits of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Splits<'a> {
+    /// Training.
+    pub train: &'a Dataset,
+    /// Early stopping.
+    pub dev: &'a Dataset,
+    /// Evaluated once.
+    pub test: &'a Dataset,
+}
+
+/// Run every variant of `set` with `seeds` seeds; returns the rows and a Markdown table.
+pub fn ablate(
+    base: &Recipe,
+    set: AblationSet,
+    seeds: usize,
+    data: Splits<'_>,
+    out: &Path,
+    device: Device,
+) -> Result<(Vec<AblationRow>, String), TrainError> {
+    let Splits { train, dev, test } = data;
+    let mut rows = Vec::new();
+    for (name, recipe) in set.variants(base) {
+        let mut row = AblationRow {
+            variant: name.clone(),
+            seeds: Vec::new(),
+            wf1: Vec::new(),
+            wa: Vec::new(),
+            active: Vec::new(),
+        };
+        for s in 0..seeds {
+            let mut r = recipe.clone();
+            r.train.seed = base.train.seed + s as i64;
+            let dir = out.join(format!(
+                "{}-seed{}",
+                name.replace([' ', '='], "_"),
+                r.train.seed
+            ));
+            let rep = run(&r, train, dev, Some(test), &dir, device)?;
+            let phase = rep
+                .student
+                .as_ref()
+                .or(rep.teacher.as_ref())
+                .expect("a phase ran");
+            let m = phase.test.as_ref().expect("test given");
+            row.seeds.push(r.train.seed);
+            row.wf1.push(m.wf1);
+            row.wa.push(m.wa);
+            let a = &phase.active_experts;
+            row.active
+                .push(a.iter().map(|(_, v)| v).sum::<f64>() / a.len().max(1) as f64);
+            tracing::info!(variant = %name, seed = r.train.seed, wf1 = m.wf1, "ablation run");
+        }
+        rows.push(row);
+    }
+    let mut md = format!(
+        "| variant ({} seeds) | test WF1 mean | spread (sd) | test WA mean | experts kept |\n|---|---|---|---|---|\n",
+        seeds
+    );
+    for r in &rows {
+        let (w, ws) = mean_std(&r.wf1);
+        let (a, _) = mean_std(&r.wa);
+        let (k, _) = mean_std(&r.active);
+        md += &format!("| {} | {w:.2} | {ws:.2} | {a:.2} | {k:.2} |\n", r.variant);
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("ablation.json"),
+        serde_json::to_string_pretty(&rows).expect("rows") + "\n",
+    )?;
+    std::fs::write(out.join("ablation.md"), &md)?;
+    Ok((rows, md))
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Model figures on real data (needs ../shared): MELD datasets made with summerd's text encoder
+# (cached in target/data), the causal teacher + student and the bidirectional variant trained on
+# MELD train, stopped on dev, tested once on test; EmoDB's audio branch leave-one-speaker-out;
+# the inference cost. Everything lands in target/bench/model/ and target/bench/model.json.
+# Run through `make bench-model` (which sets up first); `tests/bench_model.sh datasets` only
+# makes the datasets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=target/release/summerd
+data=target/data
+out=target/bench/model
+mkdir -p "$data" "$out"
+for s in train dev test; do
+  [ -f "$data/meld-$s.safetensors" ] || "$bin" dataset meld --split "$s" --out "$data/meld-$s.safetensors"
+done
+[ -f "$data/emodb.safetensors" ] || "$bin" dataset emodb --out "$data/emodb.safetensors"
+[ "${1:-}" = datasets ] && exit 0
+meld=(--train "$data/meld-train.safetensors" --dev "$data/meld-dev.safetensors" --test "$data/meld-test.safetensors")
+"$bin" train --recipe models/recipes/meld-text.toml "${meld[@]}" --out "$out/meld-causal"
+"$bin" train --recipe models/recipes/meld-text-bidi.toml "${meld[@]}" --out "$out/meld-bidi"
+"$bin" loso --recipe models/recipes/emodb-audio.toml --data "$data/emodb.safetensors" --out "$out/emodb-loso"
+cargo bench --locked --bench model
+python3 - <<'PY'
+import json
+from pathlib import Path
+b = Path("target/bench")
+def phase(run, name):
+    r = json.loads((b / "model" / run / "report.json").read_text())[name]
+    return None if r is None else {k: r[k] for k in ("best_epoch", "epochs", "dev", "test", "active_experts", "seconds")}
+summary = {
+    "meld_causal": {"teacher": phase("meld-causal", "teacher"), "student": phase("meld-causal", "student")},
+    "meld_bidirectional": {"teacher": phase("meld-bidi", "teacher"), "student": phase("meld-bidi", "student")},
+    "emodb_audio_loso": json.loads((b / "model" / "emodb-loso" / "report.json").read_text())["pooled"],
+    "inference": json.loads((b / "model_speed.json").read_text())["runs"],
+}
+(b / "model.json").write_text(json.dumps(summary, indent=2) + "\n")
+for run in ("meld_causal", "meld_bidirectional"):
+    for who in ("teacher", "student"):
+        t = summary[run][who]["test"]
+        print(f"{run} {who}: MELD test WA {t['wa']:.1f} WF1 {t['wf1']:.1f}")
+e = summary["emodb_audio_loso"]
+print(f"EmoDB audio branch, leave one speaker out: WA {e['wa']:.1f} WF1 {e['wf1']:.1f} UAR {e['uar']:.1f}")
+print("wrote target/bench/model.json (pictures: target/bench/model/*/*.svg)")
+PY
