@@ -111,7 +111,8 @@ impl Embeddings {
     }
 }
 
-struct LayerWeights {
+/// A layer's weights as named in the checkpoint; also a differentiable layer for fine-tuning.
+pub struct LayerWeights {
     query: nn::Linear,
     key: nn::Linear,
     value: nn::Linear,
@@ -123,7 +124,8 @@ struct LayerWeights {
 }
 
 impl LayerWeights {
-    fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+    /// Declare the layer's variables under `p` (`encoder.layer.N`).
+    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let l = Default::default();
         let att = &p / "attention";
@@ -137,6 +139,27 @@ impl LayerWeights {
             output: nn::linear(&p / "output" / "dense", i, h, l),
             out_norm: layer_norm(&p / "output" / "LayerNorm", cfg),
         }
+    }
+}
+
+impl LayerWeights {
+    /// The layer, differentiably: `x` [B, L, H], `attention` [B, L] (1 = token).
+    pub fn forward_train(&self, x: &Tensor, attention: &Tensor, heads: i64) -> Tensor {
+        let (b, l, h) = x.size3().expect("[B, L, H]");
+        let d = h / heads;
+        let split = |t: Tensor| t.view([b, l, heads, d]).transpose(1, 2);
+        let (q, k, v) = (
+            split(self.query.forward(x)),
+            split(self.key.forward(x)),
+            split(self.value.forward(x)),
+        );
+        let mask = attention.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
+        let ctx =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
+        let ctx = ctx.transpose(1, 2).reshape([b, l, h]);
+        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
+        let ff = self.intermediate.forward(&x).gelu("none");
+        self.out_norm.forward(&(self.output.forward(&ff) + x))
     }
 }
 
@@ -271,6 +294,31 @@ impl Bert {
             x = layer.forward(&x, b, l, mask.as_ref());
         }
         x.view([b, l, h])
+    }
+
+    /// Hidden states [B, L, H] after the embeddings and the first `n` layers.
+    pub fn hidden_after(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        attention: &Tensor,
+        n: usize,
+    ) -> Tensor {
+        let (b, l) = ids.size2().expect("ids are [B, L]");
+        let padded = attention.min().int64_value(&[]) == 0;
+        let mask = padded.then(|| attention.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let x = self.embeddings.forward(ids, type_ids);
+        let h = x.size()[2];
+        let mut x = x.view([b * l, h]);
+        for layer in self.layers.iter().take(n) {
+            x = layer.forward(&x, b, l, mask.as_ref());
+        }
+        x.view([b, l, h])
+    }
+
+    /// Number of layers.
+    pub fn depth(&self) -> usize {
+        self.layers.len()
     }
 }
 

@@ -429,7 +429,33 @@ fn train_cmd(
 fn eval(model: &Path, data: &Path, out: Option<&Path>) -> anyhow::Result<()> {
     let device = tch::Device::cuda_if_available();
     let m = summerd::model::Model::load(model, device)?;
-    let ds = load_data(data)?;
+    let mut ds = load_data(data)?;
+    if let Some(t) = &m.manifest.text_tuned {
+        // The model reads vectors from its own fine-tuned encoder layers: remake them.
+        anyhow::ensure!(
+            !ds.meta.texts.is_empty(),
+            "the model's text encoder is fine-tuned, and {} has no texts to encode",
+            data.display()
+        );
+        let enc = summerd::text::TextEncoder::load_tuned(
+            Path::new(summerd::text::DEFAULT_DIR),
+            summerd::text::DEFAULT_MAX_TOKENS,
+            device,
+            Some(&model.join(&t.file)),
+        )?;
+        let mut parts = Vec::new();
+        for chunk in ds.meta.texts.chunks(64) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            parts.push(
+                enc.embed(&enc.tokenize(&refs)?)?
+                    .to_device(tch::Device::Cpu),
+            );
+        }
+        ds.features[0] = tch::Tensor::cat(&parts, 0);
+        if let Some(f) = ds.meta.features.text.as_mut() {
+            f.extractor = summerd::train::tune::tuned_extractor(&f.extractor);
+        }
+    }
     anyhow::ensure!(
         ds.meta.classes == m.manifest.classes,
         "the data's classes {:?} are not the model's {:?}",

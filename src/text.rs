@@ -52,6 +52,9 @@ pub enum TextError {
     /// A libtorch error while encoding.
     #[error("text encoder forward pass: {0}")]
     Torch(#[from] tch::TchError),
+    /// A fine-tuned layer file holds no weight of this encoder.
+    #[error("fine-tuned text encoder layers {0}: no weight of this encoder in the file")]
+    Tuned(PathBuf),
     /// `max_tokens` out of range.
     #[error("max_tokens {got} is out of range (2 to {limit})")]
     MaxTokens {
@@ -104,6 +107,17 @@ pub struct TextEncoder {
 impl TextEncoder {
     /// Load from a model directory onto `device`.
     pub fn load(dir: &Path, max_tokens: usize, device: Device) -> Result<Self, TextError> {
+        Self::load_tuned(dir, max_tokens, device, None)
+    }
+
+    /// Load, then replace the layers stored in `tuned` (a safetensors file of checkpoint-named
+    /// tensors, e.g. `encoder.layer.5.*` fine-tuned by `summerd train`).
+    pub fn load_tuned(
+        dir: &Path,
+        max_tokens: usize,
+        device: Device,
+        tuned: Option<&Path>,
+    ) -> Result<Self, TextError> {
         let file = |name: &str| {
             let p = dir.join(name);
             if p.is_file() {
@@ -154,6 +168,16 @@ impl TextEncoder {
             path: weights.clone(),
             source,
         })?;
+        if let Some(t) = tuned {
+            let missing = vs.load_partial(t).map_err(|source| TextError::Weights {
+                path: t.to_path_buf(),
+                source,
+            })?;
+            let replaced = vs.variables().len() - missing.len();
+            if replaced == 0 {
+                return Err(TextError::Tuned(t.to_path_buf()));
+            }
+        }
         vs.freeze();
         let bert = declared.prepare();
         Ok(TextEncoder {
@@ -223,6 +247,34 @@ impl TextEncoder {
         let (ids, types, att) = (to(&t.ids)?, to(&t.type_ids)?, to(&t.attention)?);
         let hidden = self.bert.forward(&ids, &types, &att);
         Ok(mean_pool_normalize(&hidden, &att))
+    }
+
+    /// Hidden states [batch, len, dim] after the first `n` layers (no gradient).
+    pub fn hidden_after(&self, t: &Tokens, n: usize) -> Result<Tensor, TextError> {
+        let _guard = tch::no_grad_guard();
+        let shape = [t.batch as i64, t.len as i64];
+        let to = |v: &[i64]| -> Result<Tensor, TextError> {
+            Ok(Tensor::f_from_slice(v)?
+                .f_view(shape)?
+                .f_to_device(self.device)?)
+        };
+        let (ids, types, att) = (to(&t.ids)?, to(&t.type_ids)?, to(&t.attention)?);
+        Ok(self.bert.hidden_after(&ids, &types, &att, n))
+    }
+
+    /// Layers of the encoder.
+    pub fn depth(&self) -> usize {
+        self.bert.depth()
+    }
+
+    /// Read the checkpoint's `config.json` in `dir`.
+    pub fn read_config(dir: &Path) -> Result<BertConfig, TextError> {
+        let p = dir.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(|_| TextError::MissingFile(p.clone()))?;
+        serde_json::from_str(&text).map_err(|e| TextError::Config {
+            path: p,
+            message: e.to_string(),
+        })
     }
 
     /// Embed already tokenised input: one `dim`-long unit vector per row, on the CPU.

@@ -300,6 +300,7 @@ fn synthetic(dialogues: usize, seed: i64) -> Dataset {
             dialogues: (0..dialogues).map(|d| format!("d{d}")).collect(),
             groups: (0..dialogues).map(|d| format!("g{}", d % 4)).collect(),
             source: "synthetic".into(),
+            texts: Vec::new(),
         },
         offsets,
         features: [text, audio, visual],
@@ -536,5 +537,137 @@ fn ablation_sets_name_their_variants() {
     assert_eq!(
         AblationSet::Fusion.variants(&base)[3].1.model.fusion,
         Fusion::Concat
+    );
+}
+
+/// Fine-tuning the encoder's top layer with the teacher: the tuned layer is shipped with the
+/// model, and the daemon's encoder loaded with it makes the vectors the trainer made.
+#[test]
+fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
+    let _rng = rng();
+    let enc_dir = std::path::Path::new(summerd::text::DEFAULT_DIR);
+    if !enc_dir.join("model.safetensors").exists() {
+        eprintln!(
+            "SKIPPED: {} is absent (run tests/setup.sh)",
+            enc_dir.display()
+        );
+        return;
+    }
+    let enc = summerd::text::TextEncoder::load(enc_dir, 32, Device::Cpu).unwrap();
+    let words = [
+        ["wonderful", "great", "lovely", "happy"],
+        ["terrible", "awful", "sad", "miserable"],
+        ["table", "window", "street", "paper"],
+    ];
+    let make = |dialogues: usize, seed: usize| {
+        let mut texts = Vec::new();
+        let mut labels = Vec::new();
+        let mut offsets = vec![0i64];
+        for d in 0..dialogues {
+            for u in 0..3 {
+                let c = (d * 7 + u * 3 + seed) % 3;
+                texts.push(format!("this is {} indeed", words[c][(d + u + seed) % 4]));
+                labels.push(c as i64);
+            }
+            offsets.push(texts.len() as i64);
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let v = enc.embed(&enc.tokenize(&refs).unwrap()).unwrap();
+        let n = texts.len() as i64;
+        Dataset {
+            meta: Sidecar {
+                format: FORMAT.into(),
+                classes: vec!["pos".into(), "neg".into(), "neu".into()],
+                features: Features {
+                    text: Some(FeatureSpec {
+                        extractor: summerd::model::TEXT_EXTRACTOR.into(),
+                        dim: 384,
+                    }),
+                    audio: None,
+                    visual: None,
+                },
+                dialogues: (0..dialogues).map(|d| format!("d{d}")).collect(),
+                groups: (0..dialogues).map(|d| format!("d{d}")).collect(),
+                source: "words".into(),
+                texts,
+            },
+            offsets,
+            features: [
+                v,
+                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+            ],
+            present: Tensor::from_slice(&[1u8, 0, 0])
+                .to_kind(Kind::Bool)
+                .unsqueeze(0)
+                .repeat([n, 1]),
+            speaker: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+            label: Tensor::from_slice(&labels),
+        }
+    };
+    let (tr, dv, te) = (make(16, 0), make(4, 1), make(4, 2));
+    let mut recipe = quick_recipe();
+    recipe.text.tune_layers = 1;
+    recipe.text.lr = 1e-4;
+    recipe.text.max_tokens = 32;
+    recipe.train.epochs = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let r = train::run(&recipe, &tr, &dv, Some(&te), dir.path(), Device::Cpu).unwrap();
+    assert!(r.student.is_some());
+    let m = Model::load(dir.path(), Device::Cpu).unwrap();
+    let tuned = m
+        .manifest
+        .text_tuned
+        .clone()
+        .expect("the manifest names the tuned layer");
+    assert_eq!(tuned.layers, 1);
+    assert!(
+        m.manifest
+            .features
+            .text
+            .as_ref()
+            .unwrap()
+            .extractor
+            .ends_with("+tuned")
+    );
+    let file = dir.path().join(&tuned.file);
+    assert!(
+        std::fs::metadata(&file).unwrap().len() < 10_000_000,
+        "one layer is about 7 MB"
+    );
+    // The frozen-encoder data no longer matches the model's features: a clear error.
+    assert!(
+        m.manifest
+            .features
+            .check_against(&tr.meta.features)
+            .is_err()
+    );
+    // The tuned layer changed the vectors, and the daemon's encoder with it agrees with the
+    // trainer's vectors (which went through the differentiable copy of the layer).
+    let tuned_enc =
+        summerd::text::TextEncoder::load_tuned(enc_dir, 32, Device::Cpu, Some(&file)).unwrap();
+    let refs: Vec<&str> = te.meta.texts.iter().map(String::as_str).collect();
+    let daemon = tuned_enc
+        .embed(&tuned_enc.tokenize(&refs).unwrap())
+        .unwrap();
+    let trainer = {
+        let mut t = summerd::train::tune::Tuner::new(enc_dir, 1, Device::Cpu).unwrap();
+        t.vs.load_partial(&file).unwrap();
+        let cache = summerd::train::tune::Tuner::cache(&enc, &te.meta.texts, t.first).unwrap();
+        tch::no_grad(|| t.retext(&te, &cache)).features[0].shallow_clone()
+    };
+    let cos = Tensor::cosine_similarity(&daemon, &trainer, -1, 1e-8)
+        .min()
+        .double_value(&[]);
+    assert!(
+        cos > 0.9999,
+        "daemon vs trainer vectors: worst cosine {cos}"
+    );
+    let moved = Tensor::cosine_similarity(&daemon, &te.features[0], -1, 1e-8)
+        .min()
+        .double_value(&[]);
+    assert!(
+        moved < 0.999999,
+        "the tuned layer did not change the vectors"
     );
 }

@@ -151,6 +151,22 @@ pub struct Manifest {
     /// What it was trained on (free text, for people).
     #[serde(default)]
     pub trained_on: String,
+    /// Text encoder layers fine-tuned with the model, stored beside it over the registry
+    /// weights; the daemon's encoder must load them to make the vectors this model reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_tuned: Option<TunedText>,
+}
+
+/// Fine-tuned text encoder layers shipped with a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunedText {
+    /// File in the model directory (checkpoint-named tensors).
+    pub file: String,
+    /// Its sha256.
+    pub sha256: String,
+    /// How many top layers it replaces.
+    pub layers: usize,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -200,6 +216,7 @@ impl Model {
                 weights: "weights.safetensors".into(),
                 weights_sha256: String::new(),
                 trained_on: String::new(),
+                text_tuned: None,
             },
             vs,
         }
@@ -236,6 +253,17 @@ impl Model {
             device,
         );
         m.vs.load(&wpath)?;
+        if let Some(t) = &manifest.text_tuned {
+            let p = dir.join(&t.file);
+            let actual = sha256_file(&p)?;
+            if actual != t.sha256 {
+                return Err(ModelError::Checksum {
+                    path: p,
+                    expected: t.sha256.clone(),
+                    actual,
+                });
+            }
+        }
         m.manifest = manifest;
         Ok(m)
     }

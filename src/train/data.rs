@@ -49,6 +49,9 @@ pub struct Sidecar {
     pub groups: Vec<String>,
     /// Where it came from (free text).
     pub source: String,
+    /// The utterances' texts, when the writer had them (needed to fine-tune the text encoder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub texts: Vec<String>,
 }
 
 /// A split in memory (CPU tensors).
@@ -182,6 +185,7 @@ impl Dataset {
             || offsets.windows(2).any(|w| w[1] <= w[0])
             || offsets.len() != meta.dialogues.len() + 1
             || meta.groups.len() != meta.dialogues.len()
+            || !(meta.texts.is_empty() || meta.texts.len() as i64 == n)
         {
             return Err(bad("offsets do not match the dialogues".into()));
         }
@@ -266,6 +270,12 @@ impl Dataset {
             .map(|d| self.meta.dialogues[*d].clone())
             .collect();
         meta.groups = idx.iter().map(|d| self.meta.groups[*d].clone()).collect();
+        if !meta.texts.is_empty() {
+            meta.texts = rows
+                .iter()
+                .map(|r| self.meta.texts[*r as usize].clone())
+                .collect();
+        }
         Dataset {
             meta,
             offsets,

@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod metrics;
+pub mod tune;
 pub mod writers;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::kd::{self, KdConfig};
 use crate::model::{Model, ModelConfig, ModelError, NetKind, Output, Summer};
+use crate::text::TextEncoder;
 use data::Dataset;
 use metrics::Metrics;
 
@@ -82,6 +84,8 @@ pub struct Recipe {
     pub train: TrainConfig,
     /// Distillation.
     pub kd: KdConfig,
+    /// Text encoder fine-tuning.
+    pub text: tune::TextConfig,
 }
 
 impl Recipe {
@@ -245,18 +249,20 @@ fn restore(vs: &nn::VarStore, saved: &[(String, Tensor)]) {
 fn fit(
     net: &Summer,
     vs: &nn::VarStore,
-    extra_vs: Option<&nn::VarStore>,
+    extra_vs: &[(&nn::VarStore, f64)],
     train: &Dataset,
     dev: &Dataset,
     cfg: &TrainConfig,
     device: Device,
     extra: &dyn Fn(&Output, &crate::model::Batch, &Tensor) -> Option<Tensor>,
+    tuning: Option<(&tune::Tuner, &tune::TextCache, &tune::TextCache)>,
 ) -> Result<(usize, usize, Metrics, Vec<f64>), TrainError> {
     let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
-    let mut opt2 = match extra_vs {
-        Some(v) => Some(nn::Adam::default().build(v, cfg.lr)?),
-        None => None,
-    };
+    let mut extra_opts = extra_vs
+        .iter()
+        .map(|(v, lr)| nn::Adam::default().build(v, *lr))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tuner_snapshot = None;
     let mut best: Option<Best> = None;
     let mut curve = Vec::new();
     let mut since = 0;
@@ -265,7 +271,10 @@ fn fit(
         epochs = epoch + 1;
         let idx = order(train.dialogues(), cfg.seed, epoch);
         for chunk in idx.chunks(cfg.batch.max(1)) {
-            let b = train.batch(chunk, device);
+            let mut b = train.batch(chunk, device);
+            if let Some((t, cache, _)) = tuning {
+                b.features[0] = t.batch_features(train, cache, chunk);
+            }
             let out = net.forward(&b, true);
             let (sel, y) = labelled(&b.label);
             if sel.size()[0] == 0 {
@@ -277,20 +286,20 @@ fn fit(
                 loss += e;
             }
             opt.zero_grad();
-            if let Some(o) = opt2.as_mut() {
-                o.zero_grad();
-            }
+            extra_opts.iter_mut().for_each(|o| o.zero_grad());
             loss.backward();
             opt.step();
-            if let Some(o) = opt2.as_mut() {
-                o.step();
-            }
+            extra_opts.iter_mut().for_each(|o| o.step());
         }
-        let (m, _) = evaluate(net, dev, device, 64);
+        let (m, _) = match tuning {
+            Some((t, _, dev_cache)) => evaluate(net, &t.retext(dev, dev_cache), device, 64),
+            None => evaluate(net, dev, device, 64),
+        };
         curve.push(m.wf1);
         tracing::info!(epoch = epoch + 1, dev_wf1 = m.wf1, dev_wa = m.wa, "epoch");
         if best.as_ref().is_none_or(|(w, ..)| m.wf1 > *w) {
             best = Some((m.wf1, epoch + 1, m, snapshot(vs)));
+            tuner_snapshot = tuning.map(|(t, _, _)| snapshot(&t.vs));
             since = 0;
         } else {
             since += 1;
@@ -301,6 +310,9 @@ fn fit(
     }
     let (_, best_epoch, m, saved) = best.ok_or_else(|| TrainError::Recipe("epochs = 0".into()))?;
     restore(vs, &saved);
+    if let (Some((t, _, _)), Some(saved)) = (tuning, tuner_snapshot) {
+        restore(&t.vs, &saved);
+    }
     Ok((epochs, best_epoch, m, curve))
 }
 
@@ -363,8 +375,9 @@ pub fn run(
         student: None,
     };
     let mut teacher_model = None;
+    let mut tuned = None;
     if has_text {
-        let (model, phase) = train_teacher(
+        let (model, phase, t) = train_teacher(
             recipe,
             teacher_kind,
             teacher_features,
@@ -376,13 +389,19 @@ pub fn run(
         )?;
         report.teacher = Some(phase);
         teacher_model = Some(model);
+        tuned = t;
     }
+    // The student reads the tuned vectors, if any, as the daemon will.
+    let (train, dev, test) = match &tuned {
+        Some(t) => (&t.train, &t.dev, t.test.as_ref()),
+        None => (train, dev, test),
+    };
     // --- student ---
     if recipe.train.student {
         let t0 = Instant::now();
         let mut student = Model::new(
             NetKind::Fused,
-            features,
+            train.meta.features.clone(),
             classes.clone(),
             &recipe.model,
             device,
@@ -421,12 +440,13 @@ pub fn run(
         let (epochs, best_epoch, dev_m, curve) = fit(
             &student.net,
             &student.vs,
-            Some(&kd_vs),
+            &[(&kd_vs, recipe.train.lr)],
             train,
             dev,
             &recipe.train,
             device,
             &extra,
+            None,
         )?;
         let test_m = test.map(|t| evaluate(&student.net, t, device, 64));
         let active = test_m
@@ -434,6 +454,9 @@ pub fn run(
             .map(|(_, a)| a.clone())
             .unwrap_or_else(|| evaluate(&student.net, dev, device, 64).1);
         student.manifest.trained_on = train.meta.source.clone();
+        if let Some(t) = &tuned {
+            t.attach(&mut student, out)?;
+        }
         student.save(out)?;
         report.student = Some(PhaseReport {
             kind: NetKind::Fused,
@@ -460,7 +483,7 @@ fn train_teacher(
     test: Option<&Dataset>,
     out: &Path,
     device: Device,
-) -> Result<(Model, PhaseReport), TrainError> {
+) -> Result<(Model, PhaseReport, Option<Tuned>), TrainError> {
     let t0 = Instant::now();
     let mut teacher = Model::new(
         teacher_kind,
@@ -470,17 +493,61 @@ fn train_teacher(
         device,
     );
     normalise(&mut teacher, train);
+    let k = recipe.text.tune_layers;
+    let tuning = if k > 0 {
+        for (name, ds) in [("train", Some(train)), ("dev", Some(dev)), ("test", test)] {
+            if let Some(ds) = ds
+                && ds.meta.texts.is_empty()
+            {
+                return Err(TrainError::Recipe(format!(
+                    "text.tune_layers = {k} needs the utterances' texts, and the {name} split has none"
+                )));
+            }
+        }
+        let enc = TextEncoder::load(&recipe.text.encoder, recipe.text.max_tokens, device)
+            .map_err(|e| TrainError::Recipe(e.to_string()))?;
+        let tuner = tune::Tuner::new(&recipe.text.encoder, k, device)
+            .map_err(|e| TrainError::Recipe(e.to_string()))?;
+        let cache = |ds: &Dataset| {
+            tune::Tuner::cache(&enc, &ds.meta.texts, tuner.first)
+                .map_err(|e| TrainError::Recipe(e.to_string()))
+        };
+        let caches = (cache(train)?, cache(dev)?, test.map(cache).transpose()?);
+        Some((tuner, caches))
+    } else {
+        None
+    };
     let (epochs, best_epoch, dev_m, curve) = fit(
         &teacher.net,
         &teacher.vs,
-        None,
+        &tuning
+            .as_ref()
+            .map(|(t, _)| vec![(&t.vs, recipe.text.lr)])
+            .unwrap_or_default(),
         train,
         dev,
         &recipe.train,
         device,
         &|_, _, _| None,
+        tuning.as_ref().map(|(t, (ct, cd, _))| (t, ct, cd)),
     )?;
     teacher.vs.freeze();
+    // With tuned layers, every split's text vectors are remade through them, once.
+    let tuned = tuning.map(|(mut tuner, (ct, cd, ce))| {
+        tuner.vs.freeze();
+        Tuned {
+            train: tuner.retext(train, &ct),
+            dev: tuner.retext(dev, &cd),
+            test: test.zip(ce.as_ref()).map(|(t, c)| tuner.retext(t, c)),
+            layers: k,
+            tuner,
+        }
+    });
+    let test = match &tuned {
+        Some(t) => t.test.as_ref(),
+        None => test,
+    };
+    let dev = tuned.as_ref().map_or(dev, |t| &t.dev);
     let test_m = test.map(|t| evaluate(&teacher.net, t, device, 64));
     let active = test_m
         .as_ref()
@@ -502,8 +569,39 @@ fn train_teacher(
         out.to_path_buf()
     };
     teacher.manifest.trained_on = train.meta.source.clone();
+    if let Some(t) = &tuned {
+        t.attach(&mut teacher, &teacher_dir)?;
+    }
     teacher.save(&teacher_dir)?;
-    Ok((teacher, teacher_report))
+    Ok((teacher, teacher_report, tuned))
+}
+
+/// The outcome of fine-tuning the text encoder with the teacher: the tuned layers and every
+/// split's text vectors remade through them.
+pub struct Tuned {
+    tuner: tune::Tuner,
+    layers: usize,
+    train: Dataset,
+    dev: Dataset,
+    test: Option<Dataset>,
+}
+
+impl Tuned {
+    /// Save the tuned layers into `dir` and point `model`'s manifest at them.
+    fn attach(&self, model: &mut Model, dir: &Path) -> Result<(), TrainError> {
+        std::fs::create_dir_all(dir)?;
+        let file = "text_tuned.safetensors";
+        self.tuner.vs.save(dir.join(file))?;
+        model.manifest.text_tuned = Some(crate::model::TunedText {
+            file: file.into(),
+            sha256: crate::model::sha256_file(&dir.join(file))?,
+            layers: self.layers,
+        });
+        if let Some(t) = model.manifest.features.text.as_mut() {
+            t.extractor = tune::tuned_extractor(&t.extractor);
+        }
+        Ok(())
+    }
 }
 
 /// `out/report.json` and, per phase with a test result, `out/<phase>-test.svg`.
@@ -585,12 +683,13 @@ pub fn loso(recipe: &Recipe, ds: &Dataset, device: Device) -> Result<LosoReport,
         fit(
             &model.net,
             &model.vs,
-            None,
+            &[],
             &train,
             &dev,
             &recipe.train,
             device,
             &|_, _, _| None,
+            None,
         )?;
         let (t, p, _) = predict(&model.net, &test, device, 64);
         folds.push((

@@ -99,6 +99,7 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
                 "MELD {}",
                 csv.file_name().unwrap_or_default().to_string_lossy()
             ),
+            texts: texts.iter().map(|t| t.to_string()).collect(),
         },
         offsets,
         features: [
@@ -161,6 +162,7 @@ pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
             dialogues: ids,
             groups,
             source: "EmoDB (acted German speech), summerd eGeMAPS v02 functionals".into(),
+            texts: Vec::new(),
         },
         offsets: (0..=n).collect(),
         features: [
