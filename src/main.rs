@@ -188,6 +188,19 @@ enum Features {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Train { .. } | Command::Loso { .. } | Command::Ablate { .. }
+    ) {
+        // Progress (one line per epoch) on stderr; RUST_LOG overrides.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match cli.command {
         Command::Validate { config } => match Config::load(&config) {
             Ok(cfg) => {
