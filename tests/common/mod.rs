@@ -301,19 +301,51 @@ impl Peer {
     }
 }
 
-/// Run a python peer to completion; returns its stdout, asserting success.
+/// Run a python peer to completion (killed, and the test failed, after 120 s); returns its
+/// stdout, asserting success.
 pub fn run_peer(script: &str, args: &[&str]) -> String {
-    let out = Command::new(python())
+    use std::io::Read;
+    let mut child = Command::new(python())
         .arg(peer(script))
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run python peer");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for python peer") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "peer {script} did not finish in 120 s (killed): {}",
+            String::from_utf8_lossy(&err)
+        );
+    };
     assert!(
-        out.status.success(),
+        status.success(),
         "peer {script} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&err)
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out).unwrap()
 }
 
 /// Poll `f` until it returns Some or `limit` passes.
