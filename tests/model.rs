@@ -533,7 +533,7 @@ fn ablation_sets_name_their_variants() {
     assert_eq!(kd.len(), 5);
     assert!(kd.iter().all(|(_, r)| r.train.student));
     assert_eq!(kd[0].0, "kd=none");
-    assert_eq!(AblationSet::Routing.variants(&base).len(), 3);
+    assert_eq!(AblationSet::Routing.variants(&base).len(), 4);
     assert_eq!(
         AblationSet::Fusion.variants(&base)[3].1.model.fusion,
         Fusion::Concat

@@ -713,7 +713,7 @@ pub fn loso(recipe: &Recipe, ds: &Dataset, device: Device) -> Result<LosoReport,
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum AblationSet {
-    /// Routing: dynamic (alpha 2) / top-2 / dense.
+    /// Routing: dynamic (alpha 2) / top-2 / dense / one-sided (beta 1).
     Routing,
     /// The dynamic threshold alpha in {0.5, 1, 1.5, 2, 2.5}.
     Alpha,
@@ -744,6 +744,10 @@ impl AblationSet {
                 (
                     "dense".into(),
                     with(&|r| r.model.routing = crate::model::Routing::Dense),
+                ),
+                (
+                    "one-sided b=1".into(),
+                    with(&|r| r.model.routing = crate::model::Routing::OneSided { beta: 1.0 }),
                 ),
             ],
             AblationSet::Alpha => [0.5, 1.0, 1.5, 2.0, 2.5]
