@@ -11,6 +11,19 @@ pub fn dir() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
+/// The `.wav` files directly in `dir`, sorted by name.
+pub fn wav_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "wav") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// One row of a MELD `*_sent_emo.csv` file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct MeldRow {

@@ -284,16 +284,7 @@ impl Bert {
     /// attention mask [B, L] (1 = token, 0 = padding). A mask without padding is skipped, which
     /// lets libtorch take its fastest attention path.
     pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, attention: &Tensor) -> Tensor {
-        let (b, l) = ids.size2().expect("ids are [B, L]");
-        let padded = attention.min().int64_value(&[]) == 0;
-        let mask = padded.then(|| attention.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
-        let x = self.embeddings.forward(ids, type_ids);
-        let h = x.size()[2];
-        let mut x = x.view([b * l, h]);
-        for layer in &self.layers {
-            x = layer.forward(&x, b, l, mask.as_ref());
-        }
-        x.view([b, l, h])
+        self.hidden_after(ids, type_ids, attention, self.layers.len())
     }
 
     /// Hidden states [B, L, H] after the embeddings and the first `n` layers.

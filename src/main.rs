@@ -456,15 +456,7 @@ fn eval(model: &Path, data: &Path, out: Option<&Path>) -> anyhow::Result<()> {
             device,
             Some(&model.join(&t.file)),
         )?;
-        let mut parts = Vec::new();
-        for chunk in ds.meta.texts.chunks(64) {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            parts.push(
-                enc.embed(&enc.tokenize(&refs)?)?
-                    .to_device(tch::Device::Cpu),
-            );
-        }
-        ds.features[0] = tch::Tensor::cat(&parts, 0);
+        ds.features[0] = enc.embed_texts(&ds.meta.texts, 64)?;
         if let Some(f) = ds.meta.features.text.as_mut() {
             f.extractor = summerd::train::tune::tuned_extractor(&f.extractor);
         }

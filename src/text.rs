@@ -238,13 +238,7 @@ impl TextEncoder {
             ));
         }
         let _guard = tch::no_grad_guard();
-        let shape = [t.batch as i64, t.len as i64];
-        let to = |v: &[i64]| -> Result<Tensor, TextError> {
-            Ok(Tensor::f_from_slice(v)?
-                .f_view(shape)?
-                .f_to_device(self.device)?)
-        };
-        let (ids, types, att) = (to(&t.ids)?, to(&t.type_ids)?, to(&t.attention)?);
+        let (ids, types, att) = self.input_tensors(t)?;
         let hidden = self.bert.forward(&ids, &types, &att);
         Ok(mean_pool_normalize(&hidden, &att))
     }
@@ -252,14 +246,42 @@ impl TextEncoder {
     /// Hidden states [batch, len, dim] after the first `n` layers (no gradient).
     pub fn hidden_after(&self, t: &Tokens, n: usize) -> Result<Tensor, TextError> {
         let _guard = tch::no_grad_guard();
+        let (ids, types, att) = self.input_tensors(t)?;
+        Ok(self.bert.hidden_after(&ids, &types, &att, n))
+    }
+
+    /// Ids, type ids and attention mask of `t` as [batch, len] tensors on the device.
+    fn input_tensors(&self, t: &Tokens) -> Result<(Tensor, Tensor, Tensor), TextError> {
         let shape = [t.batch as i64, t.len as i64];
         let to = |v: &[i64]| -> Result<Tensor, TextError> {
             Ok(Tensor::f_from_slice(v)?
                 .f_view(shape)?
                 .f_to_device(self.device)?)
         };
-        let (ids, types, att) = (to(&t.ids)?, to(&t.type_ids)?, to(&t.attention)?);
-        Ok(self.bert.hidden_after(&ids, &types, &att, n))
+        Ok((to(&t.ids)?, to(&t.type_ids)?, to(&t.attention)?))
+    }
+
+    /// Vectors [texts, dim] of a whole list, encoded `batch` texts at a time, on the CPU.
+    pub fn embed_texts<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        batch: usize,
+    ) -> Result<Tensor, TextError> {
+        let mut parts = Vec::with_capacity(texts.len() / batch.max(1) + 1);
+        for chunk in texts.chunks(batch.max(1)) {
+            let refs: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+            parts.push(
+                self.embed(&self.tokenize(&refs)?)?
+                    .f_to_device(Device::Cpu)?,
+            );
+        }
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(
+                [0, self.dim as i64],
+                (Kind::Float, Device::Cpu),
+            ));
+        }
+        Ok(Tensor::f_cat(&parts, 0)?)
     }
 
     /// Layers of the encoder.

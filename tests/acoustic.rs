@@ -327,12 +327,12 @@ fn agrees_with_opensmile_on_real_speech() {
         eprintln!("SKIPPED: ../shared (or $SUMMERD_ASSETS) is absent; no EmoDB clips");
         return;
     };
-    let mut files: Vec<_> = std::fs::read_dir(assets.join("data/emodb/wav"))
+    let files: Vec<_> = summerd::assets::wav_files(&assets.join("data/emodb/wav"))
         .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .into_iter()
+        .step_by(3)
+        .take(120)
         .collect();
-    files.sort();
-    let files: Vec<_> = files.into_iter().step_by(3).take(120).collect();
     let list = files
         .iter()
         .map(|p| p.display().to_string())

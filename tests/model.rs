@@ -594,13 +594,10 @@ fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
             offsets,
             features: [
                 v,
-                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
-                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+                summerd::train::data::absent(n),
+                summerd::train::data::absent(n),
             ],
-            present: Tensor::from_slice(&[1u8, 0, 0])
-                .to_kind(Kind::Bool)
-                .unsqueeze(0)
-                .repeat([n, 1]),
+            present: summerd::train::data::presence(n, [true, false, false]),
             speaker: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
             label: Tensor::from_slice(&labels),
         }

@@ -394,11 +394,12 @@ pub fn compute(frames: &[Lld]) -> Functionals {
     };
     let mut put = |at: usize, x: &[f32; 10]| values[at..at + 10].copy_from_slice(x);
 
-    // F0 (voiced, non-zero) and loudness (all frames): moments, percentiles, slopes.
+    // F0 (voiced, non-zero) and loudness (all frames): moments, percentiles, slopes; and the
+    // number of peaks the slopes were found between.
     let ten = |x: &[f32]| {
         let mut r = [0.0f32; 10];
         if x.is_empty() {
-            return r;
+            return (r, 0);
         }
         let (m, c) = mean_cov(x);
         let mut s = x.to_vec();
@@ -408,22 +409,22 @@ pub fn compute(frames: &[Lld]) -> Functionals {
             percentile(&s, 0.5),
             percentile(&s, 0.8),
         );
-        let (_, rise, fall) = peaks(x);
+        let (n_peaks, rise, fall) = peaks(x);
         let (rm, rs) = mean_std(&rise);
         let (fm, fs) = mean_std(&fall);
         r.copy_from_slice(&[m, c, p20, p50, p80, p80 - p20, rm, rs, fm, fs]);
-        r
+        (r, n_peaks)
     };
     column(idx::F0, None, &mut col);
-    sma3nz(&col, &mut sm);
-    let f0_smooth = sm.clone();
+    let mut f0_smooth = Vec::with_capacity(n);
+    sma3nz(&col, &mut f0_smooth);
     if enough {
-        put(0, &ten(&nonzero(&sm)));
+        put(0, &ten(&nonzero(&f0_smooth)).0);
     }
     column(idx::LOUDNESS, None, &mut col);
     sma3(&col, &mut sm);
-    let loud = sm.clone();
-    put(10, &ten(&loud));
+    let (loudness, loudness_peaks) = ten(&sm);
+    put(10, &loudness);
 
     // spectralFlux, MFCC 1-4 over all frames.
     for (k, d) in [
@@ -469,7 +470,7 @@ pub fn compute(frames: &[Lld]) -> Functionals {
         values[76 + k] = mean_cov(&nonzero(&sm)).0;
     }
     // Temporal.
-    values[81] = peaks(&loud).0 as f32 / dur;
+    values[81] = loudness_peaks as f32 / dur;
     let voiced = runs(&f0_smooth, true);
     let unvoiced = runs(&f0_smooth, false);
     let (vm, vs) = mean_std(&voiced);

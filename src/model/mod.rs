@@ -182,6 +182,19 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
+/// An error unless `path`'s sha256 is `expected`.
+fn verify_sha256(path: &Path, expected: &str) -> Result<(), ModelError> {
+    let actual = sha256_file(path)?;
+    if actual != expected {
+        return Err(ModelError::Checksum {
+            path: path.to_path_buf(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// A loaded model: its network, manifest and weights.
 pub struct Model {
     /// The network.
@@ -237,13 +250,9 @@ impl Model {
             });
         }
         let wpath = dir.join(&manifest.weights);
-        let actual = sha256_file(&wpath)?;
-        if actual != manifest.weights_sha256 {
-            return Err(ModelError::Checksum {
-                path: wpath,
-                expected: manifest.weights_sha256.clone(),
-                actual,
-            });
+        verify_sha256(&wpath, &manifest.weights_sha256)?;
+        if let Some(t) = &manifest.text_tuned {
+            verify_sha256(&dir.join(&t.file), &t.sha256)?;
         }
         let mut m = Model::new(
             manifest.kind,
@@ -253,17 +262,6 @@ impl Model {
             device,
         );
         m.vs.load(&wpath)?;
-        if let Some(t) = &manifest.text_tuned {
-            let p = dir.join(&t.file);
-            let actual = sha256_file(&p)?;
-            if actual != t.sha256 {
-                return Err(ModelError::Checksum {
-                    path: p,
-                    expected: t.sha256.clone(),
-                    actual,
-                });
-            }
-        }
         m.manifest = manifest;
         Ok(m)
     }

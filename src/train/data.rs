@@ -162,11 +162,7 @@ impl Dataset {
         let label = need("label")?;
         let n = label.size()[0];
         let dims = meta.features.dims();
-        let mut features: [Tensor; 3] = [
-            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
-            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
-            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
-        ];
+        let mut features: [Tensor; 3] = [absent(n), absent(n), absent(n)];
         for (m, name) in crate::model::MODALITIES.iter().enumerate() {
             if dims[m] > 0 {
                 let t = need(name)?.to_kind(Kind::Float);
@@ -214,7 +210,7 @@ impl Dataset {
             .collect();
         let t = *lens.iter().max().unwrap_or(&1);
         let pad = |x: &Tensor, d: usize, fill: f64| {
-            let rows = x.narrow(0, self.offsets[d], lens_of(self, d));
+            let rows = x.narrow(0, self.offsets[d], self.offsets[d + 1] - self.offsets[d]);
             let extra = t - rows.size()[0];
             if extra == 0 {
                 return rows;
@@ -309,6 +305,15 @@ impl Dataset {
     }
 }
 
-fn lens_of(ds: &Dataset, d: usize) -> i64 {
-    ds.offsets[d + 1] - ds.offsets[d]
+/// Presence [n, 3] with the same modalities present on every utterance.
+pub fn presence(n: i64, present: [bool; 3]) -> Tensor {
+    Tensor::from_slice(&present.map(u8::from))
+        .to_kind(Kind::Bool)
+        .unsqueeze(0)
+        .repeat([n, 1])
+}
+
+/// The [n, 0] feature matrix of a modality a split does not have.
+pub fn absent(n: i64) -> Tensor {
+    Tensor::zeros([n, 0], (Kind::Float, Device::Cpu))
 }

@@ -769,13 +769,7 @@ impl AblationSet {
             .into_iter()
             .map(|m| {
                 (
-                    format!(
-                        "kd={}",
-                        serde_json::to_value(m)
-                            .expect("enum")
-                            .as_str()
-                            .unwrap_or("?")
-                    ),
+                    variant_name("kd", m),
                     with(&|r| {
                         r.kd.mode = m;
                         r.train.student = true;
@@ -792,13 +786,7 @@ impl AblationSet {
             .into_iter()
             .map(|f| {
                 (
-                    format!(
-                        "fusion={}",
-                        serde_json::to_value(f)
-                            .expect("enum")
-                            .as_str()
-                            .unwrap_or("?")
-                    ),
+                    variant_name("fusion", f),
                     with(&|r| {
                         r.model.fusion = f;
                         r.train.student = true;
@@ -808,6 +796,12 @@ impl AblationSet {
             .collect(),
         }
     }
+}
+
+/// `prefix=value`, the value as the recipe spells it.
+fn variant_name(prefix: &str, value: impl Serialize) -> String {
+    let v = serde_json::to_value(value).expect("plain enum");
+    format!("{prefix}={}", v.as_str().unwrap_or("?"))
 }
 
 /// One ablation row: a variant's test figures over seeds.

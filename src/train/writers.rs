@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::data::{DataError, Dataset, FORMAT, Sidecar};
+use super::data::{DataError, Dataset, FORMAT, Sidecar, absent, presence};
 use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features, TEXT_EXTRACTOR};
 use crate::text::TextEncoder;
 
@@ -66,18 +66,10 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
         offsets.push(texts.len() as i64);
         ids.push(format!("dia{id}"));
     }
-    let mut vectors = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(32) {
-        let t = enc
-            .tokenize(chunk)
-            .map_err(|e| invalid(csv, e.to_string()))?;
-        vectors.push(
-            enc.embed(&t)
-                .map_err(|e| invalid(csv, e.to_string()))?
-                .to_device(Device::Cpu),
-        );
-    }
-    let text = Tensor::cat(&vectors, 0).to_kind(Kind::Float);
+    let text = enc
+        .embed_texts(&texts, 32)
+        .map_err(|e| invalid(csv, e.to_string()))?
+        .to_kind(Kind::Float);
     let n = texts.len() as i64;
     let dim = text.size()[1];
     let groups = ids.clone();
@@ -102,15 +94,8 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
             texts: texts.iter().map(|t| t.to_string()).collect(),
         },
         offsets,
-        features: [
-            text,
-            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
-            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
-        ],
-        present: Tensor::from_slice(&[1u8, 0, 0])
-            .to_kind(Kind::Bool)
-            .unsqueeze(0)
-            .repeat([n, 1]),
+        features: [text, absent(n), absent(n)],
+        present: presence(n, [true, false, false]),
         speaker: Tensor::from_slice(&speakers),
         label: Tensor::from_slice(&labels),
     })
@@ -119,12 +104,7 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
 /// EmoDB clips as a dataset: one single-utterance dialogue per clip, its 88 eGeMAPS functionals
 /// as the audio vector, the speaker (first two characters) as its group.
 pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| invalid(dir, e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
-        .collect();
-    files.sort();
+    let files = crate::assets::wav_files(dir).map_err(|e| invalid(dir, e.to_string()))?;
     let (mut feats, mut labels, mut ids, mut groups) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for f in &files {
@@ -166,14 +146,11 @@ pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
         },
         offsets: (0..=n).collect(),
         features: [
-            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+            absent(n),
             Tensor::from_slice(&feats).view([n, 88]),
-            Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+            absent(n),
         ],
-        present: Tensor::from_slice(&[0u8, 1, 0])
-            .to_kind(Kind::Bool)
-            .unsqueeze(0)
-            .repeat([n, 1]),
+        present: presence(n, [false, true, false]),
         speaker: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
         label: Tensor::from_slice(&labels),
     })

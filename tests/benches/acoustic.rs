@@ -19,12 +19,8 @@ fn main() {
         eprintln!("SKIPPED: ../shared (SUMMERD_ASSETS) is absent; no EmoDB clips to time");
         return;
     };
-    let mut files: Vec<_> = std::fs::read_dir(assets.join("data/emodb/wav"))
-        .expect("EmoDB wav folder")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
-        .collect();
-    files.sort();
+    let files =
+        summerd::assets::wav_files(&assets.join("data/emodb/wav")).expect("EmoDB wav folder");
     let clips: Vec<_> = files
         .iter()
         .map(|p| summerd::decode::decode_audio(p).expect("decodable clip"))
