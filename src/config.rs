@@ -41,6 +41,8 @@ pub struct RawConfig {
     pub model: ModelConfig,
     /// The sentence encoder that turns transcript text into vectors for the model.
     pub text_encoder: TextEncoderConfig,
+    /// Per-utterance inference: waiting for features, batching, provisional estimates.
+    pub inference: InferenceConfig,
     /// Where GStreamer launch templates (`<name>.gst`) are looked up.
     pub pipelines: PipelinesConfig,
     /// How streams are ingested and supervised.
@@ -264,6 +266,42 @@ impl Default for TextEncoderConfig {
         Self {
             dir: PathBuf::from("../").join(crate::text::DEFAULT_DIR),
             max_tokens: crate::text::DEFAULT_MAX_TOKENS,
+        }
+    }
+}
+
+/// `[inference]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Longest wait, from a segment's arrival, for the acoustic descriptors to cover its end;
+    /// then it goes on without what is missing (the event's `modalities` say so).
+    pub feature_wait: HumanDuration,
+    /// Most utterances (of all streams) in one forward pass.
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill once one utterance is ready.
+    pub max_wait: HumanDuration,
+    /// Utterances queued for the model worker; beyond it the oldest ready ones wait in the
+    /// assembler (never dropped silently).
+    pub queue: usize,
+    /// Estimate from partial (`final: false`) segments too, published with `provisional: true`.
+    pub provisional: bool,
+    /// Seconds of acoustic descriptors kept per stream (an utterance must end within it).
+    pub audio_history: HumanDuration,
+    /// libtorch CPU threads of the model worker.
+    pub threads: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            feature_wait: HumanDuration(Duration::from_millis(500)),
+            max_batch: 32,
+            max_wait: HumanDuration(Duration::from_millis(2)),
+            queue: 1024,
+            provisional: false,
+            audio_history: HumanDuration(Duration::from_secs(120)),
+            threads: 1,
         }
     }
 }
@@ -945,6 +983,30 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             }
         }
     }
+
+    // [inference]
+    let inf = &raw.inference;
+    c.duration(
+        "inference.feature_wait",
+        inf.feature_wait.0,
+        Duration::ZERO,
+        Duration::from_secs(30),
+    );
+    c.range("inference.max_batch", inf.max_batch, 1, 1024);
+    c.duration(
+        "inference.max_wait",
+        inf.max_wait.0,
+        Duration::ZERO,
+        Duration::from_secs(1),
+    );
+    c.range("inference.queue", inf.queue, 1, 1_000_000);
+    c.duration(
+        "inference.audio_history",
+        inf.audio_history.0,
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+    );
+    c.range("inference.threads", inf.threads, 1, 256);
 
     // [ingest]
     let ig = &raw.ingest;

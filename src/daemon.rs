@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{self, BusError, Heartbeat, PublisherHandle};
 use crate::config::Config;
 use crate::events::{Lifecycle, LifecycleEvent};
+use crate::infer::{self, engine::Engine};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{self, HEARTBEAT_MAX_AGE, Metrics};
 use crate::transcripts::{self, Limits, StreamSet, Transcript};
@@ -46,6 +47,12 @@ pub enum DaemonError {
     /// A configured stream could not be attached.
     #[error("cannot attach stream: {0}")]
     Attach(#[from] crate::ingest::IngestError),
+    /// The model or the text encoder could not be loaded.
+    #[error("cannot load the model: {0}")]
+    Model(#[from] crate::infer::engine::EngineError),
+    /// A thread could not be started.
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
     /// Draining took longer than `daemon.shutdown_timeout`.
     #[error("draining did not finish within {0:?}; {1} was still running")]
     DrainTimeout(Duration, &'static str),
@@ -67,6 +74,23 @@ pub struct Running {
 /// Bind everything and start serving. Returns once initialised (sockets bound, threads
 /// running); errors name the socket or address that failed.
 pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
+    // The model first: a missing or mismatched model fails before any socket is bound.
+    let engine = match &cfg.model_path {
+        Some(dir) => {
+            let device = model_device(&cfg.raw.model.device);
+            tch::set_num_threads(cfg.raw.inference.threads as i32);
+            let dir = dir.clone();
+            let enc = cfg.text_encoder_dir.clone();
+            let max_tokens = cfg.raw.text_encoder.max_tokens;
+            let e =
+                tokio::task::spawn_blocking(move || Engine::load(&dir, &enc, max_tokens, device))
+                    .await
+                    .expect("model loading does not panic")?;
+            tracing::info!(model = e.name(), device = ?device, "Loaded the model");
+            Some(e)
+        }
+        None => None,
+    };
     let info = VersionInfo::libraries();
     let metrics = Arc::new(Metrics::new(&info));
     let ctx = zmq::Context::new();
@@ -155,6 +179,10 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             audio_queue: ig.audio_queue,
             video_queue: ig.video_queue,
             tap_chunk_ms: cfg.audio_tap.as_ref().map(|_| cfg.raw.audio_tap.chunk_ms),
+            acoustic: engine.as_ref().map(|_| crate::acoustic::Settings {
+                history_frames: (cfg.raw.inference.audio_history.0.as_secs_f64() * 100.0) as usize,
+                ..Default::default()
+            }),
         },
         events.clone(),
         tap.clone(),
@@ -183,7 +211,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     let join = transcripts::spawn_receiver(
         pull,
         Limits::from(t),
-        streams,
+        streams.clone(),
         metrics.clone(),
         hb.clone(),
         tx,
@@ -192,7 +220,34 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     beats.push(hb);
     threads.push(("zmq-transcripts", join));
 
-    let consumer = tokio::spawn(consume(rx));
+    let consumer = match engine {
+        Some(engine) => {
+            let inf = &cfg.raw.inference;
+            let (wtx, wrx) = std::sync::mpsc::sync_channel(inf.queue);
+            let hb = Heartbeat::new("model-worker");
+            let join = infer::spawn_worker(
+                engine,
+                wrx,
+                events.clone(),
+                metrics.clone(),
+                hb.clone(),
+                inf.max_batch,
+                inf.max_wait.0,
+            )
+            .map_err(|e| DaemonError::Thread("model-worker", e))?;
+            beats.push(hb);
+            threads.push(("model-worker", join));
+            let ctx = infer::ConsumerCtx {
+                cfg: inf.clone(),
+                publish_text: cfg.raw.events.publish_text,
+                ingest: ingest.clone(),
+                known: streams,
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(infer::consume(rx, wtx, ctx))
+        }
+        None => tokio::spawn(consume(rx)),
+    };
 
     let beats = Arc::new(beats);
     if let Some(listener) = listener {
@@ -336,8 +391,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The transcript consumer. The assembler and the model worker plug in here; until they
-/// exist, segments are logged at debug level and dropped after being counted.
+/// The transcript consumer without a model: segments are logged at debug level and dropped
+/// after being counted.
 async fn consume(mut rx: mpsc::Receiver<Transcript>) {
     while let Some(t) = rx.recv().await {
         tracing::debug!(
@@ -348,6 +403,19 @@ async fn consume(mut rx: mpsc::Receiver<Transcript>) {
             is_final = t.is_final,
             "Transcript segment received"
         );
+    }
+}
+
+/// `model.device` as a libtorch device (`auto`: CUDA when usable).
+pub fn model_device(name: &str) -> tch::Device {
+    match name {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        "auto" => tch::Device::cuda_if_available(),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map_or(tch::Device::Cpu, tch::Device::Cuda),
     }
 }
 

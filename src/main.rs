@@ -71,6 +71,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train the default model (MELD text + EmoDB voices, per-speaker normalisation) with its
+    /// held-out figures: the MELD teacher, EmoDB leave-one-speaker-out students, the shipped
+    /// student; writes the model, results.json and report.json to OUT.
+    TrainDefault {
+        /// Recipe (TOML: [model], [train], [kd], [mix]).
+        #[arg(long, default_value = "models/summer-default/recipe.toml")]
+        recipe: PathBuf,
+        /// Directory with meld-{train,dev,test}.safetensors and emodb.safetensors.
+        #[arg(long, default_value = "target/data")]
+        data: PathBuf,
+        /// Output model directory.
+        #[arg(long, default_value = "models/summer-default")]
+        out: PathBuf,
+        /// Scratch directory (teacher, fold models).
+        #[arg(long, default_value = "target/summer-default")]
+        work: PathBuf,
+        /// Skip the leave-one-speaker-out folds (the shipped model only).
+        #[arg(long)]
+        no_loso: bool,
+        /// Only these held-out speakers (comma-separated), and no shipped model: for trying
+        /// a recipe change quickly.
+        #[arg(long, value_delimiter = ',')]
+        folds: Vec<String>,
+    },
     /// Evaluate a model directory on a split: metrics as JSON on stdout (and with --out, a
     /// report.json and a picture there).
     Eval {
@@ -120,6 +144,43 @@ enum Command {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Run a recorded call through the daemon's stages as fast as possible: the media's audio
+    /// (any format GStreamer decodes) and its transcript segments (JSONL, one transcript
+    /// message a line); writes the emotion events as JSONL.
+    Replay {
+        /// The recorded call.
+        media: PathBuf,
+        /// Transcript segments, one JSON message a line (INTERFACES.md).
+        #[arg(long)]
+        transcript: PathBuf,
+        /// Config (model, text encoder, limits, publish_text).
+        #[arg(short, long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Model directory (overrides the config's).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Events file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Subscribe to a daemon's events and show them, a line each, as they come.
+    Tail {
+        /// Config whose `events.endpoint` to connect to.
+        #[arg(short, long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Endpoint (overrides the config's), e.g. tcp://127.0.0.1:5556.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only this stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print the raw JSON instead.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many emotion events.
+        #[arg(long)]
+        count: Option<usize>,
     },
     /// Write a CURVE keypair: DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub.
     Keygen {
@@ -190,7 +251,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Train { .. } | Command::Loso { .. } | Command::Ablate { .. }
+        Command::Train { .. }
+            | Command::TrainDefault { .. }
+            | Command::Loso { .. }
+            | Command::Ablate { .. }
     ) {
         // Progress (one line per epoch) on stderr; RUST_LOG overrides.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -236,6 +300,20 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Keygen { dir, name } => report(keygen(&dir, &name)),
+        Command::Replay {
+            media,
+            transcript,
+            config,
+            model,
+            out,
+        } => report(replay(&media, &transcript, &config, model, out.as_deref())),
+        Command::Tail {
+            config,
+            endpoint,
+            stream,
+            json,
+            count,
+        } => report(tail(&config, endpoint, stream, json, count)),
         Command::Features {
             what:
                 Features::Text {
@@ -256,6 +334,14 @@ fn main() -> ExitCode {
             test,
             out,
         } => report(train_cmd(&recipe, &train, &dev, test.as_deref(), &out)),
+        Command::TrainDefault {
+            recipe,
+            data,
+            out,
+            work,
+            no_loso,
+            folds,
+        } => report(train_default(&recipe, &data, &out, &work, !no_loso, &folds)),
         Command::Eval { model, data, out } => report(eval(&model, &data, out.as_deref())),
         Command::Loso { recipe, data, out } => report(loso(&recipe, &data, &out)),
         Command::Ablate {
@@ -436,6 +522,175 @@ fn train_cmd(
         }
     }
     println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn replay(
+    media: &Path,
+    transcript: &Path,
+    config: &Path,
+    model: Option<PathBuf>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut cfg = Config::load(config)?;
+    if let Some(m) = model {
+        cfg.model_path = Some(m);
+    }
+    let model = cfg
+        .model_path
+        .clone()
+        .context("no model: set model.path in the config or pass --model")?;
+    let jsonl = std::fs::read_to_string(transcript)
+        .with_context(|| format!("cannot read {}", transcript.display()))?;
+    let device = summerd::daemon::model_device(&cfg.raw.model.device);
+    tch::set_num_threads(cfg.raw.inference.threads as i32);
+    let mut engine = summerd::infer::engine::Engine::load(
+        &model,
+        &cfg.text_encoder_dir,
+        cfg.raw.text_encoder.max_tokens,
+        device,
+    )?;
+    let limits = summerd::transcripts::Limits::from(&cfg.raw.transcripts);
+    let (events, stats) = summerd::infer::replay::replay(
+        &mut engine,
+        media,
+        &jsonl,
+        &limits,
+        cfg.raw.inference.max_batch,
+        cfg.raw.events.publish_text,
+    )?;
+    let mut text = String::new();
+    for e in &events {
+        text.push_str(&serde_json::to_string(e)?);
+        text.push('\n');
+    }
+    match out {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?
+        }
+        None => print!("{text}"),
+    }
+    for (line, why) in &stats.rejected {
+        eprintln!("{}:{line}: rejected: {why}", transcript.display());
+    }
+    eprintln!(
+        "replayed {:.1} s of media, {} segment(s) -> {} event(s) with {} (audio {:.2} s, inference {:.2} s)",
+        stats.media_seconds,
+        stats.lines,
+        stats.events,
+        engine.name(),
+        stats.audio_seconds,
+        stats.inference_seconds
+    );
+    anyhow::ensure!(
+        stats.rejected.is_empty(),
+        "{} transcript line(s) rejected",
+        stats.rejected.len()
+    );
+    Ok(())
+}
+
+fn tail(
+    config: &Path,
+    endpoint: Option<String>,
+    stream: Option<String>,
+    json: bool,
+    count: Option<usize>,
+) -> anyhow::Result<()> {
+    let endpoint = match endpoint {
+        Some(e) => e,
+        None => Config::load(config)?.events.endpoint.to_zmq(),
+    };
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB)?;
+    match &stream {
+        Some(s) => {
+            sub.set_subscribe(format!("emotion.{s}").as_bytes())?;
+            sub.set_subscribe(format!("lifecycle.{s}").as_bytes())?;
+        }
+        None => sub.set_subscribe(b"")?,
+    }
+    sub.connect(&endpoint)
+        .with_context(|| format!("cannot connect to {endpoint}"))?;
+    eprintln!("listening on {endpoint} (Ctrl-C to stop)");
+    let mut seen = 0;
+    loop {
+        let parts = sub.recv_multipart(0)?;
+        let (Some(topic), Some(body)) = (parts.first(), parts.get(1)) else {
+            continue;
+        };
+        if json {
+            println!("{}", String::from_utf8_lossy(body));
+        } else {
+            println!("{}", summerd::tail::render(topic, body));
+        }
+        if topic.starts_with(b"emotion.") {
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn train_default(
+    recipe: &Path,
+    data: &Path,
+    out: &Path,
+    work: &Path,
+    loso: bool,
+    folds: &[String],
+) -> anyhow::Result<()> {
+    let recipe = read_recipe(recipe)?;
+    let split = |name: &str| load_data(&data.join(format!("{name}.safetensors")));
+    let (tr, dv, te, emodb) = (
+        split("meld-train")?,
+        split("meld-dev")?,
+        split("meld-test")?,
+        split("emodb")?,
+    );
+    let device = tch::Device::cuda_if_available();
+    let r = summerd::train::summer_default::build(
+        &recipe,
+        [&tr, &dv, &te],
+        &emodb,
+        out,
+        work,
+        &if !loso {
+            summerd::train::summer_default::Folds::Skip
+        } else if folds.is_empty() {
+            summerd::train::summer_default::Folds::All
+        } else {
+            summerd::train::summer_default::Folds::Only(folds.to_vec())
+        },
+        device,
+    )?;
+    let test = |t: &summerd::train::TrainReport, who: &str| {
+        let p = match who {
+            "teacher" => t.teacher.as_ref(),
+            _ => t.student.as_ref(),
+        };
+        p.and_then(|p| p.test.as_ref())
+            .map_or("-".into(), |m| format!("WA {:.1} WF1 {:.1}", m.wa, m.wf1))
+    };
+    println!("MELD test, teacher (text): {}", test(&r.teacher, "teacher"));
+    println!(
+        "MELD test, student (audio absent): {}",
+        test(&r.student, "student")
+    );
+    for f in &r.folds {
+        println!(
+            "EmoDB held out {}: audio-alone accuracy {:.1} % ({} clips); MELD test with this voice WF1 {:.1}",
+            f.speaker, f.audio_accuracy, f.clips, f.fused_meld_wf1
+        );
+    }
+    if let (Some(a), Some(f)) = (&r.emodb_loso, &r.fused_loso) {
+        println!(
+            "EmoDB LOSO pooled (6 classes, text absent): accuracy {:.1} %, UAR {:.1}; MELD test + held-out voices: WF1 {:.1}",
+            a.wa, a.uar, f.wf1
+        );
+    }
+    println!("{:.0} s; wrote {}", r.seconds, out.display());
     Ok(())
 }
 

@@ -23,6 +23,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,6 +50,10 @@ pub struct Metrics {
     ingest_dropped: Family<Labels, Counter>,
     stream_up: Family<Labels, Gauge<i64, AtomicI64>>,
     restarts: Family<Labels, Counter>,
+    utterances: Family<Labels, Counter>,
+    batch_size: Histogram,
+    latency: Histogram,
+    inference_queue: Gauge<i64, AtomicI64>,
     // Handles into the families above, created once, so that counting on a hot path neither
     // allocates label sets nor takes the family's lock.
     by_reason: HashMap<&'static str, Counter>,
@@ -92,6 +97,12 @@ impl Metrics {
             ingest_dropped: Family::default(),
             stream_up: Family::default(),
             restarts: Family::default(),
+            utterances: Family::default(),
+            batch_size: Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
+            latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            inference_queue: Gauge::default(),
             by_reason: HashMap::new(),
             by_socket: HashMap::new(),
             registry,
@@ -158,6 +169,26 @@ impl Metrics {
             "Pipeline restarts after an error, end or stall, by stream",
             m.restarts.clone(),
         );
+        r.register(
+            "utterances",
+            "Transcript segments through the assembler and the model, by outcome",
+            m.utterances.clone(),
+        );
+        r.register(
+            "inference_batch_size",
+            "Utterances per forward pass of the model worker",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "event_latency_seconds",
+            "From a segment's arrival to its emotion event's publication",
+            m.latency.clone(),
+        );
+        r.register(
+            "inference_queue",
+            "Utterances ready and waiting for the model worker",
+            m.inference_queue.clone(),
+        );
         for reason in Reject::REASONS {
             let c = m
                 .rejected
@@ -195,6 +226,28 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    /// Count an utterance outcome (`published`, `excluded`, `duplicate`, ...).
+    pub fn utterance(&self, outcome: &'static str) {
+        self.utterances
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// Record a forward pass of `n` utterances.
+    pub fn inference_batch(&self, n: usize) {
+        self.batch_size.observe(n as f64);
+    }
+
+    /// Record an event's latency.
+    pub fn event_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    /// Utterances waiting for the model worker.
+    pub fn set_inference_queue(&self, n: usize) {
+        self.inference_queue.set(n as i64);
     }
 
     /// Count an accepted transcript.

@@ -58,6 +58,7 @@ fn batch(b: i64, t: i64, dims: [i64; 3]) -> Batch {
         valid: Tensor::ones([b, t], (Kind::Bool, Device::Cpu)),
         speaker: Tensor::randint(3, [b, t], (Kind::Int64, Device::Cpu)),
         label: Tensor::randint(7, [b, t], (Kind::Int64, Device::Cpu)),
+        offset: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn clone(b: &Batch) -> Batch {
         valid: b.valid.copy(),
         speaker: b.speaker.copy(),
         label: b.label.copy(),
+        offset: None,
     }
 }
 

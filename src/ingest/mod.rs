@@ -19,6 +19,7 @@
 //! Detaching cancels the supervisor, which stops its pipeline; the audio and video threads end
 //! when their inputs close, and every buffer and queue of the stream is freed.
 
+pub mod features;
 pub mod template;
 pub mod timeline;
 
@@ -41,6 +42,7 @@ use crate::events::{Lifecycle, LifecycleEvent, tap_message};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::resample::{TARGET_RATE, To16k, to_i16};
 use crate::transcripts::StreamSet;
+use features::AudioFeatures;
 use template::{Template, TemplateError};
 use timeline::Timeline;
 
@@ -67,6 +69,8 @@ pub struct IngestSettings {
     pub video_queue: usize,
     /// Milliseconds of audio per tap message; None: no tap.
     pub tap_chunk_ms: Option<u32>,
+    /// Acoustic descriptors per stream (for the model); None: not computed.
+    pub acoustic: Option<crate::acoustic::Settings>,
 }
 
 /// What to attach: a `[[streams]]` table of the config, or an attach request.
@@ -160,6 +164,7 @@ struct Shared {
     restarts: AtomicU64,
     metrics: StreamMetrics,
     events: PublisherHandle,
+    features: Option<Arc<AudioFeatures>>,
 }
 
 impl Shared {
@@ -192,6 +197,16 @@ struct Attached {
     shared: Arc<Shared>,
     cancel: CancellationToken,
     supervisor: JoinHandle<()>,
+}
+
+/// An attached stream as the inference stages see it.
+pub struct StreamView {
+    /// Its spec (speaker roles, `infer_speakers`, `publish_text`).
+    pub spec: StreamSpec,
+    /// Its acoustic descriptors, when computed.
+    pub features: Option<Arc<AudioFeatures>>,
+    /// End of its media timeline so far, seconds.
+    pub media_end: f64,
 }
 
 /// The set of attached streams.
@@ -349,6 +364,10 @@ impl Ingest {
             restarts: AtomicU64::new(0),
             metrics: self.metrics.stream(&spec.id),
             events: self.events.clone(),
+            features: self
+                .settings
+                .acoustic
+                .map(|a| Arc::new(AudioFeatures::new(a))),
         });
         let cancel = CancellationToken::new();
         let sup = Supervisor {
@@ -393,6 +412,17 @@ impl Ingest {
         self.metrics.forget_stream(id);
         tracing::info!(stream = %id, "Detached stream");
         Ok(())
+    }
+
+    /// An attached stream as the inference stages see it.
+    pub fn view(&self, id: &str) -> Option<StreamView> {
+        let streams = self.streams.lock().expect("streams lock");
+        let a = streams.get(id)?;
+        Some(StreamView {
+            spec: a.spec.clone(),
+            features: a.shared.features.clone(),
+            media_end: a.shared.timeline.lock().expect("timeline lock").end(),
+        })
     }
 
     /// Every attached stream.
@@ -798,9 +828,19 @@ fn audio_loop(
         let c = match msg {
             AudioMsg::Chunk(c) => c,
             AudioMsg::Flush => {
-                if let (Some((_, r)), Some(chunk), Some(tap)) = (resampler.as_mut(), chunk, &tap) {
+                if let Some((_, r)) = resampler.as_mut() {
+                    let before = out16.len();
                     r.flush(&mut out16);
-                    t16 = publish_tap(tap, &shared.id, &mut out16, t16, chunk, &mut pcm, true);
+                    if let Some(f) = &shared.features {
+                        f.push(t16 + secs16(before), &out16[before..]);
+                        f.flush();
+                    }
+                    match (chunk, &tap) {
+                        (Some(chunk), Some(tap)) => {
+                            publish_tap(tap, &shared.id, &mut out16, t16, chunk, &mut pcm, true);
+                        }
+                        _ => out16.clear(),
+                    }
                 }
                 resampler = None;
                 continue;
@@ -809,8 +849,9 @@ fn audio_loop(
         shared
             .metrics
             .audio_seconds(c.samples.len() as f64 / f64::from(c.rate));
-        let Some(chunk) = chunk else { continue };
-        let Some(tap) = &tap else { continue };
+        if shared.features.is_none() && (chunk.is_none() || tap.is_none()) {
+            continue;
+        }
         // A new connection or rate: start the resampler afresh at this chunk's time.
         if c.fresh || resampler.as_ref().is_none_or(|(r, _)| *r != c.rate) {
             match To16k::new(c.rate) {
@@ -824,9 +865,25 @@ fn audio_loop(
             t16 = c.t;
         }
         let (_, r) = resampler.as_mut().expect("set above");
+        let before = out16.len();
         r.push(&c.samples, &mut out16);
-        t16 = publish_tap(tap, &shared.id, &mut out16, t16, chunk, &mut pcm, false);
+        if let Some(f) = &shared.features {
+            f.push(t16 + secs16(before), &out16[before..]);
+        }
+        match (chunk, &tap) {
+            (Some(chunk), Some(tap)) => {
+                t16 = publish_tap(tap, &shared.id, &mut out16, t16, chunk, &mut pcm, false);
+            }
+            _ => {
+                t16 += secs16(out16.len());
+                out16.clear();
+            }
+        }
     }
+}
+
+fn secs16(samples: usize) -> f64 {
+    samples as f64 / f64::from(TARGET_RATE)
 }
 
 /// Publish the full `chunk`-sample pieces of `out16` (and, with `tail`, the rest as a last

@@ -6,6 +6,7 @@
 pub mod kd;
 pub mod layers;
 pub mod net;
+pub mod norm;
 
 use std::path::{Path, PathBuf};
 
@@ -155,6 +156,10 @@ pub struct Manifest {
     /// weights; the daemon's encoder must load them to make the vectors this model reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_tuned: Option<TunedText>,
+    /// Per-speaker online normalisation of the audio vectors ([`norm`]); absent: the audio
+    /// vectors are used as extracted (the network's own standardisation still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker_norm: Option<norm::SpeakerNorm>,
 }
 
 /// Fine-tuned text encoder layers shipped with a model.
@@ -230,6 +235,7 @@ impl Model {
                 weights_sha256: String::new(),
                 trained_on: String::new(),
                 text_tuned: None,
+                speaker_norm: None,
             },
             vs,
         }

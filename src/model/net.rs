@@ -67,6 +67,11 @@ pub struct ModelConfig {
     pub routing: Routing,
     /// Fusion order.
     pub fusion: Fusion,
+    /// In hierarchical fusion, add each utterance's own representation of the modality being
+    /// fused to its query first. Without it an utterance whose first modality is absent (audio
+    /// alone) has a query that knows only its position and speaker, and sees its own voice no
+    /// more than its neighbours'.
+    pub own_residual: bool,
 }
 
 impl Default for ModelConfig {
@@ -85,6 +90,7 @@ impl Default for ModelConfig {
             tau: 0.5,
             routing: Routing::default(),
             fusion: Fusion::default(),
+            own_residual: false,
         }
     }
 }
@@ -102,6 +108,9 @@ pub struct Batch {
     pub speaker: Tensor,
     /// Labels [B, T] (i64; -1: none).
     pub label: Tensor,
+    /// Conversation index of each row's first utterance [B] (i64), when a row is a window
+    /// cut from a longer conversation (the daemon's sliding window); None: 0.
+    pub offset: Option<Tensor>,
 }
 
 impl Batch {
@@ -118,13 +127,14 @@ impl Batch {
         band.unsqueeze(0).logical_and(&self.valid.unsqueeze(1))
     }
 
-    /// Position in the window of each utterance: min(index, window - 1).
+    /// Position in the window of each utterance: min(conversation index, window - 1).
     pub fn positions(&self, window: i64) -> Tensor {
         let (b, t) = self.valid.size2().expect("[B, T]");
-        Tensor::arange(t, (Kind::Int64, self.valid.device()))
-            .clamp_max(window - 1)
-            .unsqueeze(0)
-            .expand([b, t], false)
+        let idx = Tensor::arange(t, (Kind::Int64, self.valid.device())).unsqueeze(0);
+        match &self.offset {
+            Some(o) => (idx + o.unsqueeze(1)).clamp_max(window - 1),
+            None => idx.clamp_max(window - 1).expand([b, t], false),
+        }
     }
 }
 
@@ -344,6 +354,9 @@ impl Summer {
             let mut q = first.shallow_clone();
             for (f, (present, kv)) in self.fuse.iter().zip(it) {
                 let m = mask.logical_and(&present.unsqueeze(1));
+                if c.own_residual {
+                    q += kv * present.unsqueeze(-1).to_kind(Kind::Float);
+                }
                 q = f.forward(&q, kv, &m, train);
             }
             q

@@ -247,6 +247,7 @@ impl Dataset {
             valid,
             speaker: stack(&self.speaker, 0.0),
             label: stack(&self.label, -1.0),
+            offset: None,
         }
     }
 

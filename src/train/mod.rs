@@ -4,6 +4,8 @@
 
 pub mod data;
 pub mod metrics;
+pub mod mix;
+pub mod summer_default;
 pub mod tune;
 pub mod writers;
 
@@ -58,6 +60,9 @@ pub struct TrainConfig {
     pub threads: i32,
     /// Train the fused student after the teacher (false: the teacher is the result).
     pub student: bool,
+    /// Chance, per utterance with text and audio, of hiding one of them from the student
+    /// (each with half of it), so that it learns each alone.
+    pub modality_dropout: f64,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +75,7 @@ impl Default for TrainConfig {
             seed: 1,
             threads: 2,
             student: true,
+            modality_dropout: 0.0,
         }
     }
 }
@@ -86,6 +92,8 @@ pub struct Recipe {
     pub kd: KdConfig,
     /// Text encoder fine-tuning.
     pub text: tune::TextConfig,
+    /// How the default model's training data is mixed (`summerd train-default` only).
+    pub mix: mix::MixConfig,
 }
 
 impl Recipe {
@@ -275,6 +283,9 @@ fn fit(
             if let Some((t, cache, _)) = tuning {
                 b.features[0] = t.batch_features(train, cache, chunk);
             }
+            if cfg.modality_dropout > 0.0 {
+                b.present = drop_modality(&b.present, cfg.modality_dropout);
+            }
             let out = net.forward(&b, true);
             let (sel, y) = labelled(&b.label);
             if sel.size()[0] == 0 {
@@ -316,6 +327,23 @@ fn fit(
     Ok((epochs, best_epoch, m, curve))
 }
 
+/// Hide text (with probability p/2) or audio (p/2) where both are present.
+fn drop_modality(present: &Tensor, p: f64) -> Tensor {
+    let (text, audio) = (present.select(2, 0), present.select(2, 1));
+    let both = text.logical_and(&audio);
+    let u = Tensor::rand(text.size(), (Kind::Float, present.device()));
+    let drop_text = both.logical_and(&u.lt(p / 2.0));
+    let drop_audio = both.logical_and(&u.ge(p / 2.0)).logical_and(&u.lt(p));
+    Tensor::stack(
+        &[
+            text.logical_and(&drop_text.logical_not()),
+            audio.logical_and(&drop_audio.logical_not()),
+            present.select(2, 2),
+        ],
+        2,
+    )
+}
+
 fn normalise(model: &mut Model, train: &Dataset) {
     for m in 0..3 {
         if train.meta.features.dims()[m] > 0 {
@@ -333,6 +361,19 @@ fn normalise(model: &mut Model, train: &Dataset) {
 /// under `out` (the teacher in `out/teacher` when a student is trained).
 pub fn run(
     recipe: &Recipe,
+    train: &Dataset,
+    dev: &Dataset,
+    test: Option<&Dataset>,
+    out: &Path,
+    device: Device,
+) -> Result<TrainReport, TrainError> {
+    run_with(recipe, None, train, dev, test, out, device)
+}
+
+/// [`run`], with an already trained (text) teacher instead of training one.
+pub fn run_with(
+    recipe: &Recipe,
+    teacher: Option<Model>,
     train: &Dataset,
     dev: &Dataset,
     test: Option<&Dataset>,
@@ -374,9 +415,9 @@ pub fn run(
         teacher: None,
         student: None,
     };
-    let mut teacher_model = None;
+    let mut teacher_model = teacher;
     let mut tuned = None;
-    if has_text {
+    if has_text && teacher_model.is_none() {
         let (model, phase, t) = train_teacher(
             recipe,
             teacher_kind,
@@ -421,6 +462,18 @@ pub fn run(
             if w_logit == 0.0 && w_cross == 0.0 && w_latent == 0.0 {
                 return None;
             }
+            // The teacher reads text: it says nothing about utterances without any.
+            let with_text = b
+                .present
+                .select(2, 0)
+                .flatten(0, 1)
+                .index_select(0, sel)
+                .nonzero()
+                .squeeze_dim(1);
+            if with_text.size()[0] == 0 {
+                return None;
+            }
+            let sel = &sel.index_select(0, &with_text);
             let t_out = tch::no_grad(|| tnet.forward(b, false));
             let t_logits = tokens(&t_out.logits, sel);
             let s_feat = tokens(&out.feature, sel);

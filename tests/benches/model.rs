@@ -22,6 +22,7 @@ fn batch(b: i64, device: Device) -> Batch {
         valid: Tensor::ones([b, t], (Kind::Bool, device)),
         speaker: Tensor::zeros([b, t], (Kind::Int64, device)),
         label: Tensor::zeros([b, t], (Kind::Int64, device)),
+        offset: None,
     }
 }
 

@@ -1,0 +1,363 @@
+//! The inference engine: per-stream conversation state and one batched forward pass of the
+//! causal student over the pending utterances of every stream. Owned by the model worker
+//! thread in the daemon and called directly by `summerd replay`, so both run the same code.
+//!
+//! Per stream it keeps the last `2W - 1` utterances (W: the model's window): the attention
+//! window is W, and the extra ones let every utterance's position index match what the
+//! network saw in training (`min(conversation index, W - 1)`). Speakers are numbered by first
+//! appearance in the stream (the last index is shared beyond the model's speaker count), and
+//! each speaker's audio vectors are normalised online by that speaker's own past
+//! ([`crate::model::norm`]). Provisional utterances are scored in context but never join it.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::events::{EmotionEvent, Modalities, V, now_rfc3339};
+use crate::model::norm::{SpeakerNorm, SpeakerStats};
+use crate::model::{AUDIO_EXTRACTOR, Batch, FeatureSpec, Features, Model, TEXT_EXTRACTOR};
+use crate::text::TextEncoder;
+
+/// Errors loading or running the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model could not be loaded or does not fit.
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    /// The text encoder could not be loaded or failed.
+    #[error("text encoder: {0}")]
+    Text(#[from] crate::text::TextError),
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// One utterance to score.
+#[derive(Debug, Clone)]
+pub struct Utterance {
+    /// Stream id.
+    pub stream: String,
+    /// The segment's seq.
+    pub seq: u64,
+    /// Speaker label as the ASR worker gave it.
+    pub speaker: String,
+    /// Span on the media timeline.
+    pub start: f64,
+    /// End of the span.
+    pub end: f64,
+    /// Transcript text.
+    pub text: String,
+    /// A text vector supplied by the ASR worker (used when its length fits the model).
+    pub embedding: Option<Vec<f32>>,
+    /// The span's raw 88 eGeMAPS functionals, if the audio covered it.
+    pub audio: Option<Vec<f32>>,
+    /// From a partial segment.
+    pub provisional: bool,
+    /// Put the text into the event.
+    pub publish_text: bool,
+    /// When the segment arrived.
+    pub arrival: Instant,
+}
+
+struct Item {
+    text: Option<Vec<f32>>,
+    audio: Option<Vec<f32>>,
+    speaker: i64,
+}
+
+#[derive(Default)]
+struct Conversation {
+    items: VecDeque<Item>,
+    /// Utterances so far (conversation index of the next one).
+    count: i64,
+    speakers: HashMap<String, i64>,
+    norms: HashMap<String, SpeakerStats>,
+}
+
+/// The features the daemon makes, as a model manifest names them.
+pub fn daemon_features(text_dim: i64, tuned: bool) -> Features {
+    let mut text = TEXT_EXTRACTOR.to_string();
+    if tuned {
+        text = crate::train::tune::tuned_extractor(&text);
+    }
+    Features {
+        text: Some(FeatureSpec {
+            extractor: text,
+            dim: text_dim,
+        }),
+        audio: Some(FeatureSpec {
+            extractor: AUDIO_EXTRACTOR.into(),
+            dim: 88,
+        }),
+        visual: None,
+    }
+}
+
+/// The model, the text encoder and every stream's conversation.
+pub struct Engine {
+    model: Model,
+    encoder: TextEncoder,
+    device: Device,
+    name: String,
+    convs: HashMap<String, Conversation>,
+    dims: [i64; 3],
+    window: i64,
+    speakers: i64,
+    norm: Option<SpeakerNorm>,
+}
+
+impl Engine {
+    /// Load the model in `model_dir` and the text encoder in `encoder_dir` (with the model's
+    /// fine-tuned layers, if it has any), checking that the model reads what the daemon makes.
+    pub fn load(
+        model_dir: &Path,
+        encoder_dir: &Path,
+        max_tokens: usize,
+        device: Device,
+    ) -> Result<Engine, EngineError> {
+        let model = Model::load(model_dir, device)?;
+        let tuned = model
+            .manifest
+            .text_tuned
+            .as_ref()
+            .map(|t| model_dir.join(&t.file));
+        let encoder = TextEncoder::load_tuned(encoder_dir, max_tokens, device, tuned.as_deref())?;
+        let have = daemon_features(encoder.dim() as i64, tuned.is_some());
+        model.manifest.features.check_against(&have)?;
+        let dir_name = model_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .unwrap_or_else(|| "model".into());
+        let sha = &model.manifest.weights_sha256;
+        let name = format!("{dir_name}@{}", &sha[..sha.len().min(12)]);
+        Ok(Engine {
+            dims: model.manifest.features.dims(),
+            window: model.manifest.window.max(1),
+            speakers: model.manifest.config.speakers.max(1),
+            norm: model.manifest.speaker_norm.clone(),
+            model,
+            encoder,
+            device,
+            name,
+            convs: HashMap::new(),
+        })
+    }
+
+    /// `name@sha256-prefix`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model's classes.
+    pub fn classes(&self) -> &[String] {
+        &self.model.manifest.classes
+    }
+
+    /// Whether the model reads the visual modality.
+    pub fn uses_visual(&self) -> bool {
+        self.dims[2] > 0
+    }
+
+    /// Forget a stream's conversation (detached).
+    pub fn forget(&mut self, stream: &str) {
+        self.convs.remove(stream);
+    }
+
+    /// Streams with a conversation.
+    pub fn streams(&self) -> Vec<String> {
+        self.convs.keys().cloned().collect()
+    }
+
+    /// Score `batch` (any streams, in arrival order) in one forward pass; one event each, in
+    /// the same order, `latency_ms` and `emitted_at` left for the publisher to set.
+    pub fn infer(&mut self, batch: &[Utterance]) -> Result<Vec<EmotionEvent>, EngineError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _g = tch::no_grad_guard();
+        let text = self.text_vectors(batch)?;
+        let w = self.window;
+        let keep = (2 * w - 1) as usize;
+        // Per utterance: (offset, items) of its window, built in order so that two utterances
+        // of one stream in the same batch see each other.
+        let mut rows: Vec<(i64, Vec<Item>)> = Vec::with_capacity(batch.len());
+        for (u, t) in batch.iter().zip(text) {
+            let conv = self.convs.entry(u.stream.clone()).or_default();
+            let next = conv.speakers.len() as i64;
+            let spk = *conv.speakers.entry(u.speaker.clone()).or_insert(next);
+            let spk = spk.min(self.speakers - 1);
+            let audio = match (&u.audio, &self.norm) {
+                (Some(a), Some(n)) => {
+                    let stats = conv
+                        .norms
+                        .entry(u.speaker.clone())
+                        .or_insert_with(|| n.fresh());
+                    Some(if u.provisional {
+                        n.apply(&mut stats.clone(), a)
+                    } else {
+                        n.apply(stats, a)
+                    })
+                }
+                (None, _) => None,
+                (Some(a), None) => Some(a.clone()),
+            };
+            let item = Item {
+                text: t,
+                audio: audio.filter(|_| self.dims[1] > 0),
+                speaker: spk,
+            };
+            let past = conv.items.len().min(keep - 1);
+            let mut items: Vec<Item> = conv
+                .items
+                .iter()
+                .skip(conv.items.len() - past)
+                .map(|i| Item {
+                    text: i.text.clone(),
+                    audio: i.audio.clone(),
+                    speaker: i.speaker,
+                })
+                .collect();
+            let offset = conv.count - past as i64;
+            if u.provisional {
+                items.push(item);
+            } else {
+                items.push(Item {
+                    text: item.text.clone(),
+                    audio: item.audio.clone(),
+                    speaker: item.speaker,
+                });
+                conv.items.push_back(item);
+                conv.count += 1;
+                while conv.items.len() > keep - 1 {
+                    conv.items.pop_front();
+                }
+            }
+            rows.push((offset, items));
+        }
+        let probs = self.forward(&rows)?;
+        let classes = &self.model.manifest.classes;
+        Ok(batch
+            .iter()
+            .zip(rows)
+            .zip(probs)
+            .map(|((u, (_, items)), p)| {
+                let last = items.last().expect("the utterance itself");
+                let (best, conf) =
+                    p.iter().enumerate().fold(
+                        (0, f32::MIN),
+                        |a, (i, v)| if *v > a.1 { (i, *v) } else { a },
+                    );
+                EmotionEvent {
+                    v: V,
+                    kind: "emotion".into(),
+                    stream: u.stream.clone(),
+                    utterance: u.seq,
+                    seq: u.seq,
+                    speaker: u.speaker.clone(),
+                    start: u.start,
+                    end: u.end,
+                    label: classes[best].clone(),
+                    confidence: conf,
+                    probs: classes.iter().cloned().zip(p.iter().copied()).collect(),
+                    modalities: Modalities {
+                        text: last.text.is_some(),
+                        audio: last.audio.is_some(),
+                        visual: false,
+                    },
+                    model: self.name.clone(),
+                    latency_ms: 0.0,
+                    emitted_at: now_rfc3339(),
+                    provisional: u.provisional,
+                    text: u.publish_text.then(|| u.text.clone()),
+                }
+            })
+            .collect())
+    }
+
+    /// Text vectors: the supplied embedding where it fits, else the encoder (one batch);
+    /// None for empty text.
+    fn text_vectors(&self, batch: &[Utterance]) -> Result<Vec<Option<Vec<f32>>>, EngineError> {
+        let dim = self.dims[0] as usize;
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+        let mut todo = Vec::new();
+        for (i, u) in batch.iter().enumerate() {
+            match &u.embedding {
+                Some(e) if e.len() == dim => out[i] = Some(e.clone()),
+                _ if u.text.trim().is_empty() => {}
+                _ => todo.push(i),
+            }
+        }
+        if dim > 0 && !todo.is_empty() {
+            let texts: Vec<&str> = todo.iter().map(|i| batch[*i].text.as_str()).collect();
+            for (i, v) in todo.iter().zip(self.encoder.encode(&texts)?) {
+                out[*i] = Some(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn forward(&self, rows: &[(i64, Vec<Item>)]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let b = rows.len() as i64;
+        let t = rows.iter().map(|(_, i)| i.len()).max().unwrap_or(1) as i64;
+        let [dt, da, dv] = self.dims;
+        let (mut text, mut audio) = (
+            vec![0f32; (b * t * dt) as usize],
+            vec![0f32; (b * t * da) as usize],
+        );
+        let mut present = vec![0u8; (b * t * 3) as usize];
+        let mut valid = vec![0u8; (b * t) as usize];
+        let mut speaker = vec![0i64; (b * t) as usize];
+        let mut offset = Vec::with_capacity(rows.len());
+        for (r, (off, items)) in rows.iter().enumerate() {
+            offset.push(*off);
+            for (k, it) in items.iter().enumerate() {
+                let cell = r * t as usize + k;
+                valid[cell] = 1;
+                speaker[cell] = it.speaker;
+                if let Some(v) = &it.text {
+                    text[cell * dt as usize..(cell + 1) * dt as usize].copy_from_slice(v);
+                    present[cell * 3] = 1;
+                }
+                if let Some(v) = &it.audio {
+                    audio[cell * da as usize..(cell + 1) * da as usize].copy_from_slice(v);
+                    present[cell * 3 + 1] = 1;
+                }
+            }
+        }
+        let dev = self.device;
+        let batch = Batch {
+            features: [
+                Tensor::from_slice(&text).view([b, t, dt]).to_device(dev),
+                Tensor::from_slice(&audio).view([b, t, da]).to_device(dev),
+                Tensor::zeros([b, t, dv], (Kind::Float, dev)),
+            ],
+            present: Tensor::from_slice(&present)
+                .view([b, t, 3])
+                .to_kind(Kind::Bool)
+                .to_device(dev),
+            valid: Tensor::from_slice(&valid)
+                .view([b, t])
+                .to_kind(Kind::Bool)
+                .to_device(dev),
+            speaker: Tensor::from_slice(&speaker).view([b, t]).to_device(dev),
+            label: Tensor::full([b, t], -1, (Kind::Int64, dev)),
+            offset: Some(Tensor::from_slice(&offset).to_device(dev)),
+        };
+        let out = self.model.net.forward(&batch, false);
+        let last: Vec<i64> = rows.iter().map(|(_, i)| i.len() as i64 - 1).collect();
+        let idx = Tensor::from_slice(&last).to_device(dev);
+        let c = out.logits.size()[2];
+        let picked = out
+            .logits
+            .gather(1, &idx.view([b, 1, 1]).expand([b, 1, c], false), false)
+            .squeeze_dim(1)
+            .softmax(-1, Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous();
+        let flat = Vec::<f32>::try_from(picked.view([-1]))?;
+        Ok(flat.chunks(c as usize).map(<[f32]>::to_vec).collect())
+    }
+}

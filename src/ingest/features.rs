@@ -1,0 +1,133 @@
+//! A stream's acoustic descriptors on its media timeline, shared between the stream's audio
+//! thread (which pushes 16 kHz samples) and the model worker (which asks for the functionals
+//! of an utterance's span).
+//!
+//! The extractor's own clock starts at 0 with its first sample; `origin` is the media time of
+//! that sample. A new connection whose audio does not continue the timeline (a reconnect
+//! after a gap) starts a fresh extractor at its first chunk: spans that reach back across the
+//! gap are then refused (`Evicted`) and the utterance goes on without audio.
+
+use std::sync::Mutex;
+
+use crate::acoustic::{AcousticStream, Functionals, Settings, SpanError};
+use crate::resample::TARGET_RATE;
+
+/// The acoustic state of one stream.
+pub struct AudioFeatures {
+    settings: Settings,
+    inner: Mutex<Option<Timed>>,
+}
+
+struct Timed {
+    origin: f64,
+    stream: AcousticStream,
+    /// Samples pushed, for continuity checks.
+    pushed: u64,
+}
+
+impl AudioFeatures {
+    /// Empty: nothing covered yet.
+    pub fn new(settings: Settings) -> AudioFeatures {
+        AudioFeatures {
+            settings,
+            inner: Mutex::new(None),
+        }
+    }
+
+    /// 16 kHz samples whose first is at media time `t`.
+    pub fn push(&self, t: f64, samples: &[f32]) {
+        let mut g = self.inner.lock().expect("features lock");
+        let continues = g.as_ref().is_some_and(|s| {
+            let end = s.origin + s.pushed as f64 / f64::from(TARGET_RATE);
+            (t - end).abs() < 0.05
+        });
+        if !continues {
+            match AcousticStream::new(TARGET_RATE, self.settings) {
+                Ok(stream) => {
+                    *g = Some(Timed {
+                        origin: t,
+                        stream,
+                        pushed: 0,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot start the acoustic extractor");
+                    return;
+                }
+            }
+        }
+        let s = g.as_mut().expect("set above");
+        s.stream.push(samples);
+        s.pushed += samples.len() as u64;
+    }
+
+    /// The connection ended: decide the frames still pending.
+    pub fn flush(&self) {
+        if let Some(s) = self.inner.lock().expect("features lock").as_mut() {
+            s.stream.flush();
+        }
+    }
+
+    /// Media time up to which descriptors are final (None: no audio yet).
+    pub fn covered_until(&self) -> Option<f64> {
+        let g = self.inner.lock().expect("features lock");
+        g.as_ref().map(|s| s.origin + s.stream.ready_until())
+    }
+
+    /// The 88 functionals of the media span [t0, t1]. A span that ends beyond what is
+    /// decided is cut there when at least `MIN_SPAN` of it is decided (an utterance released
+    /// after `feature_wait` keeps most of its voice).
+    pub fn functionals(&self, t0: f64, t1: f64) -> Result<Functionals, SpanError> {
+        let g = self.inner.lock().expect("features lock");
+        let Some(s) = g.as_ref() else {
+            return Err(SpanError::NotReady {
+                t1,
+                ready: f64::NEG_INFINITY,
+            });
+        };
+        let (a, b) = (t0 - s.origin, t1 - s.origin);
+        let ready = s.stream.ready_until();
+        let b = if b > ready && ready - a >= MIN_SPAN {
+            ready
+        } else {
+            b
+        };
+        s.stream.functionals(a, b)
+    }
+}
+
+/// Shortest decided part of a span worth describing, seconds.
+pub const MIN_SPAN: f64 = 0.25;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(secs: f64) -> Vec<f32> {
+        (0..(secs * 16000.0) as usize)
+            .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 200.0 * i as f32 / 16000.0).sin())
+            .collect()
+    }
+
+    #[test]
+    fn spans_are_on_the_media_timeline_and_a_gap_starts_afresh() {
+        let f = AudioFeatures::new(Settings::default());
+        assert_eq!(f.covered_until(), None);
+        f.push(10.0, &tone(2.0));
+        f.flush();
+        let until = f.covered_until().unwrap();
+        assert!((11.9..=12.01).contains(&until), "{until}");
+        assert!(f.functionals(10.5, 11.5).is_ok());
+        assert!(matches!(
+            f.functionals(12.5, 13.0),
+            Err(SpanError::NotReady { .. })
+        ));
+        // Mostly decided: cut at the decided end.
+        assert!(f.functionals(11.0, 12.6).is_ok());
+        // A reconnect after a 5 s gap: the old span is gone, the new one works.
+        f.push(17.0, &tone(2.0));
+        f.flush();
+        assert!(f.functionals(10.5, 11.5).is_err());
+        assert!(f.functionals(17.5, 18.5).is_ok());
+    }
+}

@@ -1,0 +1,484 @@
+//! The default model's training data: MELD dialogues as the conversational backbone with
+//! EmoDB voices attached, plus EmoDB-only sequences where the words carry nothing.
+//!
+//! No corpus here has text and audio on the same utterances, so the student learns each
+//! modality from what exists, under one documented scheme (the `[mix]` table of a recipe):
+//!
+//! - **Paired MELD dialogues.** Each speaker of a MELD dialogue is given a voice: an EmoDB
+//!   speaker drawn from the training speakers. With probability `pair_probability` an
+//!   utterance gets a clip of that voice in the utterance's emotion (MELD joy = EmoDB
+//!   happiness); surprise, which EmoDB lacks, gets a clip of a random emotion of that voice, so
+//!   that the presence of audio says nothing about the label. Otherwise audio is absent.
+//! - **EmoDB sequences.** Each training speaker's clips, in `sequences_per_speaker` random
+//!   orders, as one "dialogue" each, text absent. Boredom (not a MELD class) stays in the
+//!   sequence unlabelled: the speaker's statistics and the context still see it.
+//! - **Per-speaker normalisation**, online ([`crate::model::norm`]): every audio vector is
+//!   standardised by the running statistics of its speaker in its dialogue, utterance by
+//!   utterance in order, with the prior from the training speakers, exactly as the daemon
+//!   does on a live call.
+//!
+//! The dev and test splits stay as they are (MELD text only, audio absent): nothing about the
+//! held-out EmoDB speaker is used for choosing anything.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::data::{Dataset, FORMAT, Sidecar};
+use super::writers::MELD_CLASSES;
+use crate::model::norm::SpeakerNorm;
+use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
+
+/// The `[mix]` table of a recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixConfig {
+    /// Chance that a MELD utterance gets a voice.
+    pub pair_probability: f64,
+    /// Random orders of each EmoDB training speaker's clips.
+    pub sequences_per_speaker: usize,
+    /// Prior weight of the per-speaker normalisation, in utterances.
+    pub prior_weight: f64,
+    /// Seed of the pairing and the orders.
+    pub seed: u64,
+}
+
+impl Default for MixConfig {
+    fn default() -> Self {
+        MixConfig {
+            pair_probability: 0.5,
+            sequences_per_speaker: 6,
+            prior_weight: 8.0,
+            seed: 7,
+        }
+    }
+}
+
+/// The MELD class of an EmoDB class (None: boredom, which MELD does not have).
+pub fn meld_class(emodb: &str) -> Option<&'static str> {
+    match emodb {
+        "happiness" => Some("joy"),
+        "boredom" => None,
+        other => MELD_CLASSES.iter().copied().find(|c| *c == other),
+    }
+}
+
+/// splitmix64: small, seedable, the same everywhere.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// EmoDB clips read once: raw vectors, speakers, MELD labels.
+pub struct Clips {
+    /// Raw 88-d vectors, one per clip.
+    pub audio: Vec<Vec<f32>>,
+    /// Speaker per clip.
+    pub speaker: Vec<String>,
+    /// MELD class index per clip (None: boredom).
+    pub label: Vec<Option<usize>>,
+}
+
+impl Clips {
+    /// From the EmoDB dataset (`summerd dataset emodb`): one clip per dialogue, speaker as group.
+    pub fn from_emodb(ds: &Dataset) -> Clips {
+        let d = ds.features[1].size()[1] as usize;
+        let flat = Vec::<f32>::try_from(ds.features[1].contiguous().view([-1])).expect("f32");
+        let labels = Vec::<i64>::try_from(&ds.label).expect("i64");
+        let label = labels
+            .iter()
+            .map(|l| {
+                let name = &ds.meta.classes[*l as usize];
+                meld_class(name).and_then(|m| MELD_CLASSES.iter().position(|c| *c == m))
+            })
+            .collect();
+        Clips {
+            audio: flat.chunks(d).map(<[f32]>::to_vec).collect(),
+            speaker: ds.meta.groups.clone(),
+            label,
+        }
+    }
+
+    /// Distinct speakers, sorted.
+    pub fn speakers(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.speaker.clone();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    fn of(&self, speaker: &str) -> Vec<usize> {
+        (0..self.speaker.len())
+            .filter(|i| self.speaker[*i] == speaker)
+            .collect()
+    }
+
+    /// The normalisation prior from `speakers`' clips.
+    pub fn prior(&self, speakers: &[String], prior_weight: f64) -> SpeakerNorm {
+        let groups: Vec<Vec<&[f32]>> = speakers
+            .iter()
+            .map(|s| self.of(s).iter().map(|i| &self.audio[*i][..]).collect())
+            .collect();
+        SpeakerNorm::from_speakers(&groups, prior_weight)
+    }
+}
+
+fn features(text_dim: i64) -> Features {
+    Features {
+        text: (text_dim > 0).then(|| FeatureSpec {
+            extractor: crate::model::TEXT_EXTRACTOR.into(),
+            dim: text_dim,
+        }),
+        audio: Some(FeatureSpec {
+            extractor: AUDIO_EXTRACTOR.into(),
+            dim: 88,
+        }),
+        visual: None,
+    }
+}
+
+/// Rows of one dialogue being built.
+struct Builder {
+    text_dim: i64,
+    text: Vec<f32>,
+    audio: Vec<f32>,
+    present: Vec<u8>,
+    speaker: Vec<i64>,
+    label: Vec<i64>,
+    offsets: Vec<i64>,
+    dialogues: Vec<String>,
+    groups: Vec<String>,
+    texts: Vec<String>,
+}
+
+impl Builder {
+    fn new(text_dim: i64) -> Builder {
+        Builder {
+            text_dim,
+            text: Vec::new(),
+            audio: Vec::new(),
+            present: Vec::new(),
+            speaker: Vec::new(),
+            label: Vec::new(),
+            offsets: vec![0],
+            dialogues: Vec::new(),
+            groups: Vec::new(),
+            texts: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, text: Option<&[f32]>, audio: Option<&[f32]>, speaker: i64, label: i64) {
+        match text {
+            Some(t) => self.text.extend_from_slice(t),
+            None => self
+                .text
+                .extend(std::iter::repeat_n(0.0, self.text_dim as usize)),
+        }
+        match audio {
+            Some(a) => self.audio.extend_from_slice(a),
+            None => self.audio.extend(std::iter::repeat_n(0.0, 88)),
+        }
+        self.present
+            .extend([u8::from(text.is_some()), u8::from(audio.is_some()), 0]);
+        self.speaker.push(speaker);
+        self.label.push(label);
+    }
+
+    fn end_dialogue(&mut self, id: String, group: String) {
+        self.offsets.push(self.label.len() as i64);
+        self.dialogues.push(id);
+        self.groups.push(group);
+    }
+
+    fn finish(self, source: String) -> Dataset {
+        let n = self.label.len() as i64;
+        Dataset {
+            meta: Sidecar {
+                format: FORMAT.into(),
+                classes: MELD_CLASSES.iter().map(|c| c.to_string()).collect(),
+                features: features(self.text_dim),
+                dialogues: self.dialogues,
+                groups: self.groups,
+                source,
+                texts: self.texts,
+            },
+            offsets: self.offsets,
+            features: [
+                Tensor::from_slice(&self.text).view([n, self.text_dim]),
+                Tensor::from_slice(&self.audio).view([n, 88]),
+                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+            ],
+            present: Tensor::from_slice(&self.present)
+                .view([n, 3])
+                .to_kind(Kind::Bool),
+            speaker: Tensor::from_slice(&self.speaker),
+            label: Tensor::from_slice(&self.label),
+        }
+    }
+}
+
+/// MELD dialogues with voices from `speakers` attached under the pairing scheme (module docs).
+/// With `pair_probability` 0 this is MELD with an absent audio column (for dev and test).
+pub fn pair_meld(
+    meld: &Dataset,
+    clips: &Clips,
+    speakers: &[String],
+    norm: &SpeakerNorm,
+    cfg: &MixConfig,
+) -> Dataset {
+    let mut rng = Rng::new(cfg.seed);
+    let text_dim = meld.features[0].size()[1];
+    let text = Vec::<f32>::try_from(meld.features[0].contiguous().view([-1])).expect("f32");
+    let spk = Vec::<i64>::try_from(&meld.speaker).expect("i64");
+    let lab = Vec::<i64>::try_from(&meld.label).expect("i64");
+    let by_voice: BTreeMap<&str, Vec<usize>> =
+        speakers.iter().map(|s| (s.as_str(), clips.of(s))).collect();
+    let mut b = Builder::new(text_dim);
+    b.texts = meld.meta.texts.clone();
+    for d in 0..meld.dialogues() {
+        let mut voices: Vec<&str> = speakers.iter().map(String::as_str).collect();
+        rng.shuffle(&mut voices);
+        let mut stats: BTreeMap<i64, _> = BTreeMap::new();
+        for r in meld.offsets[d] as usize..meld.offsets[d + 1] as usize {
+            let t = &text[r * text_dim as usize..(r + 1) * text_dim as usize];
+            let mut audio = None;
+            if !voices.is_empty() && rng.unit() < cfg.pair_probability {
+                let voice = voices[spk[r] as usize % voices.len()];
+                let own = &by_voice[voice];
+                let same: Vec<usize> = own
+                    .iter()
+                    .copied()
+                    .filter(|c| lab[r] >= 0 && clips.label[*c] == Some(lab[r] as usize))
+                    .collect();
+                let pool = if same.is_empty() { own } else { &same };
+                if !pool.is_empty() {
+                    let c = pool[rng.below(pool.len())];
+                    let s = stats.entry(spk[r]).or_insert_with(|| norm.fresh());
+                    audio = Some(norm.apply(s, &clips.audio[c]));
+                }
+            }
+            b.row(Some(t), audio.as_deref(), spk[r], lab[r]);
+        }
+        b.end_dialogue(meld.meta.dialogues[d].clone(), meld.meta.groups[d].clone());
+    }
+    b.finish(format!(
+        "{} with EmoDB voices of speakers {} (p = {})",
+        meld.meta.source,
+        speakers.join(","),
+        cfg.pair_probability
+    ))
+}
+
+/// Each of `speakers`' clips as `orders` random sequences, text absent, audio normalised
+/// online along the sequence.
+pub fn emodb_sequences(
+    clips: &Clips,
+    speakers: &[String],
+    norm: &SpeakerNorm,
+    text_dim: i64,
+    orders: usize,
+    seed: u64,
+) -> Dataset {
+    let mut rng = Rng::new(seed);
+    let mut b = Builder::new(text_dim);
+    for s in speakers {
+        for o in 0..orders {
+            let mut idx = clips.of(s);
+            rng.shuffle(&mut idx);
+            let mut st = norm.fresh();
+            for c in idx {
+                let a = norm.apply(&mut st, &clips.audio[c]);
+                let label = clips.label[c].map_or(-1, |l| l as i64);
+                b.row(None, Some(&a), 0, label);
+            }
+            b.end_dialogue(format!("emodb-{s}-{o}"), s.clone());
+        }
+    }
+    b.finish(format!(
+        "EmoDB speakers {} as sequences, online per-speaker normalisation",
+        speakers.join(",")
+    ))
+}
+
+/// Datasets with the same classes and features, one after the other.
+pub fn concat(parts: &[&Dataset]) -> Dataset {
+    let first = parts[0];
+    let mut meta = first.meta.clone();
+    meta.dialogues.clear();
+    meta.groups.clear();
+    meta.texts.clear();
+    let mut offsets = vec![0i64];
+    let keep_texts = parts.iter().all(|p| !p.meta.texts.is_empty());
+    for p in parts {
+        assert_eq!(p.meta.features, first.meta.features, "same features");
+        let base = *offsets.last().expect("non-empty");
+        offsets.extend(p.offsets[1..].iter().map(|o| o + base));
+        meta.dialogues.extend(p.meta.dialogues.iter().cloned());
+        meta.groups.extend(p.meta.groups.iter().cloned());
+        if keep_texts {
+            meta.texts.extend(p.meta.texts.iter().cloned());
+        }
+    }
+    meta.source = parts
+        .iter()
+        .map(|p| p.meta.source.as_str())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let cat = |f: &dyn Fn(&Dataset) -> &Tensor| {
+        Tensor::cat(&parts.iter().map(|p| f(p)).collect::<Vec<_>>(), 0)
+    };
+    Dataset {
+        meta,
+        offsets,
+        features: [
+            cat(&|d| &d.features[0]),
+            cat(&|d| &d.features[1]),
+            cat(&|d| &d.features[2]),
+        ],
+        present: cat(&|d| &d.present),
+        speaker: cat(&|d| &d.speaker),
+        label: cat(&|d| &d.label),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clips() -> Clips {
+        // Two speakers, three clips each: anger, joy, boredom.
+        let mut audio = Vec::new();
+        let mut speaker = Vec::new();
+        let mut label = Vec::new();
+        for (s, base) in [("08", 0.0f32), ("09", 100.0)] {
+            for (k, l) in [Some(6usize), Some(4), None].into_iter().enumerate() {
+                audio.push(vec![base + k as f32; 88]);
+                speaker.push(s.to_string());
+                label.push(l);
+            }
+        }
+        Clips {
+            audio,
+            speaker,
+            label,
+        }
+    }
+
+    fn meld() -> Dataset {
+        // One dialogue of four utterances, two speakers; labels anger, joy, surprise, unlabelled.
+        let n = 4;
+        Dataset {
+            meta: Sidecar {
+                format: FORMAT.into(),
+                classes: MELD_CLASSES.iter().map(|c| c.to_string()).collect(),
+                features: Features {
+                    text: Some(FeatureSpec {
+                        extractor: crate::model::TEXT_EXTRACTOR.into(),
+                        dim: 2,
+                    }),
+                    audio: None,
+                    visual: None,
+                },
+                dialogues: vec!["d0".into()],
+                groups: vec!["d0".into()],
+                source: "test".into(),
+                texts: vec![],
+            },
+            offsets: vec![0, n],
+            features: [
+                Tensor::ones([n, 2], (Kind::Float, Device::Cpu)),
+                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+            ],
+            present: super::super::data::presence(n, [true, false, false]),
+            speaker: Tensor::from_slice(&[0i64, 1, 0, 1]),
+            label: Tensor::from_slice(&[6i64, 4, 1, -1]),
+        }
+    }
+
+    #[test]
+    fn emodb_labels_map_to_meld_and_boredom_is_unlabelled() {
+        assert_eq!(meld_class("happiness"), Some("joy"));
+        assert_eq!(meld_class("anger"), Some("anger"));
+        assert_eq!(meld_class("boredom"), None);
+    }
+
+    #[test]
+    fn always_paired_meld_gets_a_voice_of_the_same_emotion() {
+        let c = clips();
+        let sp = c.speakers();
+        let norm = SpeakerNorm {
+            prior_weight: 0.0,
+            mean: vec![0.0; 88],
+            std: vec![1.0; 88],
+        };
+        let cfg = MixConfig {
+            pair_probability: 1.0,
+            ..MixConfig::default()
+        };
+        let ds = pair_meld(&meld(), &c, &sp, &norm, &cfg);
+        let present = Vec::<u8>::try_from(ds.present.to_kind(Kind::Uint8).view([-1])).unwrap();
+        // Every utterance has text and audio.
+        assert_eq!(present, vec![1, 1, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0]);
+        assert_eq!(ds.features[1].size(), vec![4, 88]);
+        // Prior weight 0: the first utterance of each speaker normalises to exactly 0.
+        let a0 = ds.features[1].get(0).abs().max().double_value(&[]);
+        assert_eq!(a0, 0.0);
+        let never = pair_meld(
+            &meld(),
+            &c,
+            &sp,
+            &norm,
+            &MixConfig {
+                pair_probability: 0.0,
+                ..cfg
+            },
+        );
+        let audio_present = never.present.select(1, 1).any().int64_value(&[]);
+        assert_eq!(audio_present, 0);
+    }
+
+    #[test]
+    fn sequences_hold_every_clip_once_per_order_with_boredom_unlabelled() {
+        let c = clips();
+        let norm = c.prior(&c.speakers(), 8.0);
+        let ds = emodb_sequences(&c, &["09".to_string()], &norm, 2, 3, 1);
+        assert_eq!(ds.dialogues(), 3);
+        assert_eq!(ds.len(), 9);
+        let labels = Vec::<i64>::try_from(&ds.label).unwrap();
+        assert_eq!(labels.iter().filter(|l| **l == -1).count(), 3);
+        let text_present = ds.present.select(1, 0).any().int64_value(&[]);
+        assert_eq!(text_present, 0);
+        let both = concat(&[&ds, &ds]);
+        assert_eq!(both.dialogues(), 6);
+        assert_eq!(both.offsets.last(), Some(&18));
+    }
+}

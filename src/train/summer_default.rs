@@ -1,0 +1,228 @@
+//! `summerd train-default`: the default model, its held-out figures and its report.
+//!
+//! 1. The text teacher on MELD train (early stopping on MELD dev), tested once on MELD test.
+//! 2. Unless skipped, EmoDB leave-one-speaker-out: per held-out speaker, a student trained on
+//!    the mix ([`super::mix`]) of the other speakers' voices, then run on the held-out
+//!    speaker's clips as one sequence in random order (online normalisation with the other
+//!    speakers' prior, text absent), and on MELD test with the held-out voice attached to
+//!    every utterance (the fused condition). Accuracy is counted on the 6 classes EmoDB shares
+//!    with MELD.
+//! 3. The shipped student on the mix of all speakers, tested once on MELD test (audio absent),
+//!    saved with the normalisation prior in its manifest.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::Device;
+
+use super::data::Dataset;
+use super::metrics::{self, Metrics};
+use super::mix::{self, Clips};
+use super::{Recipe, TrainError, TrainReport, predict, run, run_with};
+use crate::model::Model;
+
+/// Which leave-one-speaker-out folds to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folds {
+    /// None: the shipped model only.
+    Skip,
+    /// Every speaker, then the shipped model.
+    All,
+    /// These held-out speakers only, and no shipped model (a quick trial of a recipe).
+    Only(Vec<String>),
+}
+
+/// One held-out EmoDB speaker.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fold {
+    /// The speaker.
+    pub speaker: String,
+    /// Audio alone: 6-class accuracy (%) of the held-out speaker's clips.
+    pub audio_accuracy: f64,
+    /// Clips counted (boredom excluded).
+    pub clips: usize,
+    /// MELD test with this voice on every utterance: weighted F1.
+    pub fused_meld_wf1: f64,
+}
+
+/// Everything `train-default` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct DefaultReport {
+    /// The recipe.
+    pub recipe: Recipe,
+    /// The text teacher's run (MELD test once).
+    pub teacher: TrainReport,
+    /// The shipped student's run (MELD test once, audio absent).
+    pub student: TrainReport,
+    /// EmoDB leave-one-speaker-out folds (empty when skipped).
+    pub folds: Vec<Fold>,
+    /// Pooled over folds: audio alone, 6-class metrics (labels are MELD's classes).
+    pub emodb_loso: Option<Metrics>,
+    /// Pooled over folds: MELD test with held-out voices attached.
+    pub fused_loso: Option<Metrics>,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+fn pooled(parts: &[(Vec<i64>, Vec<i64>)], classes: usize) -> Metrics {
+    let (mut t, mut p) = (Vec::new(), Vec::new());
+    for (a, b) in parts {
+        t.extend_from_slice(a);
+        p.extend_from_slice(b);
+    }
+    metrics::compute(&t, &p, classes)
+}
+
+/// Train the default model into `out` (scratch in `work`) with the `folds` asked for; `meld`
+/// is [train, dev, test] as `summerd dataset meld` writes them.
+pub fn build(
+    recipe: &Recipe,
+    meld: [&Dataset; 3],
+    emodb: &Dataset,
+    out: &Path,
+    work: &Path,
+    folds: &Folds,
+    device: Device,
+) -> Result<DefaultReport, TrainError> {
+    let (loso, only): (bool, &[String]) = match folds {
+        Folds::Skip => (false, &[]),
+        Folds::All => (true, &[]),
+        Folds::Only(s) => (true, s),
+    };
+    let t0 = Instant::now();
+    let [train, dev, test] = meld;
+    let cfg = &recipe.mix;
+    let classes = train.meta.classes.len();
+
+    tracing::info!("Teacher: MELD text");
+    let mut teacher_recipe = recipe.clone();
+    teacher_recipe.train.student = false;
+    let teacher_dir = work.join("teacher");
+    let teacher = run(
+        &teacher_recipe,
+        train,
+        dev,
+        Some(test),
+        &teacher_dir,
+        device,
+    )?;
+    let load_teacher = || Model::load(&teacher_dir, device);
+
+    let clips = Clips::from_emodb(emodb);
+    let all = clips.speakers();
+    let text_dim = train.features[0].size()[1];
+    let no_voice = mix::MixConfig {
+        pair_probability: 0.0,
+        ..cfg.clone()
+    };
+    let mixed = |speakers: &[String], norm: &crate::model::norm::SpeakerNorm| {
+        mix::concat(&[
+            &mix::pair_meld(train, &clips, speakers, norm, cfg),
+            &mix::emodb_sequences(
+                &clips,
+                speakers,
+                norm,
+                text_dim,
+                cfg.sequences_per_speaker,
+                cfg.seed,
+            ),
+        ])
+    };
+    let norm_all = clips.prior(&all, cfg.prior_weight);
+    let dev_wide = mix::pair_meld(dev, &clips, &[], &norm_all, &no_voice);
+    let test_wide = mix::pair_meld(test, &clips, &[], &norm_all, &no_voice);
+
+    let mut folds = Vec::new();
+    let (mut audio_parts, mut fused_parts) = (Vec::new(), Vec::new());
+    if loso {
+        for s in all.iter().filter(|s| only.is_empty() || only.contains(s)) {
+            tracing::info!(speaker = %s, "EmoDB fold");
+            let others: Vec<String> = all.iter().filter(|x| *x != s).cloned().collect();
+            let norm = clips.prior(&others, cfg.prior_weight);
+            let fold_dir = work.join(format!("fold-{s}"));
+            run_with(
+                recipe,
+                Some(load_teacher()?),
+                &mixed(&others, &norm),
+                &dev_wide,
+                None,
+                &fold_dir,
+                device,
+            )?;
+            let student = Model::load(&fold_dir, device)?;
+            let held = std::slice::from_ref(s);
+            let seq = mix::emodb_sequences(&clips, held, &norm, text_dim, 1, cfg.seed + 1);
+            let (t, p, _) = predict(&student.net, &seq, device, 64);
+            let acc = metrics::compute(&t, &p, classes).wa;
+            let voiced = mix::MixConfig {
+                pair_probability: 1.0,
+                ..cfg.clone()
+            };
+            let fused = mix::pair_meld(test, &clips, held, &norm, &voiced);
+            let (ft, fp, _) = predict(&student.net, &fused, device, 64);
+            let fm = metrics::compute(&ft, &fp, classes);
+            tracing::info!(speaker = %s, audio_accuracy = acc, fused_meld_wf1 = fm.wf1, "fold");
+            folds.push(Fold {
+                speaker: s.clone(),
+                audio_accuracy: acc,
+                clips: t.len(),
+                fused_meld_wf1: fm.wf1,
+            });
+            audio_parts.push((t, p));
+            fused_parts.push((ft, fp));
+        }
+    }
+
+    let summary = |folds: Vec<Fold>, student: TrainReport| DefaultReport {
+        recipe: recipe.clone(),
+        teacher: teacher.clone(),
+        student,
+        folds,
+        emodb_loso: loso.then(|| pooled(&audio_parts, classes)),
+        fused_loso: loso.then(|| pooled(&fused_parts, classes)),
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    if !only.is_empty() {
+        // A trial: the folds asked for, no shipped model.
+        let empty = TrainReport {
+            recipe: recipe.clone(),
+            classes: teacher.classes.clone(),
+            teacher: None,
+            student: None,
+        };
+        let r = summary(folds, empty);
+        std::fs::create_dir_all(work)?;
+        std::fs::write(
+            work.join("trial.json"),
+            serde_json::to_string_pretty(&r).expect("plain struct") + "\n",
+        )?;
+        return Ok(r);
+    }
+    tracing::info!("Student: every EmoDB speaker");
+    let student = run_with(
+        recipe,
+        Some(load_teacher()?),
+        &mixed(&all, &norm_all),
+        &dev_wide,
+        Some(&test_wide),
+        out,
+        device,
+    )?;
+    let mut model = Model::load(out, device)?;
+    model.manifest.speaker_norm = Some(norm_all);
+    model.manifest.trained_on = format!(
+        "MELD train (text) with EmoDB voices of speakers {} attached (p = {}), and those \
+         speakers' clips as sequences; per-speaker online normalisation (prior weight {})",
+        all.join(","),
+        cfg.pair_probability,
+        cfg.prior_weight
+    );
+    model.save(out)?;
+    let report = summary(folds, student);
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&report).expect("plain struct") + "\n",
+    )?;
+    Ok(report)
+}
