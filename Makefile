@@ -1,8 +1,13 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run test lint setup bench-text bench-ingest bench-acoustic bench-model ablate
+.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e ablate
+
+# The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
+# default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
+run:
+	bash tests/setup.sh demo/run.sh
 
 # Run the daemon with the default config in the foreground (Ctrl-C drains and exits).
-run:
+daemon:
 	bash tests/setup.sh ./target/release/summerd run -c config/summerd.toml
 
 # Every test: unit, config, ZeroMQ interop with pyzmq, CURVE, metrics, systemd.
@@ -36,6 +41,17 @@ bench-acoustic:
 # EmoDB audio leave-one-speaker-out, inference cost; target/bench/model.json and pictures.
 bench-model:
 	bash tests/setup.sh tests/bench_model.sh
+
+# Regenerate models/summer-default from ../shared (MELD + EmoDB) with its held-out figures:
+# the MELD teacher, 8 EmoDB leave-one-speaker-out students, the shipped student (~50 min on
+# 2 cores); results in models/summer-default/results.json.
+default-model:
+	bash tests/setup.sh sh -c 'tests/bench_model.sh datasets && target/release/summerd train-default'
+
+# Segment arrival -> event publication with 8 concurrent live streams (CPU): p50/p99 printed
+# and written to target/bench/e2e.json (~2 minutes).
+bench-e2e:
+	bash tests/setup.sh cargo bench --locked --bench e2e
 
 # The routing and alpha ablations on MELD text (teacher), 3 seeds each:
 # target/bench/ablation-{routing,alpha}/ablation.md.

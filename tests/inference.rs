@@ -1,0 +1,232 @@
+//! The inference engine against the network itself: utterance-by-utterance scoring with the
+//! engine's sliding conversation state must give what one forward pass over the whole
+//! conversation gives (the trainer's view), in any batching; provisional utterances never
+//! join the context; forgetting a stream starts it afresh; the model must fit the daemon.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use summerd::infer::engine::{Engine, Utterance, daemon_features};
+use summerd::model::norm::SpeakerNorm;
+use summerd::model::{Batch, Model, ModelConfig, NetKind};
+use tch::{Device, Kind, Tensor};
+
+fn encoder_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/third_party/all-minilm-l6-v2")
+}
+
+fn classes() -> Vec<String> {
+    summerd::train::writers::MELD_CLASSES
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// A small random student with window 3, saved to a temporary directory.
+fn model(layers: i64) -> (tempfile::TempDir, SpeakerNorm) {
+    let _g = RNG.lock().unwrap();
+    tch::manual_seed(3);
+    let cfg = ModelConfig {
+        d_model: 32,
+        heads: 2,
+        layers,
+        ffn_hidden: 32,
+        dropout: 0.0,
+        window: 3,
+        speakers: 2,
+        experts: 4,
+        expert_hidden: 16,
+        own_residual: true,
+        ..ModelConfig::default()
+    };
+    let mut m = Model::new(
+        NetKind::Fused,
+        daemon_features(384, false),
+        classes(),
+        &cfg,
+        Device::Cpu,
+    );
+    let norm = SpeakerNorm {
+        prior_weight: 2.0,
+        mean: vec![0.5; 88],
+        std: vec![2.0; 88],
+    };
+    m.manifest.speaker_norm = Some(norm.clone());
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    (dir, norm)
+}
+
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn conversation(n: usize) -> Vec<Utterance> {
+    let _g = RNG.lock().unwrap();
+    tch::manual_seed(11);
+    (0..n)
+        .map(|i| {
+            let e = Tensor::randn([384], (Kind::Float, Device::Cpu));
+            let e = &e / e.norm();
+            let a = Tensor::randn([88], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+            Utterance {
+                stream: "s".into(),
+                seq: i as u64 + 1,
+                // Three speakers for a model with two speaker embeddings: the third shares.
+                speaker: ["ann", "bob", "cy"][i % 3].into(),
+                start: i as f64,
+                end: i as f64 + 0.9,
+                text: format!("utterance {i}"),
+                embedding: Some(Vec::<f32>::try_from(&e).unwrap()),
+                // Every fourth utterance without audio.
+                audio: (i % 4 != 3).then(|| Vec::<f32>::try_from(&a).unwrap()),
+                provisional: false,
+                publish_text: false,
+                arrival: Instant::now(),
+            }
+        })
+        .collect()
+}
+
+/// Class probabilities of every utterance from one forward pass over the whole conversation.
+fn reference(dir: &std::path::Path, norm: &SpeakerNorm, conv: &[Utterance]) -> Vec<Vec<f32>> {
+    let m = Model::load(dir, Device::Cpu).unwrap();
+    let n = conv.len() as i64;
+    let mut stats = std::collections::HashMap::new();
+    let mut ids = std::collections::HashMap::new();
+    let (mut text, mut audio, mut present, mut speaker) = (vec![], vec![], vec![], vec![]);
+    for u in conv {
+        text.extend(u.embedding.clone().unwrap());
+        match &u.audio {
+            Some(a) => {
+                let s = stats
+                    .entry(u.speaker.clone())
+                    .or_insert_with(|| norm.fresh());
+                audio.extend(norm.apply(s, a));
+            }
+            None => audio.extend(vec![0.0; 88]),
+        }
+        present.extend([1u8, u8::from(u.audio.is_some()), 0]);
+        let next = ids.len() as i64;
+        speaker.push((*ids.entry(u.speaker.clone()).or_insert(next)).min(1));
+    }
+    let b = Batch {
+        features: [
+            Tensor::from_slice(&text).view([1, n, 384]),
+            Tensor::from_slice(&audio).view([1, n, 88]),
+            Tensor::zeros([1, n, 0], (Kind::Float, Device::Cpu)),
+        ],
+        present: Tensor::from_slice(&present)
+            .view([1, n, 3])
+            .to_kind(Kind::Bool),
+        valid: Tensor::ones([1, n], (Kind::Bool, Device::Cpu)),
+        speaker: Tensor::from_slice(&speaker).view([1, n]),
+        label: Tensor::full([1, n], -1, (Kind::Int64, Device::Cpu)),
+        offset: None,
+    };
+    let p = tch::no_grad(|| m.net.forward(&b, false))
+        .logits
+        .softmax(-1, Kind::Float)
+        .squeeze_dim(0);
+    (0..n)
+        .map(|i| Vec::<f32>::try_from(p.get(i)).unwrap())
+        .collect()
+}
+
+fn probs(e: &summerd::events::EmotionEvent, classes: &[String]) -> Vec<f32> {
+    classes.iter().map(|c| e.probs[c]).collect()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
+}
+
+#[test]
+fn streaming_one_by_one_or_in_batches_equals_the_whole_conversation() {
+    for layers in [1, 2] {
+        let (dir, norm) = model(layers);
+        let conv = conversation(14);
+        let want = reference(dir.path(), &norm, &conv);
+        let cl = classes();
+        let mut one = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+        for (i, u) in conv.iter().enumerate() {
+            let e = one.infer(std::slice::from_ref(u)).unwrap();
+            assert!(
+                close(&probs(&e[0], &cl), &want[i]),
+                "layers {layers}, utterance {i}: {:?} vs {:?}",
+                probs(&e[0], &cl),
+                want[i]
+            );
+            assert_eq!(e[0].modalities.audio, u.audio.is_some());
+            assert!(e[0].modalities.text && !e[0].modalities.visual);
+        }
+        // All at once (one forward pass) and in uneven chunks: the same.
+        let mut all = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+        let evs = all.infer(&conv).unwrap();
+        let mut chunks = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+        let mut evs2 = Vec::new();
+        for c in conv.chunks(5) {
+            evs2.extend(chunks.infer(c).unwrap());
+        }
+        for i in 0..conv.len() {
+            assert!(close(&probs(&evs[i], &cl), &want[i]), "batch, {i}");
+            assert!(close(&probs(&evs2[i], &cl), &want[i]), "chunks, {i}");
+        }
+    }
+}
+
+#[test]
+fn provisional_utterances_do_not_join_and_forget_starts_afresh() {
+    let (dir, norm) = model(1);
+    let conv = conversation(6);
+    let want = reference(dir.path(), &norm, &conv);
+    let cl = classes();
+    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+    // Another stream interleaved does not disturb this one.
+    let mut other = conversation(3);
+    for u in &mut other {
+        u.stream = "t".into();
+    }
+    for (i, u) in conv.iter().enumerate() {
+        if i == 3 {
+            let mut p = conv[0].clone();
+            p.provisional = true;
+            p.seq = 99;
+            let ev = e.infer(&[p, other[0].clone()]).unwrap();
+            assert!(ev[0].provisional);
+        }
+        let ev = e.infer(std::slice::from_ref(u)).unwrap();
+        assert!(close(&probs(&ev[0], &cl), &want[i]), "utterance {i}");
+    }
+    assert_eq!(e.streams().len(), 2);
+    e.forget("s");
+    assert_eq!(e.streams(), vec!["t".to_string()]);
+    let ev = e.infer(&conv[..1]).unwrap();
+    assert!(close(&probs(&ev[0], &cl), &want[0]), "afresh");
+}
+
+#[test]
+fn a_model_that_reads_other_features_is_refused_by_name() {
+    let _g = RNG.lock().unwrap();
+    let mut f = daemon_features(384, false);
+    f.audio.as_mut().unwrap().extractor = "egemaps-v02/opensmile".into();
+    let mut m = Model::new(
+        NetKind::Fused,
+        f,
+        classes(),
+        &ModelConfig {
+            d_model: 16,
+            heads: 2,
+            ffn_hidden: 16,
+            expert_hidden: 8,
+            experts: 2,
+            ..ModelConfig::default()
+        },
+        Device::Cpu,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    let err = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu)
+        .err()
+        .expect("must be refused")
+        .to_string();
+    assert!(err.contains("egemaps-v02/opensmile"), "{err}");
+}
