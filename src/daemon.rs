@@ -3,16 +3,18 @@
 //!
 //! ```text
 //!  ASR workers --PUSH--> [zmq-transcripts thread: validate, count] --bounded mpsc (block)-->
-//!      [transcript consumer task] --> (assembler and model: later stages)
+//!      [transcript consumer task: policy, assembler] --sync_channel--> [model-worker thread]
 //!  [events publisher thread] <--sync_channel (drop newest, counted)-- lifecycle / emotion events
-//!  [audio_tap publisher thread] <--sync_channel (drop newest, counted)-- ingest (later stage)
+//!  [audio_tap publisher thread] <--sync_channel (drop newest, counted)-- stream audio threads
 //!  [metrics HTTP task]  [watchdog task: feeds systemd only while every thread beats]
 //! ```
 //!
 //! Shutdown flows one way: the token stops the only source (the transcript receiver); it drops
-//! its sender; the consumer sees the channel close and ends; the `daemon.stopping` event is
-//! queued; the last publisher handles are dropped, each publisher drains its queue and exits;
-//! the libzmq context is terminated, which flushes what libzmq still holds (linger).
+//! its sender; the consumer sees the channel close, releases what it holds to the model worker
+//! and ends (the worker ends when it has published that); the streams are detached; the
+//! `daemon.stopping` event is queued; the last publisher handles are dropped, each publisher
+//! drains its queue and exits; the libzmq context is terminated, which flushes what libzmq
+//! still holds (linger).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -308,17 +310,11 @@ impl Running {
         } = self;
         let deadline = Instant::now() + shutdown_timeout;
         metrics.set_ready(false);
-        // Sources first: the pipelines stop, their audio threads flush the tap.
-        let stopping = tokio::task::spawn_blocking(move || ingest.stop_all());
-        if tokio::time::timeout_at(deadline.into(), stopping)
-            .await
-            .is_err()
-        {
-            return Err(DaemonError::DrainTimeout(shutdown_timeout, "ingest"));
-        }
+        // Transcripts first: the receiver stops within one poll and drops its sender; the
+        // consumer releases what it still holds (each segment waits at most feature_wait for
+        // its descriptors, which keep coming while the media flows), hands it to the model
+        // worker and ends, which ends the worker once it has published the rest.
         cancel.cancel();
-
-        // The receiver stops within one poll, drops its sender, and the consumer ends.
         if tokio::time::timeout_at(deadline.into(), consumer)
             .await
             .is_err()
@@ -327,6 +323,14 @@ impl Running {
                 shutdown_timeout,
                 "transcript consumer",
             ));
+        }
+        // Then the sources: the pipelines stop, their audio threads flush the tap.
+        let stopping = tokio::task::spawn_blocking(move || ingest.stop_all());
+        if tokio::time::timeout_at(deadline.into(), stopping)
+            .await
+            .is_err()
+        {
+            return Err(DaemonError::DrainTimeout(shutdown_timeout, "ingest"));
         }
         events.publish(
             LifecycleEvent::daemon(Lifecycle::DaemonStopping, Some(reason.to_string()))

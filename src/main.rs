@@ -97,13 +97,26 @@ enum Command {
     },
     /// Evaluate a model directory on a split: metrics as JSON on stdout (and with --out, a
     /// report.json and a picture there).
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["data", "wavs", "meld_csv"])))]
     Eval {
         /// Model directory (manifest.json + weights).
-        #[arg(long)]
+        #[arg(long, default_value = "models/summer-default")]
         model: PathBuf,
         /// Split (native format).
         #[arg(long)]
-        data: PathBuf,
+        data: Option<PathBuf>,
+        /// A folder of audio files (any format GStreamer decodes), with --labels: each
+        /// speaker's clips as one sequence in random order, online per-speaker normalisation,
+        /// text absent (the model card's EmoDB protocol).
+        #[arg(long, requires = "labels")]
+        wavs: Option<PathBuf>,
+        /// FILE,LABEL[,SPEAKER] per line, for --wavs.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// A MELD-format CSV (Utterance, Speaker, Emotion, Dialogue_ID, Utterance_ID):
+        /// dialogues as conversations, text only.
+        #[arg(long)]
+        meld_csv: Option<PathBuf>,
         /// Directory for report.json and report.svg.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -342,7 +355,18 @@ fn main() -> ExitCode {
             no_loso,
             folds,
         } => report(train_default(&recipe, &data, &out, &work, !no_loso, &folds)),
-        Command::Eval { model, data, out } => report(eval(&model, &data, out.as_deref())),
+        Command::Eval {
+            model,
+            data,
+            wavs,
+            labels,
+            meld_csv,
+            out,
+        } => report(eval(
+            &model,
+            EvalInput::from(data, wavs.zip(labels), meld_csv),
+            out.as_deref(),
+        )),
         Command::Loso { recipe, data, out } => report(loso(&recipe, &data, &out)),
         Command::Ablate {
             recipe,
@@ -694,10 +718,99 @@ fn train_default(
     Ok(())
 }
 
-fn eval(model: &Path, data: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+/// What `summerd eval` reads.
+enum EvalInput {
+    Native(PathBuf),
+    Wavs(PathBuf, PathBuf),
+    Meld(PathBuf),
+}
+
+impl EvalInput {
+    fn from(
+        data: Option<PathBuf>,
+        wavs: Option<(PathBuf, PathBuf)>,
+        meld: Option<PathBuf>,
+    ) -> Self {
+        match (data, wavs, meld) {
+            (Some(d), _, _) => EvalInput::Native(d),
+            (_, Some((w, l)), _) => EvalInput::Wavs(w, l),
+            (_, _, Some(m)) => EvalInput::Meld(m),
+            _ => unreachable!("clap requires one input"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            EvalInput::Native(p) | EvalInput::Meld(p) | EvalInput::Wavs(p, _) => {
+                p.display().to_string()
+            }
+        }
+    }
+}
+
+/// A dataset in the model's own features from labelled wav files or a MELD CSV.
+fn eval_dataset(
+    m: &summerd::model::Model,
+    input: &EvalInput,
+    device: tch::Device,
+) -> anyhow::Result<summerd::train::data::Dataset> {
+    use summerd::train::{mix, writers};
+    let text_dim = m.manifest.features.dims()[0];
+    match input {
+        EvalInput::Native(p) => load_data(p),
+        EvalInput::Wavs(dir, labels) => {
+            let norm = m.manifest.speaker_norm.as_ref().context(
+                "the model has no per-speaker normalisation in its manifest; evaluate it on a native split",
+            )?;
+            let (clips, notes) = writers::labelled_wavs(dir, labels, &m.manifest.classes)?;
+            for n in notes {
+                eprintln!("{}: {n}", labels.display());
+            }
+            let speakers = clips.speakers();
+            let mut ds = mix::speaker_sequences(&clips, &speakers, norm, text_dim, 1, 8);
+            ds.meta.classes = m.manifest.classes.clone();
+            Ok(ds)
+        }
+        EvalInput::Meld(csv) => {
+            anyhow::ensure!(
+                m.manifest.text_tuned.is_none(),
+                "this model's text encoder is fine-tuned: make a native split with `summerd dataset meld` and evaluate that"
+            );
+            let enc = summerd::text::TextEncoder::load(
+                Path::new(summerd::text::DEFAULT_DIR),
+                summerd::text::DEFAULT_MAX_TOKENS,
+                device,
+            )?;
+            let ds = writers::meld(csv, &enc)?;
+            Ok(if m.manifest.features.audio.is_some() {
+                let none = mix::MixConfig {
+                    pair_probability: 0.0,
+                    ..Default::default()
+                };
+                let empty = mix::Clips {
+                    audio: vec![],
+                    speaker: vec![],
+                    label: vec![],
+                };
+                let norm = summerd::model::norm::SpeakerNorm {
+                    prior_weight: 0.0,
+                    mean: vec![],
+                    std: vec![],
+                };
+                mix::pair_meld(&ds, &empty, &[], &norm, &none)
+            } else {
+                ds
+            })
+        }
+    }
+}
+
+fn eval(model: &Path, input: EvalInput, out: Option<&Path>) -> anyhow::Result<()> {
     let device = tch::Device::cuda_if_available();
     let m = summerd::model::Model::load(model, device)?;
-    let mut ds = load_data(data)?;
+    let mut ds = eval_dataset(&m, &input, device)?;
+    let data = PathBuf::from(input.describe());
+    let data = data.as_path();
     if let Some(t) = &m.manifest.text_tuned {
         // The model reads vectors from its own fine-tuned encoder layers: remake them.
         anyhow::ensure!(

@@ -350,3 +350,70 @@ fn bad_transcripts_and_a_missing_model_get_clear_errors() {
     assert!(err.contains("x.jsonl:2: rejected"), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 }
+
+#[test]
+fn eval_runs_the_shipped_model_on_labelled_wavs_and_on_a_meld_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four clips by espeak-ng, two "speakers"; one label the model does not have.
+    let clips = [
+        ("a.wav", "anger", "s1", "I am furious about this"),
+        ("b.wav", "neutral", "s1", "The meeting is at ten"),
+        ("c.wav", "joy", "s2", "That is wonderful news"),
+        ("d.wav", "boredom", "s2", "Whatever you say"),
+    ];
+    let mut labels = String::from("file,label,speaker\n");
+    for (f, l, s, text) in clips {
+        let ok = Command::new("espeak-ng")
+            .args(["-v", "en-us", "-w"])
+            .arg(dir.path().join(f))
+            .arg(text)
+            .status()
+            .expect("espeak-ng (set up by tests/setup.sh)")
+            .success();
+        assert!(ok);
+        labels += &format!("{f},{l},{s}\n");
+    }
+    std::fs::write(dir.path().join("labels.csv"), labels).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
+        .current_dir(repo())
+        .args(["eval", "--wavs"])
+        .arg(dir.path())
+        .arg("--labels")
+        .arg(dir.path().join("labels.csv"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("'boredom' is not one of the model's classes"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metrics"]["n"], 3, "{v}");
+
+    // A MELD-format CSV: two dialogues, text only.
+    let csv = dir.path().join("mini.csv");
+    std::fs::write(
+        &csv,
+        "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n\
+         1,I can't believe you did that!,Ross,anger,negative,0,0\n\
+         2,I'm sorry.,Rachel,sadness,negative,0,1\n\
+         3,Okay.,Ross,neutral,neutral,0,2\n\
+         4,We won the lottery!,Monica,joy,positive,1,0\n\
+         5,What?!,Chandler,surprise,positive,1,1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
+        .current_dir(repo())
+        .args(["eval", "--meld-csv"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metrics"]["n"], 5, "{v}");
+}

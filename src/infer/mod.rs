@@ -191,13 +191,9 @@ pub async fn consume(
             },
             _ = tokio::time::sleep(wait) => {}
         }
-        let now = if open {
-            Instant::now()
-        } else {
-            // Draining: nothing more will arrive and the media has stopped.
-            Instant::now() + cfg.feature_wait.0
-        };
-        let ready = asm.poll(now, |s| {
+        // Draining too: the media still flows, so each segment waits for its descriptors as
+        // usual (at most feature_wait).
+        let ready = asm.poll(Instant::now(), |s| {
             ctx.ingest
                 .view(s)
                 .and_then(|v| v.features)

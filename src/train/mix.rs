@@ -299,7 +299,7 @@ pub fn pair_meld(
 
 /// Each of `speakers`' clips as `orders` random sequences, text absent, audio normalised
 /// online along the sequence.
-pub fn emodb_sequences(
+pub fn speaker_sequences(
     clips: &Clips,
     speakers: &[String],
     norm: &SpeakerNorm,
@@ -470,7 +470,7 @@ mod tests {
     fn sequences_hold_every_clip_once_per_order_with_boredom_unlabelled() {
         let c = clips();
         let norm = c.prior(&c.speakers(), 8.0);
-        let ds = emodb_sequences(&c, &["09".to_string()], &norm, 2, 3, 1);
+        let ds = speaker_sequences(&c, &["09".to_string()], &norm, 2, 3, 1);
         assert_eq!(ds.dialogues(), 3);
         assert_eq!(ds.len(), 9);
         let labels = Vec::<i64>::try_from(&ds.label).unwrap();

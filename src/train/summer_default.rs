@@ -119,7 +119,7 @@ pub fn build(
     let mixed = |speakers: &[String], norm: &crate::model::norm::SpeakerNorm| {
         mix::concat(&[
             &mix::pair_meld(train, &clips, speakers, norm, cfg),
-            &mix::emodb_sequences(
+            &mix::speaker_sequences(
                 &clips,
                 speakers,
                 norm,
@@ -150,9 +150,11 @@ pub fn build(
                 &fold_dir,
                 device,
             )?;
-            let student = Model::load(&fold_dir, device)?;
+            let mut student = Model::load(&fold_dir, device)?;
+            student.manifest.speaker_norm = Some(norm.clone());
+            student.save(&fold_dir)?;
             let held = std::slice::from_ref(s);
-            let seq = mix::emodb_sequences(&clips, held, &norm, text_dim, 1, cfg.seed + 1);
+            let seq = mix::speaker_sequences(&clips, held, &norm, text_dim, 1, cfg.seed + 1);
             let (t, p, _) = predict(&student.net, &seq, device, 64);
             let acc = metrics::compute(&t, &p, classes).wa;
             let voiced = mix::MixConfig {

@@ -155,3 +155,61 @@ pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
         label: Tensor::from_slice(&labels),
     })
 }
+
+/// Labelled wav files for `summerd eval`: `labels` has one line per clip, `FILE,LABEL` or
+/// `FILE,LABEL,SPEAKER` (FILE relative to `dir`; `#` starts a comment; a first line whose
+/// label column is `label` is a header). LABEL must be one of `classes` (anything else is kept
+/// unlabelled and named in the returned notes); without SPEAKER every clip is one speaker's.
+pub fn labelled_wavs(
+    dir: &Path,
+    labels: &Path,
+    classes: &[String],
+) -> Result<(super::mix::Clips, Vec<String>), DataError> {
+    let text = std::fs::read_to_string(labels).map_err(|e| DataError::File {
+        path: labels.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut clips = super::mix::Clips {
+        audio: Vec::new(),
+        speaker: Vec::new(),
+        label: Vec::new(),
+    };
+    let mut notes = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cols.len() < 2 {
+            return Err(invalid(
+                labels,
+                format!("line {}: expected FILE,LABEL[,SPEAKER]", n + 1),
+            ));
+        }
+        if n == 0 && cols[1].eq_ignore_ascii_case("label") {
+            continue;
+        }
+        let f = dir.join(cols[0]);
+        let audio = crate::decode::decode_audio(&f).map_err(|e| invalid(&f, e.to_string()))?;
+        let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
+            .map_err(|e| invalid(&f, e.to_string()))?;
+        let label = classes.iter().position(|c| c == cols[1]);
+        if label.is_none() {
+            notes.push(format!(
+                "line {}: '{}' is not one of the model's classes; unlabelled",
+                n + 1,
+                cols[1]
+            ));
+        }
+        clips.audio.push(func.values.to_vec());
+        clips.label.push(label);
+        clips
+            .speaker
+            .push(cols.get(2).copied().unwrap_or("speaker").to_string());
+    }
+    if clips.audio.is_empty() {
+        return Err(invalid(labels, "no clips listed".into()));
+    }
+    Ok((clips, notes))
+}
