@@ -53,6 +53,7 @@ pub struct Metrics {
     utterances: Family<Labels, Counter>,
     batch_size: Histogram,
     latency: Histogram,
+    inference_seconds: Histogram,
     inference_queue: Gauge<i64, AtomicI64>,
     // Handles into the families above, created once, so that counting on a hot path neither
     // allocates label sets nor takes the family's lock.
@@ -102,6 +103,7 @@ impl Metrics {
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
             ]),
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            inference_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             inference_queue: Gauge::default(),
             by_reason: HashMap::new(),
             by_socket: HashMap::new(),
@@ -185,6 +187,11 @@ impl Metrics {
             m.latency.clone(),
         );
         r.register(
+            "inference_seconds",
+            "Wall time of the engine per batch: text vectors, conversation windows, forward pass",
+            m.inference_seconds.clone(),
+        );
+        r.register(
             "inference_queue",
             "Utterances ready and waiting for the model worker",
             m.inference_queue.clone(),
@@ -235,9 +242,10 @@ impl Metrics {
             .inc();
     }
 
-    /// Record a forward pass of `n` utterances.
-    pub fn inference_batch(&self, n: usize) {
+    /// Record a batch of `n` utterances that took `seconds` in the model worker.
+    pub fn inference_batch(&self, n: usize, seconds: f64) {
         self.batch_size.observe(n as f64);
+        self.inference_seconds.observe(seconds);
     }
 
     /// Record an event's latency.

@@ -16,6 +16,13 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The binary, run from the repository root (its default paths are relative to it).
+fn summerd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_summerd"));
+    c.current_dir(repo());
+    c
+}
+
 /// The 3-line call of demo/make_call.py --short, made in `dir`: its call.json.
 fn short_call(dir: &Path) -> Value {
     let ok = Command::new(python())
@@ -271,7 +278,7 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
     std::fs::write(&seg_file, segments(&call, "b").join("\n") + "\n").unwrap();
     let cfg = dir.path().join("replay.toml");
     std::fs::write(&cfg, config(None)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
+    let out = summerd()
         .args(["replay", &media, "--transcript"])
         .arg(&seg_file)
         .arg("-c")
@@ -321,11 +328,7 @@ fn bad_transcripts_and_a_missing_model_get_clear_errors() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = summerd().args(["run", "-c"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("weights.safetensors"), "{err}");
@@ -338,7 +341,7 @@ fn bad_transcripts_and_a_missing_model_get_clear_errors() {
     std::fs::write(&seg, lines.join("\n")).unwrap();
     let rcfg = dir.path().join("replay.toml");
     std::fs::write(&rcfg, config(None)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
+    let out = summerd()
         .args(["replay", call["media"].as_str().unwrap(), "--transcript"])
         .arg(&seg)
         .arg("-c")
@@ -374,8 +377,7 @@ fn eval_runs_the_shipped_model_on_labelled_wavs_and_on_a_meld_csv() {
         labels += &format!("{f},{l},{s}\n");
     }
     std::fs::write(dir.path().join("labels.csv"), labels).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
-        .current_dir(repo())
+    let out = summerd()
         .args(["eval", "--wavs"])
         .arg(dir.path())
         .arg("--labels")
@@ -403,8 +405,7 @@ fn eval_runs_the_shipped_model_on_labelled_wavs_and_on_a_meld_csv() {
          5,What?!,Chandler,surprise,positive,1,1\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_summerd"))
-        .current_dir(repo())
+    let out = summerd()
         .args(["eval", "--meld-csv"])
         .arg(&csv)
         .output()

@@ -230,3 +230,21 @@ fn a_model_that_reads_other_features_is_refused_by_name() {
         .to_string();
     assert!(err.contains("egemaps-v02/opensmile"), "{err}");
 }
+
+#[test]
+fn a_stream_remembers_a_bounded_number_of_speakers() {
+    let (dir, _) = model(1);
+    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+    let base = conversation(1).remove(0);
+    // Far more labels than remembered: the state stays bounded and inference goes on.
+    for i in 0..(summerd::infer::engine::MAX_SPEAKERS * 3) {
+        let mut u = base.clone();
+        u.speaker = format!("label-{i}");
+        u.seq = i as u64;
+        assert_eq!(e.infer(&[u]).unwrap().len(), 1);
+    }
+    assert_eq!(
+        e.speakers_of("s"),
+        Some(summerd::infer::engine::MAX_SPEAKERS)
+    );
+}

@@ -69,13 +69,47 @@ struct Item {
     speaker: i64,
 }
 
+/// Speaker labels remembered per stream; beyond it the least recently heard is forgotten (an
+/// ASR worker that invents labels cannot grow a stream's state without bound).
+pub const MAX_SPEAKERS: usize = 64;
+
 #[derive(Default)]
 struct Conversation {
     items: VecDeque<Item>,
     /// Utterances so far (conversation index of the next one).
     count: i64,
-    speakers: HashMap<String, i64>,
+    /// Label -> (index by first appearance, conversation index when last heard).
+    speakers: HashMap<String, (i64, i64)>,
+    next_speaker: i64,
     norms: HashMap<String, SpeakerStats>,
+}
+
+impl Conversation {
+    /// The speaker's index, remembering that they were heard now.
+    fn speaker(&mut self, label: &str) -> i64 {
+        if !self.speakers.contains_key(label) && self.speakers.len() >= MAX_SPEAKERS {
+            let oldest = self
+                .speakers
+                .iter()
+                .min_by_key(|(_, (_, heard))| *heard)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.speakers.remove(&k);
+                self.norms.remove(&k);
+            }
+        }
+        let now = self.count;
+        let next = self.next_speaker;
+        let e = self
+            .speakers
+            .entry(label.to_string())
+            .or_insert_with(|| (next, now));
+        e.1 = now;
+        if e.0 == next {
+            self.next_speaker += 1;
+        }
+        e.0
+    }
 }
 
 /// The features the daemon makes, as a model manifest names them.
@@ -175,6 +209,11 @@ impl Engine {
         self.convs.keys().cloned().collect()
     }
 
+    /// Speaker labels remembered for a stream.
+    pub fn speakers_of(&self, stream: &str) -> Option<usize> {
+        self.convs.get(stream).map(|c| c.speakers.len())
+    }
+
     /// Score `batch` (any streams, in arrival order) in one forward pass; one event each, in
     /// the same order, `latency_ms` and `emitted_at` left for the publisher to set.
     pub fn infer(&mut self, batch: &[Utterance]) -> Result<Vec<EmotionEvent>, EngineError> {
@@ -189,9 +228,7 @@ impl Engine {
         let mut rows: Vec<(i64, Vec<Item>)> = Vec::with_capacity(batch.len());
         for (u, t) in batch.iter().zip(text) {
             let conv = self.convs.entry(u.stream.clone()).or_default();
-            let next = conv.speakers.len() as i64;
-            let spk = *conv.speakers.entry(u.speaker.clone()).or_insert(next);
-            let spk = spk.min(self.speakers - 1);
+            let spk = conv.speaker(&u.speaker).min(self.speakers - 1);
             let audio = match (&u.audio, &self.norm) {
                 (Some(a), Some(n)) => {
                     let stats = conv

@@ -115,8 +115,10 @@ fn run_batch(
     events: &PublisherHandle,
     metrics: &Metrics,
 ) {
-    metrics.inference_batch(jobs.len());
-    match engine.infer(jobs) {
+    let t0 = Instant::now();
+    let result = engine.infer(jobs);
+    metrics.inference_batch(jobs.len(), t0.elapsed().as_secs_f64());
+    match result {
         Ok(evs) => {
             for (mut e, u) in evs.into_iter().zip(jobs.iter()) {
                 let latency = u.arrival.elapsed();

@@ -160,6 +160,18 @@ pub struct Manifest {
     /// vectors are used as extracted (the network's own standardisation still applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speaker_norm: Option<norm::SpeakerNorm>,
+    /// How the weights file stores floats: `f32` (default) or `f16` (half the size; the
+    /// network still computes in f32, the weights are widened at load).
+    #[serde(default = "f32_name", skip_serializing_if = "is_f32")]
+    pub weights_dtype: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+fn is_f32(s: &str) -> bool {
+    s == "f32"
 }
 
 /// Fine-tuned text encoder layers shipped with a model.
@@ -236,6 +248,7 @@ impl Model {
                 trained_on: String::new(),
                 text_tuned: None,
                 speaker_norm: None,
+                weights_dtype: f32_name(),
             },
             vs,
         }
@@ -255,6 +268,15 @@ impl Model {
                 message: format!("format '{}' (expected '{FORMAT}')", manifest.format),
             });
         }
+        if !matches!(manifest.weights_dtype.as_str(), "f32" | "f16") {
+            return Err(ModelError::Manifest {
+                path: mpath,
+                message: format!(
+                    "weights_dtype '{}' (expected f32 or f16)",
+                    manifest.weights_dtype
+                ),
+            });
+        }
         let wpath = dir.join(&manifest.weights);
         verify_sha256(&wpath, &manifest.weights_sha256)?;
         if let Some(t) = &manifest.text_tuned {
@@ -268,6 +290,8 @@ impl Model {
             device,
         );
         m.vs.load(&wpath)?;
+        // A loaded tensor keeps the file's precision: compute in f32 whatever was stored.
+        m.vs.float();
         m.manifest = manifest;
         Ok(m)
     }
@@ -276,7 +300,25 @@ impl Model {
     pub fn save(&mut self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let wpath = dir.join(&self.manifest.weights);
-        self.vs.save(&wpath)?;
+        match self.manifest.weights_dtype.as_str() {
+            "f16" => {
+                let named: Vec<(String, tch::Tensor)> = self
+                    .vs
+                    .variables()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = if v.is_floating_point() {
+                            v.to_kind(tch::Kind::Half)
+                        } else {
+                            v
+                        };
+                        (k, v)
+                    })
+                    .collect();
+                tch::Tensor::write_safetensors(&named, &wpath)?;
+            }
+            _ => self.vs.save(&wpath)?,
+        }
         self.manifest.weights_sha256 = sha256_file(&wpath)?;
         let mpath = dir.join("manifest.json");
         let text = serde_json::to_string_pretty(&self.manifest).expect("plain struct");

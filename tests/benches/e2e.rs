@@ -66,12 +66,17 @@ fn main() {
     let lines = call["lines"].as_array().unwrap().clone();
     let media = call["media"].as_str().unwrap().to_string();
     let r = repo();
+    // The model worker's libtorch threads (`inference.threads`); SUMMERD_BENCH_THREADS sets it.
+    let threads: usize = std::env::var("SUMMERD_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let d = Daemon::start_custom(
         |_, p| {
             format!(
                 "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
                  [pipelines]\ndir = \"{}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
-                 sndhwm = 100000\n",
+                 sndhwm = 100000\n[inference]\nthreads = {threads}\n",
                 r.join("models/summer-default").display(),
                 r.join("models/third_party/all-minilm-l6-v2").display(),
                 r.join("pipelines").display(),
@@ -167,6 +172,13 @@ fn main() {
         "summerd_utterances_total{outcome=\"feature_wait_expired\"}",
     )
     .unwrap_or(0.0);
+    // The engine's own time per batch (Prometheus histogram sum / count).
+    let mean_of = |name: &str| {
+        metric(&m, &format!("{name}_sum")).unwrap_or(f64::NAN)
+            / metric(&m, &format!("{name}_count")).unwrap_or(f64::NAN)
+    };
+    let engine_ms = mean_of("summerd_inference_seconds") * 1e3;
+    let batch = mean_of("summerd_inference_batch_size");
     latencies.sort_by(f64::total_cmp);
     let n = latencies.len();
     let (p50, p90, p99) = (
@@ -178,17 +190,19 @@ fn main() {
     let max = latencies.last().copied().unwrap_or(f64::NAN);
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
     println!(
-        "e2e: {STREAMS} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU): \
+        "e2e: {STREAMS} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU, {threads} inference thread(s)): \
          latency p50 {p50:.1} ms, p90 {p90:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms; \
          audio present {audio_present}/{n}; feature_wait expired {expired}; \
+         engine {engine_ms:.1} ms a batch of {batch:.2} on average; \
          daemon CPU {:.2} cores over {wall:.0} s",
         cpu / wall
     );
     let out = json!({
-        "streams": STREAMS, "rounds": ROUNDS, "events": n, "cores": cores, "device": "cpu",
+        "streams": STREAMS, "rounds": ROUNDS, "inference_threads": threads, "events": n, "cores": cores, "device": "cpu",
         "asr_delay_s": ASR_DELAY,
         "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max, "mean": mean},
         "audio_present": audio_present, "feature_wait_expired": expired,
+        "engine_ms_per_batch": engine_ms, "mean_batch": batch,
         "daemon_cpu_cores": cpu / wall, "wall_s": wall,
         "per_stream_events": per_stream,
         "goal": {"p50_ms": 15.0, "p99_ms": 50.0},
