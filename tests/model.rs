@@ -670,3 +670,46 @@ fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
         "the tuned layer did not change the vectors"
     );
 }
+
+/// The daemon's last-utterance forward equals the last position of the full forward, for every
+/// fusion order and concatenation, 1 and 2 layers, causal and bidirectional, with missing
+/// modalities and right-aligned padding.
+#[test]
+fn forward_last_equals_the_last_position_of_forward() {
+    let _g = rng();
+    for fusion in [
+        Fusion::TextAudioVisual,
+        Fusion::TextVisualAudio,
+        Fusion::AudioVisualText,
+        Fusion::Concat,
+    ] {
+        for (layers, causal, own_residual) in [(1, true, false), (2, true, true), (1, false, true)]
+        {
+            tch::manual_seed(5);
+            let cfg = ModelConfig {
+                fusion,
+                layers,
+                causal,
+                own_residual,
+                ..small_cfg()
+            };
+            let m = model(&cfg);
+            let mut b = batch(3, 9, DIMS);
+            // Random missing modalities; row 1 right-aligned with 3 padding columns.
+            b.present = Tensor::rand([3, 9, 3], (Kind::Float, Device::Cpu)).gt(0.3);
+            let _ = b.present.get(0).get(8).fill_(1);
+            let pad = Tensor::arange(9, (Kind::Int64, Device::Cpu)).ge(3);
+            b.valid.get(1).copy_(&pad);
+            b.offset = Some(Tensor::from_slice(&[0i64, -3, 2]));
+            let full = tch::no_grad(|| m.net.forward(&b, false))
+                .logits
+                .select(1, 8);
+            let last = tch::no_grad(|| m.net.forward_last(&b));
+            let diff = (&full - &last).abs().max().double_value(&[]);
+            assert!(
+                diff < 1e-5,
+                "{fusion:?} layers {layers} causal {causal}: {diff}"
+            );
+        }
+    }
+}

@@ -351,10 +351,12 @@ impl Engine {
         let mut valid = vec![0u8; (b * t) as usize];
         let mut speaker = vec![0i64; (b * t) as usize];
         let mut offset = Vec::with_capacity(rows.len());
+        // Right-aligned: padding first, the utterance to score in the last column.
         for (r, (off, items)) in rows.iter().enumerate() {
-            offset.push(*off);
+            let pad = t as usize - items.len();
+            offset.push(*off - pad as i64);
             for (k, it) in items.iter().enumerate() {
-                let cell = r * t as usize + k;
+                let cell = r * t as usize + pad + k;
                 valid[cell] = 1;
                 speaker[cell] = it.speaker;
                 if let Some(v) = &it.text {
@@ -386,14 +388,9 @@ impl Engine {
             label: Tensor::full([b, t], -1, (Kind::Int64, dev)),
             offset: Some(Tensor::from_slice(&offset).to_device(dev)),
         };
-        let out = self.model.net.forward(&batch, false);
-        let last: Vec<i64> = rows.iter().map(|(_, i)| i.len() as i64 - 1).collect();
-        let idx = Tensor::from_slice(&last).to_device(dev);
-        let c = out.logits.size()[2];
-        let picked = out
-            .logits
-            .gather(1, &idx.view([b, 1, 1]).expand([b, 1, c], false), false)
-            .squeeze_dim(1)
+        let logits = self.model.net.forward_last(&batch);
+        let c = logits.size()[1];
+        let picked = logits
             .softmax(-1, Kind::Float)
             .to_device(Device::Cpu)
             .contiguous();

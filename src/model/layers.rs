@@ -109,8 +109,14 @@ impl EncoderLayer {
 
     /// One layer over `x` [B, T, d] with the self-attention `mask` [B, T, T].
     pub fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let a = self.attn.forward(x, x, mask, self.dropout, train);
-        let h = self.ln1.forward(&(x + a.dropout(self.dropout, train)));
+        self.forward_q(x, x, mask, train)
+    }
+
+    /// The layer's outputs for the queries `q` [B, N, d] only, attending to `x` [B, T, d]
+    /// (the whole layer input) where `mask` [B, N, T] allows: the same rows as `forward`.
+    pub fn forward_q(&self, q: &Tensor, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        let a = self.attn.forward(q, x, mask, self.dropout, train);
+        let h = self.ln1.forward(&(q + a.dropout(self.dropout, train)));
         let f = self.ffn.forward(&h).dropout(self.dropout, train);
         self.ln2.forward(&(&h + f))
     }

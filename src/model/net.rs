@@ -132,7 +132,8 @@ impl Batch {
         let (b, t) = self.valid.size2().expect("[B, T]");
         let idx = Tensor::arange(t, (Kind::Int64, self.valid.device())).unsqueeze(0);
         match &self.offset {
-            Some(o) => (idx + o.unsqueeze(1)).clamp_max(window - 1),
+            // (Left padding of right-aligned rows gives negative indices: clamped, never read.)
+            Some(o) => (idx + o.unsqueeze(1)).clamp(0, window - 1),
             None => idx.clamp_max(window - 1).expand([b, t], false),
         }
     }
@@ -199,6 +200,42 @@ impl Branch {
             h = l.forward(&h, &mask, train);
         }
         self.moe.forward(&h, train)
+    }
+
+    /// Inference: the branch's outputs at the last `need` positions only (rows right-aligned),
+    /// equal to those rows of `forward`. Each layer computes only the queries the next stage
+    /// reads: `need` plus `window - 1` more per layer still to come.
+    fn forward_last(
+        &self,
+        x: &Tensor,
+        present: &Tensor,
+        b: &Batch,
+        c: &ModelConfig,
+        mask: &Tensor,
+        need: i64,
+    ) -> Tensor {
+        let t = x.size()[1];
+        let need = need.min(t);
+        let x = (x - &self.mean) / &self.std;
+        let keep = present.unsqueeze(-1).to_kind(Kind::Float);
+        let speaker = b.speaker.clamp(0, c.speakers - 1);
+        let e = self.proj.forward(&x) * keep
+            + self.spk.forward(&speaker)
+            + self.pos.forward(&b.positions(c.window));
+        let mut h = self.ln.forward(&e);
+        let mask = mask.logical_and(&present.unsqueeze(1));
+        // h holds the last `have` positions.
+        let mut have = t;
+        let depth = self.layers.len() as i64;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let n = (need + (depth - 1 - l as i64) * (c.window - 1)).min(t);
+            let q = h.narrow(1, have - n, n);
+            let m = mask.narrow(1, t - n, n).narrow(2, t - have, have);
+            h = layer.forward_q(&q, &h, &m, false);
+            have = n;
+        }
+        let h = h.narrow(1, have - need, need);
+        self.moe.forward(&h, false).0
     }
 }
 
@@ -328,6 +365,50 @@ impl Summer {
     /// The classifier alone (for Cross-KD: a student feature through the teacher's classifier).
     pub fn classify(&self, feature: &Tensor) -> Tensor {
         self.cls.forward(feature)
+    }
+
+    /// Inference for the last utterance of each row only: logits [B, C], equal to the last
+    /// position of [`Summer::forward`] (not training). Rows must be right-aligned (padding
+    /// first, the utterance to score last); only the queries that utterance depends on are
+    /// computed, which is what makes streaming inference cheap.
+    pub fn forward_last(&self, b: &Batch) -> Tensor {
+        let c = &self.cfg;
+        let t = b.valid.size()[1];
+        let w = c.window.min(t);
+        let mask = b.window_mask(c.window, c.causal);
+        let mut outs = Vec::new();
+        for (i, (m, br)) in self.branches.iter().enumerate() {
+            let present = b.present.select(2, *m as i64).logical_and(&b.valid);
+            let need = if self.concat.is_some() || i == 0 {
+                1
+            } else {
+                w
+            };
+            let h = br.forward_last(&b.features[*m], &present, b, c, &mask, need);
+            outs.push((present, h));
+        }
+        let last = |p: &Tensor| p.narrow(1, t - 1, 1).unsqueeze(-1).to_kind(Kind::Float);
+        let mut h = if let Some(lin) = &self.concat {
+            let parts: Vec<Tensor> = outs.iter().map(|(p, h)| h * last(p)).collect();
+            lin.forward(&Tensor::cat(&parts, -1))
+        } else {
+            let mut it = outs.iter();
+            let (_, first) = it.next().expect("at least the text branch");
+            let mut q = first.shallow_clone();
+            let row = mask.narrow(1, t - 1, 1).narrow(2, t - w, w);
+            for (f, (present, kv)) in self.fuse.iter().zip(it) {
+                let m = row.logical_and(&present.narrow(1, t - w, w).unsqueeze(1));
+                if c.own_residual {
+                    q += kv.narrow(1, w - 1, 1) * last(present);
+                }
+                q = f.forward(&q, kv, &m, false);
+            }
+            q
+        };
+        if let Some(g) = &self.global {
+            h = g.forward(&h, false).0;
+        }
+        self.cls.forward(&h).squeeze_dim(1)
     }
 
     /// Forward over a batch.
