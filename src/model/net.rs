@@ -178,6 +178,17 @@ impl Branch {
         }
     }
 
+    /// Standardised input projected (zero where absent) plus speaker and position, normalised.
+    fn embed(&self, x: &Tensor, present: &Tensor, b: &Batch, c: &ModelConfig) -> Tensor {
+        let x = (x - &self.mean) / &self.std;
+        let keep = present.unsqueeze(-1).to_kind(Kind::Float);
+        let speaker = b.speaker.clamp(0, c.speakers - 1);
+        let e = self.proj.forward(&x) * keep
+            + self.spk.forward(&speaker)
+            + self.pos.forward(&b.positions(c.window));
+        self.ln.forward(&e)
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -187,13 +198,7 @@ impl Branch {
         mask: &Tensor,
         train: bool,
     ) -> (Tensor, Tensor) {
-        let x = (x - &self.mean) / &self.std;
-        let keep = present.unsqueeze(-1).to_kind(Kind::Float);
-        let speaker = b.speaker.clamp(0, c.speakers - 1);
-        let e = self.proj.forward(&x) * keep
-            + self.spk.forward(&speaker)
-            + self.pos.forward(&b.positions(c.window));
-        let mut h = self.ln.forward(&e).dropout(c.dropout, train);
+        let mut h = self.embed(x, present, b, c).dropout(c.dropout, train);
         // A missing modality is no key for anyone.
         let mask = mask.logical_and(&present.unsqueeze(1));
         for l in &self.layers {
@@ -216,13 +221,7 @@ impl Branch {
     ) -> Tensor {
         let t = x.size()[1];
         let need = need.min(t);
-        let x = (x - &self.mean) / &self.std;
-        let keep = present.unsqueeze(-1).to_kind(Kind::Float);
-        let speaker = b.speaker.clamp(0, c.speakers - 1);
-        let e = self.proj.forward(&x) * keep
-            + self.spk.forward(&speaker)
-            + self.pos.forward(&b.positions(c.window));
-        let mut h = self.ln.forward(&e);
+        let mut h = self.embed(x, present, b, c);
         let mask = mask.logical_and(&present.unsqueeze(1));
         // h holds the last `have` positions.
         let mut have = t;
