@@ -9,6 +9,7 @@ samples). --short makes the 3-line call the end-to-end test uses.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +46,8 @@ PROSODY = {
     "joy": (175, 85, 130),
 }
 RATE = 22050
+# scikit-image==0.25.2 (cp311, manylinux x86_64), only fetched when ../shared is absent.
+SKIMAGE_SHA256 = "24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641"
 GAP = 1.2  # seconds of silence between lines
 
 
@@ -82,6 +85,10 @@ def astronaut(out_dir):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                         "--only-binary=:all:", "-d", str(cache), "scikit-image==0.25.2"], check=True)
         whl = next(cache.glob("*.whl"))
+    got = hashlib.sha256(whl.read_bytes()).hexdigest()
+    if got != SKIMAGE_SHA256:
+        whl.unlink()
+        sys.exit(f"{whl.name}: sha256 {got} is not the pinned {SKIMAGE_SHA256}; removed")
     dest = Path(out_dir) / "astronaut.png"
     with zipfile.ZipFile(whl) as z:
         dest.write_bytes(z.read("skimage/data/astronaut.png"))
