@@ -170,7 +170,7 @@ impl Engine {
             .unwrap_or_else(|| "model".into());
         let sha = &model.manifest.weights_sha256;
         let name = format!("{dir_name}@{}", &sha[..sha.len().min(12)]);
-        Ok(Engine {
+        let mut engine = Engine {
             dims: model.manifest.features.dims(),
             keep: ((model.manifest.config.layers.max(0) + 1) * (model.manifest.window.max(1) - 1)
                 + 1) as usize,
@@ -181,7 +181,33 @@ impl Engine {
             device,
             name,
             convs: HashMap::new(),
-        })
+        };
+        engine.warm_up()?;
+        Ok(engine)
+    }
+
+    /// One throwaway utterance through every stage, so that libtorch's first-call costs
+    /// (allocations, kernel selection) are paid at load and not by a caller's first utterance.
+    fn warm_up(&mut self) -> Result<(), EngineError> {
+        let stream = "\u{0}warm-up".to_string();
+        let u = Utterance {
+            stream: stream.clone(),
+            seq: 0,
+            speaker: "warm-up".into(),
+            start: 0.0,
+            end: 1.0,
+            text: "warming up".into(),
+            embedding: None,
+            audio: Some(vec![0.0; 88]),
+            provisional: false,
+            publish_text: false,
+            arrival: Instant::now(),
+        };
+        for _ in 0..2 {
+            self.infer(std::slice::from_ref(&u))?;
+        }
+        self.forget(&stream);
+        Ok(())
     }
 
     /// `name@sha256-prefix`.
