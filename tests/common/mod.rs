@@ -7,13 +7,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago, never the same twice in one test process. It is
+/// drawn from 20000-32767, below Linux's ephemeral range (32768-60999): a port the kernel
+/// hands out as the local end of some outgoing connection (a peer's, another test's) in the
+/// meantime can then never be the one a daemon is about to bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        // splitmix64 of (time, pid, counter): different in every process and call.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut z = nanos
+            ^ (u64::from(std::process::id()) << 32)
+            ^ SEQ
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let port = 20_000 + ((z ^ (z >> 31)) % 12_768) as u16;
+        if used.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            used.push(port);
+            return port;
+        }
+    }
 }
 
 /// The venv python that carries pyzmq (set up by tests/setup.sh).
