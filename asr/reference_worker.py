@@ -20,6 +20,7 @@ Usage:
 """
 
 import argparse
+import collections
 import json
 import signal
 import sys
@@ -67,7 +68,7 @@ class Segmenter:
         self.pending = np.zeros(0, dtype=np.float32)
         self.t_pending = None  # media time of pending[0]
         self.base = None
-        self.audio = []  # (t, samples) kept while in speech
+        self.audio = collections.deque()  # (t, samples) kept while in speech
         self.start = None
 
     def push(self, t, samples):
@@ -78,7 +79,8 @@ class Segmenter:
             self.t_pending = t
             self.base = t  # media time of the VAD's sample 0 (it counts from its reset)
             self.vad.reset_states()
-            self.start, self.audio = None, []
+            self.start = None
+            self.audio.clear()
         self.pending = np.concatenate([self.pending, samples])
         while len(self.pending) >= WINDOW:
             win, self.pending = self.pending[:WINDOW], self.pending[WINDOW:]
@@ -99,7 +101,7 @@ class Segmenter:
             # Keep only what a segment in progress (plus padding) can need.
             horizon = (self.start if self.start is not None else self.t_pending) - 1.0
             while self.audio and self.audio[0][0] + WINDOW / RATE < horizon:
-                self.audio.pop(0)
+                self.audio.popleft()
 
     def cut(self, start, end):
         parts = [(t, w) for t, w in self.audio if t + WINDOW / RATE > start and t < end]

@@ -783,21 +783,7 @@ fn eval_dataset(
             )?;
             let ds = writers::meld(csv, &enc)?;
             Ok(if m.manifest.features.audio.is_some() {
-                let none = mix::MixConfig {
-                    pair_probability: 0.0,
-                    ..Default::default()
-                };
-                let empty = mix::Clips {
-                    audio: vec![],
-                    speaker: vec![],
-                    label: vec![],
-                };
-                let norm = summerd::model::norm::SpeakerNorm {
-                    prior_weight: 0.0,
-                    mean: vec![],
-                    std: vec![],
-                };
-                mix::pair_meld(&ds, &empty, &[], &norm, &none)
+                mix::audio_absent(&ds)
             } else {
                 ds
             })

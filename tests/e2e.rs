@@ -178,6 +178,17 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
     );
 }
 
+/// `summerd replay MEDIA --transcript SEGMENTS -c CONFIG`.
+fn replay(media: &str, segments: &Path, config: &Path) -> std::process::Output {
+    summerd()
+        .args(["replay", media, "--transcript"])
+        .arg(segments)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// Segments of `call` for stream `id`, as JSON lines.
 fn segments(call: &Value, id: &str) -> Vec<String> {
     call["lines"]
@@ -278,13 +289,7 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
     std::fs::write(&seg_file, segments(&call, "b").join("\n") + "\n").unwrap();
     let cfg = dir.path().join("replay.toml");
     std::fs::write(&cfg, config(None)).unwrap();
-    let out = summerd()
-        .args(["replay", &media, "--transcript"])
-        .arg(&seg_file)
-        .arg("-c")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = replay(&media, &seg_file, &cfg);
     assert!(
         out.status.success(),
         "{}",
@@ -341,13 +346,7 @@ fn bad_transcripts_and_a_missing_model_get_clear_errors() {
     std::fs::write(&seg, lines.join("\n")).unwrap();
     let rcfg = dir.path().join("replay.toml");
     std::fs::write(&rcfg, config(None)).unwrap();
-    let out = summerd()
-        .args(["replay", call["media"].as_str().unwrap(), "--transcript"])
-        .arg(&seg)
-        .arg("-c")
-        .arg(&rcfg)
-        .output()
-        .unwrap();
+    let out = replay(call["media"].as_str().unwrap(), &seg, &rcfg);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("x.jsonl:2: rejected"), "{err}");

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
@@ -75,7 +76,7 @@ pub const MAX_SPEAKERS: usize = 64;
 
 #[derive(Default)]
 struct Conversation {
-    items: VecDeque<Item>,
+    items: VecDeque<Arc<Item>>,
     /// Utterances so far (conversation index of the next one).
     count: i64,
     /// Label -> (index by first appearance, conversation index when last heard).
@@ -241,7 +242,7 @@ impl Engine {
     }
 
     /// Score `batch` (any streams, in arrival order) in one forward pass; one event each, in
-    /// the same order, `latency_ms` and `emitted_at` left for the publisher to set.
+    /// the same order, stamped `emitted_at` now, `latency_ms` left for the publisher to set.
     pub fn infer(&mut self, batch: &[Utterance]) -> Result<Vec<EmotionEvent>, EngineError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -251,7 +252,7 @@ impl Engine {
         let keep = self.keep;
         // Per utterance: (offset, items) of its window, built in order so that two utterances
         // of one stream in the same batch see each other.
-        let mut rows: Vec<(i64, Vec<Item>)> = Vec::with_capacity(batch.len());
+        let mut rows: Vec<(i64, Vec<Arc<Item>>)> = Vec::with_capacity(batch.len());
         for (u, t) in batch.iter().zip(text) {
             let conv = self.convs.entry(u.stream.clone()).or_default();
             let spk = conv.speaker(&u.speaker).min(self.speakers - 1);
@@ -270,34 +271,19 @@ impl Engine {
                 (None, _) => None,
                 (Some(a), None) => Some(a.clone()),
             };
-            let item = Item {
+            let item = Arc::new(Item {
                 text: t,
                 audio: audio.filter(|_| self.dims[1] > 0),
                 speaker: spk,
-            };
-            let past = conv.items.len().min(keep - 1);
-            let mut items: Vec<Item> = conv
-                .items
-                .iter()
-                .skip(conv.items.len() - past)
-                .map(|i| Item {
-                    text: i.text.clone(),
-                    audio: i.audio.clone(),
-                    speaker: i.speaker,
-                })
-                .collect();
-            let offset = conv.count - past as i64;
-            if u.provisional {
-                items.push(item);
-            } else {
-                items.push(Item {
-                    text: item.text.clone(),
-                    audio: item.audio.clone(),
-                    speaker: item.speaker,
-                });
+            });
+            // The conversation holds at most `keep - 1` earlier utterances: all of them count.
+            let mut items: Vec<Arc<Item>> = conv.items.iter().cloned().collect();
+            let offset = conv.count - items.len() as i64;
+            items.push(item.clone());
+            if !u.provisional {
                 conv.items.push_back(item);
                 conv.count += 1;
-                while conv.items.len() > keep - 1 {
+                if conv.items.len() > keep - 1 {
                     conv.items.pop_front();
                 }
             }
@@ -365,7 +351,7 @@ impl Engine {
         Ok(out)
     }
 
-    fn forward(&self, rows: &[(i64, Vec<Item>)]) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn forward(&self, rows: &[(i64, Vec<Arc<Item>>)]) -> Result<Vec<Vec<f32>>, EngineError> {
         let b = rows.len() as i64;
         let t = rows.iter().map(|(_, i)| i.len()).max().unwrap_or(1) as i64;
         let [dt, da, dv] = self.dims;

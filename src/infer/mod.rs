@@ -123,7 +123,6 @@ fn run_batch(
             for (mut e, u) in evs.into_iter().zip(jobs.iter()) {
                 let latency = u.arrival.elapsed();
                 e.latency_ms = latency.as_secs_f64() * 1e3;
-                e.emitted_at = crate::events::now_rfc3339();
                 if !e.modalities.audio {
                     metrics.utterance("audio_missing");
                 }
@@ -196,10 +195,7 @@ pub async fn consume(
         // Draining too: the media still flows, so each segment waits for its descriptors as
         // usual (at most feature_wait).
         let ready = asm.poll(Instant::now(), |s| {
-            ctx.ingest
-                .view(s)
-                .and_then(|v| v.features)
-                .and_then(|f| f.covered_until())
+            ctx.ingest.features(s).and_then(|f| f.covered_until())
         });
         for r in ready {
             match job(r, &ctx) {

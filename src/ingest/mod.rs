@@ -414,6 +414,12 @@ impl Ingest {
         Ok(())
     }
 
+    /// An attached stream's acoustic descriptors (None: not attached, or none computed).
+    pub fn features(&self, id: &str) -> Option<Arc<AudioFeatures>> {
+        let streams = self.streams.lock().expect("streams lock");
+        streams.get(id)?.shared.features.clone()
+    }
+
     /// An attached stream as the inference stages see it.
     pub fn view(&self, id: &str) -> Option<StreamView> {
         let streams = self.streams.lock().expect("streams lock");

@@ -238,6 +238,15 @@ impl Branch {
     }
 }
 
+/// One branch's output as the fusion reads it: at the query rows ([B, N], [B, N, d]) and at
+/// the key positions ([B, S], [B, S, d]).
+struct Fusing {
+    present_q: Tensor,
+    h_q: Tensor,
+    present_k: Tensor,
+    h_k: Tensor,
+}
+
 /// What a network is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -378,36 +387,53 @@ impl Summer {
         let mut outs = Vec::new();
         for (i, (m, br)) in self.branches.iter().enumerate() {
             let present = b.present.select(2, *m as i64).logical_and(&b.valid);
+            // The query branch (and every branch of a concatenation) is read at the last
+            // position only; a fused branch at the W positions the last one attends to.
             let need = if self.concat.is_some() || i == 0 {
                 1
             } else {
                 w
             };
             let h = br.forward_last(&b.features[*m], &present, b, c, &mask, need);
-            outs.push((present, h));
+            outs.push(Fusing {
+                present_q: present.narrow(1, t - 1, 1),
+                h_q: h.narrow(1, need - 1, 1),
+                present_k: present.narrow(1, t - need, need),
+                h_k: h,
+            });
         }
-        let last = |p: &Tensor| p.narrow(1, t - 1, 1).unsqueeze(-1).to_kind(Kind::Float);
-        let mut h = if let Some(lin) = &self.concat {
-            let parts: Vec<Tensor> = outs.iter().map(|(p, h)| h * last(p)).collect();
+        let rows = mask.narrow(1, t - 1, 1).narrow(2, t - w, w);
+        let (h, _) = self.head(&outs, &rows, false);
+        self.cls.forward(&h).squeeze_dim(1)
+    }
+
+    /// HCMF (or the concatenation) over the branches' outputs, then the global SDMoE: the fused
+    /// representation at the query rows and the global SDMoE's expert counts. `rows` [B, N, S]
+    /// is the window mask of the N query rows over the S key positions.
+    fn head(&self, outs: &[Fusing], rows: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
+        let own = |o: &Fusing| &o.h_q * o.present_q.unsqueeze(-1).to_kind(Kind::Float);
+        let h = if let Some(lin) = &self.concat {
+            let parts: Vec<Tensor> = outs.iter().map(own).collect();
             lin.forward(&Tensor::cat(&parts, -1))
         } else {
-            let mut it = outs.iter();
-            let (_, first) = it.next().expect("at least the text branch");
-            let mut q = first.shallow_clone();
-            let row = mask.narrow(1, t - 1, 1).narrow(2, t - w, w);
-            for (f, (present, kv)) in self.fuse.iter().zip(it) {
-                let m = row.logical_and(&present.narrow(1, t - w, w).unsqueeze(1));
-                if c.own_residual {
-                    q += kv.narrow(1, w - 1, 1) * last(present);
+            let (first, rest) = outs.split_first().expect("at least the text branch");
+            let mut q = first.h_q.shallow_clone();
+            for (f, o) in self.fuse.iter().zip(rest) {
+                let m = rows.logical_and(&o.present_k.unsqueeze(1));
+                if self.cfg.own_residual {
+                    q += own(o);
                 }
-                q = f.forward(&q, kv, &m, false);
+                q = f.forward(&q, &o.h_k, &m, train);
             }
             q
         };
-        if let Some(g) = &self.global {
-            h = g.forward(&h, false).0;
+        match &self.global {
+            Some(g) => {
+                let (y, a) = g.forward(&h, train);
+                (y, Some(a))
+            }
+            None => (h, None),
         }
-        self.cls.forward(&h).squeeze_dim(1)
     }
 
     /// Forward over a batch.
@@ -420,30 +446,15 @@ impl Summer {
             let present = b.present.select(2, *m as i64).logical_and(&b.valid);
             let (h, a) = br.forward(&b.features[*m], &present, b, c, &mask, train);
             active.push((MODALITIES[*m].to_string(), a));
-            outs.push((present, h));
+            outs.push(Fusing {
+                present_q: present.shallow_clone(),
+                h_q: h.shallow_clone(),
+                present_k: present,
+                h_k: h,
+            });
         }
-        let mut h = if let Some(lin) = &self.concat {
-            let parts: Vec<Tensor> = outs
-                .iter()
-                .map(|(p, h)| h * p.unsqueeze(-1).to_kind(Kind::Float))
-                .collect();
-            lin.forward(&Tensor::cat(&parts, -1))
-        } else {
-            let mut it = outs.iter();
-            let (_, first) = it.next().expect("at least the text branch");
-            let mut q = first.shallow_clone();
-            for (f, (present, kv)) in self.fuse.iter().zip(it) {
-                let m = mask.logical_and(&present.unsqueeze(1));
-                if c.own_residual {
-                    q += kv * present.unsqueeze(-1).to_kind(Kind::Float);
-                }
-                q = f.forward(&q, kv, &m, train);
-            }
-            q
-        };
-        if let Some(g) = &self.global {
-            let (y, a) = g.forward(&h, train);
-            h = y;
+        let (h, global) = self.head(&outs, &mask, train);
+        if let Some(a) = global {
             active.push(("global".to_string(), a));
         }
         Output {

@@ -246,7 +246,6 @@ impl Builder {
 }
 
 /// MELD dialogues with voices from `speakers` attached under the pairing scheme (module docs).
-/// With `pair_probability` 0 this is MELD with an absent audio column (for dev and test).
 pub fn pair_meld(
     meld: &Dataset,
     clips: &Clips,
@@ -295,6 +294,26 @@ pub fn pair_meld(
         speakers.join(","),
         cfg.pair_probability
     ))
+}
+
+/// A text-only split (MELD dev or test) with an absent audio column, as a model that also
+/// reads audio takes it.
+pub fn audio_absent(ds: &Dataset) -> Dataset {
+    let n = ds.len() as i64;
+    let mut meta = ds.meta.clone();
+    meta.features = features(ds.features[0].size()[1]);
+    Dataset {
+        meta,
+        offsets: ds.offsets.clone(),
+        features: [
+            ds.features[0].shallow_clone(),
+            Tensor::zeros([n, 88], (Kind::Float, Device::Cpu)),
+            ds.features[2].shallow_clone(),
+        ],
+        present: ds.present.shallow_clone(),
+        speaker: ds.speaker.shallow_clone(),
+        label: ds.label.shallow_clone(),
+    }
 }
 
 /// Each of `speakers`' clips as `orders` random sequences, text absent, audio normalised
@@ -464,6 +483,10 @@ mod tests {
         );
         let audio_present = never.present.select(1, 1).any().int64_value(&[]);
         assert_eq!(audio_present, 0);
+        let absent = audio_absent(&meld());
+        assert_eq!(absent.meta.features, never.meta.features);
+        assert!(absent.present.equal(&never.present));
+        assert!(absent.features[1].equal(&never.features[1]));
     }
 
     #[test]

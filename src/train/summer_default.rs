@@ -114,10 +114,6 @@ pub fn build(
     let clips = Clips::from_emodb(emodb);
     let all = clips.speakers();
     let text_dim = train.features[0].size()[1];
-    let no_voice = mix::MixConfig {
-        pair_probability: 0.0,
-        ..cfg.clone()
-    };
     let mixed = |speakers: &[String], norm: &crate::model::norm::SpeakerNorm| {
         mix::concat(&[
             &mix::pair_meld(train, &clips, speakers, norm, cfg),
@@ -132,8 +128,8 @@ pub fn build(
         ])
     };
     let norm_all = clips.prior(&all, cfg.prior_weight);
-    let dev_wide = mix::pair_meld(dev, &clips, &[], &norm_all, &no_voice);
-    let test_wide = mix::pair_meld(test, &clips, &[], &norm_all, &no_voice);
+    let dev_wide = mix::audio_absent(dev);
+    let test_wide = mix::audio_absent(test);
 
     let mut folds = Vec::new();
     let (mut audio_parts, mut fused_parts) = (Vec::new(), Vec::new());
