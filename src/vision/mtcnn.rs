@@ -1,0 +1,736 @@
+//! MTCNN (Zhang et al. 2016) on tch, with the weights facenet-pytorch ships, computing what
+//! facenet-pytorch's `detect_face` computes:
+//!
+//! 1. an image pyramid from `min_face` (scale 12/min_face, then x`factor` while the shorter
+//!    side is >= 12 px), each level resized by area averaging and run through P-Net; cells
+//!    scoring >= `thresholds[0]` become 12x12 boxes at that scale; NMS (IoU 0.5) within each
+//!    level, then NMS (0.7) across levels; the boxes are regressed, squared and clipped;
+//! 2. each box cropped, resized to 24x24 and scored by R-Net (> `thresholds[1]`), NMS 0.7,
+//!    regressed and squared;
+//! 3. 48x48 crops through O-Net (> `thresholds[2]`), which also gives the five landmarks; a
+//!    last regression and an NMS by intersection over the smaller box (0.7).
+//!
+//! Frames of the same size go through P-Net as one batch; the crops of every frame go through
+//! R-Net and O-Net together, so a GPU sees the faces of many frames (and streams) at once.
+//! Time per frame is bounded: at most `max_levels` pyramid levels (the finest are dropped, i.e.
+//! the minimum face grows, on huge frames) and at most `max_candidates` boxes into R-Net and
+//! O-Net (the best scoring).
+//!
+//! [`Mtcnn::refine`] runs only stage 3 on given boxes: the cheap per-frame update of tracked
+//! faces between full detections.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::{Face, FaceDetector, RgbImage, VisionError, load_tensors, take};
+
+/// Detector settings.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtcnnSettings {
+    /// Smallest face looked for, pixels.
+    pub min_face: f32,
+    /// Score thresholds of P-Net, R-Net and O-Net.
+    pub thresholds: [f32; 3],
+    /// Pyramid scale step.
+    pub factor: f32,
+    /// Most pyramid levels a frame gets.
+    pub max_levels: usize,
+    /// Most candidate boxes of a frame into R-Net, and into O-Net.
+    pub max_candidates: usize,
+}
+
+impl Default for MtcnnSettings {
+    fn default() -> Self {
+        // facenet-pytorch's defaults, with caps that ordinary frames never reach.
+        MtcnnSettings {
+            min_face: 20.0,
+            thresholds: [0.6, 0.7, 0.7],
+            factor: 0.709,
+            max_levels: 16,
+            max_candidates: 4000,
+        }
+    }
+}
+
+impl MtcnnSettings {
+    /// Check the values; the message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.min_face >= 12.0 && self.min_face <= 4096.0) {
+            return Err(format!("min_face {} is outside [12, 4096]", self.min_face));
+        }
+        if self.thresholds.iter().any(|t| !(0.0..1.0).contains(t)) {
+            return Err(format!(
+                "thresholds {:?} must be in [0, 1)",
+                self.thresholds
+            ));
+        }
+        if !(self.factor > 0.1 && self.factor < 0.95) {
+            return Err(format!("factor {} is outside (0.1, 0.95)", self.factor));
+        }
+        if !(1..=32).contains(&self.max_levels) {
+            return Err(format!("max_levels {} is outside [1, 32]", self.max_levels));
+        }
+        if !(1..=100_000).contains(&self.max_candidates) {
+            return Err(format!(
+                "max_candidates {} is outside [1, 100000]",
+                self.max_candidates
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Conv {
+    w: Tensor,
+    b: Tensor,
+}
+
+struct Lin {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Conv {
+    fn load(
+        m: &mut Map,
+        p: &Path,
+        name: &str,
+        o: i64,
+        i: i64,
+        k: i64,
+    ) -> Result<Self, VisionError> {
+        Ok(Conv {
+            w: take(m, p, &format!("{name}.weight"), &[o, i, k, k])?,
+            b: take(m, p, &format!("{name}.bias"), &[o])?,
+        })
+    }
+    fn f(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.w, Some(&self.b), [1, 1], [0, 0], [1, 1], 1)
+    }
+}
+
+impl Lin {
+    fn load(m: &mut Map, p: &Path, name: &str, o: i64, i: i64) -> Result<Self, VisionError> {
+        Ok(Lin {
+            w: take(m, p, &format!("{name}.weight"), &[o, i])?,
+            b: take(m, p, &format!("{name}.bias"), &[o])?,
+        })
+    }
+    fn f(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.w, Some(&self.b))
+    }
+}
+
+type Map = std::collections::HashMap<String, Tensor>;
+
+fn prelu(m: &mut Map, p: &Path, name: &str, n: i64) -> Result<Tensor, VisionError> {
+    take(m, p, &format!("{name}.weight"), &[n])
+}
+
+fn pool(x: &Tensor, k: i64, s: i64) -> Tensor {
+    x.max_pool2d([k, k], [s, s], [0, 0], [1, 1], true)
+}
+
+struct PNet {
+    c1: Conv,
+    a1: Tensor,
+    c2: Conv,
+    a2: Tensor,
+    c3: Conv,
+    a3: Tensor,
+    c41: Conv,
+    c42: Conv,
+}
+
+impl PNet {
+    fn load(p: &Path, d: Device) -> Result<Self, VisionError> {
+        let m = &mut load_tensors(p, d)?;
+        Ok(PNet {
+            c1: Conv::load(m, p, "conv1", 10, 3, 3)?,
+            a1: prelu(m, p, "prelu1", 10)?,
+            c2: Conv::load(m, p, "conv2", 16, 10, 3)?,
+            a2: prelu(m, p, "prelu2", 16)?,
+            c3: Conv::load(m, p, "conv3", 32, 16, 3)?,
+            a3: prelu(m, p, "prelu3", 32)?,
+            c41: Conv::load(m, p, "conv4_1", 2, 32, 1)?,
+            c42: Conv::load(m, p, "conv4_2", 4, 32, 1)?,
+        })
+    }
+    /// (box regression [B, 4, h, w], face probability [B, h, w]).
+    fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let x = pool(&self.c1.f(x).prelu(&self.a1), 2, 2);
+        let x = self.c2.f(&x).prelu(&self.a2);
+        let x = self.c3.f(&x).prelu(&self.a3);
+        let prob = self.c41.f(&x).softmax(1, Kind::Float).select(1, 1);
+        (self.c42.f(&x), prob)
+    }
+}
+
+struct RNet {
+    c1: Conv,
+    a1: Tensor,
+    c2: Conv,
+    a2: Tensor,
+    c3: Conv,
+    a3: Tensor,
+    d4: Lin,
+    a4: Tensor,
+    d51: Lin,
+    d52: Lin,
+}
+
+impl RNet {
+    fn load(p: &Path, d: Device) -> Result<Self, VisionError> {
+        let m = &mut load_tensors(p, d)?;
+        Ok(RNet {
+            c1: Conv::load(m, p, "conv1", 28, 3, 3)?,
+            a1: prelu(m, p, "prelu1", 28)?,
+            c2: Conv::load(m, p, "conv2", 48, 28, 3)?,
+            a2: prelu(m, p, "prelu2", 48)?,
+            c3: Conv::load(m, p, "conv3", 64, 48, 2)?,
+            a3: prelu(m, p, "prelu3", 64)?,
+            d4: Lin::load(m, p, "dense4", 128, 576)?,
+            a4: prelu(m, p, "prelu4", 128)?,
+            d51: Lin::load(m, p, "dense5_1", 2, 128)?,
+            d52: Lin::load(m, p, "dense5_2", 4, 128)?,
+        })
+    }
+    /// (box regression [N, 4], face probability [N]).
+    fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let x = pool(&self.c1.f(x).prelu(&self.a1), 3, 2);
+        let x = pool(&self.c2.f(&x).prelu(&self.a2), 3, 2);
+        let x = self.c3.f(&x).prelu(&self.a3);
+        // The Caffe-born dense weights expect (w, h, c) order.
+        let n = x.size()[0];
+        let x = x.permute([0, 3, 2, 1]).contiguous().view([n, -1]);
+        let x = self.d4.f(&x).prelu(&self.a4);
+        let prob = self.d51.f(&x).softmax(1, Kind::Float).select(1, 1);
+        (self.d52.f(&x), prob)
+    }
+}
+
+struct ONet {
+    c1: Conv,
+    a1: Tensor,
+    c2: Conv,
+    a2: Tensor,
+    c3: Conv,
+    a3: Tensor,
+    c4: Conv,
+    a4: Tensor,
+    d5: Lin,
+    a5: Tensor,
+    d61: Lin,
+    d62: Lin,
+    d63: Lin,
+}
+
+impl ONet {
+    fn load(p: &Path, d: Device) -> Result<Self, VisionError> {
+        let m = &mut load_tensors(p, d)?;
+        Ok(ONet {
+            c1: Conv::load(m, p, "conv1", 32, 3, 3)?,
+            a1: prelu(m, p, "prelu1", 32)?,
+            c2: Conv::load(m, p, "conv2", 64, 32, 3)?,
+            a2: prelu(m, p, "prelu2", 64)?,
+            c3: Conv::load(m, p, "conv3", 64, 64, 3)?,
+            a3: prelu(m, p, "prelu3", 64)?,
+            c4: Conv::load(m, p, "conv4", 128, 64, 2)?,
+            a4: prelu(m, p, "prelu4", 128)?,
+            d5: Lin::load(m, p, "dense5", 256, 1152)?,
+            a5: prelu(m, p, "prelu5", 256)?,
+            d61: Lin::load(m, p, "dense6_1", 2, 256)?,
+            d62: Lin::load(m, p, "dense6_2", 4, 256)?,
+            d63: Lin::load(m, p, "dense6_3", 10, 256)?,
+        })
+    }
+    /// (box regression [N, 4], landmarks [N, 10] (x1..x5, y1..y5), face probability [N]).
+    fn forward(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let x = pool(&self.c1.f(x).prelu(&self.a1), 3, 2);
+        let x = pool(&self.c2.f(&x).prelu(&self.a2), 3, 2);
+        let x = pool(&self.c3.f(&x).prelu(&self.a3), 2, 2);
+        let x = self.c4.f(&x).prelu(&self.a4);
+        let n = x.size()[0];
+        let x = x.permute([0, 3, 2, 1]).contiguous().view([n, -1]);
+        let x = self.d5.f(&x).prelu(&self.a5);
+        let prob = self.d61.f(&x).softmax(1, Kind::Float).select(1, 1);
+        (self.d62.f(&x), self.d63.f(&x), prob)
+    }
+}
+
+/// A candidate box of one frame.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    frame: usize,
+    b: [f32; 4],
+    score: f32,
+    reg: [f32; 4],
+}
+
+/// The MTCNN detector.
+pub struct Mtcnn {
+    pnet: PNet,
+    rnet: RNet,
+    onet: ONet,
+    settings: MtcnnSettings,
+    device: Device,
+}
+
+impl Mtcnn {
+    /// Load `{pnet,rnet,onet}.safetensors` from `dir` onto `device`.
+    pub fn load(dir: &Path, settings: MtcnnSettings, device: Device) -> Result<Self, VisionError> {
+        settings.check().map_err(VisionError::Frame)?;
+        Ok(Mtcnn {
+            pnet: PNet::load(&dir.join("pnet.safetensors"), device)?,
+            rnet: RNet::load(&dir.join("rnet.safetensors"), device)?,
+            onet: ONet::load(&dir.join("onet.safetensors"), device)?,
+            settings,
+            device,
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &MtcnnSettings {
+        &self.settings
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The pyramid's scales for a frame of `w` x `h` (after the `max_levels` cap).
+    pub fn scales(&self, w: u32, h: u32) -> Vec<f64> {
+        let m = 12.0 / f64::from(self.settings.min_face);
+        let factor = f64::from(self.settings.factor);
+        let mut minl = f64::from(w.min(h)) * m;
+        let mut s = m;
+        let mut scales = Vec::new();
+        while minl >= 12.0 {
+            scales.push(s);
+            s *= factor;
+            minl *= factor;
+        }
+        let drop = scales.len().saturating_sub(self.settings.max_levels);
+        scales.split_off(drop)
+    }
+
+    /// Stage 1 on a batch of same-sized frames (`[B, 3, H, W]`, 0..255); candidates name their
+    /// frame by its place in the batch.
+    fn stage1(&self, batch: &Tensor, w: u32, h: u32) -> Vec<Cand> {
+        let mut all = Vec::new();
+        for scale in self.scales(w, h) {
+            let hs = (f64::from(h) * scale + 1.0) as i64;
+            let ws = (f64::from(w) * scale + 1.0) as i64;
+            let im = (batch.adaptive_avg_pool2d([hs, ws]) - 127.5) * 0.0078125;
+            let (reg, prob) = self.pnet.forward(&im);
+            let mask = prob.ge(f64::from(self.settings.thresholds[0]));
+            let idx = mask.nonzero(); // [N, 3]: frame, y, x (row-major order)
+            let n = idx.size()[0];
+            if n == 0 {
+                continue;
+            }
+            let scores = Vec::<f32>::try_from(prob.masked_select(&mask).to_device(Device::Cpu))
+                .unwrap_or_default();
+            let (bi, yi, xi) = (idx.select(1, 0), idx.select(1, 1), idx.select(1, 2));
+            let regs = reg
+                .permute([0, 2, 3, 1])
+                .index(&[Some(&bi), Some(&yi), Some(&xi)])
+                .to_device(Device::Cpu)
+                .contiguous();
+            let regs = Vec::<f32>::try_from(regs.view([-1])).unwrap_or_default();
+            let idx = Vec::<i64>::try_from(idx.to_device(Device::Cpu).contiguous().view([-1]))
+                .unwrap_or_default();
+            let s = scale as f32;
+            let mut level = Vec::with_capacity(n as usize);
+            for k in 0..n as usize {
+                let (b, y, x) = (idx[3 * k], idx[3 * k + 1] as f32, idx[3 * k + 2] as f32);
+                level.push(Cand {
+                    frame: b as usize,
+                    b: [
+                        ((2.0 * x + 1.0) / s).floor(),
+                        ((2.0 * y + 1.0) / s).floor(),
+                        ((2.0 * x + 12.0) / s).floor(),
+                        ((2.0 * y + 12.0) / s).floor(),
+                    ],
+                    score: scores[k],
+                    reg: [
+                        regs[4 * k],
+                        regs[4 * k + 1],
+                        regs[4 * k + 2],
+                        regs[4 * k + 3],
+                    ],
+                });
+            }
+            all.extend(nms(level, 0.5, Overlap::Union));
+        }
+        all
+    }
+
+    /// Crop each candidate from its frame (the box squared, truncated and clipped as the
+    /// reference does), resize to `size` by area averaging, normalise. Candidates whose crop
+    /// is empty are dropped.
+    fn crops(&self, frames: &[Tensor], cands: Vec<Cand>, size: i64) -> (Vec<Cand>, Option<Tensor>) {
+        let mut kept = Vec::with_capacity(cands.len());
+        let mut ims = Vec::with_capacity(cands.len());
+        for c in cands {
+            let f = &frames[c.frame];
+            let (h, w) = (f.size()[1], f.size()[2]);
+            let [x, y, ex, ey] = pad(&c.b, w, h);
+            if ey > y - 1 && ex > x - 1 {
+                let crop = f
+                    .narrow(1, y - 1, ey - (y - 1))
+                    .narrow(2, x - 1, ex - (x - 1))
+                    .unsqueeze(0)
+                    .adaptive_avg_pool2d([size, size]);
+                ims.push(crop);
+                kept.push(c);
+            }
+        }
+        if ims.is_empty() {
+            return (kept, None);
+        }
+        let batch = (Tensor::cat(&ims, 0) - 127.5) * 0.0078125;
+        (kept, Some(batch))
+    }
+
+    fn stage2(&self, frames: &[Tensor], cands: Vec<Cand>) -> Vec<Cand> {
+        let (cands, batch) = self.crops(frames, cands, 24);
+        let Some(batch) = batch else {
+            return Vec::new();
+        };
+        let (reg, prob) = self.rnet.forward(&batch);
+        let (reg, prob) = (to_vec(&reg), to_vec(&prob));
+        let thr = self.settings.thresholds[1];
+        let passed = cands
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| prob[*k] > thr)
+            .map(|(k, c)| Cand {
+                frame: c.frame,
+                b: c.b,
+                score: prob[k],
+                reg: [reg[4 * k], reg[4 * k + 1], reg[4 * k + 2], reg[4 * k + 3]],
+            })
+            .collect();
+        nms(passed, 0.7, Overlap::Union)
+            .into_iter()
+            .map(|mut c| {
+                c.b = rerec(bbreg(c.b, c.reg));
+                c
+            })
+            .collect()
+    }
+
+    /// O-Net on the candidates: the faces passing `thresholds[2]`, with landmarks, regressed,
+    /// each with the candidate's index in `cands`.
+    fn stage3(&self, frames: &[Tensor], cands: Vec<Cand>) -> Vec<(usize, Face)> {
+        let cands = cands
+            .into_iter()
+            .enumerate()
+            .map(|(k, mut c)| {
+                // Carry the candidate's index through the crops (which drop empty ones).
+                c.reg = [k as f32, 0.0, 0.0, 0.0];
+                c
+            })
+            .collect();
+        let (cands, batch) = self.crops(frames, cands, 48);
+        let Some(batch) = batch else {
+            return Vec::new();
+        };
+        let (reg, lm, prob) = self.onet.forward(&batch);
+        let (reg, lm, prob) = (to_vec(&reg), to_vec(&lm), to_vec(&prob));
+        let thr = self.settings.thresholds[2];
+        let mut out = Vec::new();
+        for (k, c) in cands.iter().enumerate() {
+            if prob[k] <= thr {
+                continue;
+            }
+            let (bw, bh) = (c.b[2] - c.b[0] + 1.0, c.b[3] - c.b[1] + 1.0);
+            let mut landmarks = [[0f32; 2]; 5];
+            for (i, p) in landmarks.iter_mut().enumerate() {
+                *p = [
+                    bw * lm[10 * k + i] + c.b[0] - 1.0,
+                    bh * lm[10 * k + 5 + i] + c.b[1] - 1.0,
+                ];
+            }
+            let r = [reg[4 * k], reg[4 * k + 1], reg[4 * k + 2], reg[4 * k + 3]];
+            out.push((
+                c.reg[0] as usize,
+                Face {
+                    bbox: bbreg(c.b, r),
+                    confidence: prob[k],
+                    landmarks,
+                },
+            ));
+        }
+        out
+    }
+
+    /// Re-score and refine known boxes of one frame with O-Net alone (the boxes are squared
+    /// first): `None` where no face passes any more.
+    pub fn refine(&self, frame: &RgbImage, boxes: &[[f32; 4]]) -> Vec<Option<Face>> {
+        let _g = tch::no_grad_guard();
+        let t = frame.to_tensor(self.device);
+        let cands = boxes
+            .iter()
+            .map(|b| Cand {
+                frame: 0,
+                b: rerec(*b),
+                score: 0.0,
+                reg: [0.0; 4],
+            })
+            .collect::<Vec<_>>();
+        let mut out = vec![None; boxes.len()];
+        for (k, face) in self.stage3(&[t], cands) {
+            out[k] = Some(face);
+        }
+        out
+    }
+}
+
+/// At most `n` candidates per frame, the best scoring (order otherwise kept).
+fn cap(cands: Vec<Cand>, n: usize) -> Vec<Cand> {
+    let mut per_frame = std::collections::HashMap::<usize, Vec<f32>>::new();
+    for c in &cands {
+        per_frame.entry(c.frame).or_default().push(c.score);
+    }
+    // Each crowded frame's n-th best score; ties at the bar are taken in order up to n.
+    let mut bar: std::collections::HashMap<usize, (f32, usize)> = per_frame
+        .into_iter()
+        .filter(|(_, s)| s.len() > n)
+        .map(|(f, mut s)| {
+            s.sort_by(|a, b| b.total_cmp(a));
+            let above = s.iter().filter(|&&v| v > s[n - 1]).count();
+            (f, (s[n - 1], n - above))
+        })
+        .collect();
+    if bar.is_empty() {
+        return cands;
+    }
+    cands
+        .into_iter()
+        .filter(|c| match bar.get_mut(&c.frame) {
+            None => true,
+            Some((v, _)) if c.score > *v => true,
+            Some((v, ties)) if c.score == *v && *ties > 0 => {
+                *ties -= 1;
+                true
+            }
+            Some(_) => false,
+        })
+        .collect()
+}
+
+impl FaceDetector for Mtcnn {
+    fn detect(&self, frames: &[&RgbImage]) -> Result<Vec<Vec<Face>>, VisionError> {
+        let _g = tch::no_grad_guard();
+        let tensors: Vec<Tensor> = frames.iter().map(|f| f.to_tensor(self.device)).collect();
+        // Stage 1 batches the frames of each size.
+        let mut sizes: Vec<(u32, u32)> = frames.iter().map(|f| (f.width, f.height)).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut cands = Vec::new();
+        for (w, h) in sizes {
+            let members: Vec<usize> = (0..frames.len())
+                .filter(|&i| (frames[i].width, frames[i].height) == (w, h))
+                .collect();
+            let batch = Tensor::stack(&members.iter().map(|&i| &tensors[i]).collect::<Vec<_>>(), 0);
+            for mut c in self.stage1(&batch, w, h) {
+                c.frame = members[c.frame];
+                cands.push(c);
+            }
+        }
+        let cands = nms(cands, 0.7, Overlap::Union)
+            .into_iter()
+            .map(|mut c| {
+                let (w, h) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
+                c.b = rerec([
+                    c.b[0] + c.reg[0] * w,
+                    c.b[1] + c.reg[1] * h,
+                    c.b[2] + c.reg[2] * w,
+                    c.b[3] + c.reg[3] * h,
+                ]);
+                c
+            })
+            .collect();
+        let cands = cap(cands, self.settings.max_candidates);
+        let cands = cap(self.stage2(&tensors, cands), self.settings.max_candidates);
+        let frame_of: Vec<usize> = cands.iter().map(|c| c.frame).collect();
+        let faces = self
+            .stage3(&tensors, cands)
+            .into_iter()
+            .map(|(k, f)| (frame_of[k], f))
+            .collect();
+        let mut out = vec![Vec::new(); frames.len()];
+        for (k, face) in nms_faces(faces) {
+            out[k].push(face);
+        }
+        for faces in &mut out {
+            faces.sort_by(|a, b| {
+                let area = |f: &Face| f.size().0 * f.size().1;
+                area(b).total_cmp(&area(a))
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
+}
+
+/// Box regression with +1 sizes (stages 2 and 3).
+fn bbreg(b: [f32; 4], r: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+    [
+        b[0] + r[0] * w,
+        b[1] + r[1] * h,
+        b[2] + r[2] * w,
+        b[3] + r[3] * h,
+    ]
+}
+
+/// Square a box about its centre (the longer side).
+fn rerec(b: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0], b[3] - b[1]);
+    let l = w.max(h);
+    let x1 = b[0] + w * 0.5 - l * 0.5;
+    let y1 = b[1] + h * 0.5 - l * 0.5;
+    [x1, y1, x1 + l, y1 + l]
+}
+
+/// Truncate to integers and clip, 1-based as the reference: `[x, y, ex, ey]`; the crop is
+/// rows `y-1 .. ey`, columns `x-1 .. ex`.
+fn pad(b: &[f32; 4], w: i64, h: i64) -> [i64; 4] {
+    let t = |v: f32| v.trunc() as i64;
+    [
+        t(b[0]).max(1),
+        t(b[1]).max(1),
+        t(b[2]).min(w),
+        t(b[3]).min(h),
+    ]
+}
+
+#[derive(Clone, Copy)]
+enum Overlap {
+    /// Intersection over union, sizes without +1 (torchvision's `nms`).
+    Union,
+    /// Intersection over the smaller box, sizes with +1 (the reference's last NMS).
+    Min,
+}
+
+fn overlap(a: &[f32; 4], b: &[f32; 4], how: Overlap) -> f32 {
+    match how {
+        Overlap::Union => super::iou(a, b),
+        Overlap::Min => {
+            let w = (a[2].min(b[2]) - a[0].max(b[0]) + 1.0).max(0.0);
+            let h = (a[3].min(b[3]) - a[1].max(b[1]) + 1.0).max(0.0);
+            let area = |x: &[f32; 4]| (x[2] - x[0] + 1.0) * (x[3] - x[1] + 1.0);
+            w * h / area(a).min(area(b))
+        }
+    }
+}
+
+/// Greedy non-maximum suppression within each frame: best score first, dropping boxes that
+/// overlap a kept one by more than `thr`.
+fn nms(mut c: Vec<Cand>, thr: f32, how: Overlap) -> Vec<Cand> {
+    c.sort_by(|a, b| a.frame.cmp(&b.frame).then(b.score.total_cmp(&a.score)));
+    let mut keep: Vec<Cand> = Vec::with_capacity(c.len());
+    let mut start = 0;
+    for x in c {
+        if keep.get(start).is_some_and(|k| k.frame != x.frame) {
+            start = keep.len();
+        }
+        if keep[start..]
+            .iter()
+            .all(|k| overlap(&k.b, &x.b, how) <= thr)
+        {
+            keep.push(x);
+        }
+    }
+    keep
+}
+
+fn nms_faces(faces: Vec<(usize, Face)>) -> Vec<(usize, Face)> {
+    let cands: Vec<Cand> = faces
+        .iter()
+        .enumerate()
+        .map(|(k, (frame, f))| Cand {
+            frame: *frame,
+            b: f.bbox,
+            score: f.confidence,
+            // The candidate's position in `faces`, to find the face again.
+            reg: [k as f32, 0.0, 0.0, 0.0],
+        })
+        .collect();
+    nms(cands, 0.7, Overlap::Min)
+        .into_iter()
+        .map(|c| faces[c.reg[0] as usize].clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(frame: usize, b: [f32; 4], score: f32) -> Cand {
+        Cand {
+            frame,
+            b,
+            score,
+            reg: [0.0; 4],
+        }
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_each_cluster_per_frame() {
+        let a = cand(0, [0.0, 0.0, 10.0, 10.0], 0.9);
+        let a2 = cand(0, [1.0, 0.0, 11.0, 10.0], 0.95);
+        let b = cand(0, [50.0, 50.0, 60.0, 60.0], 0.8);
+        let other = cand(1, [0.0, 0.0, 10.0, 10.0], 0.7);
+        let kept = nms(vec![a, b, other, a2], 0.5, Overlap::Union);
+        let got: Vec<(usize, f32)> = kept.iter().map(|c| (c.frame, c.score)).collect();
+        assert_eq!(got, vec![(0, 0.95), (0, 0.8), (1, 0.7)]);
+    }
+
+    #[test]
+    fn the_candidate_cap_is_per_frame() {
+        let mut c: Vec<Cand> = (0..10).map(|i| cand(0, [0.0; 4], i as f32)).collect();
+        c.push(cand(1, [0.0; 4], 0.5));
+        c.push(cand(0, [0.0; 4], 9.0));
+        let kept = cap(c, 3);
+        let got: Vec<(usize, f32)> = kept.iter().map(|c| (c.frame, c.score)).collect();
+        assert_eq!(got, vec![(0, 8.0), (0, 9.0), (1, 0.5), (0, 9.0)]);
+    }
+
+    #[test]
+    fn min_overlap_drops_a_box_inside_another() {
+        let big = [0.0, 0.0, 100.0, 100.0];
+        let small = [10.0, 10.0, 30.0, 30.0];
+        assert!(overlap(&big, &small, Overlap::Min) > 0.99);
+        assert!(overlap(&big, &small, Overlap::Union) < 0.1);
+    }
+
+    #[test]
+    fn boxes_are_squared_and_padded_like_the_reference() {
+        assert_eq!(rerec([0.0, 0.0, 10.0, 20.0]), [-5.0, 0.0, 15.0, 20.0]);
+        assert_eq!(pad(&[-5.7, 0.4, 15.9, 20.0], 12, 30), [1, 1, 12, 20]);
+        assert_eq!(
+            bbreg([0.0, 0.0, 9.0, 9.0], [0.1, 0.0, -0.1, 0.5]),
+            [1.0, 0.0, 8.0, 14.0]
+        );
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(MtcnnSettings::default().check().is_ok());
+        let bad = MtcnnSettings {
+            min_face: 5.0,
+            ..Default::default()
+        };
+        assert!(bad.check().unwrap_err().contains("min_face"));
+    }
+}

@@ -1,0 +1,425 @@
+//! The per-stream vision pipeline and the per-utterance visual vector.
+//!
+//! Every frame (at `ingest.video_fps`): on every `detect_every`-th frame, full MTCNN detection;
+//! on the frames between, only O-Net on the live tracks' boxes (a 48x48 crop each: refines the
+//! box and landmarks, drops a face that is gone). New faces therefore appear within
+//! `detect_every` frames. Faces are linked into tracks ([`super::track`]); the main face's
+//! aligned crop goes through the expression network.
+//!
+//! Pooling over an utterance's span [t0, t1]: the mean of the main face's embeddings and of
+//! its class probabilities over the frames in the span that had a main face (whichever track
+//! was main at that frame); `present` says whether there was any, `face_fraction` is the share
+//! of the span's frames that had one. No face: `present` false, zeros, nothing invented.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+use tch::Device;
+
+use super::align::{CropGeometry, crops, grey};
+use super::expression::{CLASSES, EMBED_DIM, Expression, INPUT};
+use super::mtcnn::{Mtcnn, MtcnnSettings};
+use super::track::{TrackSettings, Tracker};
+use super::{EXPRESSION_FILE, Face, FaceDetector, MTCNN_DIR, RgbImage, VisionError};
+
+/// The vision stage's settings (`[vision]` in the config).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VisionSettings {
+    /// Run the vision stage on streams with video.
+    pub enabled: bool,
+    /// Full detection every k-th frame; O-Net refinement of tracked faces in between.
+    pub detect_every: u32,
+    /// Directory of the converted MTCNN weights.
+    pub mtcnn_dir: std::path::PathBuf,
+    /// The converted expression network.
+    pub expression_file: std::path::PathBuf,
+    /// MTCNN settings (the daemon's default minimum face is 40 px: a speaker's face in a call).
+    pub mtcnn: MtcnnSettings,
+    /// Tracking and main-face settings.
+    pub track: TrackSettings,
+    /// Seconds of per-frame results kept per stream for pooling.
+    pub history_s: f64,
+}
+
+impl Default for VisionSettings {
+    fn default() -> Self {
+        VisionSettings {
+            enabled: true,
+            detect_every: 5,
+            mtcnn_dir: MTCNN_DIR.into(),
+            expression_file: EXPRESSION_FILE.into(),
+            mtcnn: MtcnnSettings {
+                min_face: 40.0,
+                ..Default::default()
+            },
+            track: TrackSettings::default(),
+            history_s: 120.0,
+        }
+    }
+}
+
+impl VisionSettings {
+    /// Check the values; the message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        self.mtcnn
+            .check()
+            .map_err(|e| format!("vision.mtcnn: {e}"))?;
+        if !(1..=100).contains(&self.detect_every) {
+            return Err(format!(
+                "vision.detect_every {} is outside [1, 100]",
+                self.detect_every
+            ));
+        }
+        if !(1.0..=3600.0).contains(&self.history_s) {
+            return Err(format!(
+                "vision.history_s {} is outside [1, 3600]",
+                self.history_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The networks, loaded once and shared by every stream.
+pub struct VisionModels {
+    /// The face detector.
+    pub detector: Mtcnn,
+    /// The expression network.
+    pub expression: Expression,
+}
+
+impl VisionModels {
+    /// Load both networks onto `device` (paths relative to the working directory).
+    pub fn load(settings: &VisionSettings, device: Device) -> Result<Self, VisionError> {
+        Ok(VisionModels {
+            detector: Mtcnn::load(&settings.mtcnn_dir, settings.mtcnn.clone(), device)?,
+            expression: Expression::load(&settings.expression_file, device)?,
+        })
+    }
+
+    /// Load from the default paths under `root` (a checkout).
+    pub fn load_default(
+        root: &Path,
+        mtcnn: MtcnnSettings,
+        device: Device,
+    ) -> Result<Self, VisionError> {
+        Ok(VisionModels {
+            detector: Mtcnn::load(&root.join(MTCNN_DIR), mtcnn, device)?,
+            expression: Expression::load(&root.join(EXPRESSION_FILE), device)?,
+        })
+    }
+
+    /// Expression of faces of one frame: (embeddings, probabilities), one per face.
+    pub fn expressions(&self, frame: &RgbImage, faces: &[Face]) -> Vec<(Vec<f32>, [f32; 7])> {
+        if faces.is_empty() {
+            return Vec::new();
+        }
+        let _g = tch::no_grad_guard();
+        let g = grey(frame, self.expression.device());
+        let geo: Vec<CropGeometry> = faces.iter().map(CropGeometry::of).collect();
+        let out = self.expression.forward(&crops(&g, &geo, INPUT));
+        let emb = to_vec(&out.embedding);
+        let probs = to_vec(&out.probs);
+        (0..faces.len())
+            .map(|i| {
+                let mut p = [0f32; 7];
+                p.copy_from_slice(&probs[7 * i..7 * i + 7]);
+                (emb[EMBED_DIM * i..EMBED_DIM * (i + 1)].to_vec(), p)
+            })
+            .collect()
+    }
+}
+
+// SAFETY: the networks' tensors are written once, at load, and only read afterwards (every
+// forward pass runs under `no_grad` and allocates new tensors); libtorch allows concurrent
+// reads of a tensor from several threads. So the streams' video threads share one copy of the
+// weights instead of each loading its own.
+unsafe impl Sync for VisionModels {}
+
+fn to_vec(t: &tch::Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
+}
+
+/// A face of a frame with its track.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrackedFace {
+    /// Track id.
+    pub track: u64,
+    /// The face.
+    #[serde(flatten)]
+    pub face: Face,
+}
+
+/// The main face's expression in a frame.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FrameExpression {
+    /// The main face's track.
+    pub track: u64,
+    /// Penultimate embedding (128).
+    #[serde(skip_serializing)]
+    pub embedding: Vec<f32>,
+    /// Class probabilities, in [`CLASSES`] order.
+    pub probs: [f32; 7],
+}
+
+/// What the stage saw in one frame.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FrameFaces {
+    /// Media time, seconds.
+    pub t: f64,
+    /// Whether this frame had a full detection (else tracked faces were refined).
+    pub detected: bool,
+    /// Faces with their tracks.
+    pub faces: Vec<TrackedFace>,
+    /// The main face's track, if any.
+    pub main: Option<u64>,
+    /// The main face's expression, when it is in this frame.
+    pub expression: Option<FrameExpression>,
+}
+
+/// One stream's vision pipeline.
+pub struct VisionStage {
+    models: Arc<VisionModels>,
+    tracker: Tracker,
+    detect_every: u64,
+    frames: u64,
+}
+
+impl VisionStage {
+    /// A stage over shared models.
+    pub fn new(models: Arc<VisionModels>, detect_every: u32, track: TrackSettings) -> Self {
+        VisionStage {
+            models,
+            tracker: Tracker::new(track),
+            detect_every: u64::from(detect_every.max(1)),
+            frames: 0,
+        }
+    }
+
+    /// Process the frame at media time `t`.
+    pub fn process(&mut self, t: f64, frame: &RgbImage) -> Result<FrameFaces, VisionError> {
+        let detected = self.frames.is_multiple_of(self.detect_every);
+        self.frames += 1;
+        let faces: Vec<Face> = if detected {
+            self.models
+                .detector
+                .detect(&[frame])?
+                .pop()
+                .unwrap_or_default()
+        } else {
+            let boxes: Vec<[f32; 4]> = self.tracker.tracks().iter().map(|t| t.face.bbox).collect();
+            if boxes.is_empty() {
+                Vec::new()
+            } else {
+                self.models
+                    .detector
+                    .refine(frame, &boxes)
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+        };
+        let ids = self.tracker.update(&faces, frame.width, frame.height);
+        let main = self.tracker.main();
+        let expression = main
+            .and_then(|m| ids.iter().position(|&id| id == m))
+            .and_then(|i| {
+                let (embedding, probs) = self
+                    .models
+                    .expressions(frame, std::slice::from_ref(&faces[i]))
+                    .pop()?;
+                Some(FrameExpression {
+                    track: ids[i],
+                    embedding,
+                    probs,
+                })
+            });
+        Ok(FrameFaces {
+            t,
+            detected,
+            faces: ids
+                .into_iter()
+                .zip(faces)
+                .map(|(track, face)| TrackedFace { track, face })
+                .collect(),
+            main,
+            expression,
+        })
+    }
+}
+
+/// An utterance's visual vector.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VisualVector {
+    /// Whether any frame of the span had a main face.
+    pub present: bool,
+    /// Share of the span's frames with a main face.
+    pub face_fraction: f32,
+    /// Frames in the span.
+    pub frames: u32,
+    /// Mean class probabilities of those frames ([`CLASSES`] order; zeros when absent).
+    pub probs: [f32; 7],
+    /// Mean embedding (128; zeros when absent).
+    #[serde(skip_serializing)]
+    pub embedding: Vec<f32>,
+}
+
+impl VisualVector {
+    /// The most probable class and its probability, when a face was seen.
+    pub fn top(&self) -> Option<(&'static str, f32)> {
+        if !self.present {
+            return None;
+        }
+        let (i, p) = self
+            .probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))?;
+        Some((CLASSES[i], *p))
+    }
+}
+
+/// A frame's main-face expression: (embedding, probabilities).
+type Seen = Option<(Vec<f32>, [f32; 7])>;
+
+/// A stream's per-frame expression results on its media timeline, for pooling.
+#[derive(Debug, Clone)]
+pub struct VisualTimeline {
+    frames: VecDeque<(f64, Seen)>,
+    history_s: f64,
+}
+
+impl VisualTimeline {
+    /// Keep `history_s` seconds.
+    pub fn new(history_s: f64) -> Self {
+        VisualTimeline {
+            frames: VecDeque::new(),
+            history_s,
+        }
+    }
+
+    /// Record a frame's result (frames arrive in time order; an earlier one is ignored).
+    pub fn push(&mut self, f: &FrameFaces) {
+        if self.frames.back().is_some_and(|(t, _)| f.t < *t) {
+            return;
+        }
+        self.frames.push_back((
+            f.t,
+            f.expression
+                .as_ref()
+                .map(|e| (e.embedding.clone(), e.probs)),
+        ));
+        while self
+            .frames
+            .front()
+            .is_some_and(|(t, _)| *t < f.t - self.history_s)
+        {
+            self.frames.pop_front();
+        }
+    }
+
+    /// Media time of the latest frame.
+    pub fn covered_until(&self) -> Option<f64> {
+        self.frames.back().map(|(t, _)| *t)
+    }
+
+    /// Pool the frames in `[t0, t1]`.
+    pub fn pool(&self, t0: f64, t1: f64) -> VisualVector {
+        let mut n = 0u32;
+        let mut with = 0u32;
+        let mut emb = vec![0f32; EMBED_DIM];
+        let mut probs = [0f32; 7];
+        for (_, r) in self.frames.iter().filter(|(t, _)| *t >= t0 && *t <= t1) {
+            n += 1;
+            if let Some((e, p)) = r {
+                with += 1;
+                emb.iter_mut().zip(e).for_each(|(a, b)| *a += b);
+                probs.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
+        }
+        if with > 0 {
+            let k = with as f32;
+            emb.iter_mut().for_each(|a| *a /= k);
+            probs.iter_mut().for_each(|a| *a /= k);
+        }
+        VisualVector {
+            present: with > 0,
+            face_fraction: if n > 0 { with as f32 / n as f32 } else { 0.0 },
+            frames: n,
+            probs,
+            embedding: emb,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(t: f64, p: Option<f32>) -> FrameFaces {
+        FrameFaces {
+            t,
+            detected: true,
+            faces: Vec::new(),
+            main: p.map(|_| 1),
+            expression: p.map(|v| FrameExpression {
+                track: 1,
+                embedding: vec![v; EMBED_DIM],
+                probs: [v, 1.0 - v, 0.0, 0.0, 0.0, 0.0, 0.0],
+            }),
+        }
+    }
+
+    #[test]
+    fn pooling_averages_face_frames_and_reports_absence_honestly() {
+        let mut tl = VisualTimeline::new(10.0);
+        for (t, p) in [
+            (0.0, Some(0.2)),
+            (0.2, None),
+            (0.4, Some(0.6)),
+            (0.6, None),
+            (5.0, Some(1.0)),
+        ] {
+            tl.push(&frame(t, p));
+        }
+        let v = tl.pool(0.0, 0.6);
+        assert!(v.present);
+        assert_eq!(v.frames, 4);
+        assert_eq!(v.face_fraction, 0.5);
+        assert!((v.probs[0] - 0.4).abs() < 1e-6 && (v.probs[1] - 0.6).abs() < 1e-6);
+        assert!((v.embedding[5] - 0.4).abs() < 1e-6);
+        assert_eq!(v.top().unwrap().0, "disgust");
+        let none = tl.pool(1.0, 4.0);
+        assert!(!none.present);
+        assert_eq!(
+            (none.frames, none.face_fraction, none.probs),
+            (0, 0.0, [0.0; 7])
+        );
+        assert_eq!(none.top(), None);
+        let faceless = tl.pool(0.1, 0.3);
+        assert_eq!((faceless.present, faceless.frames), (false, 1));
+    }
+
+    #[test]
+    fn history_is_bounded_and_time_only_moves_forward() {
+        let mut tl = VisualTimeline::new(1.0);
+        for i in 0..100 {
+            tl.push(&frame(i as f64 * 0.2, Some(0.5)));
+        }
+        assert!(tl.frames.len() <= 6);
+        tl.push(&frame(0.0, Some(0.5)));
+        assert_eq!(tl.covered_until(), Some(99.0 * 0.2));
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(VisionSettings::default().check().is_ok());
+        let bad = VisionSettings {
+            detect_every: 0,
+            ..Default::default()
+        };
+        assert!(bad.check().unwrap_err().contains("detect_every"));
+    }
+}

@@ -1,0 +1,298 @@
+//! The vision stage against its references: MTCNN against facenet-pytorch's own MTCNN on real
+//! photos and video (needs ../shared; skips loudly without it), the expression network against
+//! an independent numpy forward pass of fer's Keras file, and bad frames.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use summerd::decode::{Frame, VideoRequest, decode_video};
+use summerd::vision::align::{CropGeometry, crops, grey};
+use summerd::vision::expression::Expression;
+use summerd::vision::mtcnn::{Mtcnn, MtcnnSettings};
+use summerd::vision::stage::{VisionModels, VisionStage, VisualTimeline};
+use summerd::vision::track::TrackSettings;
+use summerd::vision::{FaceDetector, Image, PixelFormat, RgbImage, iou};
+use tch::{Device, Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn mtcnn() -> Mtcnn {
+    Mtcnn::load(
+        &root().join(summerd::vision::MTCNN_DIR),
+        MtcnnSettings::default(),
+        Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn expression() -> Expression {
+    Expression::load(&root().join(summerd::vision::EXPRESSION_FILE), Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn media(name: &str) -> Option<PathBuf> {
+    match summerd::assets::dir() {
+        Some(d) => Some(d.join("media").join(name)),
+        None => {
+            eprintln!("SKIPPED: ../shared (or $SUMMERD_ASSETS) is absent; no media/{name}");
+            None
+        }
+    }
+}
+
+fn all_frames(path: &Path, n: usize) -> Vec<Frame> {
+    decode_video(
+        path,
+        VideoRequest {
+            fps: None,
+            max_size: None,
+            max_frames: n,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Write frames as the oracle reads them (frames.json + raw RGB).
+fn write_frames(dir: &Path, frames: &[&RgbImage]) {
+    let mut meta = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let file = format!("{i}.rgb");
+        std::fs::write(dir.join(&file), &f.data).unwrap();
+        meta.push(serde_json::json!({"w": f.width, "h": f.height, "file": file}));
+    }
+    std::fs::write(dir.join("frames.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
+#[test]
+fn mtcnn_matches_facenet_pytorch_on_photos_and_video() {
+    let Some(multi) = media("multiface.jpg") else {
+        return;
+    };
+    let astro = media("astronaut.png").unwrap();
+    let street = media("street-faces.mp4").unwrap();
+    let mut frames: Vec<RgbImage> = Vec::new();
+    frames.push(all_frames(&multi, 1).remove(0).image);
+    frames.push(all_frames(&astro, 1).remove(0).image);
+    frames.extend(all_frames(&street, 30).into_iter().map(|f| f.image));
+    assert_eq!(frames.len(), 32);
+    let tmp = tempfile::tempdir().unwrap();
+    let refs: Vec<&RgbImage> = frames.iter().collect();
+    write_frames(tmp.path(), &refs);
+    let out = common::run_peer("vision_oracle.py", &["mtcnn", tmp.path().to_str().unwrap()]);
+    let want: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+
+    let det = mtcnn();
+    // Frames go through in batches (the street frames share a size), as the daemon may.
+    let mut got = det.detect(&refs[..2]).unwrap();
+    got.extend(det.detect(&refs[2..]).unwrap());
+
+    let (mut faces, mut worst_iou, mut worst_px) = (0, 1f32, 0f32);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let wb: Vec<Vec<f32>> = serde_json::from_value(w["boxes"].clone()).unwrap();
+        let wp: Vec<Vec<Vec<f32>>> = serde_json::from_value(w["points"].clone()).unwrap();
+        assert_eq!(
+            g.len(),
+            wb.len(),
+            "frame {i}: {} faces, facenet-pytorch {}: {:?} vs {wb:?}",
+            g.len(),
+            wb.len(),
+            g.iter().map(|f| (f.bbox, f.confidence)).collect::<Vec<_>>()
+        );
+        for (b, p) in wb.iter().zip(&wp) {
+            let b = [b[0], b[1], b[2], b[3]];
+            let m = g
+                .iter()
+                .max_by(|x, y| iou(&x.bbox, &b).total_cmp(&iou(&y.bbox, &b)))
+                .unwrap();
+            let o = iou(&m.bbox, &b);
+            let px = m
+                .landmarks
+                .iter()
+                .zip(p)
+                .map(|(a, q)| (a[0] - q[0]).abs().max((a[1] - q[1]).abs()))
+                .fold(0f32, f32::max);
+            assert!(o >= 0.9, "frame {i}: IoU {o} with {b:?}");
+            assert!(px <= 2.0, "frame {i}: a landmark {px} px off");
+            worst_iou = worst_iou.min(o);
+            worst_px = worst_px.max(px);
+            faces += 1;
+        }
+    }
+    let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+    eprintln!(
+        "MTCNN parity: {faces} faces in 32 frames (multiface {}, astronaut {}, street {:?}); \
+         worst IoU {worst_iou:.4}, worst landmark {worst_px:.3} px",
+        counts[0],
+        counts[1],
+        &counts[2..]
+    );
+    assert_eq!(counts[0], 6, "multiface.jpg has 6 faces");
+    assert_eq!(counts[1], 1, "astronaut.png has 1 face");
+}
+
+/// Faces for the expression parity: aligned crops of real faces when ../shared is there, and
+/// always a set of synthetic images (gradients, noise, extremes) that exercise every path.
+fn expression_inputs() -> Tensor {
+    let mut parts = Vec::new();
+    tch::manual_seed(7);
+    let g = Tensor::arange(64, (Kind::Float, Device::Cpu)) * 4.0;
+    parts.push(g.view([1, 1, 1, 64]).expand([1, 1, 64, 64], false) + 0.0);
+    parts.push(g.view([1, 1, 64, 1]).expand([1, 1, 64, 64], false) + 0.0);
+    parts.push(Tensor::rand([3, 1, 64, 64], (Kind::Float, Device::Cpu)) * 255.0);
+    parts.push(Tensor::zeros([1, 1, 64, 64], (Kind::Float, Device::Cpu)));
+    parts.push(Tensor::ones([1, 1, 64, 64], (Kind::Float, Device::Cpu)) * 255.0);
+    if let Some(multi) = media("multiface.jpg") {
+        let frame = all_frames(&multi, 1).remove(0).image;
+        let faces = mtcnn().detect(&[&frame]).unwrap().remove(0);
+        let geo: Vec<CropGeometry> = faces.iter().map(CropGeometry::of).collect();
+        parts.push(crops(&grey(&frame, Device::Cpu), &geo, 64));
+    }
+    Tensor::cat(&parts, 0).contiguous()
+}
+
+#[test]
+fn expression_net_matches_an_independent_numpy_forward_pass() {
+    let x = expression_inputs();
+    let n = x.size()[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let crops_path = tmp.path().join("crops.f32");
+    let flat = Vec::<f32>::try_from(x.view([-1])).unwrap();
+    std::fs::write(
+        &crops_path,
+        flat.iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let h5 = root().join("models/third_party/fer/emotion_model.hdf5");
+    let out = common::run_peer(
+        "vision_oracle.py",
+        &[
+            "expression",
+            h5.to_str().unwrap(),
+            crops_path.to_str().unwrap(),
+            &n.to_string(),
+        ],
+    );
+    let want: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let wp: Vec<Vec<f64>> = serde_json::from_value(want["probs"].clone()).unwrap();
+    let we: Vec<Vec<f64>> = serde_json::from_value(want["embedding"].clone()).unwrap();
+    let got = expression().forward(&x);
+    let gp = Vec::<f32>::try_from(got.probs.contiguous().view([-1])).unwrap();
+    let ge = Vec::<f32>::try_from(got.embedding.contiguous().view([-1])).unwrap();
+    let (mut dp, mut de) = (0f64, 0f64);
+    for i in 0..n as usize {
+        for c in 0..7 {
+            dp = dp.max((f64::from(gp[7 * i + c]) - wp[i][c]).abs());
+        }
+        for c in 0..128 {
+            de = de.max((f64::from(ge[128 * i + c]) - we[i][c]).abs());
+        }
+    }
+    eprintln!("expression parity on {n} faces: max |dp| {dp:.2e}, max |d embedding| {de:.2e}");
+    assert!(dp <= 1e-4, "probabilities differ by {dp}");
+    assert!(de <= 1e-3, "embeddings differ by {de}");
+    // The classes are not all the same (the net is not a constant).
+    let top: std::collections::HashSet<i64> = Vec::<i64>::try_from(got.probs.argmax(1, false))
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(top.len() >= 2, "{top:?}");
+}
+
+#[test]
+fn bad_frames_get_errors_and_odd_frames_get_answers() {
+    let det = mtcnn();
+    // Zero-sized and short buffers are refused before any network sees them.
+    let d = [0u8; 16];
+    for (w, h, stride) in [(0, 4, 12), (4, 0, 12), (4, 4, 11), (4, 4, 12)] {
+        let img = Image {
+            data: &d,
+            width: w,
+            height: h,
+            stride,
+            format: PixelFormat::Rgb,
+        };
+        assert!(img.to_rgb().is_err(), "{w}x{h} stride {stride}");
+    }
+    // Tiny, grey, RGBA and odd-strided frames: answers (no faces), no panic.
+    let grey_px = vec![128u8; 7 * 5];
+    let rgba = vec![200u8; 33 * 17 * 4];
+    let odd = vec![50u8; 101 * 3 * 40 + 40 * 3];
+    let frames = [
+        Image {
+            data: &grey_px,
+            width: 7,
+            height: 5,
+            stride: 7,
+            format: PixelFormat::Gray,
+        },
+        Image {
+            data: &rgba,
+            width: 33,
+            height: 17,
+            stride: 33 * 4,
+            format: PixelFormat::Rgba,
+        },
+        Image {
+            data: &odd,
+            width: 101,
+            height: 40,
+            stride: 101 * 3 + 3,
+            format: PixelFormat::Bgr,
+        },
+    ]
+    .map(|i| i.to_rgb().unwrap());
+    let refs: Vec<&RgbImage> = frames.iter().collect();
+    let got = det.detect(&refs).unwrap();
+    assert!(got.iter().all(Vec::is_empty), "{got:?}");
+    assert!(det.detect(&[]).unwrap().is_empty());
+    // A missing weights file is a clear error.
+    let e = Mtcnn::load(
+        Path::new("/nonexistent"),
+        MtcnnSettings::default(),
+        Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("pnet.safetensors") && e.contains("no such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_stage_tracks_the_astronaut_and_pools_her_expression() {
+    let Some(astro) = media("astronaut.png") else {
+        return;
+    };
+    let frame = all_frames(&astro, 1).remove(0).image;
+    let models = Arc::new(
+        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap(),
+    );
+    let mut stage = VisionStage::new(models, 3, TrackSettings::default());
+    let mut tl = VisualTimeline::new(60.0);
+    let mut tracks = std::collections::HashSet::new();
+    for i in 0..9 {
+        let f = stage.process(f64::from(i) * 0.2, &frame).unwrap();
+        assert_eq!(f.detected, i % 3 == 0);
+        assert_eq!(f.faces.len(), 1, "frame {i}");
+        tracks.insert(f.faces[0].track);
+        assert_eq!(f.main, Some(f.faces[0].track));
+        assert!(f.expression.is_some());
+        tl.push(&f);
+    }
+    assert_eq!(tracks.len(), 1, "one track throughout");
+    let v = tl.pool(0.0, 2.0);
+    assert!(v.present && v.face_fraction == 1.0 && v.frames == 9);
+    let (label, p) = v.top().unwrap();
+    eprintln!("astronaut: {label} {p:.2} ({:?})", v.probs);
+    assert!((v.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    // She smiles in the portrait.
+    assert_eq!(label, "happy");
+}
