@@ -34,6 +34,9 @@ path = "$root/models/summer-default"
 dir = "$root/models/third_party/all-minilm-l6-v2"
 [pipelines]
 dir = "$root/pipelines"
+[vision]
+mtcnn_dir = "$root/models/third_party/mtcnn"
+expression_file = "$root/models/third_party/fer/emotion_model.safetensors"
 [[streams]]
 id = "sample-call"
 uri = "file://$(cd "$out" && pwd)/call.mp4"

@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub ingest: IngestConfig,
     /// The local control endpoint (attach, detach, list).
     pub control: ControlConfig,
+    /// The vision stage: faces, tracks and expression on streams with video.
+    pub vision: crate::vision::stage::VisionSettings,
     /// Streams attached at start.
     pub streams: Vec<StreamConfig>,
 }
@@ -584,6 +586,8 @@ pub struct Config {
     pub pipelines_dir: PathBuf,
     /// Control endpoint, when enabled.
     pub control: Option<Endpoint>,
+    /// The vision stage's settings with paths resolved, when enabled.
+    pub vision: Option<crate::vision::stage::VisionSettings>,
 }
 
 impl Config {
@@ -1055,6 +1059,69 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         None
     };
 
+    // [vision]
+    let vs = &raw.vision;
+    c.range("vision.detect_every", vs.detect_every, 1, 100);
+    c.range("vision.history_s", vs.history_s, 1.0, 3600.0);
+    c.range("vision.mtcnn.min_face", vs.mtcnn.min_face, 12.0, 4096.0);
+    c.range("vision.mtcnn.factor", vs.mtcnn.factor, 0.1, 0.95);
+    for t in vs.mtcnn.thresholds {
+        c.range("vision.mtcnn.thresholds", t, 0.0, 0.999);
+    }
+    c.range("vision.mtcnn.max_levels", vs.mtcnn.max_levels, 1, 32);
+    c.range(
+        "vision.mtcnn.max_candidates",
+        vs.mtcnn.max_candidates,
+        1,
+        100_000,
+    );
+    c.range(
+        "vision.track.min_similarity",
+        vs.track.min_similarity,
+        0.0,
+        1.0,
+    );
+    c.range("vision.track.max_missed", vs.track.max_missed, 0, 1000);
+    c.range(
+        "vision.track.persist_frames",
+        vs.track.persist_frames,
+        1,
+        1000,
+    );
+    c.range(
+        "vision.track.switch_margin",
+        vs.track.switch_margin,
+        1.0,
+        10.0,
+    );
+    // Like the text encoder, the vision stage serves the model: without one it does not run.
+    let vision = if vs.enabled && model_path.is_some() {
+        let mut v = vs.clone();
+        v.mtcnn_dir = c.resolve(&vs.mtcnn_dir);
+        v.expression_file = c.resolve(&vs.expression_file);
+        for f in ["pnet", "rnet", "onet"] {
+            let p = v.mtcnn_dir.join(format!("{f}.safetensors"));
+            if !p.is_file() {
+                c.bad(
+                    "vision.mtcnn_dir",
+                    format!("'{}' does not exist", p.display()),
+                    "the converted MTCNN weights (make setup), or vision.enabled = false",
+                );
+                break;
+            }
+        }
+        if !v.expression_file.is_file() {
+            c.bad(
+                "vision.expression_file",
+                format!("'{}' does not exist", v.expression_file.display()),
+                "the converted expression network (make setup), or vision.enabled = false",
+            );
+        }
+        Some(v)
+    } else {
+        None
+    };
+
     // [pipelines] and [[streams]]
     let pipelines_dir = c.resolve(&raw.pipelines.dir);
     if !raw.streams.is_empty() && !pipelines_dir.is_dir() {
@@ -1168,6 +1235,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         text_encoder_dir,
         pipelines_dir,
         control,
+        vision,
         raw,
     })
 }

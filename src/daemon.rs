@@ -52,6 +52,9 @@ pub enum DaemonError {
     /// The model or the text encoder could not be loaded.
     #[error("cannot load the model: {0}")]
     Model(#[from] crate::infer::engine::EngineError),
+    /// The vision networks could not be loaded.
+    #[error("cannot load the vision stage: {0}")]
+    Vision(#[from] crate::vision::VisionError),
     /// A thread could not be started.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
@@ -92,6 +95,25 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             Some(e)
         }
         None => None,
+    };
+    // The vision stage serves the events, so it runs only with a model; its networks are
+    // loaded once and shared by every stream.
+    let vision = match (&engine, &cfg.vision) {
+        (Some(_), Some(v)) => {
+            let device = model_device(&cfg.raw.model.device);
+            let settings = v.clone();
+            let models = tokio::task::spawn_blocking(move || {
+                crate::vision::stage::VisionModels::load(&settings, device)
+            })
+            .await
+            .expect("vision loading does not panic")?;
+            tracing::info!(device = ?device, min_face = v.mtcnn.min_face, detect_every = v.detect_every, "Loaded the vision stage");
+            Some(crate::ingest::VisionIngest {
+                models: Arc::new(models),
+                settings: v.clone(),
+            })
+        }
+        _ => None,
     };
     let info = VersionInfo::libraries();
     let metrics = Arc::new(Metrics::new(&info));
@@ -185,6 +207,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
                 history_frames: (cfg.raw.inference.audio_history.0.as_secs_f64() * 100.0) as usize,
                 ..Default::default()
             }),
+            vision,
         },
         events.clone(),
         tap.clone(),

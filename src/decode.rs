@@ -145,8 +145,8 @@ pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, Decode
     // A still image is one buffer with no framerate: imagefreeze would loop it; it is taken
     // as it comes (one frame).
     let desc = format!(
-        "filesrc name=src ! decodebin ! videoconvert ! {scale}{rate}video/x-raw,format=RGB{size} ! \
-         appsink name=sink sync=false max-buffers=8"
+        "filesrc name=src ! decodebin ! videoconvert ! {scale}video/x-raw,format=RGB{size} ! \
+         {rate}appsink name=sink sync=false max-buffers=8"
     );
     let pipeline = gst::parse::launch(&desc)
         .map_err(|e| fail(e.to_string()))?

@@ -67,6 +67,51 @@ pub struct EmotionEvent {
     /// Transcript text, only where `publish_text` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The speaker's facial expression over the span (the expression network's own estimate,
+    /// separate from the model's), on streams whose video the vision stage watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face: Option<FaceEvent>,
+}
+
+/// The facial expression of an utterance's span (FER2013's 7 classes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaceEvent {
+    /// Whether the main face was seen in any frame of the span.
+    pub present: bool,
+    /// Share of the span's frames that showed it.
+    pub fraction: f32,
+    /// Frames of the span processed.
+    pub frames: u32,
+    /// Most probable expression (absent without a face).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Its mean probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
+    /// Mean probability of each expression (empty without a face).
+    pub probs: BTreeMap<String, f32>,
+}
+
+impl From<&crate::vision::stage::VisualVector> for FaceEvent {
+    fn from(v: &crate::vision::stage::VisualVector) -> Self {
+        let top = v.top();
+        FaceEvent {
+            present: v.present,
+            fraction: v.face_fraction,
+            frames: v.frames,
+            label: top.map(|(l, _)| l.to_string()),
+            confidence: top.map(|(_, p)| p),
+            probs: if v.present {
+                crate::vision::expression::CLASSES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .zip(v.probs)
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+        }
+    }
 }
 
 /// Lifecycle kinds.
@@ -254,6 +299,7 @@ mod tests {
             emitted_at: now_rfc3339(),
             provisional: false,
             text: None,
+            face: None,
         };
         let m = e.to_message();
         assert_eq!(m[0], b"emotion.call-42");
@@ -282,5 +328,37 @@ mod tests {
             "text must not ride unless publish_text"
         );
         assert!(v.get("provisional").is_none());
+        assert!(
+            v.get("face").is_none(),
+            "no face field without a vision stage"
+        );
+    }
+
+    #[test]
+    fn the_face_field_says_what_was_seen_and_nothing_more() {
+        use crate::vision::stage::VisualVector;
+        let seen = VisualVector {
+            present: true,
+            face_fraction: 0.75,
+            frames: 8,
+            probs: [0.1, 0.0, 0.0, 0.7, 0.1, 0.0, 0.1],
+            embedding: vec![0.0; 128],
+        };
+        let f = serde_json::to_value(FaceEvent::from(&seen)).unwrap();
+        assert_eq!(f["present"], true);
+        assert_eq!(f["label"], "happy");
+        assert_eq!(f["frames"], 8);
+        assert_eq!(f["probs"].as_object().unwrap().len(), 7);
+        let none = VisualVector {
+            present: false,
+            face_fraction: 0.0,
+            frames: 8,
+            probs: [0.0; 7],
+            embedding: vec![0.0; 128],
+        };
+        let f = serde_json::to_value(FaceEvent::from(&none)).unwrap();
+        assert_eq!(f["present"], false);
+        assert!(f.get("label").is_none() && f.get("confidence").is_none());
+        assert!(f["probs"].as_object().unwrap().is_empty());
     }
 }

@@ -244,6 +244,31 @@ enum Features {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// What the vision stage sees in a video (or a still image): per frame the faces (box,
+    /// confidence, landmarks, track), the main face and its expression; then the vector pooled
+    /// over the whole file. Same stages and defaults as the daemon.
+    Video {
+        /// One JSON document (frames, pooled vector) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Frames per second looked at (the daemon's ingest.video_fps).
+        #[arg(long, default_value_t = 5)]
+        fps: u32,
+        /// Frames are scaled down to fit WxH (the daemon's ingest.video_max_width/height).
+        #[arg(long, default_value = "640x480")]
+        max_size: String,
+        /// Full detection every k-th frame (vision.detect_every); 1: every frame.
+        #[arg(long, default_value_t = 5)]
+        detect_every: u32,
+        /// Smallest face looked for, pixels (vision.mtcnn.min_face).
+        #[arg(long, default_value_t = 40.0)]
+        min_face: f32,
+        /// At most this many frames.
+        #[arg(long, default_value_t = 100_000)]
+        max_frames: usize,
+        /// The video or image.
+        file: PathBuf,
+    },
     /// Sentence embeddings of TEXTs (or of each line of stdin): one JSON object a line.
     Text {
         /// Encoder directory (config.json, tokenizer.json, model.safetensors).
@@ -339,6 +364,26 @@ fn main() -> ExitCode {
         Command::Features {
             what: Features::Audio { json, lld, files },
         } => report(features_audio(&files, json, lld)),
+        Command::Features {
+            what:
+                Features::Video {
+                    json,
+                    fps,
+                    max_size,
+                    detect_every,
+                    min_face,
+                    max_frames,
+                    file,
+                },
+        } => report(features_video(
+            &file,
+            json,
+            fps,
+            &max_size,
+            detect_every,
+            min_face,
+            max_frames,
+        )),
         Command::Dataset { what } => report(dataset(what)),
         Command::Train {
             recipe,
@@ -401,6 +446,107 @@ fn main() -> ExitCode {
             report(run(cfg))
         }
     }
+}
+
+fn features_video(
+    file: &Path,
+    json: bool,
+    fps: u32,
+    max_size: &str,
+    detect_every: u32,
+    min_face: f32,
+    max_frames: usize,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use summerd::vision::expression::CLASSES;
+    use summerd::vision::stage::{VisionModels, VisionSettings, VisionStage, VisualTimeline};
+    let (w, h) = max_size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .with_context(|| format!("--max-size {max_size}: expected WxH, e.g. 640x480"))?;
+    let mut settings = VisionSettings {
+        detect_every,
+        mtcnn_dir: summerd::vision::MTCNN_DIR.into(),
+        expression_file: summerd::vision::EXPRESSION_FILE.into(),
+        ..Default::default()
+    };
+    settings.mtcnn.min_face = min_face;
+    settings.check().map_err(anyhow::Error::msg)?;
+    let frames = summerd::decode::decode_video(
+        file,
+        summerd::decode::VideoRequest {
+            fps: Some(fps),
+            max_size: Some((w, h)),
+            max_frames,
+        },
+    )?;
+    let models = std::sync::Arc::new(VisionModels::load(&settings, tch::Device::Cpu)?);
+    let mut stage = VisionStage::new(models, settings.detect_every, settings.track.clone());
+    let mut timeline = VisualTimeline::new(f64::INFINITY);
+    let mut seen = Vec::with_capacity(frames.len());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !json {
+        writeln!(
+            out,
+            "{:>8}  {:>5}  {:>5}  expression of the main face",
+            "t", "faces", "main"
+        )?;
+    }
+    for f in &frames {
+        let r = stage.process(f.t, &f.image)?;
+        timeline.push(&r);
+        if !json {
+            let expr = r.expression.as_ref().map_or(String::from("-"), |e| {
+                let (i, p) = e
+                    .probs
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap_or((0, &0.0));
+                format!("{} {:.2}", CLASSES[i], p)
+            });
+            let main = r.main.map_or("-".into(), |m| m.to_string());
+            writeln!(
+                out,
+                "{:>8.2}  {:>5}  {:>5}  {expr}",
+                r.t,
+                r.faces.len(),
+                main
+            )?;
+        }
+        seen.push(r);
+    }
+    let (t0, t1) = (
+        frames.first().map_or(0.0, |f| f.t),
+        frames.last().map_or(0.0, |f| f.t),
+    );
+    let pooled = timeline.pool(t0, t1);
+    let (fw, fh) = frames
+        .first()
+        .map_or((0, 0), |f| (f.image.width, f.image.height));
+    if json {
+        let doc = serde_json::json!({
+            "file": file.display().to_string(),
+            "frame_size": [fw, fh],
+            "settings": {"fps": fps, "detect_every": detect_every, "min_face": min_face},
+            "classes": CLASSES,
+            "frames": seen,
+            "pooled": pooled,
+        });
+        serde_json::to_writer(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        let top = pooled
+            .top()
+            .map_or("no face".to_string(), |(l, p)| format!("{l} {p:.2}"));
+        writeln!(
+            out,
+            "{} frames of {fw}x{fh}: main face in {:.0}% of them; pooled expression: {top}",
+            pooled.frames,
+            100.0 * pooled.face_fraction
+        )?;
+    }
+    Ok(())
 }
 
 fn features_audio(files: &[PathBuf], json: bool, lld: bool) -> anyhow::Result<()> {
@@ -575,6 +721,18 @@ fn replay(
         device,
     )?;
     let limits = summerd::transcripts::Limits::from(&cfg.raw.transcripts);
+    let vision = match &cfg.vision {
+        Some(v) => Some(summerd::infer::replay::ReplayVision {
+            models: std::sync::Arc::new(summerd::vision::stage::VisionModels::load(v, device)?),
+            settings: v,
+            fps: cfg.raw.ingest.video_fps,
+            max_size: (
+                cfg.raw.ingest.video_max_width,
+                cfg.raw.ingest.video_max_height,
+            ),
+        }),
+        None => None,
+    };
     let (events, stats) = summerd::infer::replay::replay(
         &mut engine,
         media,
@@ -582,6 +740,7 @@ fn replay(
         &limits,
         cfg.raw.inference.max_batch,
         cfg.raw.events.publish_text,
+        vision,
     )?;
     let mut text = String::new();
     for e in &events {
@@ -598,12 +757,13 @@ fn replay(
         eprintln!("{}:{line}: rejected: {why}", transcript.display());
     }
     eprintln!(
-        "replayed {:.1} s of media, {} segment(s) -> {} event(s) with {} (audio {:.2} s, inference {:.2} s)",
+        "replayed {:.1} s of media, {} segment(s) -> {} event(s) with {} (audio {:.2} s, vision {:.2} s, inference {:.2} s)",
         stats.media_seconds,
         stats.lines,
         stats.events,
         engine.name(),
         stats.audio_seconds,
+        stats.vision_seconds,
         stats.inference_seconds
     );
     anyhow::ensure!(

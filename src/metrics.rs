@@ -55,6 +55,9 @@ pub struct Metrics {
     latency: Histogram,
     inference_seconds: Histogram,
     inference_queue: Gauge<i64, AtomicI64>,
+    vision_seconds: Histogram,
+    vision_faces: Counter,
+    vision_errors: Counter,
     // Handles into the families above, created once, so that counting on a hot path neither
     // allocates label sets nor takes the family's lock.
     by_reason: HashMap<&'static str, Counter>,
@@ -105,6 +108,9 @@ impl Metrics {
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             inference_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             inference_queue: Gauge::default(),
+            vision_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            vision_faces: Counter::default(),
+            vision_errors: Counter::default(),
             by_reason: HashMap::new(),
             by_socket: HashMap::new(),
             registry,
@@ -195,6 +201,21 @@ impl Metrics {
             "inference_queue",
             "Utterances ready and waiting for the model worker",
             m.inference_queue.clone(),
+        );
+        r.register(
+            "vision_frame_seconds",
+            "Wall time of the vision stage per frame: detection or refinement, tracking, expression",
+            m.vision_seconds.clone(),
+        );
+        r.register(
+            "vision_faces",
+            "Faces found in processed frames",
+            m.vision_faces.clone(),
+        );
+        r.register(
+            "vision_errors",
+            "Frames the vision stage could not process (dropped, the stream goes on)",
+            m.vision_errors.clone(),
         );
         for reason in Reject::REASONS {
             let c = m
@@ -315,6 +336,9 @@ impl Metrics {
         let up = self.stream_up.get_or_create(&l).clone();
         let restarts = self.restarts.get_or_create(&l).clone();
         StreamMetrics {
+            vision_seconds: self.vision_seconds.clone(),
+            vision_faces: self.vision_faces.clone(),
+            vision_errors: self.vision_errors.clone(),
             audio_seconds,
             video_frames,
             dropped_audio,
@@ -354,6 +378,9 @@ impl Metrics {
 /// One stream's metric handles (lock-free to update from streaming threads).
 #[derive(Clone)]
 pub struct StreamMetrics {
+    vision_seconds: Histogram,
+    vision_faces: Counter,
+    vision_errors: Counter,
     audio_seconds: Counter<f64, AtomicU64>,
     video_frames: Counter,
     dropped_audio: Counter,
@@ -370,6 +397,15 @@ impl StreamMetrics {
     /// Count a video frame handed on.
     pub fn video_frame(&self) {
         self.video_frames.inc();
+    }
+    /// A frame through the vision stage: its wall time and the faces found.
+    pub fn vision_frame(&self, seconds: f64, faces: usize) {
+        self.vision_seconds.observe(seconds);
+        self.vision_faces.inc_by(faces as u64);
+    }
+    /// Count a frame the vision stage failed on.
+    pub fn vision_error(&self) {
+        self.vision_errors.inc();
     }
     /// Count a dropped audio chunk.
     pub fn dropped_audio(&self) {

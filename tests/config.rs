@@ -113,13 +113,26 @@ fn default_config_mentions_every_key() {
             text.contains(&format!("[{section}]")),
             "section [{section}] missing"
         );
-        for key in table.keys() {
-            let shown = text.lines().any(|l| {
-                let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{key} ="))
-            });
-            if !shown {
-                missing.push(format!("{section}.{key}"));
+        for (key, v) in table {
+            // A nested table is shown as its own [section.key] with its keys.
+            let keys: Vec<String> = match v.as_table() {
+                Some(sub) => {
+                    if !text.contains(&format!("[{section}.{key}]")) {
+                        missing.push(format!("[{section}.{key}]"));
+                    }
+                    sub.keys().map(|k| format!("{key}.{k}")).collect()
+                }
+                None => vec![key.clone()],
+            };
+            for k in keys {
+                let last = k.rsplit('.').next().unwrap_or(&k);
+                let shown = text.lines().any(|l| {
+                    let l = l.trim_start_matches(['#', ' ']);
+                    l.starts_with(&format!("{last} ="))
+                });
+                if !shown {
+                    missing.push(format!("{section}.{k}"));
+                }
             }
         }
     }
@@ -166,9 +179,17 @@ path = "model"
 device = "cuda:0"
 [text_encoder]
 dir = "{encoder}"
+[vision]
+detect_every = 3
+mtcnn_dir = "{mtcnn}"
+expression_file = "{expr}"
+[vision.mtcnn]
+min_face = 60.0
 {STREAM}"#,
         dir = s.dir.path().display(),
-        encoder = repo().join(summerd::text::DEFAULT_DIR).display()
+        encoder = repo().join(summerd::text::DEFAULT_DIR).display(),
+        mtcnn = repo().join(summerd::vision::MTCNN_DIR).display(),
+        expr = repo().join(summerd::vision::EXPRESSION_FILE).display(),
     );
     let (code, out) = validate(&s.write("full.toml", &full));
     assert_eq!(code, 0, "{out}");
@@ -176,6 +197,25 @@ dir = "{encoder}"
 
 /// Each bad config, and fragments its message must contain (the key and what is wrong).
 const BAD: &[(&str, &str, &[&str])] = &[
+    (
+        "vision key misspelt in a nested table",
+        "[vision.mtcnn]\nmin_fase = 40.0\n",
+        &["min_fase", "unknown field", "min_face"],
+    ),
+    (
+        "vision values out of range",
+        "[vision]\ndetect_every = 0\n[vision.mtcnn]\nmin_face = 4.0\n",
+        &["vision.detect_every", "vision.mtcnn.min_face"],
+    ),
+    (
+        "vision weights missing",
+        "[model]\npath = \"model\"\n[vision]\nmtcnn_dir = \"/nonexistent/mtcnn\"\n",
+        &[
+            "vision.mtcnn_dir",
+            "/nonexistent/mtcnn/pnet.safetensors",
+            "vision.enabled = false",
+        ],
+    ),
     (
         "unknown key",
         "[daemon]\nlog_levle = \"info\"\n",

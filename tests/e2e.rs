@@ -48,10 +48,20 @@ fn config(events_port: Option<u16>) -> String {
         .unwrap_or_default();
     format!(
         "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
-         [pipelines]\ndir = \"{}\"\n[events]\n{endpoint}publish_text = true\n",
+         [pipelines]\ndir = \"{}\"\n[events]\n{endpoint}publish_text = true\n{}",
         r.join("models/summer-default").display(),
         r.join("models/third_party/all-minilm-l6-v2").display(),
         r.join("pipelines").display(),
+        vision()
+    )
+}
+
+/// The `[vision]` table naming the repository's converted weights.
+fn vision() -> String {
+    format!(
+        "[vision]\nmtcnn_dir = \"{}\"\nexpression_file = \"{}\"\n",
+        repo().join(summerd::vision::MTCNN_DIR).display(),
+        repo().join(summerd::vision::EXPRESSION_FILE).display()
     )
 }
 
@@ -156,6 +166,8 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
         let latency = e["latency_ms"].as_f64().unwrap();
         assert!(latency > 0.0 && latency < 5_000.0, "{e}");
         assert_eq!(e["modalities"]["audio"], true, "{e}");
+        // The face, live: frames processed while the line was spoken.
+        assert_eq!(e["face"]["present"], true, "{e}");
         let p: f64 = e["probs"]
             .as_object()
             .unwrap()
@@ -164,10 +176,12 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
             .sum();
         assert!((p - 1.0).abs() < 1e-3, "{e}");
         eprintln!(
-            "line {k} ({}): {} {:.2}, latency {latency:.1} ms, heard {:?}",
+            "line {k} ({}): {} {:.2}, face {} {:.2}, latency {latency:.1} ms, heard {:?}",
             l["emotion"],
             e["label"],
             e["confidence"].as_f64().unwrap(),
+            e["face"]["label"],
+            e["face"]["fraction"],
             e["text"]
         );
     }
@@ -277,8 +291,24 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
             "{e}"
         );
         assert!(e["text"].is_string(), "publish_text is on: {e}");
+        // The vision stage watched the streams with video (the astronaut's face, smiling)
+        // and says nothing of the audio-only one. (sync = false: the file plays much faster
+        // than real time, the video queue keeps only the newest frames, so a span may have
+        // no processed frame: then it says so. The real-time test checks every line.)
+        if e["stream"] == "c" {
+            assert!(e.get("face").is_none(), "{e}");
+        } else {
+            let f = &e["face"];
+            let frames = f["frames"].as_u64().unwrap();
+            assert_eq!(f["present"], frames > 0, "{e}");
+            if frames > 0 {
+                assert!(f["fraction"].as_f64().unwrap() > 0.9, "{e}");
+                assert_eq!(f["label"], "happy", "{e}");
+            }
+        }
     }
     let m = d.scrape();
+    assert!(metric(&m, "summerd_vision_faces_total").unwrap_or(0.0) > 0.0);
     assert_eq!(
         metric(&m, "summerd_utterances_total{outcome=\"excluded\"}"),
         Some(2.0)
@@ -305,6 +335,9 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
     for (r, l) in replayed.iter().zip(live) {
         assert_eq!(r["seq"], l["seq"]);
         assert_eq!(r["label"], l["label"], "replay {r}\nlive {l}");
+        // The replay pools every frame of the span (no real-time drops).
+        assert_eq!(r["face"]["present"], true, "{r}");
+        assert_eq!(r["face"]["label"], "happy", "{r}");
         for (k, v) in r["probs"].as_object().unwrap() {
             let (a, b) = (v.as_f64().unwrap(), l["probs"][k].as_f64().unwrap());
             assert!((a - b).abs() < 0.02, "{k}: replay {a} live {b}");
@@ -327,9 +360,10 @@ fn bad_transcripts_and_a_missing_model_get_clear_errors() {
     std::fs::write(
         &cfg,
         format!(
-            "[model]\npath = \"{}\"\n[text_encoder]\ndir = \"{}\"\n[metrics]\nenabled = false\n[control]\nenabled = false\n",
+            "[model]\npath = \"{}\"\n[text_encoder]\ndir = \"{}\"\n[metrics]\nenabled = false\n[control]\nenabled = false\n{}",
             m.display(),
-            repo().join("models/third_party/all-minilm-l6-v2").display()
+            repo().join("models/third_party/all-minilm-l6-v2").display(),
+            vision()
         ),
     )
     .unwrap();

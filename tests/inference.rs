@@ -78,6 +78,7 @@ fn conversation(n: usize) -> Vec<Utterance> {
                 embedding: Some(Vec::<f32>::try_from(&e).unwrap()),
                 // Every fourth utterance without audio.
                 audio: (i % 4 != 3).then(|| Vec::<f32>::try_from(&a).unwrap()),
+                face: None,
                 provisional: false,
                 publish_text: false,
                 arrival: Instant::now(),

@@ -56,6 +56,8 @@ pub struct Utterance {
     pub embedding: Option<Vec<f32>>,
     /// The span's raw 88 eGeMAPS functionals, if the audio covered it.
     pub audio: Option<Vec<f32>>,
+    /// The span's pooled face expression, on streams the vision stage watches.
+    pub face: Option<crate::vision::stage::VisualVector>,
     /// From a partial segment.
     pub provisional: bool,
     /// Put the text into the event.
@@ -200,6 +202,7 @@ impl Engine {
             text: "warming up".into(),
             embedding: None,
             audio: Some(vec![0.0; 88]),
+            face: None,
             provisional: false,
             publish_text: false,
             arrival: Instant::now(),
@@ -324,6 +327,7 @@ impl Engine {
                     emitted_at: now_rfc3339(),
                     provisional: u.provisional,
                     text: u.publish_text.then(|| u.text.clone()),
+                    face: u.face.as_ref().map(Into::into),
                 }
             })
             .collect())

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::bus::{Heartbeat, PublisherHandle};
 use crate::config::InferenceConfig;
 use crate::ingest::Ingest;
-use crate::ingest::features::AudioFeatures;
+use crate::ingest::features::{AudioFeatures, VisualFeatures};
 use crate::metrics::Metrics;
 use crate::transcripts::{Clock, StreamSet, Transcript};
 use assembler::{Assembler, Offer, Ready};
@@ -37,8 +37,13 @@ use engine::{Engine, Utterance};
 
 /// What the model worker receives.
 pub enum WorkerMsg {
-    /// Score an utterance (its audio span is read from `audio` first).
-    Job(Utterance, Option<Arc<AudioFeatures>>),
+    /// Score an utterance (its audio span is read from `audio` first, its face pooled from
+    /// `visual`).
+    Job(
+        Box<Utterance>,
+        Option<Arc<AudioFeatures>>,
+        Option<Arc<VisualFeatures>>,
+    ),
     /// A stream was detached: free its conversation.
     Forget(String),
 }
@@ -93,14 +98,20 @@ pub fn spawn_worker(
 /// not yet run).
 fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg) {
     match msg {
-        WorkerMsg::Job(mut u, audio) => {
+        WorkerMsg::Job(mut u, audio, visual) => {
             if let Some(f) = audio {
                 u.audio = f
                     .functionals(u.start, u.end)
                     .ok()
                     .map(|f| f.values.to_vec());
             }
-            jobs.push(u);
+            // The frames processed so far: the face never holds an event back (at 5 frames
+            // a second, the span's last frame may still be in the vision stage).
+            // A stream that never showed a frame (audio only) gets no face field at all.
+            u.face = visual
+                .filter(|v| v.covered_until().is_some())
+                .map(|v| v.pool(u.start, u.end));
+            jobs.push(*u);
         }
         WorkerMsg::Forget(stream) => {
             jobs.retain(|u| u.stream != stream);
@@ -274,7 +285,7 @@ fn job(r: Ready, ctx: &ConsumerCtx) -> Option<WorkerMsg> {
     }
     let t = r.segment;
     Some(WorkerMsg::Job(
-        Utterance {
+        Box::new(Utterance {
             publish_text: view.spec.publish_text.unwrap_or(ctx.publish_text),
             stream: t.stream,
             seq: t.seq,
@@ -284,9 +295,11 @@ fn job(r: Ready, ctx: &ConsumerCtx) -> Option<WorkerMsg> {
             text: t.text,
             embedding: t.embedding,
             audio: None,
+            face: None,
             provisional: r.provisional,
             arrival: r.arrival,
-        },
+        }),
         view.features,
+        view.visual,
     ))
 }

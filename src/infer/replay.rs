@@ -3,7 +3,10 @@
 //! a stream's [`AudioFeatures`] in 20 ms pieces, as the ingest's audio thread does; every
 //! line of the transcript file is validated as a transcript message, offered to the
 //! [`Assembler`] and released once the descriptors cover it; the [`Engine`] scores them in
-//! batches. Only the clock differs: nothing waits for real time.
+//! batches. With the vision stage on, the video is decoded at `ingest.video_fps` and scaled as
+//! the ingest scales it, and every frame goes through the same [`VisionStage`]. Only the clock
+//! differs: nothing waits for real time (so the face of a span is pooled over all its frames,
+//! where the live daemon pools the frames processed by the time the utterance is scored).
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,6 +18,7 @@ use super::engine::{Engine, EngineError, Utterance};
 use crate::events::EmotionEvent;
 use crate::ingest::features::AudioFeatures;
 use crate::transcripts::{Limits, validate};
+use crate::vision::stage::{VisionModels, VisionSettings, VisionStage, VisualTimeline};
 
 /// Errors replaying.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,9 @@ pub enum ReplayError {
     /// Inference failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The vision stage failed.
+    #[error(transparent)]
+    Vision(#[from] crate::vision::VisionError),
 }
 
 /// What a replay did.
@@ -45,6 +52,49 @@ pub struct ReplayStats {
     pub audio_seconds: f64,
     /// Seconds scoring.
     pub inference_seconds: f64,
+    /// Seconds decoding the video and running the vision stage (0 without).
+    pub vision_seconds: f64,
+}
+
+/// The vision stage for a replay, as the daemon would run it on the stream.
+pub struct ReplayVision<'a> {
+    /// The networks.
+    pub models: std::sync::Arc<VisionModels>,
+    /// Detection cadence, tracking, history.
+    pub settings: &'a VisionSettings,
+    /// Frames per second looked at (`ingest.video_fps`).
+    pub fps: u32,
+    /// Frames are scaled to fit this (`ingest.video_max_width` x `video_max_height`).
+    pub max_size: (u32, u32),
+}
+
+/// The media's video through the vision stage: the timeline to pool from, or None when the
+/// media has no video.
+fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<VisualTimeline>, ReplayError> {
+    let frames = match crate::decode::decode_video(
+        media,
+        crate::decode::VideoRequest {
+            fps: Some(v.fps),
+            max_size: Some(v.max_size),
+            max_frames: usize::MAX,
+        },
+    ) {
+        Ok(f) => f,
+        Err(crate::decode::DecodeError::Gst { message, .. }) if message == "no video stream" => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut stage = VisionStage::new(
+        v.models.clone(),
+        v.settings.detect_every,
+        v.settings.track.clone(),
+    );
+    let mut timeline = VisualTimeline::new(f64::INFINITY);
+    for f in &frames {
+        timeline.push(&stage.process(f.t, &f.image)?);
+    }
+    Ok(Some(timeline))
 }
 
 /// Replay `media` with the transcript lines `jsonl`; events in transcript order.
@@ -55,7 +105,14 @@ pub fn replay(
     limits: &Limits,
     max_batch: usize,
     publish_text: bool,
+    vision: Option<ReplayVision<'_>>,
 ) -> Result<(Vec<EmotionEvent>, ReplayStats), ReplayError> {
+    let tv = Instant::now();
+    let faces = match &vision {
+        Some(v) => watch(media, v)?,
+        None => None,
+    };
+    let vision_seconds = tv.elapsed().as_secs_f64();
     let t0 = Instant::now();
     let audio = crate::decode::decode_audio(media)?;
     let features = AudioFeatures::new(crate::acoustic::Settings {
@@ -117,6 +174,7 @@ pub fn replay(
                         .functionals(s.start, s.end)
                         .ok()
                         .map(|f| f.values.to_vec()),
+                    face: faces.as_ref().map(|tl| tl.pool(s.start, s.end)),
                     provisional: false,
                     publish_text,
                     arrival: r.arrival,
@@ -135,6 +193,7 @@ pub fn replay(
         events: events.len(),
         audio_seconds,
         inference_seconds: t1.elapsed().as_secs_f64(),
+        vision_seconds,
     };
     Ok((events, stats))
 }

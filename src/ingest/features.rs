@@ -99,6 +99,36 @@ impl AudioFeatures {
 /// Shortest decided part of a span worth describing, seconds.
 pub const MIN_SPAN: f64 = 0.25;
 
+/// A stream's per-frame face results on its media timeline, shared between the stream's video
+/// thread (which runs the vision stage) and the model worker (which pools an utterance's span).
+pub struct VisualFeatures {
+    inner: Mutex<crate::vision::stage::VisualTimeline>,
+}
+
+impl VisualFeatures {
+    /// Keep `history_s` seconds of frames.
+    pub fn new(history_s: f64) -> Self {
+        VisualFeatures {
+            inner: Mutex::new(crate::vision::stage::VisualTimeline::new(history_s)),
+        }
+    }
+
+    /// Record a processed frame.
+    pub fn push(&self, f: &crate::vision::stage::FrameFaces) {
+        self.inner.lock().expect("visual lock").push(f);
+    }
+
+    /// Media time of the latest processed frame.
+    pub fn covered_until(&self) -> Option<f64> {
+        self.inner.lock().expect("visual lock").covered_until()
+    }
+
+    /// The pooled visual vector of `[t0, t1]`, over the frames processed so far.
+    pub fn pool(&self, t0: f64, t1: f64) -> crate::vision::stage::VisualVector {
+        self.inner.lock().expect("visual lock").pool(t0, t1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

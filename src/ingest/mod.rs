@@ -42,7 +42,7 @@ use crate::events::{Lifecycle, LifecycleEvent, tap_message};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::resample::{TARGET_RATE, To16k, to_i16};
 use crate::transcripts::StreamSet;
-use features::AudioFeatures;
+use features::{AudioFeatures, VisualFeatures};
 use template::{Template, TemplateError};
 use timeline::Timeline;
 
@@ -71,6 +71,25 @@ pub struct IngestSettings {
     pub tap_chunk_ms: Option<u32>,
     /// Acoustic descriptors per stream (for the model); None: not computed.
     pub acoustic: Option<crate::acoustic::Settings>,
+    /// The vision stage per stream with video; None: frames are only counted.
+    pub vision: Option<VisionIngest>,
+}
+
+/// The vision stage as every stream runs it: shared networks, per-stream settings.
+#[derive(Clone)]
+pub struct VisionIngest {
+    /// The networks (one copy for all streams).
+    pub models: Arc<crate::vision::stage::VisionModels>,
+    /// Its settings.
+    pub settings: crate::vision::stage::VisionSettings,
+}
+
+impl std::fmt::Debug for VisionIngest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VisionIngest")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What to attach: a `[[streams]]` table of the config, or an attach request.
@@ -165,6 +184,7 @@ struct Shared {
     metrics: StreamMetrics,
     events: PublisherHandle,
     features: Option<Arc<AudioFeatures>>,
+    visual: Option<Arc<VisualFeatures>>,
 }
 
 impl Shared {
@@ -205,6 +225,8 @@ pub struct StreamView {
     pub spec: StreamSpec,
     /// Its acoustic descriptors, when computed.
     pub features: Option<Arc<AudioFeatures>>,
+    /// What its vision stage saw, when it runs.
+    pub visual: Option<Arc<VisualFeatures>>,
     /// End of its media timeline so far, seconds.
     pub media_end: f64,
 }
@@ -368,6 +390,11 @@ impl Ingest {
                 .settings
                 .acoustic
                 .map(|a| Arc::new(AudioFeatures::new(a))),
+            visual: self
+                .settings
+                .vision
+                .as_ref()
+                .map(|v| Arc::new(VisualFeatures::new(v.settings.history_s))),
         });
         let cancel = CancellationToken::new();
         let sup = Supervisor {
@@ -427,6 +454,7 @@ impl Ingest {
         Some(StreamView {
             spec: a.spec.clone(),
             features: a.shared.features.clone(),
+            visual: a.shared.visual.clone(),
             media_end: a.shared.timeline.lock().expect("timeline lock").end(),
         })
     }
@@ -523,9 +551,10 @@ impl Supervisor {
         let video_thread = {
             let shared = self.shared.clone();
             let q = video.clone();
+            let vision = self.settings.vision.clone();
             std::thread::Builder::new()
                 .name(format!("video-{}", self.shared.id))
-                .spawn(move || video_loop(q, shared))
+                .spawn(move || video_loop(q, shared, vision))
         };
 
         let mut backoff = self.settings.backoff_initial;
@@ -916,13 +945,43 @@ fn publish_tap(
     t16
 }
 
-fn video_loop(q: Arc<DropOldest<VideoFrame>>, shared: Arc<Shared>) {
-    // The vision stage (faces, expression) plugs in here.
+fn video_loop(q: Arc<DropOldest<VideoFrame>>, shared: Arc<Shared>, vision: Option<VisionIngest>) {
+    let mut stage = vision.as_ref().map(|v| {
+        crate::vision::stage::VisionStage::new(
+            v.models.clone(),
+            v.settings.detect_every,
+            v.settings.track.clone(),
+        )
+    });
+    let mut failures = 0u64;
     loop {
-        match q.pop(Duration::from_millis(200)) {
-            Pop::Item(_frame) => shared.metrics.video_frame(),
-            Pop::Empty => {}
+        let frame = match q.pop(Duration::from_millis(200)) {
+            Pop::Item(f) => f,
+            Pop::Empty => continue,
             Pop::Closed => return,
+        };
+        shared.metrics.video_frame();
+        let (Some(stage), Some(visual)) = (stage.as_mut(), shared.visual.as_ref()) else {
+            continue;
+        };
+        let t0 = Instant::now();
+        let result = crate::vision::RgbImage::new(frame.width, frame.height, frame.rgb)
+            .and_then(|img| stage.process(frame.t, &img));
+        match result {
+            Ok(f) => {
+                shared
+                    .metrics
+                    .vision_frame(t0.elapsed().as_secs_f64(), f.faces.len());
+                visual.push(&f);
+            }
+            Err(e) => {
+                // A bad frame loses that frame only; the log is rate-limited.
+                failures += 1;
+                shared.metrics.vision_error();
+                if failures.is_power_of_two() {
+                    tracing::warn!(stream = %shared.id, error = %e, failures, "Vision stage failed on a frame");
+                }
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ pub struct VisionSettings {
     pub enabled: bool,
     /// Full detection every k-th frame; O-Net refinement of tracked faces in between.
     pub detect_every: u32,
-    /// Directory of the converted MTCNN weights.
+    /// Directory of the converted MTCNN weights (default: the set-up's, from `config/`).
     pub mtcnn_dir: std::path::PathBuf,
     /// The converted expression network.
     pub expression_file: std::path::PathBuf,
@@ -48,8 +48,9 @@ impl Default for VisionSettings {
         VisionSettings {
             enabled: true,
             detect_every: 5,
-            mtcnn_dir: MTCNN_DIR.into(),
-            expression_file: EXPRESSION_FILE.into(),
+            // Relative to the config file's directory, as every path of the config.
+            mtcnn_dir: Path::new("..").join(MTCNN_DIR),
+            expression_file: Path::new("..").join(EXPRESSION_FILE),
             mtcnn: MtcnnSettings {
                 min_face: 40.0,
                 ..Default::default()
@@ -262,7 +263,6 @@ pub struct VisualVector {
     /// Mean class probabilities of those frames ([`CLASSES`] order; zeros when absent).
     pub probs: [f32; 7],
     /// Mean embedding (128; zeros when absent).
-    #[serde(skip_serializing)]
     pub embedding: Vec<f32>,
 }
 

@@ -76,11 +76,14 @@ fn main() {
             format!(
                 "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
                  [pipelines]\ndir = \"{}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
-                 sndhwm = 100000\n[inference]\nthreads = {threads}\n",
+                 sndhwm = 100000\n[inference]\nthreads = {threads}\n\
+                 [vision]\nmtcnn_dir = \"{}\"\nexpression_file = \"{}\"\n",
                 r.join("models/summer-default").display(),
                 r.join("models/third_party/all-minilm-l6-v2").display(),
                 r.join("pipelines").display(),
-                p.1
+                p.1,
+                r.join(summerd::vision::MTCNN_DIR).display(),
+                r.join(summerd::vision::EXPRESSION_FILE).display(),
             )
         },
         &[],
