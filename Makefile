@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e ablate
+.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision ablate
 
 # The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
 # default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
@@ -52,6 +52,13 @@ default-model:
 # and written to target/bench/e2e.json (~2 minutes).
 bench-e2e:
 	bash tests/setup.sh cargo bench --locked --bench e2e
+
+# The vision stage: MTCNN parity against facenet-pytorch and the expression net against a
+# numpy forward pass (tests/vision.rs), then throughput vs the Python reference (1 and 2
+# threads), the budget per stream at the defaults and the cost of the detection scheme:
+# target/bench/vision.json.
+bench-vision:
+	bash tests/setup.sh sh -c 'cargo test --release --locked --test vision -- --nocapture --test-threads 1 && cargo bench --locked --bench vision'
 
 # The routing and alpha ablations on MELD text (teacher), 3 seeds each:
 # target/bench/ablation-{routing,alpha}/ablation.md.

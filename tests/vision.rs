@@ -296,3 +296,19 @@ fn the_stage_tracks_the_astronaut_and_pools_her_expression() {
     // She smiles in the portrait.
     assert_eq!(label, "happy");
 }
+
+#[test]
+fn refining_the_faces_of_a_frame_in_the_same_frame_finds_them_all() {
+    let Some(multi) = media("multiface.jpg") else {
+        return;
+    };
+    let frame = all_frames(&multi, 1).remove(0).image;
+    let det = mtcnn();
+    let faces = det.detect(&[&frame]).unwrap().remove(0);
+    let boxes: Vec<[f32; 4]> = faces.iter().map(|f| f.bbox).collect();
+    let again = det.refine(&frame, &boxes);
+    for (f, g) in faces.iter().zip(&again) {
+        let g = g.as_ref().unwrap_or_else(|| panic!("lost {f:?}"));
+        assert!(iou(&f.bbox, &g.bbox) > 0.7, "{f:?} -> {g:?}");
+    }
+}

@@ -8,7 +8,7 @@
 //! - [`expression`]: fer's mini-Xception (64x64 grey, the 7 FER2013 classes) on tch.
 //! - [`align`]: crops rotated so the eyes are level, at the expression network's input size.
 //! - [`track`]: faces linked across frames, stable track ids, the stream's main face.
-//! - [`stage`]: the per-stream pipeline (full detection every k-th frame, O-Net refinement of
+//! - [`stage`]: the per-stream pipeline (full detection every k-th frame, R-Net + O-Net refinement of
 //!   the tracked faces in between) and the per-utterance pooling of what it saw.
 
 pub mod align;

@@ -1,8 +1,9 @@
 //! The per-stream vision pipeline and the per-utterance visual vector.
 //!
 //! Every frame (at `ingest.video_fps`): on every `detect_every`-th frame, full MTCNN detection;
-//! on the frames between, only O-Net on the live tracks' boxes (a 48x48 crop each: refines the
-//! box and landmarks, drops a face that is gone). New faces therefore appear within
+//! on the frames between, only R-Net and O-Net on nine windows around each live track's box
+//! ([`Mtcnn::refine`]: finds the face again, refines box and landmarks, drops a face that is
+//! gone). New faces therefore appear within
 //! `detect_every` frames. Faces are linked into tracks ([`super::track`]); the main face's
 //! aligned crop goes through the expression network.
 //!
@@ -29,7 +30,7 @@ use super::{EXPRESSION_FILE, Face, FaceDetector, MTCNN_DIR, RgbImage, VisionErro
 pub struct VisionSettings {
     /// Run the vision stage on streams with video.
     pub enabled: bool,
-    /// Full detection every k-th frame; O-Net refinement of tracked faces in between.
+    /// Full detection every k-th frame; R-Net + O-Net refinement of tracked faces in between.
     pub detect_every: u32,
     /// Directory of the converted MTCNN weights (default: the set-up's, from `config/`).
     pub mtcnn_dir: std::path::PathBuf,
