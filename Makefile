@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision ablate
+.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision fuzz ablate
 
 # The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
 # default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
@@ -67,3 +67,15 @@ ablate:
 	  target/release/summerd ablate --recipe models/recipes/meld-ablate.toml --set $$set --seeds 3 \
 	    --train target/data/meld-train.safetensors --dev target/data/meld-dev.safetensors \
 	    --test target/data/meld-test.safetensors --out target/bench/ablation-$$set; done'
+
+# Coverage-guided fuzzing (cargo-fuzz + libFuzzer) of the transcript parser and the config
+# parser, FUZZ_SECONDS each (default 600). The corpora grow in fuzz/corpus/ (ignored); a crash
+# stops the run with its input in fuzz/artifacts/: fix it, then copy the input to
+# fuzz/regressions/<target>/ so that `make test` replays it for ever (tests/fuzz_regressions.rs).
+# cargo-fuzz drives rustc's unstable coverage flags; RUSTC_BOOTSTRAP lets this stable
+# toolchain accept them. No sanitizer: the parsers are safe Rust, a panic is the bug looked for.
+fuzz:
+	bash tests/setup.sh sh -c 'command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.1; \
+	  export LD_LIBRARY_PATH=$$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), \"lib\"))"); \
+	  cd fuzz && for t in transcript config; do mkdir -p corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $$t corpus/$$t seeds/$$t -- -max_total_time=$${FUZZ_SECONDS:-600} -timeout=10 || exit 1; done'

@@ -312,3 +312,46 @@ fn refining_the_faces_of_a_frame_in_the_same_frame_finds_them_all() {
         assert!(iou(&f.bbox, &g.bbox) > 0.7, "{f:?} -> {g:?}");
     }
 }
+
+#[test]
+fn fifty_faces_in_one_frame_are_all_found_in_bounded_time() {
+    let Some(multi) = media("multiface.jpg") else {
+        return;
+    };
+    // multiface.jpg (6 faces) tiled 3x3: 54 faces in one frame.
+    let tile = all_frames(&multi, 1).remove(0).image;
+    let (tw, th) = (tile.width as usize, tile.height as usize);
+    let (w, h) = (tw * 3, th * 3);
+    let mut data = vec![0u8; w * h * 3];
+    for ty in 0..3 {
+        for tx in 0..3 {
+            for y in 0..th {
+                let src = &tile.data[y * tw * 3..(y + 1) * tw * 3];
+                let at = ((ty * th + y) * w + tx * tw) * 3;
+                data[at..at + tw * 3].copy_from_slice(src);
+            }
+        }
+    }
+    let frame = RgbImage::new(w as u32, h as u32, data).unwrap();
+    let t = std::time::Instant::now();
+    let faces = mtcnn().detect(&[&frame]).unwrap().remove(0);
+    eprintln!(
+        "{} faces in a {w}x{h} frame in {:.2} s",
+        faces.len(),
+        t.elapsed().as_secs_f64()
+    );
+    // Every tile's 6 faces (a seam between tiles may add a spurious one).
+    for ty in 0..3 {
+        for tx in 0..3 {
+            let inside = faces
+                .iter()
+                .filter(|f| {
+                    let (cx, cy) = f.centre();
+                    (cx as usize / tw, cy as usize / th) == (tx, ty)
+                })
+                .count();
+            assert!(inside >= 6, "tile ({tx}, {ty}): {inside} faces");
+        }
+    }
+    assert!(faces.len() <= 60, "{}", faces.len());
+}

@@ -1,0 +1,7 @@
+//! Fuzz target: transcript messages (see `checks::transcript`).
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::transcript(data));
