@@ -69,7 +69,8 @@ ablate:
 	    --test target/data/meld-test.safetensors --out target/bench/ablation-$$set; done'
 
 # Coverage-guided fuzzing (cargo-fuzz + libFuzzer) of the transcript parser and the config
-# parser, FUZZ_SECONDS each (default 600). The corpora grow in fuzz/corpus/ (ignored); a crash
+# parser, FUZZ_SECONDS each (default 600), seeded from fuzz/seeds/ (and config/summerd.toml).
+# The corpora grow in fuzz/corpus/ (ignored); a crash
 # stops the run with its input in fuzz/artifacts/: fix it, then copy the input to
 # fuzz/regressions/<target>/ so that `make test` replays it for ever (tests/fuzz_regressions.rs).
 # cargo-fuzz drives rustc's unstable coverage flags; RUSTC_BOOTSTRAP lets this stable
@@ -78,4 +79,5 @@ fuzz:
 	bash tests/setup.sh sh -c 'command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.1; \
 	  export LD_LIBRARY_PATH=$$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), \"lib\"))"); \
 	  cd fuzz && for t in transcript config; do mkdir -p corpus/$$t && \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $$t corpus/$$t seeds/$$t -- -max_total_time=$${FUZZ_SECONDS:-600} -timeout=10 || exit 1; done'
+	  extra=$$([ $$t = config ] && echo ../config); \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $$t corpus/$$t seeds/$$t $$extra -- -max_total_time=$${FUZZ_SECONDS:-600} -timeout=10 || exit 1; done'

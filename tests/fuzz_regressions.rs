@@ -1,5 +1,6 @@
 //! Every input the fuzzers were seeded with or found a crash with (`fuzz/seeds/*`,
-//! `fuzz/regressions/*`) goes through the fuzzers' checks on every test run.
+//! `fuzz/regressions/*`, and config/summerd.toml for the config fuzzer) goes through the
+//! fuzzers' checks on every test run.
 
 #[path = "../fuzz/checks.rs"]
 mod checks;
@@ -37,7 +38,9 @@ fn transcript_inputs_pass_the_fuzzers_checks() {
 
 #[test]
 fn config_inputs_pass_the_fuzzers_checks() {
-    let all = inputs("config");
+    let mut all = inputs("config");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/summerd.toml");
+    all.push((shipped.display().to_string(), std::fs::read(&shipped).unwrap()));
     assert!(all.len() >= 2, "the seeds are there");
     for (name, data) in all {
         eprintln!("{name}");
