@@ -563,6 +563,17 @@ pub struct CurveKeys {
     pub authorized: Option<Vec<[u8; 32]>>,
 }
 
+/// A log filter (`info`, `summerd=debug,warn`, ...), or None if `s` is not one. Filters are
+/// ASCII; anything else is refused before tracing-subscriber sees it, because its directive
+/// parser panics on some multi-byte characters (found by fuzzing the config parser; the input
+/// is kept in fuzz/regressions/config/).
+pub fn log_filter(s: &str) -> Option<tracing_subscriber::EnvFilter> {
+    if !s.is_ascii() {
+        return None;
+    }
+    tracing_subscriber::EnvFilter::try_new(s).ok()
+}
+
 /// A validated configuration: paths resolved, endpoints parsed, keys loaded.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -781,7 +792,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     };
 
     // [daemon]
-    if tracing_subscriber::EnvFilter::try_new(&raw.daemon.log_level).is_err() {
+    if log_filter(&raw.daemon.log_level).is_none() {
         c.bad(
             "daemon.log_level",
             format!("'{}' is not a log filter", raw.daemon.log_level),

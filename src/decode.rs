@@ -36,8 +36,8 @@ pub struct Audio {
     pub samples: Vec<f32>,
 }
 
-/// Decode `path`'s first audio stream to mono f32 at its native rate.
-pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
+/// Play `desc` (a launch line with a `filesrc name=src` and an `appsink name=sink`) on `path`.
+fn play(path: &Path, desc: &str) -> Result<(gst::Pipeline, gst_app::AppSink), DecodeError> {
     let name = path.display().to_string();
     let fail = |message: String| DecodeError::Gst {
         path: name.clone(),
@@ -47,13 +47,10 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
         return Err(DecodeError::Missing { path: name });
     }
     gst::init().map_err(|e| fail(e.to_string()))?;
-    let pipeline = gst::parse::launch(
-        "filesrc name=src ! decodebin ! audioconvert ! \
-         audio/x-raw,format=F32LE,channels=1,layout=interleaved ! appsink name=sink sync=false",
-    )
-    .map_err(|e| fail(e.to_string()))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| fail("not a pipeline".into()))?;
+    let pipeline = gst::parse::launch(desc)
+        .map_err(|e| fail(e.to_string()))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| fail("not a pipeline".into()))?;
     let src = pipeline
         .by_name("src")
         .ok_or_else(|| fail("no filesrc".into()))?;
@@ -65,9 +62,61 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| fail(e.to_string()))?;
+    Ok((pipeline, sink))
+}
+
+/// The next sample; `Ok(None)` at the end; `Err` with GStreamer's message when the pipeline
+/// fails (a file no decoder takes posts an error and never ends, so the bus is watched too).
+fn next_sample(
+    pipeline: &gst::Pipeline,
+    sink: &gst_app::AppSink,
+) -> Result<Option<gst::Sample>, String> {
+    loop {
+        if let Some(s) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            return Ok(Some(s));
+        }
+        if sink.is_eos() {
+            return Ok(None);
+        }
+        if let Some(msg) = pipeline
+            .bus()
+            .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+            && let gst::MessageView::Error(e) = msg.view()
+        {
+            return Err(e.error().to_string());
+        }
+    }
+}
+
+/// Stop a pipeline; the first error it posted, if any.
+fn stop(pipeline: &gst::Pipeline) -> Option<String> {
+    let error = pipeline.bus().and_then(|bus| {
+        bus.iter().find_map(|msg| match msg.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+    });
+    let _ = pipeline.set_state(gst::State::Null);
+    error
+}
+
+/// Decode `path`'s first audio stream to mono f32 at its native rate.
+pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
+    let fail = |message: String| DecodeError::Gst {
+        path: path.display().to_string(),
+        message,
+    };
+    let (pipeline, sink) = play(
+        path,
+        "filesrc name=src ! decodebin ! audioconvert ! \
+         audio/x-raw,format=F32LE,channels=1,layout=interleaved ! appsink name=sink sync=false",
+    )?;
     let mut rate = 0u32;
     let mut samples = Vec::new();
-    while let Ok(sample) = sink.pull_sample() {
+    while let Some(sample) = next_sample(&pipeline, &sink).map_err(|e| {
+        let _ = pipeline.set_state(gst::State::Null);
+        fail(e)
+    })? {
         if let Some(r) = sample
             .caps()
             .and_then(|c| c.structure(0)?.get::<i32>("rate").ok())
@@ -84,14 +133,7 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
             );
         }
     }
-    let error = pipeline.bus().and_then(|bus| {
-        bus.iter().find_map(|msg| match msg.view() {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
-            _ => None,
-        })
-    });
-    let _ = pipeline.set_state(gst::State::Null);
-    if let Some(e) = error {
+    if let Some(e) = stop(&pipeline) {
         return Err(fail(e));
     }
     if rate == 0 {
@@ -122,15 +164,10 @@ pub struct VideoRequest {
 
 /// Decode `path`'s first video stream (or a still image) to packed RGB frames.
 pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, DecodeError> {
-    let name = path.display().to_string();
     let fail = |message: String| DecodeError::Gst {
-        path: name.clone(),
+        path: path.display().to_string(),
         message,
     };
-    if !path.is_file() {
-        return Err(DecodeError::Missing { path: name });
-    }
-    gst::init().map_err(|e| fail(e.to_string()))?;
     let rate = req
         .fps
         .map(|f| format!("videorate ! video/x-raw,framerate={f}/1 ! "))
@@ -148,26 +185,17 @@ pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, Decode
         "filesrc name=src ! decodebin ! videoconvert ! {scale}video/x-raw,format=RGB{size} ! \
          {rate}appsink name=sink sync=false max-buffers=8"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .map_err(|e| fail(e.to_string()))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| fail("not a pipeline".into()))?;
-    let src = pipeline
-        .by_name("src")
-        .ok_or_else(|| fail("no filesrc".into()))?;
-    src.set_property("location", path.to_string_lossy().as_ref());
-    let sink = pipeline
-        .by_name("sink")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or_else(|| fail("no appsink".into()))?;
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| fail(e.to_string()))?;
+    let (pipeline, sink) = play(path, &desc)?;
     let mut frames = Vec::new();
     let mut bad = None;
     while frames.len() < req.max_frames {
-        let Ok(sample) = sink.pull_sample() else {
-            break;
+        let sample = match next_sample(&pipeline, &sink) {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            Err(e) => {
+                bad = Some(e);
+                break;
+            }
         };
         let caps = sample
             .caps()
@@ -202,14 +230,7 @@ pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, Decode
             }
         }
     }
-    let error = pipeline.bus().and_then(|bus| {
-        bus.iter().find_map(|msg| match msg.view() {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
-            _ => None,
-        })
-    });
-    let _ = pipeline.set_state(gst::State::Null);
-    if let Some(e) = error.or(bad) {
+    if let Some(e) = stop(&pipeline).or(bad) {
         return Err(fail(e));
     }
     if frames.is_empty() {

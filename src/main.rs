@@ -295,8 +295,10 @@ fn main() -> ExitCode {
             | Command::Ablate { .. }
     ) {
         // Progress (one line per epoch) on stderr; RUST_LOG overrides.
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let filter = std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| config::log_filter(&v))
+            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -1040,8 +1042,12 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.raw.daemon.log_level));
+    // RUST_LOG overrides the config when it is a filter (checked like the config's value).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| config::log_filter(&v))
+        .or_else(|| config::log_filter(&cfg.raw.daemon.log_level))
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -40,7 +40,10 @@ fn transcript_inputs_pass_the_fuzzers_checks() {
 fn config_inputs_pass_the_fuzzers_checks() {
     let mut all = inputs("config");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/summerd.toml");
-    all.push((shipped.display().to_string(), std::fs::read(&shipped).unwrap()));
+    all.push((
+        shipped.display().to_string(),
+        std::fs::read(&shipped).unwrap(),
+    ));
     assert!(all.len() >= 2, "the seeds are there");
     for (name, data) in all {
         eprintln!("{name}");

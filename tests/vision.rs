@@ -251,6 +251,18 @@ fn bad_frames_get_errors_and_odd_frames_get_answers() {
     let got = det.detect(&refs).unwrap();
     assert!(got.iter().all(Vec::is_empty), "{got:?}");
     assert!(det.detect(&[]).unwrap().is_empty());
+    // A file no decoder takes is an error, not a hang.
+    let e = decode_video(
+        &root().join("Cargo.toml"),
+        VideoRequest {
+            fps: Some(5),
+            max_size: None,
+            max_frames: 10,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Cargo.toml"), "{e}");
     // A missing weights file is a clear error.
     let e = Mtcnn::load(
         Path::new("/nonexistent"),
