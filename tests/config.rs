@@ -332,6 +332,11 @@ const BAD: &[(&str, &str, &[&str])] = &[
         &["`daemon.log_level`"],
     ),
     (
+        "span filter in log level",
+        "[daemon]\nlog_level = \"[ingest{stream=a.*}]=debug\"\n",
+        &["`daemon.log_level`", "no span or field filters"],
+    ),
+    (
         "duplicate stream id",
         "[pipelines]\ndir = \"pipelines\"\n[[streams]]\nid = \"a\"\nuri = \"file:///a\"\ntemplate = \"file\"\n[[streams]]\nid = \"a\"\nuri = \"file:///b\"\ntemplate = \"file\"\n",
         &["`streams[1].id`", "duplicate"],
