@@ -58,6 +58,13 @@ pub fn emotion_line(e: &EmotionEvent) -> String {
         if e.provisional { " (provisional)" } else { "" },
         width = BAR,
     );
+    // The face's expression, where the stream has video: its own estimate, shown apart.
+    if let Some(f) = &e.face {
+        match (&f.label, f.confidence) {
+            (Some(l), Some(c)) => line.push_str(&format!("  face {l} {c:.2}")),
+            _ => line.push_str("  face -"),
+        }
+    }
     if let Some(t) = &e.text {
         line.push_str(&format!("  \"{t}\""));
     }
@@ -135,6 +142,19 @@ mod tests {
         }
         // The third class (joy) is not shown.
         assert!(!line.contains("joy"), "{line}");
+        assert!(!line.contains("face"), "no video, no face: {line}");
+        let with_face = String::from_utf8_lossy(json).replace(
+            r#""text":"hello""#,
+            r#""text":"hello","face":{"present":true,"fraction":1.0,"frames":9,"label":"happy","confidence":0.93,"probs":{"happy":0.93}}"#,
+        );
+        let line = render(b"emotion.call-42", with_face.as_bytes());
+        assert!(line.contains("face happy 0.93"), "{line}");
+        let no_face = String::from_utf8_lossy(json).replace(
+            r#""text":"hello""#,
+            r#""text":"hello","face":{"present":false,"fraction":0.0,"frames":3,"probs":{}}"#,
+        );
+        let line = render(b"emotion.call-42", no_face.as_bytes());
+        assert!(line.contains("face -"), "{line}");
     }
 
     #[test]
