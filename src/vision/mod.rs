@@ -91,6 +91,11 @@ pub enum VisionError {
     Torch(#[from] tch::TchError),
 }
 
+/// A tensor's values, flattened, on the CPU (empty if it is not f32).
+pub(crate) fn to_vec(t: &tch::Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).contiguous().view([-1])).unwrap_or_default()
+}
+
 /// Load a safetensors file into a name -> tensor map on `device`, in f32.
 pub(crate) fn load_tensors(
     path: &std::path::Path,

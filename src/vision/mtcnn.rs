@@ -23,7 +23,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{Face, FaceDetector, RgbImage, VisionError, load_tensors, take};
+use super::{Face, FaceDetector, RgbImage, VisionError, load_tensors, take, to_vec};
 
 /// Detector settings.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -712,10 +712,6 @@ impl Integral {
             }
         }
     }
-}
-
-fn to_vec(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
 }
 
 /// Box regression with +1 sizes (stages 2 and 3).

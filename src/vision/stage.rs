@@ -22,7 +22,7 @@ use super::align::{CropGeometry, crops, grey};
 use super::expression::{CLASSES, EMBED_DIM, Expression, INPUT};
 use super::mtcnn::{Mtcnn, MtcnnSettings};
 use super::track::{TrackSettings, Tracker};
-use super::{EXPRESSION_FILE, Face, FaceDetector, MTCNN_DIR, RgbImage, VisionError};
+use super::{EXPRESSION_FILE, Face, FaceDetector, MTCNN_DIR, RgbImage, VisionError, to_vec};
 
 /// The vision stage's settings (`[vision]` in the config).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -139,10 +139,6 @@ impl VisionModels {
 // reads of a tensor from several threads. So the streams' video threads share one copy of the
 // weights instead of each loading its own.
 unsafe impl Sync for VisionModels {}
-
-fn to_vec(t: &tch::Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).unwrap_or_default()
-}
 
 /// A face of a frame with its track.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
