@@ -352,13 +352,15 @@ impl Ingest {
 
     /// Check that a spec can be attached (id, template, URI scheme, placeholders) without
     /// attaching it.
-    pub fn check(&self, spec: &StreamSpec) -> Result<String, IngestError> {
+    /// Check a stream's spec: its id, template and URI. Returns the launch description and
+    /// whether the template declares its source live.
+    pub fn check(&self, spec: &StreamSpec) -> Result<(String, Option<bool>), IngestError> {
         if !crate::config::valid_stream_id(&spec.id) {
             return Err(IngestError::BadId(spec.id.clone()));
         }
         let t = Template::load(&self.settings.pipelines_dir, &spec.template)?;
         t.check_uri(&spec.uri)?;
-        Ok(t.render(&self.vars(spec))?)
+        Ok((t.render(&self.vars(spec))?, t.live))
     }
 
     fn vars(&self, spec: &StreamSpec) -> BTreeMap<String, String> {
@@ -368,7 +370,7 @@ impl Ingest {
 
     /// Attach a stream: it starts at once and keeps retrying until detached.
     pub fn attach(&self, spec: StreamSpec) -> Result<(), IngestError> {
-        let desc = self.check(&spec)?;
+        let (desc, live) = self.check(&spec)?;
         let mut streams = self.streams.lock().expect("streams lock");
         if streams.contains_key(&spec.id) {
             return Err(IngestError::Duplicate(spec.id));
@@ -399,6 +401,7 @@ impl Ingest {
         let cancel = CancellationToken::new();
         let sup = Supervisor {
             desc,
+            live,
             settings: self.settings.clone(),
             shared: shared.clone(),
             tap: self.tap.clone(),
@@ -519,6 +522,8 @@ pub fn template_vars(
 
 struct Supervisor {
     desc: String,
+    /// Declared by the template; None: inferred per connection.
+    live: Option<bool>,
     settings: IngestSettings,
     shared: Arc<Shared>,
     tap: Option<PublisherHandle>,
@@ -662,7 +667,7 @@ impl Supervisor {
         }
         self.shared.touch();
         let live = match pipeline.set_state(gst::State::Playing) {
-            Ok(s) => s == gst::StateChangeSuccess::NoPreroll,
+            Ok(s) => self.live.unwrap_or(s == gst::StateChangeSuccess::NoPreroll),
             Err(_) => {
                 let reason =
                     first_error(&pipeline).unwrap_or_else(|| "the pipeline would not start".into());
@@ -675,8 +680,11 @@ impl Supervisor {
         outcome
     }
 
-    fn watch(&self, pipeline: &gst::Element, live: bool) -> Outcome {
+    fn watch(&self, pipeline: &gst::Element, mut live: bool) -> Outcome {
         let bus = pipeline.bus().expect("a pipeline has a bus");
+        // An undeclared source that prerolled may still be live (a decodebin in front of a
+        // network source returns ASYNC): ask the pipeline once media flows.
+        let mut inferred = self.live.is_some() || live;
         let types = [
             gst::MessageType::Error,
             gst::MessageType::Eos,
@@ -692,6 +700,11 @@ impl Supervisor {
             }
             let msg = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(100), &types);
             let sh = &self.shared;
+            if !inferred && sh.attempt_up.load(Ordering::Relaxed) {
+                inferred = true;
+                let mut q = gst::query::Latency::new();
+                live = pipeline.query(&mut q) && q.result().0;
+            }
             let branches_done = sh.audio_eos.load(Ordering::Relaxed)
                 && (!sh.video_seen.load(Ordering::Relaxed) || sh.video_eos.load(Ordering::Relaxed));
             let eos = matches!(

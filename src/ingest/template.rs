@@ -1,10 +1,15 @@
 //! Pipeline templates: `pipelines/<name>.gst` files holding a gst-launch description with
-//! `{placeholders}`, and a header comment naming the URI schemes the template takes:
+//! `{placeholders}`, and header comments naming the URI schemes the template takes and
+//! whether its source is live (optional):
 //!
 //! ```text
 //! # schemes: rtsp rtsps
+//! # live: yes
 //! uridecodebin uri={uri} name=dec ...
 //! ```
+//!
+//! A live source's end of stream is an outage to reconnect from; a non-live one's is the end.
+//! Without a `live:` line it is inferred from the pipeline (no preroll, or a live latency).
 //!
 //! Every value is inserted as a double-quoted gst-launch string (`"` and `\` escaped), so a
 //! URI or option can never add elements to the pipeline. A placeholder with no value is an
@@ -20,6 +25,8 @@ pub struct Template {
     pub name: String,
     /// URI schemes it accepts (`file`, `rtsp`, ...); empty: any.
     pub schemes: Vec<String>,
+    /// Whether the source is live, as the header declares (`# live: yes|no`); None: infer.
+    pub live: Option<bool>,
     /// The launch description (comment lines removed, lines joined).
     pub body: String,
 }
@@ -59,6 +66,14 @@ pub enum TemplateError {
         /// Accepted schemes.
         allowed: String,
     },
+    /// A header line with a value it cannot take.
+    #[error("pipeline template '{template}' has '# {line}'; live takes yes or no")]
+    Header {
+        /// Template name.
+        template: String,
+        /// The offending header.
+        line: String,
+    },
     /// A `{` without its `}`.
     #[error("pipeline template '{0}' has an unclosed '{{'")]
     Unclosed(String),
@@ -73,28 +88,41 @@ impl Template {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok(Self::parse(name, &text))
+        Self::parse(name, &text)
     }
 
     /// Parse template text.
-    pub fn parse(name: &str, text: &str) -> Template {
+    pub fn parse(name: &str, text: &str) -> Result<Template, TemplateError> {
         let mut schemes = Vec::new();
+        let mut live = None;
         let mut body = Vec::new();
         for line in text.lines() {
             let t = line.trim();
             if let Some(c) = t.strip_prefix('#') {
                 if let Some(list) = c.trim().strip_prefix("schemes:") {
                     schemes.extend(list.split_whitespace().map(str::to_string));
+                } else if let Some(v) = c.trim().strip_prefix("live:") {
+                    live = match v.trim() {
+                        "yes" | "true" => Some(true),
+                        "no" | "false" => Some(false),
+                        other => {
+                            return Err(TemplateError::Header {
+                                template: name.to_string(),
+                                line: format!("live: {other}"),
+                            });
+                        }
+                    };
                 }
             } else if !t.is_empty() {
                 body.push(t.trim_end_matches('\\').trim());
             }
         }
-        Template {
+        Ok(Template {
             name: name.to_string(),
             schemes,
+            live,
             body: body.join(" "),
-        }
+        })
     }
 
     /// Check a URI's scheme against the template's list.
@@ -165,9 +193,11 @@ mod tests {
     fn renders_quoted_values() {
         let t = Template::parse(
             "x",
-            "# schemes: file\n# a comment\nuridecodebin uri={uri} ! \\\n  fakesink name={n}\n",
-        );
+            "# schemes: file\n# live: no\n# a comment\nuridecodebin uri={uri} ! \\\n  fakesink name={n}\n",
+        )
+        .unwrap();
         assert_eq!(t.schemes, ["file"]);
+        assert_eq!(t.live, Some(false));
         let r = t
             .render(&vars(&[("uri", "file:///a b.mp4"), ("n", "s")]))
             .unwrap();
@@ -179,7 +209,8 @@ mod tests {
 
     #[test]
     fn values_cannot_inject_elements() {
-        let t = Template::parse("x", "uridecodebin uri={uri} ! fakesink");
+        let t = Template::parse("x", "uridecodebin uri={uri} ! fakesink").unwrap();
+        assert_eq!(t.live, None);
         let r = t
             .render(&vars(&[(
                 "uri",
@@ -205,7 +236,9 @@ mod tests {
 
     #[test]
     fn unbound_placeholder_and_scheme_are_named() {
-        let t = Template::parse("rtp", "# schemes: udp\nudpsrc uri={uri} caps={caps}");
+        let t = Template::parse("rtp", "# schemes: udp\nudpsrc uri={uri} caps={caps}").unwrap();
+        let e = Template::parse("rtp", "# live: maybe\nudpsrc").unwrap_err();
+        assert!(e.to_string().contains("live: maybe"), "{e}");
         let e = t
             .render(&vars(&[("uri", "udp://0.0.0.0:5004")]))
             .unwrap_err();
