@@ -292,6 +292,9 @@ pub struct InferenceConfig {
     pub audio_history: HumanDuration,
     /// libtorch CPU threads of the model worker.
     pub threads: usize,
+    /// Forward passes that may fail in a row before the daemon gives up and exits non-zero
+    /// (systemd restarts it); a panic in the model worker exits at once.
+    pub max_failed_batches: u32,
 }
 
 impl Default for InferenceConfig {
@@ -304,6 +307,7 @@ impl Default for InferenceConfig {
             provisional: false,
             audio_history: HumanDuration(Duration::from_secs(120)),
             threads: 1,
+            max_failed_batches: 3,
         }
     }
 }
@@ -905,6 +909,18 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let events = c.socket("events", &e.endpoint, e.curve, e.insecure, &keys);
     c.range("events.sndhwm", e.sndhwm, 1, 10_000_000);
     c.range("events.queue", e.queue, 1, 1_000_000);
+    // One forward pass publishes up to max_batch events at once: a smaller high-water mark
+    // drops some of them even for a subscriber that keeps up.
+    if e.sndhwm >= 1 && (e.sndhwm as usize) < raw.inference.max_batch {
+        c.bad(
+            "events.sndhwm",
+            format!(
+                "{} is below inference.max_batch ({}): a batch's events would be dropped even for subscribers that keep up",
+                e.sndhwm, raw.inference.max_batch
+            ),
+            "at least inference.max_batch",
+        );
+    }
 
     let a = &raw.audio_tap;
     let audio_tap = if a.enabled {
@@ -1025,6 +1041,12 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         Duration::from_secs(3600),
     );
     c.range("inference.threads", inf.threads, 1, 256);
+    c.range(
+        "inference.max_failed_batches",
+        inf.max_failed_batches,
+        1,
+        1_000_000,
+    );
 
     // [ingest]
     let ig = &raw.ingest;

@@ -11,8 +11,8 @@
 //!
 //! Shutdown flows one way: the token stops the only source (the transcript receiver); it drops
 //! its sender; the consumer sees the channel close, releases what it holds to the model worker
-//! and ends (the worker ends when it has published that); the streams are detached; the
-//! `daemon.stopping` event is queued; the last publisher handles are dropped, each publisher
+//! and ends; the worker ends when it has published that; the streams are detached; the
+//! `daemon.stopping` event is queued, last; the last publisher handles are dropped, each publisher
 //! drains its queue and exits; the libzmq context is terminated, which flushes what libzmq
 //! still holds (linger).
 
@@ -58,14 +58,41 @@ pub enum DaemonError {
     /// A thread could not be started.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    /// A part the daemon cannot serve without failed (the model worker); it drained and
+    /// exits non-zero so that its supervisor restarts it.
+    #[error("stopped after a fatal fault: {0}")]
+    Fatal(String),
     /// Draining took longer than `daemon.shutdown_timeout`.
     #[error("draining did not finish within {0:?}; {1} was still running")]
     DrainTimeout(Duration, &'static str),
 }
 
+/// A fault the daemon cannot serve through (the model worker died or keeps failing): the
+/// first reason raised wins, and `run` drains and exits non-zero on it.
+#[derive(Clone, Default)]
+pub struct Fatal {
+    token: CancellationToken,
+    reason: Arc<std::sync::OnceLock<String>>,
+}
+
+impl Fatal {
+    /// Raise it (from any thread); later reasons are ignored.
+    pub fn raise(&self, reason: String) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Wait until it is raised; the first reason.
+    pub async fn raised(&self) -> String {
+        self.token.cancelled().await;
+        self.reason.get().cloned().unwrap_or_default()
+    }
+}
+
 /// What a running daemon exposes to its embedder (tests use it; `run` drives it).
 pub struct Running {
     cancel: CancellationToken,
+    fatal: Fatal,
     metrics: Arc<Metrics>,
     events: PublisherHandle,
     tap: Option<PublisherHandle>,
@@ -119,6 +146,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     let metrics = Arc::new(Metrics::new(&info));
     let ctx = zmq::Context::new();
     let mut threads = Vec::new();
+    let fatal = Fatal::default();
 
     // The ZAP handler must exist before the first CURVE socket is bound.
     let authorized = [
@@ -256,8 +284,12 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
                 events.clone(),
                 metrics.clone(),
                 hb.clone(),
-                inf.max_batch,
-                inf.max_wait.0,
+                infer::WorkerPolicy {
+                    max_batch: inf.max_batch,
+                    max_wait: inf.max_wait.0,
+                    max_failed_batches: inf.max_failed_batches,
+                    fatal: fatal.clone(),
+                },
             )
             .map_err(|e| DaemonError::Thread("model-worker", e))?;
             beats.push(hb);
@@ -291,6 +323,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     metrics.set_ready(true);
     Ok(Running {
         cancel,
+        fatal,
         metrics,
         events,
         tap,
@@ -303,6 +336,11 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
 }
 
 impl Running {
+    /// Raised when the daemon cannot go on serving.
+    pub fn fatal(&self) -> &Fatal {
+        &self.fatal
+    }
+
     /// The daemon's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -322,6 +360,7 @@ impl Running {
     pub async fn stop(self, reason: &str) -> Result<(), DaemonError> {
         let Running {
             cancel,
+            fatal: _,
             metrics,
             events,
             tap,
@@ -346,6 +385,19 @@ impl Running {
                 shutdown_timeout,
                 "transcript consumer",
             ));
+        }
+        // The model worker ends once it has published what the consumer handed it; only
+        // then is `daemon.stopping` the last event.
+        let mut threads = threads;
+        if let Some(i) = threads.iter().position(|(n, _)| *n == "model-worker") {
+            let (name, join) = threads.remove(i);
+            let joined = tokio::task::spawn_blocking(move || join.join());
+            if tokio::time::timeout_at(deadline.into(), joined)
+                .await
+                .is_err()
+            {
+                return Err(DaemonError::DrainTimeout(shutdown_timeout, name));
+            }
         }
         // Then the sources: the pipelines stop, their audio threads flush the tap.
         let stopping = tokio::task::spawn_blocking(move || ingest.stop_all());
@@ -386,8 +438,9 @@ impl Running {
     }
 }
 
-/// Run until `shutdown` resolves, then drain. Tells systemd READY, STOPPING and feeds its
-/// watchdog (all no-ops outside systemd).
+/// Run until `shutdown` resolves or a fatal fault is raised, then drain. Tells systemd READY,
+/// STOPPING and feeds its watchdog (all no-ops outside systemd). A fatal fault returns
+/// [`DaemonError::Fatal`] after the drain, for a non-zero exit.
 pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = &'static str>,
@@ -406,14 +459,25 @@ pub async fn run(
         model = %cfg.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no inference)".into()),
         "Summerd is ready"
     );
-    let reason = shutdown.await;
-    tracing::info!(reason, "Draining");
+    let fatal = running.fatal().clone();
+    let (reason, failed) = tokio::select! {
+        r = shutdown => (r.to_string(), false),
+        r = fatal.raised() => (r, true),
+    };
+    if failed {
+        tracing::error!(reason = %reason, "Stopping on a fatal fault; draining what can still be published");
+    } else {
+        tracing::info!(reason = %reason, "Draining");
+    }
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("draining"),
     ]);
     let accepted = running.metrics().accepted_count();
-    running.stop(reason).await?;
+    running.stop(&reason).await?;
+    if failed {
+        return Err(DaemonError::Fatal(reason));
+    }
     tracing::info!(transcripts_accepted = accepted, "Stopped cleanly");
     Ok(())
 }

@@ -362,6 +362,11 @@ const BAD: &[(&str, &str, &[&str])] = &[
         &["streams[0].roles", "unknown field"],
     ),
     (
+        "events high-water mark below a batch",
+        "[events]\nsndhwm = 4\n[inference]\nmax_batch = 32\n",
+        &["events.sndhwm", "inference.max_batch (32)"],
+    ),
+    (
         "not toml",
         "[transcripts\nendpoint = 1\n",
         &["TOML parse error", "line 1"],

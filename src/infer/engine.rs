@@ -35,6 +35,9 @@ pub enum EngineError {
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A failure injected on purpose (`SUMMERD_FAILPOINT=model-worker-error`, fault tests).
+    #[error("injected failure (SUMMERD_FAILPOINT=model-worker-error)")]
+    Failpoint,
 }
 
 /// One utterance to score.

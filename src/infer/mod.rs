@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::bus::{Heartbeat, PublisherHandle};
 use crate::config::InferenceConfig;
+use crate::daemon::Fatal;
 use crate::ingest::Ingest;
 use crate::ingest::features::{AudioFeatures, VisualFeatures};
 use crate::metrics::Metrics;
@@ -48,50 +49,129 @@ pub enum WorkerMsg {
     Forget(String),
 }
 
+/// How the model worker batches and when it gives up.
+pub struct WorkerPolicy {
+    /// Most utterances in one forward pass.
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill.
+    pub max_wait: Duration,
+    /// Failed forward passes in a row before the worker raises `fatal` and stops.
+    pub max_failed_batches: u32,
+    /// Raised on a panic or on too many failures: the daemon drains and exits non-zero, and
+    /// systemd restarts it (a half-working daemon that silently publishes nothing would be
+    /// worse: its streams look healthy).
+    pub fatal: Fatal,
+}
+
+/// Fault injection for the fault tests, from `SUMMERD_FAILPOINT`: `model-worker-panic` (the
+/// first forward pass panics) or `model-worker-error` (every forward pass fails).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failpoint {
+    None,
+    Panic,
+    Error,
+}
+
+impl Failpoint {
+    fn from_env() -> Failpoint {
+        match std::env::var("SUMMERD_FAILPOINT").as_deref() {
+            Ok("model-worker-panic") => Failpoint::Panic,
+            Ok("model-worker-error") => Failpoint::Error,
+            _ => Failpoint::None,
+        }
+    }
+}
+
 /// Start the model worker thread. It ends when every sender is gone, after finishing what
-/// was sent.
+/// was sent, or after raising `policy.fatal` (a panic, or too many failed passes in a row).
 pub fn spawn_worker(
-    mut engine: Engine,
+    engine: Engine,
     rx: Receiver<WorkerMsg>,
     events: PublisherHandle,
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
-    max_batch: usize,
-    max_wait: Duration,
+    policy: WorkerPolicy,
 ) -> std::io::Result<JoinHandle<()>> {
+    let failpoint = Failpoint::from_env();
+    if failpoint != Failpoint::None {
+        tracing::warn!("SUMMERD_FAILPOINT is set: the model worker will fail on purpose");
+    }
     std::thread::Builder::new()
         .name("model-worker".into())
         .spawn(move || {
-            let mut jobs = Vec::with_capacity(max_batch);
-            loop {
-                heartbeat.beat();
-                let first = match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                };
-                take(&mut engine, &mut jobs, first);
-                let mut open = true;
-                let deadline = Instant::now() + max_wait;
-                while jobs.len() < max_batch {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(m) => take(&mut engine, &mut jobs, m),
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
-                    }
+            let fatal = policy.fatal.clone();
+            let run = std::panic::AssertUnwindSafe(|| {
+                work(
+                    engine, rx, &events, &metrics, &heartbeat, &policy, failpoint,
+                )
+            });
+            let reason = match std::panic::catch_unwind(run) {
+                Ok(None) => return,
+                Ok(Some(reason)) => reason,
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| p.downcast_ref::<&str>().copied())
+                        .unwrap_or("no message");
+                    format!("the model worker panicked: {msg}")
                 }
-                if !jobs.is_empty() {
-                    run_batch(&mut engine, &mut jobs, &events, &metrics);
-                }
-                if !open {
-                    return;
+            };
+            tracing::error!(reason = %reason, "The model worker stopped");
+            fatal.raise(reason);
+        })
+}
+
+/// The worker's loop. None: every sender is gone; Some: why it gave up.
+fn work(
+    mut engine: Engine,
+    rx: Receiver<WorkerMsg>,
+    events: &PublisherHandle,
+    metrics: &Metrics,
+    heartbeat: &Heartbeat,
+    policy: &WorkerPolicy,
+    failpoint: Failpoint,
+) -> Option<String> {
+    let (max_batch, max_wait) = (policy.max_batch, policy.max_wait);
+    let mut failed = 0u32;
+    let mut jobs = Vec::with_capacity(max_batch);
+    loop {
+        heartbeat.beat();
+        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        };
+        take(&mut engine, &mut jobs, first);
+        let mut open = true;
+        let deadline = Instant::now() + max_wait;
+        while jobs.len() < max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(m) => take(&mut engine, &mut jobs, m),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    break;
                 }
             }
-        })
+        }
+        if !jobs.is_empty() {
+            if failpoint == Failpoint::Panic {
+                panic!("SUMMERD_FAILPOINT=model-worker-panic");
+            }
+            let ok = run_batch(&mut engine, &mut jobs, events, metrics, failpoint);
+            failed = if ok { 0 } else { failed + 1 };
+            if failed >= policy.max_failed_batches {
+                return Some(format!(
+                    "{failed} forward passes failed in a row (inference.max_failed_batches)"
+                ));
+            }
+        }
+        if !open {
+            return None;
+        }
+    }
 }
 
 /// Queue a job (reading its audio span now), or apply a forget (dropping the stream's jobs
@@ -120,14 +200,21 @@ fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg) {
     }
 }
 
+/// One forward pass over `jobs` (then cleared); false when it failed.
 fn run_batch(
     engine: &mut Engine,
     jobs: &mut Vec<Utterance>,
     events: &PublisherHandle,
     metrics: &Metrics,
-) {
+    failpoint: Failpoint,
+) -> bool {
     let t0 = Instant::now();
-    let result = engine.infer(jobs);
+    let result = if failpoint == Failpoint::Error {
+        Err(engine::EngineError::Failpoint)
+    } else {
+        engine.infer(jobs)
+    };
+    let ok = result.is_ok();
     metrics.inference_batch(jobs.len(), t0.elapsed().as_secs_f64());
     match result {
         Ok(evs) => {
@@ -154,6 +241,7 @@ fn run_batch(
         }
     }
     jobs.clear();
+    ok
 }
 
 /// What the consumer needs besides its channels.
