@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision fuzz ablate
+.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision bench-capacity soak fuzz ablate
 
 # The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
 # default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
@@ -25,6 +25,18 @@ setup:
 # (needs ../shared); figures printed and written to target/bench/text.json.
 bench-text:
 	bash tests/setup.sh cargo bench --locked --bench text
+
+# Capacity: N live 720p RTSP calls (4, 8, 10, 12) and N audio-only RTP calls (50, 100, 150)
+# through the daemon with the default model and vision; real time, p99 latency, CPU against
+# a bare decode, peak RSS; target/bench/capacity-{video,audio}.json (~15 minutes).
+bench-capacity:
+	bash tests/setup.sh sh -c 'cargo bench --locked --bench capacity -- video 4,8,10,12 && cargo bench --locked --bench capacity -- audio 50,100,150'
+
+# Soak: 4 live calls for MINUTES (default 30): RSS growth, lost utterances, queue;
+# target/bench/capacity-soak.json.
+MINUTES ?= 30
+soak:
+	bash tests/setup.sh cargo bench --locked --bench capacity -- soak --minutes $(MINUTES)
 
 # Ingest: CPU per stream-second of summerd's ingest vs a bare GStreamer decode of the same
 # 720p25 H.264+AAC file; figures printed and written to target/bench/ingest.json.

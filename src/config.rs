@@ -350,6 +350,13 @@ pub struct IngestConfig {
     pub audio_queue: usize,
     /// Video frames queued per stream (full: the oldest is dropped and counted).
     pub video_queue: usize,
+    /// Threads per libav video decoder (`max-threads` of `avdec_*`); 0: libav's choice (one
+    /// per core). With many streams on few cores one each costs least.
+    pub decoder_threads: u32,
+    /// Nice value (0-19) of every media thread: GStreamer's streaming threads and the
+    /// per-stream audio and vision threads. Above 0, the transcript -> event path (sockets,
+    /// model worker) goes first when the cores are busy; media is buffered and catches up.
+    pub nice: i32,
 }
 
 impl Default for IngestConfig {
@@ -363,6 +370,8 @@ impl Default for IngestConfig {
             video_max_height: 480,
             audio_queue: 512,
             video_queue: 4,
+            decoder_threads: 1,
+            nice: 19,
         }
     }
 }
@@ -1073,6 +1082,8 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     c.range("ingest.video_max_height", ig.video_max_height, 16, 4320);
     c.range("ingest.audio_queue", ig.audio_queue, 1, 100_000);
     c.range("ingest.video_queue", ig.video_queue, 1, 1000);
+    c.range("ingest.decoder_threads", ig.decoder_threads, 0, 64);
+    c.range("ingest.nice", ig.nice, 0, 19);
 
     // [control]
     let control = if raw.control.enabled {

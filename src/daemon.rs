@@ -230,6 +230,8 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             video_max_height: ig.video_max_height,
             audio_queue: ig.audio_queue,
             video_queue: ig.video_queue,
+            decoder_threads: ig.decoder_threads,
+            nice: ig.nice,
             tap_chunk_ms: cfg.audio_tap.as_ref().map(|_| cfg.raw.audio_tap.chunk_ms),
             acoustic: engine.as_ref().map(|_| crate::acoustic::Settings {
                 history_frames: (cfg.raw.inference.audio_history.0.as_secs_f64() * 100.0) as usize,

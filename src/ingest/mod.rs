@@ -67,6 +67,10 @@ pub struct IngestSettings {
     pub audio_queue: usize,
     /// Video frames queued per stream (oldest dropped).
     pub video_queue: usize,
+    /// `max-threads` of every libav video decoder (0: libav's choice).
+    pub decoder_threads: u32,
+    /// Nice value of the media threads.
+    pub nice: i32,
     /// Milliseconds of audio per tap message; None: no tap.
     pub tap_chunk_ms: Option<u32>,
     /// Acoustic descriptors per stream (for the model); None: not computed.
@@ -545,13 +549,17 @@ impl Supervisor {
         // continue across reconnects.
         let (audio_tx, audio_rx) = sync_channel::<AudioMsg>(self.settings.audio_queue);
         let video = Arc::new(DropOldest::<VideoFrame>::new(self.settings.video_queue));
+        let nice = self.settings.nice;
         let audio_thread = {
             let shared = self.shared.clone();
             let tap = self.tap.clone();
             let chunk_ms = self.settings.tap_chunk_ms;
             std::thread::Builder::new()
                 .name(format!("audio-{}", self.shared.id))
-                .spawn(move || audio_loop(audio_rx, shared, tap, chunk_ms))
+                .spawn(move || {
+                    set_nice(nice);
+                    audio_loop(audio_rx, shared, tap, chunk_ms)
+                })
         };
         let video_thread = {
             let shared = self.shared.clone();
@@ -559,7 +567,10 @@ impl Supervisor {
             let vision = self.settings.vision.clone();
             std::thread::Builder::new()
                 .name(format!("video-{}", self.shared.id))
-                .spawn(move || video_loop(q, shared, vision))
+                .spawn(move || {
+                    set_nice(nice);
+                    video_loop(q, shared, vision)
+                })
         };
 
         let mut backoff = self.settings.backoff_initial;
@@ -659,6 +670,7 @@ impl Supervisor {
             return self.fail("the template has no appsink named audio".into());
         };
         audio.set_callbacks(audio_callbacks(self.shared.clone(), audio_tx.clone()));
+        tune(&bin, self.settings.decoder_threads, self.settings.nice);
         if let Some(v) = bin
             .by_name("video")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
@@ -740,6 +752,45 @@ impl Supervisor {
                 ));
             }
         }
+    }
+}
+
+/// Lower the calling thread's priority to `nice` (a no-op at 0). Raising a nice value needs
+/// no privilege; failures are logged once per thread and otherwise ignored.
+pub fn set_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if r != 0 {
+        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "Cannot lower a media thread's priority");
+    }
+}
+
+/// Per pipeline: every libav video decoder gets `decoder_threads`, and every streaming
+/// thread runs at `nice` (set from the thread itself, when it announces that it starts).
+fn tune(bin: &gst::Bin, decoder_threads: u32, nice: i32) {
+    bin.connect_deep_element_added(move |_, _, el| {
+        let is_libav_video = el
+            .factory()
+            .is_some_and(|f| f.name().starts_with("avdec_") && f.klass().contains("Video"));
+        if is_libav_video && el.find_property("max-threads").is_some() {
+            el.set_property("max-threads", decoder_threads as i32);
+        }
+    });
+    if let Some(bus) = bin.bus() {
+        bus.set_sync_handler(move |_, msg| {
+            if let gst::MessageView::StreamStatus(s) = msg.view()
+                && s.get().0 == gst::StreamStatusType::Enter
+            {
+                set_nice(nice);
+            }
+            gst::BusSyncReply::Pass
+        });
     }
 }
 
