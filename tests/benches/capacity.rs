@@ -5,7 +5,8 @@
 //! real time by gst-rtsp-server on loopback (tests/peers/rtsp_file_server.py); the daemon with
 //! the default model and the vision stage at its defaults; an ASR stand-in in this process
 //! PUSHes each line's segments `ASR_DELAY` after they end on the stream's media clock (lines
-//! over 4 s are two segments: one segment per 2.8 s per stream). For each N: the daemon's CPU
+//! over 4 s are two segments: one segment per 2.8 s per stream). Calls start spread over
+//! `min(0.5 N, 10)` seconds, not in lockstep. For each N: the daemon's CPU
 //! and peak RSS, real time held (audio, frames, events), latency percentiles, and a bare
 //! GStreamer decode of the same N streams (`uridecodebin ! fakesink` per stream) over the same
 //! window for the CPU ratio.
@@ -159,15 +160,26 @@ fn rtsp_server(port: u16, file: &Path) -> Peer {
     Peer(child)
 }
 
-/// One gst-launch process sending the call's audio as G.711 RTP to every port, in real time.
+/// Calls do not start in lockstep: stream i of N starts `i * stagger(N) / N` seconds in.
+fn stagger(n: usize) -> f64 {
+    (0.5 * n as f64).min(10.0)
+}
+
+/// One gst-launch process sending the call's audio as G.711 RTP to every port, in real time,
+/// each port's copy delayed by its share of the stagger (a queue that holds that much first).
 fn rtp_sender(wav: &Path, ports: &[u16]) -> Peer {
     let mut p = format!(
         "filesrc location={} ! wavparse ! audioconvert ! audioresample \
          ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay ! identity sync=true ! tee name=t",
         wav.display()
     );
-    for port in ports {
-        p += &format!(" t. ! queue ! udpsink host=127.0.0.1 port={port} sync=false async=false");
+    let n = ports.len();
+    for (i, port) in ports.iter().enumerate() {
+        let delay_ns = (i as f64 * stagger(n) / n as f64 * 1e9) as u64;
+        p += &format!(
+            " t. ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=0 min-threshold-time={delay_ns} \
+             ! udpsink host=127.0.0.1 port={port} sync=false async=false"
+        );
     }
     Peer(
         Command::new("gst-launch-1.0")
@@ -345,7 +357,12 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
     if video {
         let port = free_port();
         _source = rtsp_server(port, hd);
-        for id in &ids {
+        let t0 = Instant::now();
+        for (i, id) in ids.iter().enumerate() {
+            let at = t0 + Duration::from_secs_f64(i as f64 * stagger(n) / n as f64);
+            while Instant::now() < at {
+                traffic.pump();
+            }
             let r = d.control(json!({"cmd": "attach", "id": id,
                 "uri": format!("rtsp://127.0.0.1:{port}/call"), "template": "rtsp"}));
             assert_eq!(r["ok"], true, "{r}");
@@ -361,7 +378,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
     }
     // Up, then 2 s to settle; then the window.
     let t_attach = Instant::now();
-    while traffic.ups < n && t_attach.elapsed() < Duration::from_secs(30) {
+    while traffic.ups < n && t_attach.elapsed() < Duration::from_secs(40) {
         traffic.pump();
     }
     let up_s = t_attach.elapsed().as_secs_f64();
@@ -372,7 +389,9 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
     let m0 = d.scrape();
     let cpu0 = proc_cpu(pid);
     let w0 = Instant::now();
-    let window_end = w0 + Duration::from_secs_f64(WINDOW);
+    // The window ends before the first call does (a stream whose call ended is not live).
+    let call_left = call["seconds"].as_f64().unwrap() - t_attach.elapsed().as_secs_f64() - 1.0;
+    let window_end = w0 + Duration::from_secs_f64(WINDOW.min(call_left));
     while Instant::now() < window_end {
         traffic.pump();
     }
@@ -380,7 +399,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
     let cpu = proc_cpu(pid) - cpu0;
     let m1 = d.scrape();
     // The rest of the call's segments.
-    let tail_end = Instant::now() + Duration::from_secs(15);
+    let tail_end = Instant::now() + Duration::from_secs(25);
     while Instant::now() < tail_end
         && !(traffic.pending.is_empty() && traffic.received() >= traffic.sent)
     {
@@ -446,7 +465,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
     };
     let cores = cpu / wall;
     let f = json!({
-        "streams": n, "held": held,
+        "streams": n, "held": held, "stagger_s": stagger(n),
         "daemon_cpu_cores": cores, "cpu_per_stream": cores / n as f64,
         "bare_decode_cpu_cores": bare, "cpu_ratio_vs_bare": bare.map(|b| cores / b),
         "rss_base_mib": rss_base, "rss_peak_mib": rss_peak,
