@@ -5,7 +5,7 @@
 //! real time by gst-rtsp-server on loopback (tests/peers/rtsp_file_server.py); the daemon with
 //! the default model and the vision stage at its defaults; an ASR stand-in in this process
 //! PUSHes each line's segments `ASR_DELAY` after they end on the stream's media clock (lines
-//! over 4 s are two segments: one segment per 2.8 s per stream). Calls start spread over
+//! over 4 s are two segments: 11 segments in the 38.9 s call, one per 3.5 s per stream). Calls start spread over
 //! `min(0.5 N, 10)` seconds, not in lockstep. For each N: the daemon's CPU
 //! and peak RSS, real time held (audio, frames, events), latency percentiles, and a bare
 //! GStreamer decode of the same N streams (`uridecodebin ! fakesink` per stream) over the same
