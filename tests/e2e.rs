@@ -218,23 +218,6 @@ fn segments(call: &Value, id: &str) -> Vec<String> {
         .collect()
 }
 
-fn push(d: &Daemon, lines: &[String]) {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("segments.jsonl");
-    std::fs::write(&f, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(python())
-        .arg(common::peer("push_segments.py"))
-        .arg(&d.transcripts)
-        .stdin(std::fs::File::open(&f).unwrap())
-        .output()
-        .expect("push_segments.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,7 +251,7 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
     for id in ["a", "b", "c"] {
         all.extend(segments(&call, id));
     }
-    push(&d, &all);
+    common::push_segments(&d.transcripts, &all);
     let want = 1 + 3 + 3;
     let mut events = collect(&sub, Duration::from_secs(60), |g| g.len() >= want);
     events.extend(collect(&sub, Duration::from_secs(1), |_| false));

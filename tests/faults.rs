@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, eventually, metric, python};
+use common::{Daemon, eventually, metric};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -80,24 +79,6 @@ fn malformed(stream: &str, k: u64) -> String {
     }
 }
 
-/// A pyzmq ASR worker process that pushes `lines` and exits.
-fn asr_worker(d: &Daemon, lines: &[String]) {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("segments.jsonl");
-    std::fs::write(&f, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(python())
-        .arg(common::peer("push_segments.py"))
-        .arg(&d.transcripts)
-        .stdin(std::fs::File::open(&f).unwrap())
-        .output()
-        .expect("push_segments.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A SUB socket on `prefixes`, connected and given time to join.
 fn subscribe(d: &Daemon, prefixes: &[&str]) -> (zmq::Context, zmq::Socket) {
     let ctx = zmq::Context::new();
@@ -164,8 +145,8 @@ fn asr_worker_restart_and_a_malformed_flood_lose_no_valid_segment() {
     std::thread::sleep(Duration::from_secs(1)); // the idle streams' audio covers the spans
 
     // The first worker sends 20 segments and exits.
-    asr_worker(
-        &d,
+    common::push_segments(
+        &d.transcripts,
         &(1..=20).map(|s| segment("call-42", s)).collect::<Vec<_>>(),
     );
     // The restarted worker: 100 malformed lines for call-7 around each valid segment.
@@ -179,7 +160,7 @@ fn asr_worker_restart_and_a_malformed_flood_lose_no_valid_segment() {
         flood.push(segment("call-42", s));
         flood.push(segment("call-7", s));
     }
-    asr_worker(&d, &flood);
+    common::push_segments(&d.transcripts, &flood);
 
     let events = collect(&sub, Duration::from_secs(60), |g| g.len() >= 60);
     let events = [events, collect(&sub, Duration::from_secs(1), |_| false)].concat();
@@ -216,8 +197,8 @@ fn slow_and_absent_subscribers_never_hold_the_daemon_back() {
     );
     std::thread::sleep(Duration::from_secs(1));
     // Nobody listens.
-    asr_worker(
-        &d,
+    common::push_segments(
+        &d.transcripts,
         &(1..=30).map(|s| segment("call-42", s)).collect::<Vec<_>>(),
     );
     let absent = eventually(Duration::from_secs(30), || {
@@ -238,7 +219,7 @@ fn slow_and_absent_subscribers_never_hold_the_daemon_back() {
     let n = 1200;
     let lines: Vec<String> = (31..31 + n).map(|s| long_segment("call-7", s)).collect();
     let t0 = Instant::now();
-    asr_worker(&d, &lines);
+    common::push_segments(&d.transcripts, &lines);
     let events = collect(&reader, Duration::from_secs(180), |g| g.len() >= n as usize);
     let took = t0.elapsed();
     assert_eq!(
@@ -275,7 +256,7 @@ fn a_failing_model_worker_stops_the_daemon_for_systemd_to_restart() {
         &[("SUMMERD_FAILPOINT", "model-worker-error")],
     );
     let (_ctx, sub) = subscribe(&d, &["lifecycle.daemon"]);
-    asr_worker(&d, &[segment("call-42", 1)]);
+    common::push_segments(&d.transcripts, &[segment("call-42", 1)]);
     let first = eventually(Duration::from_secs(10), || {
         (outcome(&d, "error") >= 1.0).then_some(())
     });
@@ -286,7 +267,7 @@ fn a_failing_model_worker_stops_the_daemon_for_systemd_to_restart() {
         Some(1.0),
         "one failure is survived"
     );
-    asr_worker(&d, &[segment("call-42", 2)]);
+    common::push_segments(&d.transcripts, &[segment("call-42", 2)]);
     let stopping = collect(&sub, Duration::from_secs(10), |g| !g.is_empty());
     let (code, log) = d.wait(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{log}");
@@ -307,7 +288,7 @@ fn a_failing_model_worker_stops_the_daemon_for_systemd_to_restart() {
 
     // A panic: fatal at once.
     let d = daemon("", &[("SUMMERD_FAILPOINT", "model-worker-panic")]);
-    asr_worker(&d, &[segment("call-42", 1)]);
+    common::push_segments(&d.transcripts, &[segment("call-42", 1)]);
     let (code, log) = d.wait(Duration::from_secs(15));
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("the model worker panicked"), "{log}");
@@ -325,7 +306,7 @@ fn sigterm_under_load_publishes_every_segment_received() {
     let lines: Vec<String> = (1..=n)
         .flat_map(|s| [segment("call-42", s), segment("call-7", s)])
         .collect();
-    asr_worker(&d, &lines);
+    common::push_segments(&d.transcripts, &lines);
     let received = eventually(Duration::from_secs(10), || {
         (metric(&d.scrape(), "summerd_transcripts_accepted_total")? >= 2.0 * n as f64).then_some(())
     });

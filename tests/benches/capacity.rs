@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, free_port, metric};
+use common::{Daemon, free_port, metric, percentile, process_cpu};
 use serde_json::{Value, json};
 
 /// Seconds after a segment's end (media clock) that the ASR stand-in sends it;
@@ -49,17 +49,6 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    (t(11) + t(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// A /proc/PID/status field in MiB (VmRSS, VmHWM).
 fn proc_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -68,13 +57,6 @@ fn proc_mib(pid: u32, field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
 }
 
 /// The demo call (made once) and its 720p version.
@@ -387,7 +369,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
         traffic.pump();
     }
     let m0 = d.scrape();
-    let cpu0 = proc_cpu(pid);
+    let cpu0 = process_cpu(pid);
     let w0 = Instant::now();
     // The window ends before the first call does (a stream whose call ended is not live).
     let call_left = call["seconds"].as_f64().unwrap() - t_attach.elapsed().as_secs_f64() - 1.0;
@@ -396,7 +378,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
         traffic.pump();
     }
     let wall = w0.elapsed().as_secs_f64();
-    let cpu = proc_cpu(pid) - cpu0;
+    let cpu = process_cpu(pid) - cpu0;
     let m1 = d.scrape();
     // The rest of the call's segments.
     let tail_end = Instant::now() + Duration::from_secs(25);
@@ -455,10 +437,10 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
             })
             .collect();
         std::thread::sleep(Duration::from_secs_f64(up_s.min(10.0) + 2.0));
-        let c0: f64 = procs.iter().map(|p| proc_cpu(p.0.id())).sum();
+        let c0: f64 = procs.iter().map(|p| process_cpu(p.0.id())).sum();
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(WINDOW));
-        let c1: f64 = procs.iter().map(|p| proc_cpu(p.0.id())).sum();
+        let c1: f64 = procs.iter().map(|p| process_cpu(p.0.id())).sum();
         Some((c1 - c0) / t0.elapsed().as_secs_f64())
     } else {
         None

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, metric};
+use common::{Daemon, metric, percentile, process_cpu};
 use serde_json::{Value, json};
 
 const STREAMS: usize = 8;
@@ -25,29 +25,6 @@ const ASR_DELAY: f64 = 0.6;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let k = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[k]
 }
 
 fn main() {
@@ -98,7 +75,7 @@ fn main() {
     push.connect(&d.transcripts).unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    let cpu0 = cpu_seconds(d.child.id());
+    let cpu0 = process_cpu(d.child.id());
     let t_run = Instant::now();
     let mut latencies = Vec::new();
     let mut audio_present = 0;
@@ -168,7 +145,7 @@ fn main() {
         }
     }
     let wall = t_run.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(d.child.id()) - cpu0;
+    let cpu = process_cpu(d.child.id()) - cpu0;
     let m = d.scrape();
     let expired = metric(
         &m,

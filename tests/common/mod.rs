@@ -457,3 +457,42 @@ pub fn meld_test_utterances(n: usize) -> Option<Vec<String>> {
         summerd::assets::read_meld(&dir.join("data/meld/test_sent_emo.csv")).expect("MELD CSV");
     Some(rows.into_iter().take(n).map(|r| r.utterance).collect())
 }
+
+/// Run tests/peers/push_segments.py once, a pyzmq ASR worker process that PUSHes `lines`
+/// (JSON segments) to `endpoint` and exits; panics with its stderr if it fails.
+pub fn push_segments(endpoint: &str, lines: &[String]) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("segments.jsonl");
+    std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+    let out = Command::new(python())
+        .arg(peer("push_segments.py"))
+        .arg(endpoint)
+        .stdin(std::fs::File::open(&f).unwrap())
+        .output()
+        .expect("push_segments.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// CPU seconds (user + system) a running process has used, from /proc (0 if it is gone).
+pub fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    (t(11) + t(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The nearest-rank percentile `p` (0-100) of sorted values; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
+}
