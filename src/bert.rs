@@ -187,9 +187,15 @@ impl Dense {
         }
     }
 
-    /// [N, in] -> [N, out]
+    /// [N, in] -> [N, out], in the weights' precision, returned in the input's.
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.b.addmm(x, &self.wt)
+        if self.wt.kind() == x.kind() {
+            self.b.addmm(x, &self.wt)
+        } else {
+            self.b
+                .addmm(&x.to_kind(self.wt.kind()), &self.wt)
+                .to_kind(x.kind())
+        }
     }
 }
 
@@ -305,6 +311,22 @@ impl Bert {
             x = layer.forward(&x, b, l, mask.as_ref());
         }
         x.view([b, l, h])
+    }
+
+    /// Hold the layers' matrices in `kind` (from the f32 checkpoint) and run their products in
+    /// it; layer norms, attention and pooling stay in f32.
+    pub fn set_matmul_kind(&mut self, kind: Kind) {
+        for l in &mut self.layers {
+            for d in [
+                &mut l.qkv,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ] {
+                d.wt = d.wt.to_kind(kind);
+                d.b = d.b.to_kind(kind);
+            }
+        }
     }
 
     /// Number of layers.

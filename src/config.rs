@@ -261,6 +261,9 @@ pub struct TextEncoderConfig {
     pub dir: PathBuf,
     /// Truncation length in tokens, special tokens included (2-512).
     pub max_tokens: usize,
+    /// Precision of the encoder's matrix products: `f32`, `bf16` or `auto` (bf16 on a CPU
+    /// with native bf16 dot products, f32 otherwise).
+    pub precision: crate::text::Precision,
 }
 
 impl Default for TextEncoderConfig {
@@ -268,6 +271,7 @@ impl Default for TextEncoderConfig {
         Self {
             dir: PathBuf::from("../").join(crate::text::DEFAULT_DIR),
             max_tokens: crate::text::DEFAULT_MAX_TOKENS,
+            precision: crate::text::Precision::default(),
         }
     }
 }
@@ -281,7 +285,8 @@ pub struct InferenceConfig {
     pub feature_wait: HumanDuration,
     /// Most utterances (of all streams) in one forward pass.
     pub max_batch: usize,
-    /// Longest wait for a batch to fill once one utterance is ready.
+    /// Longest wait for a batch to fill once one utterance is ready. 0: take what is queued
+    /// and go (batches still form under load, from what arrives while a pass runs).
     pub max_wait: HumanDuration,
     /// Utterances queued for the model worker; beyond it the oldest ready ones wait in the
     /// assembler (never dropped silently).
@@ -302,7 +307,7 @@ impl Default for InferenceConfig {
         Self {
             feature_wait: HumanDuration(Duration::from_millis(500)),
             max_batch: 32,
-            max_wait: HumanDuration(Duration::from_millis(2)),
+            max_wait: HumanDuration(Duration::ZERO),
             queue: 1024,
             provisional: false,
             audio_history: HumanDuration(Duration::from_secs(120)),

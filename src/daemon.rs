@@ -114,11 +114,15 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             let dir = dir.clone();
             let enc = cfg.text_encoder_dir.clone();
             let max_tokens = cfg.raw.text_encoder.max_tokens;
-            let e =
-                tokio::task::spawn_blocking(move || Engine::load(&dir, &enc, max_tokens, device))
-                    .await
-                    .expect("model loading does not panic")?;
-            tracing::info!(model = e.name(), device = ?device, "Loaded the model");
+            let precision = cfg.raw.text_encoder.precision;
+            let (e, kind) = tokio::task::spawn_blocking(move || {
+                let mut e = Engine::load(&dir, &enc, max_tokens, device)?;
+                let kind = e.set_text_precision(precision)?;
+                Ok::<_, crate::infer::engine::EngineError>((e, kind))
+            })
+            .await
+            .expect("model loading does not panic")?;
+            tracing::info!(model = e.name(), device = ?device, text_matmul = ?kind, "Loaded the model");
             Some(e)
         }
         None => None,

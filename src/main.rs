@@ -120,6 +120,10 @@ enum Command {
         /// Directory for report.json and report.svg.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Precision of the text encoder's matrix products for --meld-csv (as
+        /// `text_encoder.precision`).
+        #[arg(long, value_enum, default_value = "auto")]
+        text_precision: summerd::text::Precision,
     },
     /// Leave-one-group-out (e.g. speaker) evaluation of the fused network on a split.
     Loso {
@@ -409,10 +413,12 @@ fn main() -> ExitCode {
             labels,
             meld_csv,
             out,
+            text_precision,
         } => report(eval(
             &model,
             EvalInput::from(data, wavs.zip(labels), meld_csv),
             out.as_deref(),
+            text_precision,
         )),
         Command::Loso { recipe, data, out } => report(loso(&recipe, &data, &out)),
         Command::Ablate {
@@ -722,6 +728,7 @@ fn replay(
         cfg.raw.text_encoder.max_tokens,
         device,
     )?;
+    engine.set_text_precision(cfg.raw.text_encoder.precision)?;
     let limits = summerd::transcripts::Limits::from(&cfg.raw.transcripts);
     let vision = match &cfg.vision {
         Some(v) => Some(summerd::infer::replay::ReplayVision {
@@ -915,6 +922,7 @@ fn eval_dataset(
     m: &summerd::model::Model,
     input: &EvalInput,
     device: tch::Device,
+    precision: summerd::text::Precision,
 ) -> anyhow::Result<summerd::train::data::Dataset> {
     use summerd::train::{mix, writers};
     let text_dim = m.manifest.features.dims()[0];
@@ -938,11 +946,13 @@ fn eval_dataset(
                 m.manifest.text_tuned.is_none(),
                 "this model's text encoder is fine-tuned: make a native split with `summerd dataset meld` and evaluate that"
             );
-            let enc = summerd::text::TextEncoder::load(
+            let mut enc = summerd::text::TextEncoder::load(
                 Path::new(summerd::text::DEFAULT_DIR),
                 summerd::text::DEFAULT_MAX_TOKENS,
                 device,
             )?;
+            let kind = enc.set_precision(precision);
+            eprintln!("text encoder matrix products in {kind:?}");
             let ds = writers::meld(csv, &enc)?;
             Ok(if m.manifest.features.audio.is_some() {
                 mix::audio_absent(&ds)
@@ -953,10 +963,15 @@ fn eval_dataset(
     }
 }
 
-fn eval(model: &Path, input: EvalInput, out: Option<&Path>) -> anyhow::Result<()> {
+fn eval(
+    model: &Path,
+    input: EvalInput,
+    out: Option<&Path>,
+    precision: summerd::text::Precision,
+) -> anyhow::Result<()> {
     let device = tch::Device::cuda_if_available();
     let m = summerd::model::Model::load(model, device)?;
-    let mut ds = eval_dataset(&m, &input, device)?;
+    let mut ds = eval_dataset(&m, &input, device, precision)?;
     let data = PathBuf::from(input.describe());
     let data = data.as_path();
     if let Some(t) = &m.manifest.text_tuned {

@@ -204,6 +204,78 @@ fn provisional_utterances_do_not_join_and_forget_starts_afresh() {
     assert!(close(&probs(&ev[0], &cl), &want[0]), "afresh");
 }
 
+/// Forty streams in every batch (the cache pool grows past its first 16 slots), then half of
+/// them detached and twenty new ones attached (freed slots reused): every stream's events are
+/// those of its conversation alone.
+#[test]
+fn many_streams_grow_the_cache_and_reuse_freed_slots() {
+    let (dir, norm) = model(1);
+    let conv = conversation(5);
+    let want = reference(dir.path(), &norm, &conv);
+    let cl = classes();
+    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+    let as_stream = |u: &Utterance, s: String| Utterance {
+        stream: s,
+        ..u.clone()
+    };
+    let mut names: Vec<String> = (0..40).map(|i| format!("a{i}")).collect();
+    for (i, u) in conv.iter().enumerate() {
+        let batch: Vec<Utterance> = names.iter().map(|n| as_stream(u, n.clone())).collect();
+        for ev in e.infer(&batch).unwrap() {
+            assert!(
+                close(&probs(&ev, &cl), &want[i]),
+                "{} utterance {i}",
+                ev.stream
+            );
+        }
+    }
+    for n in names.drain(..20) {
+        e.forget(&n);
+    }
+    names.extend((0..20).map(|i| format!("b{i}")));
+    for (i, u) in conv.iter().enumerate() {
+        let batch: Vec<Utterance> = names[20..]
+            .iter()
+            .map(|n| as_stream(u, n.clone()))
+            .collect();
+        for ev in e.infer(&batch).unwrap() {
+            assert!(
+                close(&probs(&ev, &cl), &want[i]),
+                "{} utterance {i}",
+                ev.stream
+            );
+        }
+    }
+    assert_eq!(e.streams().len(), 40);
+}
+
+#[test]
+fn a_bidirectional_model_is_refused() {
+    let _g = RNG.lock().unwrap();
+    let mut m = Model::new(
+        NetKind::Fused,
+        daemon_features(384, false),
+        classes(),
+        &ModelConfig {
+            d_model: 16,
+            heads: 2,
+            ffn_hidden: 16,
+            expert_hidden: 8,
+            experts: 2,
+            causal: false,
+            ..ModelConfig::default()
+        },
+        Device::Cpu,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    let err = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu)
+        .err()
+        .expect("must be refused")
+        .to_string();
+    assert!(err.contains("bidirectional"), "{err}");
+}
+
 #[test]
 fn a_model_that_reads_other_features_is_refused_by_name() {
     let _g = RNG.lock().unwrap();

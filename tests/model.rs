@@ -671,11 +671,13 @@ fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
     );
 }
 
-/// The daemon's last-utterance forward equals the last position of the full forward, for every
-/// fusion order and concatenation, 1 and 2 layers, causal and bidirectional, with missing
-/// modalities and right-aligned padding.
+/// The daemon's incremental step (one utterance at a time per stream, past read from the
+/// stream's cache slot) equals the full forward pass over the whole conversation, for every
+/// fusion order and concatenation, 1 and 2 layers, with missing modalities, conversations
+/// longer than the window, streams in other slots, and a provisional step (scored, not
+/// committed) in between that must change nothing after it.
 #[test]
-fn forward_last_equals_the_last_position_of_forward() {
+fn incremental_step_equals_the_full_forward() {
     let _g = rng();
     for fusion in [
         Fusion::TextAudioVisual,
@@ -683,33 +685,50 @@ fn forward_last_equals_the_last_position_of_forward() {
         Fusion::AudioVisualText,
         Fusion::Concat,
     ] {
-        for (layers, causal, own_residual) in [(1, true, false), (2, true, true), (1, false, true)]
-        {
+        for (layers, own_residual) in [(1, false), (2, true)] {
             tch::manual_seed(5);
             let cfg = ModelConfig {
                 fusion,
                 layers,
-                causal,
                 own_residual,
                 ..small_cfg()
             };
             let m = model(&cfg);
-            let mut b = batch(3, 9, DIMS);
-            // Random missing modalities; row 1 right-aligned with 3 padding columns.
-            b.present = Tensor::rand([3, 9, 3], (Kind::Float, Device::Cpu)).gt(0.3);
-            let _ = b.present.get(0).get(8).fill_(1);
-            let pad = Tensor::arange(9, (Kind::Int64, Device::Cpu)).ge(3);
-            b.valid.get(1).copy_(&pad);
-            b.offset = Some(Tensor::from_slice(&[0i64, -3, 2]));
-            let full = tch::no_grad(|| m.net.forward(&b, false))
-                .logits
-                .select(1, 8);
-            let last = tch::no_grad(|| m.net.forward_last(&b));
-            let diff = (&full - &last).abs().max().double_value(&[]);
-            assert!(
-                diff < 1e-5,
-                "{fusion:?} layers {layers} causal {causal}: {diff}"
-            );
+            let (b, t) = (3, 11);
+            let mut x = batch(b, t, DIMS);
+            x.present = Tensor::rand([b, t, 3], (Kind::Float, Device::Cpu)).gt(0.3);
+            let full = tch::no_grad(|| m.net.forward(&x, false)).logits;
+            // Slots 4, 0 and 2 of a pool that starts with 2 and grows.
+            let mut pool = m.net.step_pool(2, Device::Cpu);
+            pool.grow(5);
+            let slots = Tensor::from_slice(&[4i64, 0, 2]);
+            let at = |k: i64, features: [Tensor; 3]| summerd::model::StepInput {
+                slots: slots.shallow_clone(),
+                features,
+                present: x.present.select(1, k),
+                speaker: x.speaker.select(1, k),
+                position: Tensor::full([b], k.min(cfg.window - 1), (Kind::Int64, Device::Cpu)),
+            };
+            for k in 0..t {
+                if k == 5 {
+                    let noise = |d: i64| Tensor::randn([b, d], (Kind::Float, Device::Cpu));
+                    let (_, rows) = tch::no_grad(|| {
+                        m.net.step(
+                            &pool,
+                            &at(k, [noise(DIMS[0]), noise(DIMS[1]), noise(DIMS[2])]),
+                        )
+                    });
+                    pool.commit(&rows, &Tensor::zeros([b], (Kind::Bool, Device::Cpu)));
+                }
+                let f = [0, 1, 2].map(|i| x.features[i].select(1, k));
+                let (logits, rows) = tch::no_grad(|| m.net.step(&pool, &at(k, f)));
+                pool.commit(&rows, &Tensor::ones([b], (Kind::Bool, Device::Cpu)));
+                let diff = (&full.select(1, k) - &logits).abs().max().double_value(&[]);
+                assert!(
+                    diff < 1e-5,
+                    "{fusion:?} layers {layers} utterance {k}: {diff}"
+                );
+            }
         }
     }
 }

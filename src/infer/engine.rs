@@ -2,25 +2,27 @@
 //! causal student over the pending utterances of every stream. Owned by the model worker
 //! thread in the daemon and called directly by `summerd replay`, so both run the same code.
 //!
-//! Per stream it keeps the utterances the newest one's prediction depends on: each attention
-//! step looks W utterances back (W: the model's window), and there are `layers + 1` such
-//! steps (the branch encoders, then the fusion), so `(layers + 1) * (W - 1) + 1` utterances
-//! reproduce exactly what the network computes over the whole conversation; their position
-//! indices are their conversation indices (`min(index, W - 1)`), as in training. Speakers are numbered by first
-//! appearance in the stream (the last index is shared beyond the model's speaker count), and
-//! each speaker's audio vectors are normalised online by that speaker's own past
+//! Inference is incremental: the student is causal, so an utterance's outputs never change
+//! once computed. Per stream, a slot of the model's [`StepPool`] caches what the next
+//! utterance reads (each layer's input and each branch's output at the last W - 1
+//! utterances), and an utterance costs one query per layer, not a pass over its window. The
+//! result equals the full-conversation forward pass (tested). Utterances carry their
+//! conversation index as position (`min(index, W - 1)`), as in training. Speakers are numbered
+//! by first appearance in the stream (the last index is shared beyond the model's speaker
+//! count), and each speaker's audio vectors are normalised online by that speaker's own past
 //! ([`crate::model::norm`]). Provisional utterances are scored in context but never join it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::events::{EmotionEvent, Modalities, V, now_rfc3339};
 use crate::model::norm::{SpeakerNorm, SpeakerStats};
-use crate::model::{AUDIO_EXTRACTOR, Batch, FeatureSpec, Features, Model, TEXT_EXTRACTOR};
+use crate::model::{
+    AUDIO_EXTRACTOR, FeatureSpec, Features, Model, StepInput, StepPool, TEXT_EXTRACTOR,
+};
 use crate::text::TextEncoder;
 
 /// Errors loading or running the engine.
@@ -35,6 +37,12 @@ pub enum EngineError {
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The model reads later utterances, which a live stream does not have yet.
+    #[error(
+        "model {0} is bidirectional (causal = false): it was trained to read later utterances, \
+         which a live stream does not have yet; the daemon and replay run causal models only"
+    )]
+    NotCausal(String),
     /// A failure injected on purpose (`SUMMERD_FAILPOINT=model-worker-error`, fault tests).
     #[error("injected failure (SUMMERD_FAILPOINT=model-worker-error)")]
     Failpoint,
@@ -69,19 +77,24 @@ pub struct Utterance {
     pub arrival: Instant,
 }
 
-struct Item {
+/// One utterance of a batch, ready for the network.
+struct Row {
+    slot: i64,
+    /// min(conversation index, W - 1).
+    position: i64,
+    speaker: i64,
     text: Option<Vec<f32>>,
     audio: Option<Vec<f32>>,
-    speaker: i64,
+    provisional: bool,
 }
 
 /// Speaker labels remembered per stream; beyond it the least recently heard is forgotten (an
 /// ASR worker that invents labels cannot grow a stream's state without bound).
 pub const MAX_SPEAKERS: usize = 64;
 
-#[derive(Default)]
 struct Conversation {
-    items: VecDeque<Arc<Item>>,
+    /// The stream's slot in the model's [`StepPool`].
+    slot: i64,
     /// Utterances so far (conversation index of the next one).
     count: i64,
     /// Label -> (index by first appearance, conversation index when last heard).
@@ -91,6 +104,16 @@ struct Conversation {
 }
 
 impl Conversation {
+    fn new(slot: i64) -> Self {
+        Conversation {
+            slot,
+            count: 0,
+            speakers: HashMap::new(),
+            next_speaker: 0,
+            norms: HashMap::new(),
+        }
+    }
+
     /// The speaker's index, remembering that they were heard now.
     fn speaker(&mut self, label: &str) -> i64 {
         if !self.speakers.contains_key(label) && self.speakers.len() >= MAX_SPEAKERS {
@@ -144,9 +167,12 @@ pub struct Engine {
     device: Device,
     name: String,
     convs: HashMap<String, Conversation>,
+    pool: StepPool,
+    /// Slots of forgotten streams, reused before the pool grows.
+    free: Vec<i64>,
+    /// Slots handed out so far.
+    slots: i64,
     dims: [i64; 3],
-    /// Utterances a prediction depends on (itself included).
-    keep: usize,
     speakers: i64,
     norm: Option<SpeakerNorm>,
 }
@@ -161,6 +187,9 @@ impl Engine {
         device: Device,
     ) -> Result<Engine, EngineError> {
         let model = Model::load(model_dir, device)?;
+        if !model.manifest.config.causal {
+            return Err(EngineError::NotCausal(model_dir.display().to_string()));
+        }
         let tuned = model
             .manifest
             .text_tuned
@@ -178,8 +207,9 @@ impl Engine {
         let name = format!("{dir_name}@{}", &sha[..sha.len().min(12)]);
         let mut engine = Engine {
             dims: model.manifest.features.dims(),
-            keep: ((model.manifest.config.layers.max(0) + 1) * (model.manifest.window.max(1) - 1)
-                + 1) as usize,
+            pool: model.net.step_pool(16, device),
+            free: Vec::new(),
+            slots: 0,
             speakers: model.manifest.config.speakers.max(1),
             norm: model.manifest.speaker_norm.clone(),
             model,
@@ -217,6 +247,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Run the text encoder's matrix products at `precision` (see [`crate::text::Precision`]);
+    /// returns the element type chosen.
+    pub fn set_text_precision(
+        &mut self,
+        precision: crate::text::Precision,
+    ) -> Result<Kind, EngineError> {
+        let kind = self.encoder.set_precision(precision);
+        self.warm_up()?;
+        Ok(kind)
+    }
+
     /// `name@sha256-prefix`.
     pub fn name(&self) -> &str {
         &self.name
@@ -234,7 +275,23 @@ impl Engine {
 
     /// Forget a stream's conversation (detached).
     pub fn forget(&mut self, stream: &str) {
-        self.convs.remove(stream);
+        if let Some(c) = self.convs.remove(stream) {
+            self.pool.clear(c.slot);
+            self.free.push(c.slot);
+        }
+    }
+
+    /// A slot for a new stream: a freed one, else the next (the pool doubles when full).
+    fn take_slot(&mut self) -> i64 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        let s = self.slots;
+        self.slots += 1;
+        if s >= self.pool.capacity() {
+            self.pool.grow((2 * self.pool.capacity()).max(s + 1));
+        }
+        s
     }
 
     /// Streams with a conversation.
@@ -255,12 +312,14 @@ impl Engine {
         }
         let _g = tch::no_grad_guard();
         let text = self.text_vectors(batch)?;
-        let keep = self.keep;
-        // Per utterance: (offset, items) of its window, built in order so that two utterances
-        // of one stream in the same batch see each other.
-        let mut rows: Vec<(i64, Vec<Arc<Item>>)> = Vec::with_capacity(batch.len());
+        let window = self.model.manifest.config.window.max(1);
+        let mut rows: Vec<Row> = Vec::with_capacity(batch.len());
         for (u, t) in batch.iter().zip(text) {
-            let conv = self.convs.entry(u.stream.clone()).or_default();
+            if !self.convs.contains_key(&u.stream) {
+                let slot = self.take_slot();
+                self.convs.insert(u.stream.clone(), Conversation::new(slot));
+            }
+            let conv = self.convs.get_mut(&u.stream).expect("inserted above");
             let spk = conv.speaker(&u.speaker).min(self.speakers - 1);
             let audio = match (&u.audio, &self.norm) {
                 (Some(a), Some(n)) => {
@@ -277,32 +336,41 @@ impl Engine {
                 (None, _) => None,
                 (Some(a), None) => Some(a.clone()),
             };
-            let item = Arc::new(Item {
+            rows.push(Row {
+                slot: conv.slot,
+                position: conv.count.min(window - 1),
+                speaker: spk,
                 text: t,
                 audio: audio.filter(|_| self.dims[1] > 0),
-                speaker: spk,
+                provisional: u.provisional,
             });
-            // The conversation holds at most `keep - 1` earlier utterances: all of them count.
-            let mut items: Vec<Arc<Item>> = conv.items.iter().cloned().collect();
-            let offset = conv.count - items.len() as i64;
-            items.push(item.clone());
             if !u.provisional {
-                conv.items.push_back(item);
                 conv.count += 1;
-                if conv.items.len() > keep - 1 {
-                    conv.items.pop_front();
-                }
             }
-            rows.push((offset, items));
         }
-        let probs = self.forward(&rows)?;
+        // Waves: a stream's k-th utterance of this batch goes in wave k, after the ones before
+        // it are in its slot.
+        let mut wave_of = Vec::with_capacity(rows.len());
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for r in &rows {
+            let k = seen.entry(r.slot).or_insert(0);
+            wave_of.push(*k);
+            *k += 1;
+        }
+        let mut probs: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
+        for wave in 0..=wave_of.iter().copied().max().unwrap_or(0) {
+            let members: Vec<usize> = (0..rows.len()).filter(|i| wave_of[*i] == wave).collect();
+            let picked: Vec<&Row> = members.iter().map(|i| &rows[*i]).collect();
+            for (i, p) in members.iter().zip(self.step(&picked)?) {
+                probs[*i] = p;
+            }
+        }
         let classes = &self.model.manifest.classes;
         Ok(batch
             .iter()
             .zip(rows)
             .zip(probs)
-            .map(|((u, (_, items)), p)| {
-                let last = items.last().expect("the utterance itself");
+            .map(|((u, last), p)| {
                 let (best, conf) =
                     p.iter().enumerate().fold(
                         (0, f32::MIN),
@@ -358,56 +426,46 @@ impl Engine {
         Ok(out)
     }
 
-    fn forward(&self, rows: &[(i64, Vec<Arc<Item>>)]) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// One step of the network for utterances of distinct streams; the final ones join
+    /// their stream's context. Class probabilities per row.
+    fn step(&mut self, rows: &[&Row]) -> Result<Vec<Vec<f32>>, EngineError> {
         let b = rows.len() as i64;
-        let t = rows.iter().map(|(_, i)| i.len()).max().unwrap_or(1) as i64;
         let [dt, da, dv] = self.dims;
-        let (mut text, mut audio) = (
-            vec![0f32; (b * t * dt) as usize],
-            vec![0f32; (b * t * da) as usize],
-        );
-        let mut present = vec![0u8; (b * t * 3) as usize];
-        let mut valid = vec![0u8; (b * t) as usize];
-        let mut speaker = vec![0i64; (b * t) as usize];
-        let mut offset = Vec::with_capacity(rows.len());
-        // Right-aligned: padding first, the utterance to score in the last column.
-        for (r, (off, items)) in rows.iter().enumerate() {
-            let pad = t as usize - items.len();
-            offset.push(*off - pad as i64);
-            for (k, it) in items.iter().enumerate() {
-                let cell = r * t as usize + pad + k;
-                valid[cell] = 1;
-                speaker[cell] = it.speaker;
-                if let Some(v) = &it.text {
-                    text[cell * dt as usize..(cell + 1) * dt as usize].copy_from_slice(v);
-                    present[cell * 3] = 1;
-                }
-                if let Some(v) = &it.audio {
-                    audio[cell * da as usize..(cell + 1) * da as usize].copy_from_slice(v);
-                    present[cell * 3 + 1] = 1;
-                }
+        let (mut text, mut audio) = (vec![0f32; (b * dt) as usize], vec![0f32; (b * da) as usize]);
+        let mut present = vec![0u8; (b * 3) as usize];
+        for (r, row) in rows.iter().enumerate() {
+            if let Some(v) = &row.text {
+                text[r * dt as usize..(r + 1) * dt as usize].copy_from_slice(v);
+                present[r * 3] = 1;
+            }
+            if let Some(v) = &row.audio {
+                audio[r * da as usize..(r + 1) * da as usize].copy_from_slice(v);
+                present[r * 3 + 1] = 1;
             }
         }
         let dev = self.device;
-        let batch = Batch {
+        let ints = |f: fn(&Row) -> i64| {
+            let v: Vec<i64> = rows.iter().map(|r| f(r)).collect();
+            Tensor::from_slice(&v).to_device(dev)
+        };
+        let keep: Vec<u8> = rows.iter().map(|r| u8::from(!r.provisional)).collect();
+        let input = StepInput {
+            slots: ints(|r| r.slot),
             features: [
-                Tensor::from_slice(&text).view([b, t, dt]).to_device(dev),
-                Tensor::from_slice(&audio).view([b, t, da]).to_device(dev),
-                Tensor::zeros([b, t, dv], (Kind::Float, dev)),
+                Tensor::from_slice(&text).view([b, dt]).to_device(dev),
+                Tensor::from_slice(&audio).view([b, da]).to_device(dev),
+                Tensor::zeros([b, dv], (Kind::Float, dev)),
             ],
             present: Tensor::from_slice(&present)
-                .view([b, t, 3])
+                .view([b, 3])
                 .to_kind(Kind::Bool)
                 .to_device(dev),
-            valid: Tensor::from_slice(&valid)
-                .view([b, t])
-                .to_kind(Kind::Bool)
-                .to_device(dev),
-            speaker: Tensor::from_slice(&speaker).view([b, t]).to_device(dev),
-            label: Tensor::full([b, t], -1, (Kind::Int64, dev)),
-            offset: Some(Tensor::from_slice(&offset).to_device(dev)),
+            speaker: ints(|r| r.speaker),
+            position: ints(|r| r.position),
         };
-        let logits = self.model.net.forward_last(&batch);
+        let (logits, new) = self.model.net.step(&self.pool, &input);
+        let keep = Tensor::from_slice(&keep).to_kind(Kind::Bool).to_device(dev);
+        self.pool.commit(&new, &keep);
         let c = logits.size()[1];
         let picked = logits
             .softmax(-1, Kind::Float)

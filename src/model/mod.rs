@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use tch::{Device, nn};
 
 pub use layers::Routing;
-pub use net::{Batch, Fusion, MODALITIES, ModelConfig, NetKind, Output, Summer};
+pub use net::{
+    Batch, Fusion, MODALITIES, ModelConfig, NetKind, Output, StepInput, StepPool, StepRows, Summer,
+};
 
 /// The manifest's format tag.
 pub const FORMAT: &str = "summerd-model/1";

@@ -180,12 +180,23 @@ impl Branch {
 
     /// Standardised input projected (zero where absent) plus speaker and position, normalised.
     fn embed(&self, x: &Tensor, present: &Tensor, b: &Batch, c: &ModelConfig) -> Tensor {
+        self.embed_rows(x, present, &b.speaker, &b.positions(c.window), c)
+    }
+
+    /// [`Branch::embed`] from speaker indices and window positions ([B, T] each).
+    fn embed_rows(
+        &self,
+        x: &Tensor,
+        present: &Tensor,
+        speaker: &Tensor,
+        positions: &Tensor,
+        c: &ModelConfig,
+    ) -> Tensor {
         let x = (x - &self.mean) / &self.std;
         let keep = present.unsqueeze(-1).to_kind(Kind::Float);
-        let speaker = b.speaker.clamp(0, c.speakers - 1);
         let e = self.proj.forward(&x) * keep
-            + self.spk.forward(&speaker)
-            + self.pos.forward(&b.positions(c.window));
+            + self.spk.forward(&speaker.clamp(0, c.speakers - 1))
+            + self.pos.forward(positions);
         self.ln.forward(&e)
     }
 
@@ -205,36 +216,6 @@ impl Branch {
             h = l.forward(&h, &mask, train);
         }
         self.moe.forward(&h, train)
-    }
-
-    /// Inference: the branch's outputs at the last `need` positions only (rows right-aligned),
-    /// equal to those rows of `forward`. Each layer computes only the queries the next stage
-    /// reads: `need` plus `window - 1` more per layer still to come.
-    fn forward_last(
-        &self,
-        x: &Tensor,
-        present: &Tensor,
-        b: &Batch,
-        c: &ModelConfig,
-        mask: &Tensor,
-        need: i64,
-    ) -> Tensor {
-        let t = x.size()[1];
-        let need = need.min(t);
-        let mut h = self.embed(x, present, b, c);
-        let mask = mask.logical_and(&present.unsqueeze(1));
-        // h holds the last `have` positions.
-        let mut have = t;
-        let depth = self.layers.len() as i64;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let n = (need + (depth - 1 - l as i64) * (c.window - 1)).min(t);
-            let q = h.narrow(1, have - n, n);
-            let m = mask.narrow(1, t - n, n).narrow(2, t - have, have);
-            h = layer.forward_q(&q, &h, &m, false);
-            have = n;
-        }
-        let h = h.narrow(1, have - need, need);
-        self.moe.forward(&h, false).0
     }
 }
 
@@ -375,36 +356,87 @@ impl Summer {
         self.cls.forward(feature)
     }
 
-    /// Inference for the last utterance of each row only: logits [B, C], equal to the last
-    /// position of [`Summer::forward`] (not training). Rows must be right-aligned (padding
-    /// first, the utterance to score last); only the queries that utterance depends on are
-    /// computed, which is what makes streaming inference cheap.
-    pub fn forward_last(&self, b: &Batch) -> Tensor {
+    /// Incremental inference for causal models: the next utterance of each of B streams,
+    /// logits [B, C], equal to that utterance's position of [`Summer::forward`] over the whole
+    /// conversation (not training). Each stream's past is read from its slot in `pool`; the
+    /// new utterances are computed at their own position only (one query per layer against
+    /// the cached layer inputs of the W - 1 before it). [`StepPool::commit`] then appends them
+    /// (a provisional utterance is scored and never committed). Slots must be distinct.
+    pub fn step(&self, pool: &StepPool, x: &StepInput) -> (Tensor, StepRows) {
         let c = &self.cfg;
-        let t = b.valid.size()[1];
-        let w = c.window.min(t);
-        let mask = b.window_mask(c.window, c.causal);
-        let mut outs = Vec::new();
+        let slots = &x.slots;
+        let ones = Tensor::ones([slots.size()[0], 1], (Kind::Bool, slots.device()));
+        let valid_k = Tensor::cat(&[pool.valid.index_select(0, slots), ones], 1);
+        let mut outs = Vec::with_capacity(self.branches.len());
+        let mut rows = StepRows {
+            slots: slots.shallow_clone(),
+            branches: Vec::with_capacity(self.branches.len()),
+        };
         for (i, (m, br)) in self.branches.iter().enumerate() {
-            let present = b.present.select(2, *m as i64).logical_and(&b.valid);
-            // The query branch (and every branch of a concatenation) is read at the last
-            // position only; a fused branch at the W positions the last one attends to.
-            let need = if self.concat.is_some() || i == 0 {
-                1
-            } else {
-                w
-            };
-            let h = br.forward_last(&b.features[*m], &present, b, c, &mask, need);
+            let cache = &pool.branches[i];
+            let present = x.present.select(1, *m as i64).unsqueeze(1);
+            let present_k = Tensor::cat(
+                &[
+                    cache.present.index_select(0, slots),
+                    present.shallow_clone(),
+                ],
+                1,
+            );
+            // A missing modality is no key for anyone.
+            let mask = present_k.unsqueeze(1);
+            let mut h = br.embed_rows(
+                &x.features[*m].unsqueeze(1),
+                &present,
+                &x.speaker.unsqueeze(1),
+                &x.position.unsqueeze(1),
+                c,
+            );
+            let mut inputs = Vec::with_capacity(br.layers.len());
+            for (l, layer) in br.layers.iter().enumerate() {
+                let keys = Tensor::cat(
+                    &[cache.layers[l].index_select(0, slots), h.shallow_clone()],
+                    1,
+                );
+                let next = layer.forward_q(&h, &keys, &mask, false);
+                inputs.push(h);
+                h = next;
+            }
+            let out = br.moe.forward(&h, false).0;
+            let h_k = Tensor::cat(&[cache.out.index_select(0, slots), out.shallow_clone()], 1);
+            rows.branches.push(BranchRows {
+                layers: inputs,
+                out: out.shallow_clone(),
+                present: present.shallow_clone(),
+            });
             outs.push(Fusing {
-                present_q: present.narrow(1, t - 1, 1),
-                h_q: h.narrow(1, need - 1, 1),
-                present_k: present.narrow(1, t - need, need),
-                h_k: h,
+                present_q: present,
+                h_q: out,
+                present_k,
+                h_k,
             });
         }
-        let rows = mask.narrow(1, t - 1, 1).narrow(2, t - w, w);
-        let (h, _) = self.head(&outs, &rows, false);
-        self.cls.forward(&h).squeeze_dim(1)
+        let (h, _) = self.head(&outs, &valid_k.unsqueeze(1), false);
+        (self.cls.forward(&h).squeeze_dim(1), rows)
+    }
+
+    /// An empty pool of `capacity` stream slots for [`Summer::step`], on `device`.
+    pub fn step_pool(&self, capacity: i64, device: tch::Device) -> StepPool {
+        let (w1, d) = (self.cfg.window.max(1) - 1, self.cfg.d_model);
+        let f = |n: i64| Tensor::zeros([n, w1, d], (Kind::Float, device));
+        let mut pool = StepPool {
+            valid: Tensor::zeros([0, w1], (Kind::Bool, device)),
+            branches: self
+                .branches
+                .iter()
+                .map(|(_, br)| BranchCache {
+                    layers: br.layers.iter().map(|_| f(0)).collect(),
+                    out: f(0),
+                    present: Tensor::zeros([0, w1], (Kind::Bool, device)),
+                })
+                .collect(),
+        };
+        pool.grow(capacity);
+        pool
     }
 
     /// HCMF (or the concatenation) over the branches' outputs, then the global SDMoE: the fused
@@ -461,6 +493,129 @@ impl Summer {
             logits: self.cls.forward(&h),
             feature: h,
             active,
+        }
+    }
+}
+
+/// The next utterance of each of B streams for [`Summer::step`].
+#[derive(Debug)]
+pub struct StepInput {
+    /// Each stream's slot in the [`StepPool`] [B] (i64, distinct).
+    pub slots: Tensor,
+    /// Feature vectors [B, D_m] (zeros where absent).
+    pub features: [Tensor; 3],
+    /// Presence per modality [B, 3] (bool).
+    pub present: Tensor,
+    /// Speaker index within the conversation [B] (i64).
+    pub speaker: Tensor,
+    /// Position in the window: min(conversation index, window - 1) [B] (i64).
+    pub position: Tensor,
+}
+
+/// What [`Summer::step`] computed for the new utterances, to append to their slots.
+#[derive(Debug)]
+pub struct StepRows {
+    slots: Tensor,
+    branches: Vec<BranchRows>,
+}
+
+#[derive(Debug)]
+struct BranchRows {
+    /// Each layer's input at the new utterance [B, 1, d].
+    layers: Vec<Tensor>,
+    /// The branch's output [B, 1, d].
+    out: Tensor,
+    /// The modality was present [B, 1].
+    present: Tensor,
+}
+
+/// Per-stream caches of incremental inference, one slot per stream, on the model's device:
+/// for each branch, every layer's input and the branch output at the stream's last W - 1
+/// utterances (oldest first), which of them had the modality, and which are real (a young
+/// conversation has fewer). Gathered and updated with one indexed operation per tensor,
+/// whatever the batch.
+#[derive(Debug)]
+pub struct StepPool {
+    valid: Tensor,
+    branches: Vec<BranchCache>,
+}
+
+#[derive(Debug)]
+struct BranchCache {
+    layers: Vec<Tensor>,
+    out: Tensor,
+    present: Tensor,
+}
+
+/// Drop each row's oldest entry and append `new` ([B, 1, ...]) along the window axis.
+fn shifted(old: &Tensor, new: &Tensor) -> Tensor {
+    let w1 = old.size()[1];
+    if w1 == 0 {
+        return old.shallow_clone();
+    }
+    Tensor::cat(&[old.narrow(1, 1, w1 - 1), new.shallow_clone()], 1)
+}
+
+impl StepPool {
+    /// Slots the pool holds.
+    pub fn capacity(&self) -> i64 {
+        self.valid.size()[0]
+    }
+
+    /// Add slots (empty) until there are `capacity`.
+    pub fn grow(&mut self, capacity: i64) {
+        let more = capacity - self.capacity();
+        if more <= 0 {
+            return;
+        }
+        let grow = |t: &mut Tensor| {
+            let mut shape = t.size();
+            shape[0] = more;
+            *t = Tensor::cat(
+                &[
+                    t.shallow_clone(),
+                    Tensor::zeros(shape, (t.kind(), t.device())),
+                ],
+                0,
+            );
+        };
+        grow(&mut self.valid);
+        for b in &mut self.branches {
+            b.layers.iter_mut().for_each(&grow);
+            grow(&mut b.out);
+            grow(&mut b.present);
+        }
+    }
+
+    /// Empty a slot (a stream ended; the slot may be reused).
+    pub fn clear(&mut self, slot: i64) {
+        let _ = self.valid.get(slot).fill_(0);
+        for b in &mut self.branches {
+            for t in b.layers.iter_mut().chain([&mut b.out, &mut b.present]) {
+                let _ = t.get(slot).zero_();
+            }
+        }
+    }
+
+    /// Append the rows `keep` [B] (bool) of a step's utterances to their slots.
+    pub fn commit(&mut self, rows: &StepRows, keep: &Tensor) {
+        let idx = keep.nonzero().squeeze_dim(1);
+        if idx.size()[0] == 0 {
+            return;
+        }
+        let slots = rows.slots.index_select(0, &idx);
+        let put = |t: &mut Tensor, new: &Tensor| {
+            let old = t.index_select(0, &slots);
+            let _ = t.index_copy_(0, &slots, &shifted(&old, &new.index_select(0, &idx)));
+        };
+        let real = Tensor::ones([rows.slots.size()[0], 1], (Kind::Bool, slots.device()));
+        put(&mut self.valid, &real);
+        for (cache, new) in self.branches.iter_mut().zip(&rows.branches) {
+            for (t, n) in cache.layers.iter_mut().zip(&new.layers) {
+                put(t, n);
+            }
+            put(&mut cache.out, &new.out);
+            put(&mut cache.present, &new.present);
         }
     }
 }

@@ -48,10 +48,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    // `text_encoder.precision` (f32, bf16, auto); SUMMERD_BENCH_TEXT_PRECISION sets it.
+    let precision = std::env::var("SUMMERD_BENCH_TEXT_PRECISION").unwrap_or_else(|_| "auto".into());
+    let matmul = match precision.as_str() {
+        "f32" => summerd::text::Precision::F32,
+        "bf16" => summerd::text::Precision::Bf16,
+        _ => summerd::text::Precision::Auto,
+    }
+    .kind(tch::Device::Cpu);
     let d = Daemon::start_custom(
         |_, p| {
             format!(
-                "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
+                "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\nprecision = \"{precision}\"\n\
                  [pipelines]\ndir = \"{}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
                  sndhwm = 100000\n[inference]\nthreads = {threads}\n\
                  [vision]\nmtcnn_dir = \"{}\"\nexpression_file = \"{}\"\n",
@@ -170,7 +178,7 @@ fn main() {
     let max = latencies.last().copied().unwrap_or(f64::NAN);
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
     println!(
-        "e2e: {STREAMS} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU, {threads} inference thread(s)): \
+        "e2e: {STREAMS} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU, {threads} inference thread(s), text {matmul:?}): \
          latency p50 {p50:.1} ms, p90 {p90:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms; \
          audio present {audio_present}/{n}; feature_wait expired {expired}; \
          engine {engine_ms:.1} ms a batch of {batch:.2} on average; \
@@ -178,7 +186,7 @@ fn main() {
         cpu / wall
     );
     let out = json!({
-        "streams": STREAMS, "rounds": ROUNDS, "inference_threads": threads, "events": n, "cores": cores, "device": "cpu",
+        "streams": STREAMS, "rounds": ROUNDS, "inference_threads": threads, "text_matmul": format!("{matmul:?}"), "events": n, "cores": cores, "device": "cpu",
         "asr_delay_s": ASR_DELAY,
         "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max, "mean": mean},
         "audio_present": audio_present, "feature_wait_expired": expired,
