@@ -1074,6 +1074,8 @@ fn init_logging(cfg: &Config) {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
+    let arenas = summerd::ingest::limit_malloc_arenas(cfg.raw.daemon.malloc_arenas);
+    tracing::debug!(?arenas, "malloc arenas");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("summerd-rt")

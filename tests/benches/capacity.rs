@@ -405,6 +405,10 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
         .sum();
     let vision = metric(&m1, "summerd_vision_frame_seconds_count").unwrap_or(0.0)
         - metric(&m0, "summerd_vision_frame_seconds_count").unwrap_or(0.0);
+    // Segments that went on without their descriptors after `inference.feature_wait`.
+    let outcome = |o: &str| format!("summerd_utterances_total{{outcome=\"{o}\"}}");
+    let expired = metric(&m1, &outcome("feature_wait_expired")).unwrap_or(0.0)
+        - metric(&m0, &outcome("feature_wait_expired")).unwrap_or(0.0);
     let (lost, extra) = traffic.lost_and_extra();
     let mut lat = traffic.latencies.clone();
     lat.sort_by(f64::total_cmp);
@@ -455,7 +459,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
         "rss_added_per_stream_mib": (rss_peak - rss_base) / n as f64,
         "min_audio_realtime": min_audio, "dropped_chunks_or_frames": dropped,
         "video_frames_handed": frames, "video_frames_processed": vision,
-        "segments": sent,
+        "segments": sent, "feature_wait_expired": expired,
         "latency_ms": {"p50": percentile(&lat, 50.0), "p90": percentile(&lat, 90.0),
                        "p99": p99, "max": lat.last().copied().unwrap_or(f64::NAN)},
         "lost": lost, "extra": extra, "events": lat.len(), "up_s": up_s, "window_s": wall,
