@@ -189,11 +189,12 @@ fn daemon(vision: bool) -> Daemon {
             format!(
                 "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
                  [pipelines]\ndir = \"{}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
-                 sndhwm = 100000\n{vision}",
+                 sndhwm = 100000\n{vision}{}",
                 r.join("models/summer-default").display(),
                 r.join("models/third_party/all-minilm-l6-v2").display(),
                 r.join("pipelines").display(),
                 p.1,
+                common::bench_config(),
             )
         },
         &[],

@@ -7,7 +7,9 @@
 //! on that stream's media clock (a real ASR needs at least its end-of-speech silence), and a
 //! SUB socket collects the events. `latency_ms` is what the daemon measured from the
 //! segment's arrival to the event's publication. Figures are printed and written to
-//! target/bench/e2e.json. Run with `make bench-e2e`.
+//! target/bench/e2e.json. Run with `make bench-e2e`. SUMMERD_BENCH_THREADS,
+//! SUMMERD_BENCH_TEXT_PRECISION and SUMMERD_BENCH_CONFIG (extra TOML tables for the daemon)
+//! vary the settings.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -62,13 +64,14 @@ fn main() {
                 "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\nprecision = \"{precision}\"\n\
                  [pipelines]\ndir = \"{}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
                  sndhwm = 100000\n[inference]\nthreads = {threads}\n\
-                 [vision]\nmtcnn_dir = \"{}\"\nexpression_file = \"{}\"\n",
+                 [vision]\nmtcnn_dir = \"{}\"\nexpression_file = \"{}\"\n{}",
                 r.join("models/summer-default").display(),
                 r.join("models/third_party/all-minilm-l6-v2").display(),
                 r.join("pipelines").display(),
                 p.1,
                 r.join(summerd::vision::MTCNN_DIR).display(),
                 r.join(summerd::vision::EXPRESSION_FILE).display(),
+                common::bench_config(),
             )
         },
         &[],

@@ -115,7 +115,10 @@ impl Daemon {
         let (t, e, a, m) = (free_port(), free_port(), free_port(), free_port());
         let extra = extra(dir.path(), (t, e, a));
         let has = |section: &str| extra.contains(&format!("[{section}]"));
-        let mut cfg = String::from("[daemon]\nlog_level = \"info\"\nshutdown_timeout = \"5s\"\n");
+        let mut cfg = String::new();
+        if !has("daemon") {
+            cfg += "[daemon]\nlog_level = \"info\"\nshutdown_timeout = \"5s\"\n";
+        }
         if !has("transcripts") {
             cfg += &format!("[transcripts]\nendpoint = \"tcp://127.0.0.1:{t}\"\n");
         }
@@ -495,4 +498,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
+}
+
+/// Extra daemon configuration (TOML tables) for a benchmark run, from SUMMERD_BENCH_CONFIG
+/// (e.g. `[daemon]\nmalloc_arenas = 2`), so that settings can be compared without editing the
+/// bench; empty when unset.
+pub fn bench_config() -> String {
+    std::env::var("SUMMERD_BENCH_CONFIG")
+        .map(|c| format!("\n{c}\n"))
+        .unwrap_or_default()
 }
