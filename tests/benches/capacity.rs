@@ -216,6 +216,8 @@ struct Traffic {
     got: BTreeMap<String, BTreeMap<u64, usize>>,
     sent: usize,
     latencies: Vec<f64>,
+    /// The slowest event: latency, stream, seq and span end.
+    slowest: Value,
     ups: usize,
 }
 
@@ -241,6 +243,7 @@ impl Traffic {
             got: BTreeMap::new(),
             sent: 0,
             latencies: Vec::new(),
+            slowest: Value::Null,
             ups: 0,
         }
     }
@@ -280,7 +283,12 @@ impl Traffic {
                 ));
             }
         } else if topic.starts_with("emotion.") {
-            self.latencies.push(body["latency_ms"].as_f64().unwrap());
+            let ms = body["latency_ms"].as_f64().unwrap();
+            if ms > self.slowest["latency_ms"].as_f64().unwrap_or(0.0) {
+                self.slowest = json!({"latency_ms": ms, "stream": body["stream"],
+                    "seq": body["seq"], "end": body["end"]});
+            }
+            self.latencies.push(ms);
             *self
                 .got
                 .entry(body["stream"].as_str().unwrap().to_string())
@@ -412,6 +420,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
         - metric(&m0, &outcome("feature_wait_expired")).unwrap_or(0.0);
     let (lost, extra) = traffic.lost_and_extra();
     let mut lat = traffic.latencies.clone();
+    let slowest = traffic.slowest.clone();
     lat.sort_by(f64::total_cmp);
     let p99 = percentile(&lat, 99.0);
     let held = min_audio >= 0.97
@@ -460,7 +469,7 @@ fn level(mode: &str, n: usize, call: &Value, wav: &Path, hd: &Path) -> Value {
         "rss_added_per_stream_mib": (rss_peak - rss_base) / n as f64,
         "min_audio_realtime": min_audio, "dropped_chunks_or_frames": dropped,
         "video_frames_handed": frames, "video_frames_processed": vision,
-        "segments": sent, "feature_wait_expired": expired,
+        "segments": sent, "feature_wait_expired": expired, "slowest": slowest,
         "latency_ms": {"p50": percentile(&lat, 50.0), "p90": percentile(&lat, 90.0),
                        "p99": p99, "max": lat.last().copied().unwrap_or(f64::NAN)},
         "lost": lost, "extra": extra, "events": lat.len(), "up_s": up_s, "window_s": wall,
