@@ -103,6 +103,27 @@ pub struct Running {
     shutdown_timeout: Duration,
 }
 
+/// Cap glibc's malloc arenas at `arenas` (0: leave glibc's default) unless the environment's
+/// `MALLOC_ARENA_MAX` is set. Returns the cap in force, if any. Call before threads start.
+pub fn limit_malloc_arenas(arenas: u32) -> Option<u32> {
+    if let Some(v) = std::env::var_os("MALLOC_ARENA_MAX") {
+        return v.to_str().and_then(|v| v.parse().ok());
+    }
+    if arenas == 0 {
+        return None;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt takes two integers; glibc applies M_ARENA_MAX to arenas made later.
+        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas.min(i32::MAX as u32) as i32) };
+        (ok == 1).then_some(arenas)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// Bind everything and start serving. Returns once initialised (sockets bound, threads
 /// running); errors name the socket or address that failed.
 pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
@@ -115,14 +136,12 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             let enc = cfg.text_encoder_dir.clone();
             let max_tokens = cfg.raw.text_encoder.max_tokens;
             let precision = cfg.raw.text_encoder.precision;
-            let (e, kind) = tokio::task::spawn_blocking(move || {
-                let mut e = Engine::load(&dir, &enc, max_tokens, device)?;
-                let kind = e.set_text_precision(precision)?;
-                Ok::<_, crate::infer::engine::EngineError>((e, kind))
+            let e = tokio::task::spawn_blocking(move || {
+                Engine::load(&dir, &enc, max_tokens, precision, device)
             })
             .await
             .expect("model loading does not panic")?;
-            tracing::info!(model = e.name(), device = ?device, text_matmul = ?kind, "Loaded the model");
+            tracing::info!(model = e.name(), device = ?device, text_matmul = ?e.text_matmul(), "Loaded the model");
             Some(e)
         }
         None => None,

@@ -726,9 +726,9 @@ fn replay(
         &model,
         &cfg.text_encoder_dir,
         cfg.raw.text_encoder.max_tokens,
+        cfg.raw.text_encoder.precision,
         device,
     )?;
-    engine.set_text_precision(cfg.raw.text_encoder.precision)?;
     let limits = summerd::transcripts::Limits::from(&cfg.raw.transcripts);
     let vision = match &cfg.vision {
         Some(v) => Some(summerd::infer::replay::ReplayVision {
@@ -1074,7 +1074,7 @@ fn init_logging(cfg: &Config) {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
-    let arenas = summerd::ingest::limit_malloc_arenas(cfg.raw.daemon.malloc_arenas);
+    let arenas = summerd::daemon::limit_malloc_arenas(cfg.raw.daemon.malloc_arenas);
     tracing::debug!(?arenas, "malloc arenas");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use summerd::infer::engine::{Engine, Utterance, daemon_features};
 use summerd::model::norm::SpeakerNorm;
-use summerd::model::{Batch, Model, ModelConfig, NetKind};
+use summerd::model::{Batch, Features, Model, ModelConfig, NetKind};
+use summerd::text::Precision;
 use tch::{Device, Kind, Tensor};
 
 fn encoder_dir() -> PathBuf {
@@ -147,7 +148,8 @@ fn streaming_one_by_one_or_in_batches_equals_the_whole_conversation() {
         let conv = conversation(14);
         let want = reference(dir.path(), &norm, &conv);
         let cl = classes();
-        let mut one = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+        let mut one =
+            Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
         for (i, u) in conv.iter().enumerate() {
             let e = one.infer(std::slice::from_ref(u)).unwrap();
             assert!(
@@ -160,9 +162,11 @@ fn streaming_one_by_one_or_in_batches_equals_the_whole_conversation() {
             assert!(e[0].modalities.text && !e[0].modalities.visual);
         }
         // All at once (one forward pass) and in uneven chunks: the same.
-        let mut all = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+        let mut all =
+            Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
         let evs = all.infer(&conv).unwrap();
-        let mut chunks = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+        let mut chunks =
+            Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
         let mut evs2 = Vec::new();
         for c in conv.chunks(5) {
             evs2.extend(chunks.infer(c).unwrap());
@@ -180,7 +184,7 @@ fn provisional_utterances_do_not_join_and_forget_starts_afresh() {
     let conv = conversation(6);
     let want = reference(dir.path(), &norm, &conv);
     let cl = classes();
-    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
     // Another stream interleaved does not disturb this one.
     let mut other = conversation(3);
     for u in &mut other {
@@ -213,7 +217,7 @@ fn many_streams_grow_the_cache_and_reuse_freed_slots() {
     let conv = conversation(5);
     let want = reference(dir.path(), &norm, &conv);
     let cl = classes();
-    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
     let as_stream = |u: &Utterance, s: String| Utterance {
         stream: s,
         ..u.clone()
@@ -249,12 +253,12 @@ fn many_streams_grow_the_cache_and_reuse_freed_slots() {
     assert_eq!(e.streams().len(), 40);
 }
 
-#[test]
-fn a_bidirectional_model_is_refused() {
+/// Why the engine refuses a small untrained model with these features and causality.
+fn refusal(features: Features, causal: bool) -> String {
     let _g = RNG.lock().unwrap();
     let mut m = Model::new(
         NetKind::Fused,
-        daemon_features(384, false),
+        features,
         classes(),
         &ModelConfig {
             d_model: 16,
@@ -262,52 +266,37 @@ fn a_bidirectional_model_is_refused() {
             ffn_hidden: 16,
             expert_hidden: 8,
             experts: 2,
-            causal: false,
+            causal,
             ..ModelConfig::default()
         },
         Device::Cpu,
     );
     let dir = tempfile::tempdir().unwrap();
     m.save(dir.path()).unwrap();
-    let err = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu)
+    Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu)
         .err()
         .expect("must be refused")
-        .to_string();
+        .to_string()
+}
+
+#[test]
+fn a_bidirectional_model_is_refused() {
+    let err = refusal(daemon_features(384, false), false);
     assert!(err.contains("bidirectional"), "{err}");
 }
 
 #[test]
 fn a_model_that_reads_other_features_is_refused_by_name() {
-    let _g = RNG.lock().unwrap();
     let mut f = daemon_features(384, false);
     f.audio.as_mut().unwrap().extractor = "egemaps-v02/opensmile".into();
-    let mut m = Model::new(
-        NetKind::Fused,
-        f,
-        classes(),
-        &ModelConfig {
-            d_model: 16,
-            heads: 2,
-            ffn_hidden: 16,
-            expert_hidden: 8,
-            experts: 2,
-            ..ModelConfig::default()
-        },
-        Device::Cpu,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    m.save(dir.path()).unwrap();
-    let err = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu)
-        .err()
-        .expect("must be refused")
-        .to_string();
+    let err = refusal(f, true);
     assert!(err.contains("egemaps-v02/opensmile"), "{err}");
 }
 
 #[test]
 fn a_stream_remembers_a_bounded_number_of_speakers() {
     let (dir, _) = model(1);
-    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Device::Cpu).unwrap();
+    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
     let base = conversation(1).remove(0);
     // Far more labels than remembered: the state stays bounded and inference goes on.
     for i in 0..(summerd::infer::engine::MAX_SPEAKERS * 3) {

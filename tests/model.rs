@@ -718,11 +718,11 @@ fn incremental_step_equals_the_full_forward() {
                             &at(k, [noise(DIMS[0]), noise(DIMS[1]), noise(DIMS[2])]),
                         )
                     });
-                    pool.commit(&rows, &Tensor::zeros([b], (Kind::Bool, Device::Cpu)));
+                    pool.commit(&rows, &[false; 3]);
                 }
                 let f = [0, 1, 2].map(|i| x.features[i].select(1, k));
                 let (logits, rows) = tch::no_grad(|| m.net.step(&pool, &at(k, f)));
-                pool.commit(&rows, &Tensor::ones([b], (Kind::Bool, Device::Cpu)));
+                pool.commit(&rows, &[true; 3]);
                 let diff = (&full.select(1, k) - &logits).abs().max().double_value(&[]);
                 assert!(
                     diff < 1e-5,

@@ -170,8 +170,8 @@ pub struct Engine {
     pool: StepPool,
     /// Slots of forgotten streams, reused before the pool grows.
     free: Vec<i64>,
-    /// Slots handed out so far.
-    slots: i64,
+    /// Element type of the text encoder's matrix products.
+    text_kind: Kind,
     dims: [i64; 3],
     speakers: i64,
     norm: Option<SpeakerNorm>,
@@ -179,11 +179,13 @@ pub struct Engine {
 
 impl Engine {
     /// Load the model in `model_dir` and the text encoder in `encoder_dir` (with the model's
-    /// fine-tuned layers, if it has any), checking that the model reads what the daemon makes.
+    /// fine-tuned layers, if it has any, its matrix products at `precision`), checking that the
+    /// model reads what the daemon makes.
     pub fn load(
         model_dir: &Path,
         encoder_dir: &Path,
         max_tokens: usize,
+        precision: crate::text::Precision,
         device: Device,
     ) -> Result<Engine, EngineError> {
         let model = Model::load(model_dir, device)?;
@@ -195,7 +197,9 @@ impl Engine {
             .text_tuned
             .as_ref()
             .map(|t| model_dir.join(&t.file));
-        let encoder = TextEncoder::load_tuned(encoder_dir, max_tokens, device, tuned.as_deref())?;
+        let mut encoder =
+            TextEncoder::load_tuned(encoder_dir, max_tokens, device, tuned.as_deref())?;
+        let text_kind = encoder.set_precision(precision);
         let have = daemon_features(encoder.dim() as i64, tuned.is_some());
         model.manifest.features.check_against(&have)?;
         let dir_name = model_dir
@@ -209,7 +213,7 @@ impl Engine {
             dims: model.manifest.features.dims(),
             pool: model.net.step_pool(16, device),
             free: Vec::new(),
-            slots: 0,
+            text_kind,
             speakers: model.manifest.config.speakers.max(1),
             norm: model.manifest.speaker_norm.clone(),
             model,
@@ -247,15 +251,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Run the text encoder's matrix products at `precision` (see [`crate::text::Precision`]);
-    /// returns the element type chosen.
-    pub fn set_text_precision(
-        &mut self,
-        precision: crate::text::Precision,
-    ) -> Result<Kind, EngineError> {
-        let kind = self.encoder.set_precision(precision);
-        self.warm_up()?;
-        Ok(kind)
+    /// Element type of the text encoder's matrix products (from the precision at load).
+    pub fn text_matmul(&self) -> Kind {
+        self.text_kind
     }
 
     /// `name@sha256-prefix`.
@@ -281,13 +279,13 @@ impl Engine {
         }
     }
 
-    /// A slot for a new stream: a freed one, else the next (the pool doubles when full).
+    /// A slot for a new stream: a freed one, else the next (the pool doubles when full). With
+    /// none free, the streams hold exactly the slots handed out so far: 0 to len - 1.
     fn take_slot(&mut self) -> i64 {
         if let Some(s) = self.free.pop() {
             return s;
         }
-        let s = self.slots;
-        self.slots += 1;
+        let s = self.convs.len() as i64;
         if s >= self.pool.capacity() {
             self.pool.grow((2 * self.pool.capacity()).max(s + 1));
         }
@@ -448,7 +446,6 @@ impl Engine {
             let v: Vec<i64> = rows.iter().map(|r| f(r)).collect();
             Tensor::from_slice(&v).to_device(dev)
         };
-        let keep: Vec<u8> = rows.iter().map(|r| u8::from(!r.provisional)).collect();
         let input = StepInput {
             slots: ints(|r| r.slot),
             features: [
@@ -464,7 +461,7 @@ impl Engine {
             position: ints(|r| r.position),
         };
         let (logits, new) = self.model.net.step(&self.pool, &input);
-        let keep = Tensor::from_slice(&keep).to_kind(Kind::Bool).to_device(dev);
+        let keep: Vec<bool> = rows.iter().map(|r| !r.provisional).collect();
         self.pool.commit(&new, &keep);
         let c = logits.size()[1];
         let picked = logits

@@ -755,27 +755,6 @@ impl Supervisor {
     }
 }
 
-/// Cap glibc's malloc arenas at `arenas` (0: leave glibc's default) unless the environment's
-/// `MALLOC_ARENA_MAX` is set. Returns the cap in force, if any. Call before threads start.
-pub fn limit_malloc_arenas(arenas: u32) -> Option<u32> {
-    if let Some(v) = std::env::var_os("MALLOC_ARENA_MAX") {
-        return v.to_str().and_then(|v| v.parse().ok());
-    }
-    if arenas == 0 {
-        return None;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallopt takes two integers; glibc applies M_ARENA_MAX to arenas made later.
-        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas.min(i32::MAX as u32) as i32) };
-        (ok == 1).then_some(arenas)
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        None
-    }
-}
-
 /// Lower the calling thread's priority to `nice` (a no-op at 0). Raising a nice value needs
 /// no privilege; failures are logged once per thread and otherwise ignored.
 pub fn set_nice(nice: i32) {

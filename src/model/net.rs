@@ -597,12 +597,15 @@ impl StepPool {
         }
     }
 
-    /// Append the rows `keep` [B] (bool) of a step's utterances to their slots.
-    pub fn commit(&mut self, rows: &StepRows, keep: &Tensor) {
-        let idx = keep.nonzero().squeeze_dim(1);
-        if idx.size()[0] == 0 {
+    /// Append the step's utterances whose `keep` is true (one per row) to their slots.
+    pub fn commit(&mut self, rows: &StepRows, keep: &[bool]) {
+        let idx: Vec<i64> = (0..keep.len() as i64)
+            .filter(|i| keep[*i as usize])
+            .collect();
+        if idx.is_empty() {
             return;
         }
+        let idx = Tensor::from_slice(&idx).to_device(rows.slots.device());
         let slots = rows.slots.index_select(0, &idx);
         let put = |t: &mut Tensor, new: &Tensor| {
             let old = t.index_select(0, &slots);

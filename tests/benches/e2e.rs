@@ -52,12 +52,9 @@ fn main() {
         .unwrap_or(1);
     // `text_encoder.precision` (f32, bf16, auto); SUMMERD_BENCH_TEXT_PRECISION sets it.
     let precision = std::env::var("SUMMERD_BENCH_TEXT_PRECISION").unwrap_or_else(|_| "auto".into());
-    let matmul = match precision.as_str() {
-        "f32" => summerd::text::Precision::F32,
-        "bf16" => summerd::text::Precision::Bf16,
-        _ => summerd::text::Precision::Auto,
-    }
-    .kind(tch::Device::Cpu);
+    let matmul = <summerd::text::Precision as clap::ValueEnum>::from_str(&precision, true)
+        .expect("SUMMERD_BENCH_TEXT_PRECISION: f32, bf16 or auto")
+        .kind(tch::Device::Cpu);
     let d = Daemon::start_custom(
         |_, p| {
             format!(

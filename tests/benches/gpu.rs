@@ -36,6 +36,7 @@ fn engine(device: Device) -> Engine {
         &root().join("models/summer-default"),
         &root().join(summerd::text::DEFAULT_DIR),
         summerd::text::DEFAULT_MAX_TOKENS,
+        summerd::text::Precision::F32,
         device,
     )
     .unwrap_or_else(|e| panic!("{e}"))
