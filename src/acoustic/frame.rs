@@ -31,6 +31,14 @@ const SHORT_BINS: usize = FFT_SHORT / 2 + 1;
 const MEL_BANDS: usize = 26;
 const LPC_ORDER: usize = 11;
 const LPC_RATE: f32 = 11_000.0;
+/// The short frame's offset in its FFT buffer (centred).
+const LPC_PAD: usize = (FFT_SHORT - SHORT) / 2;
+/// The inverse transform's size: the FFT buffer's length at 11 kHz.
+const LPC_FFT: usize = FFT_SHORT * 11 / 16;
+/// Samples of the 11 kHz frame the LPC sees: the short frame's length at 11 kHz.
+const LPC_OUT: usize = SHORT * 11 / 16;
+/// Spectrum bins that reach the 11 kHz frame.
+const LPC_BINS: usize = LPC_OUT / 2;
 /// Pitch candidates per frame.
 pub const CANDIDATES: usize = 6;
 const SHS_HARMONICS: usize = 15;
@@ -113,11 +121,16 @@ impl Mel {
     }
 }
 
-/// Equal-loudness weight of PLP (Hermansky 1990) at frequency `f` Hz.
+/// Weight of a band centred at `f` Hz in the auditory spectrum: PLP's equal-loudness curve
+/// (Hermansky 1990) scaled by 1 / 0.17, with a 7th-order roll-off above 4.6 kHz. Both were
+/// measured on openSMILE 2.6.0 as a black box (the ratio of its auditory to its mel spectrum,
+/// band by band, on white noise and on sines: flat 5.882 below 2 kHz, then falling as
+/// 1 / (1 + (f / 4608)^7) to within 0.1 %), so that Loudness has eGeMAPS' scale.
 fn equal_loudness(f: f32) -> f32 {
     let w2 = (2.0 * std::f64::consts::PI * f as f64).powi(2);
     let v = ((w2 + 56.8e6) * w2 * w2) / ((w2 + 6.3e6).powi(2) * (w2 + 0.38e9));
-    v as f32
+    let rolloff = 1.0 / (1.0 + (f as f64 / 4608.0).powi(7));
+    (v / 0.17 * rolloff) as f32
 }
 
 /// The subharmonic-summation pitch detector's fixed tables.
@@ -286,7 +299,11 @@ pub struct FrameAnalyzer {
     bands: [f32; MEL_BANDS],
     loud_w: [f32; MEL_BANDS],
     dct: [[f32; MEL_BANDS]; 4],
-    lpc_cos: Vec<[f32; LPC_ORDER + 1]>,
+    ifft_lpc: Arc<dyn ComplexToReal<f32>>,
+    lpc_shift: Vec<Complex<f32>>,
+    lpc_spec: Vec<Complex<f32>>,
+    lpc_wave: Vec<f32>,
+    lpc_scr: Vec<Complex<f32>>,
     roots: [Complex<f64>; LPC_ORDER],
     shs: Shs,
 }
@@ -327,15 +344,13 @@ impl FrameAnalyzer {
                     * lifter;
             }
         }
-        let lpc_bins = ((LPC_RATE / 2.0) / df_s).floor() as usize + 1;
-        let lpc_cos = (0..lpc_bins)
+        let ifft_lpc = planner.plan_fft_inverse(LPC_FFT);
+        // The short frame sits in the middle of its FFT buffer (openSMILE pads symmetrically);
+        // the spectrum computed with the frame at the start is rotated to that position.
+        let lpc_shift = (0..LPC_BINS)
             .map(|k| {
-                let mut row = [0.0; LPC_ORDER + 1];
-                for (m, v) in row.iter_mut().enumerate() {
-                    let w = if k == 0 { 1.0 } else { 2.0 };
-                    *v = w * (2.0 * PI * k as f32 * df_s * m as f32 / LPC_RATE).cos();
-                }
-                row
+                let phase = -2.0 * PI * k as f32 * LPC_PAD as f32 / FFT_SHORT as f32;
+                Complex::new(phase.cos(), phase.sin())
             })
             .collect();
         FrameAnalyzer {
@@ -358,7 +373,11 @@ impl FrameAnalyzer {
             bands: [0.0; MEL_BANDS],
             loud_w,
             dct,
-            lpc_cos,
+            lpc_spec: ifft_lpc.make_input_vec(),
+            lpc_wave: ifft_lpc.make_output_vec(),
+            lpc_scr: ifft_lpc.make_scratch_vec(),
+            ifft_lpc,
+            lpc_shift,
             roots: initial_roots(),
             shs: Shs::new(RATE / FFT_LONG as f32),
         }
@@ -421,14 +440,15 @@ impl FrameAnalyzer {
         let df = RATE / FFT_SHORT as f32;
         let p = &self.pow_s;
         // Loudness: mel bands of the power spectrum, equal-loudness weighted, cube-root-ish
-        // compressed (0.33), summed.
+        // compressed (0.33), averaged over the bands.
         self.mel.apply(p, &mut self.bands);
         out.spectral[0] = self
             .bands
             .iter()
             .zip(&self.loud_w)
             .map(|(b, w)| (b * w).max(0.0).powf(0.33))
-            .sum();
+            .sum::<f32>()
+            / MEL_BANDS as f32;
         let bin = |f: f32| ((f / df).round() as usize).min(p.len() - 1);
         let maxp = |a: usize, b: usize| p[a..=b].iter().cloned().fold(0.0f32, f32::max);
         let db = |v: f32| {
@@ -464,7 +484,7 @@ impl FrameAnalyzer {
                 0.0
             };
         }
-        // Spectral flux: the L2 distance between consecutive magnitude spectra, 0-5 kHz.
+        // Spectral flux: the RMS difference between consecutive magnitude spectra, 0-5 kHz.
         let mut flux = 0.0;
         for (prev, v) in self.prev_mag.iter_mut().zip(&p[..=b5k]) {
             let m = v.sqrt();
@@ -472,7 +492,8 @@ impl FrameAnalyzer {
             flux += d * d;
             *prev = m;
         }
-        let flux = flux.sqrt();
+        // Normalised by the band's bins above DC (openSMILE's scale, checked frame by frame).
+        let flux = (flux / b5k as f32).sqrt();
         out.spectral[5] = flux;
         // MFCC 1-4: HTK-style (16-bit sample scale, log mel power, DCT-II, lifter 22).
         let scale = 32768.0f32 * 32768.0;
@@ -485,19 +506,49 @@ impl FrameAnalyzer {
         }
     }
 
-    /// F1-F3 from an order-11 LPC of the spectrum band-limited to 5.5 kHz (11 kHz rate).
+    /// F1-F3 as eGeMAPS v02 defines them. openSMILE measured as a black box (its own
+    /// intermediate levels read back through a probe configuration, see
+    /// `tests/acoustic_probe.py`) does three things a textbook LPC formant tracker does not, and
+    /// they are reproduced here because the descriptor is defined by them:
+    /// 1. the "11 kHz signal" the LPC sees is the inverse transform, on the 11 kHz grid, of only
+    ///    the lowest `LPC_OUT / 2` bins of the short frame's spectrum (0-3.4 kHz at 16 kHz),
+    ///    with the DC bin counted twice, and of that only the first `LPC_OUT` samples, with the
+    ///    frame in the middle of its FFT buffer;
+    /// 2. the order-11 autocorrelation LPC is then solved by Levinson-Durbin as usual;
+    /// 3. the formants are the roots of the polynomial with the predictor's signs flipped,
+    ///    1 - a1 z^-1 - ... - a11 z^-11, not of the prediction-error filter itself.
+    ///
+    /// Frequencies 50-5450 Hz are kept, sorted; the bandwidth of a root z is -ln|z| fs / pi.
     fn formants(&mut self) -> [(f32, f32); 3] {
-        let mut acc = [0.0f32; LPC_ORDER + 1];
-        for (row, p) in self.lpc_cos.iter().zip(&self.pow_s) {
-            for (a, c) in acc.iter_mut().zip(row) {
-                *a += c * p;
-            }
+        self.lpc_spec
+            .iter_mut()
+            .for_each(|v| *v = Complex::new(0.0, 0.0));
+        for ((z, x), r) in self
+            .lpc_spec
+            .iter_mut()
+            .zip(&self.spec_s)
+            .zip(&self.lpc_shift)
+        {
+            *z = x * r;
         }
-        let r = acc.map(f64::from);
+        self.lpc_spec[0] = Complex::new(2.0 * self.lpc_spec[0].re, 0.0);
+        self.ifft_lpc
+            .process_with_scratch(&mut self.lpc_spec, &mut self.lpc_wave, &mut self.lpc_scr)
+            .expect("buffers made by the plan");
+        let y = &self.lpc_wave[..LPC_OUT];
+        let mut acc = [0.0f64; LPC_ORDER + 1];
+        for (m, a) in acc.iter_mut().enumerate() {
+            *a = y[..LPC_OUT - m]
+                .iter()
+                .zip(&y[m..])
+                .map(|(u, v)| f64::from(*u) * f64::from(*v))
+                .sum();
+        }
         let mut out = [(0.0, 0.0); 3];
-        let Some(a) = levinson(&r) else {
+        let Some(mut a) = levinson(&acc) else {
             return out;
         };
+        a[1..].iter_mut().for_each(|v| *v = -*v);
         if !find_roots(&a, &mut self.roots) {
             self.roots = initial_roots();
             if !find_roots(&a, &mut self.roots) {
