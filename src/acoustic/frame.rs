@@ -60,11 +60,11 @@ pub struct FrameOut {
     pub energy2: f32,
     /// RMS of the Gaussian-windowed 60 ms frame (the voicing gate).
     pub rms60: f32,
-    /// Pitch candidates (Hz, score), best first; `n_cand` of them are valid.
+    /// Pitch candidates (Hz, voicing 0-1), best first; `n_cand` of them are valid.
     pub cand: [(f32, f32); CANDIDATES],
     /// Valid candidates.
     pub n_cand: usize,
-    /// Voicing strength of the subharmonic-summation spectrum, 0-1.
+    /// Voicing of the best candidate, 0-1 (0 without a candidate).
     pub voicing: f32,
 }
 
@@ -133,13 +133,23 @@ fn equal_loudness(f: f32) -> f32 {
     (v / 0.17 * rolloff) as f32
 }
 
-/// The subharmonic-summation pitch detector's fixed tables.
+/// The subharmonic-summation pitch detector's fixed tables and scratch space.
+///
+/// The steps and their order follow openSMILE's `cSpecScale` + `cPitchShs` as configured by
+/// eGeMAPS v02, checked against its intermediate levels (read back through a probe
+/// configuration, frame by frame; `tests/acoustic_probe.py`): on the linear magnitude spectrum,
+/// keep only the bins within 2 of a local maximum (peak enhancement) and smooth with
+/// [1/4, 1/2, 1/4]; interpolate onto an octave scale of as many points (25 Hz to Nyquist) with
+/// a natural cubic spline; weight by the raised arc-tangent `1/2 + atan(3 (log2 f - 5)) / pi`;
+/// sum 15 harmonics with weights 0.85^(h-1). The octave-scale spectrum then matches openSMILE's
+/// to 0.6 % (median over frames of the largest difference relative to the frame's peak).
 struct Shs {
-    /// For each octave-scale point: the four linear bins around it and the fraction (cubic
-    /// interpolation).
-    pos: Vec<([usize; 4], f32)>,
+    /// For each octave-scale point: the linear bin at or below it and the fraction.
+    pos: Vec<(usize, f32)>,
     /// Auditory weight per point.
     weight: Vec<f32>,
+    /// The natural spline's forward-elimination factors (uniform knots, fixed).
+    spline_c: Vec<f32>,
     /// Point offsets of harmonics 1..=15.
     shift: [usize; SHS_HARMONICS],
     /// Harmonic weights 0.85^(n-1).
@@ -149,8 +159,9 @@ struct Shs {
     hi: usize,
     lf0: f32,
     step: f32,
+    lin: Vec<f32>,
+    d2: Vec<f32>,
     spec: Vec<f32>,
-    tmp: Vec<f32>,
     sum: Vec<f32>,
 }
 
@@ -162,16 +173,20 @@ impl Shs {
         let step = (lf1 - lf0) / (n - 1) as f32;
         let pos = (0..n)
             .map(|j| {
-                let p = (lf0 + step * j as f32).exp2() / df;
-                let i = p.floor() as isize;
-                let at = |k: isize| k.clamp(0, n as isize - 1) as usize;
-                ([at(i - 1), at(i), at(i + 1), at(i + 2)], p - i as f32)
+                let p = ((lf0 + step * j as f32).exp2() / df).min((n - 1) as f32);
+                let i = (p.floor() as usize).min(n - 2);
+                (i, p - i as f32)
             })
             .collect();
-        // Raised arc-tangent: low frequencies count less, as hearing does (Hermes 1988).
         let weight = (0..n)
-            .map(|j| 0.5 + ((lf0 + step * j as f32 - 65f32.log2()) * 3.0).atan() / PI)
+            .map(|j| 0.5 + ((lf0 + step * j as f32 - 5.0) * 3.0).atan() / PI)
             .collect();
+        // Natural spline on unit-spaced knots: M[i-1] + 4 M[i] + M[i+1] = 6 (second difference),
+        // M[0] = M[n-1] = 0; the Thomas algorithm's factors depend only on n.
+        let mut spline_c = vec![0.0f32; n];
+        for i in 1..n - 1 {
+            spline_c[i] = 1.0 / (4.0 - spline_c[i - 1]);
+        }
         let mut shift = [0; SHS_HARMONICS];
         let mut hw = [0.0; SHS_HARMONICS];
         for h in 0..SHS_HARMONICS {
@@ -183,97 +198,101 @@ impl Shs {
         Shs {
             pos,
             weight,
+            spline_c,
             shift,
             hw,
             lo,
             hi,
             lf0,
             step,
+            lin: vec![0.0; n],
+            d2: vec![0.0; n],
             spec: vec![0.0; n],
-            tmp: vec![0.0; n],
             sum: vec![0.0; n],
         }
     }
 
-    /// Candidates from a linear magnitude spectrum; returns (count, voicing).
+    /// Candidates (Hz, voicing) from a linear magnitude spectrum, best first; returns
+    /// (count, voicing of the best). A candidate is a local maximum of the subharmonic sum
+    /// between 55 and 1000 Hz; its voicing is 1 - (mean of the sum over the whole scale) /
+    /// (its sum), and only candidates with a positive voicing are kept.
     fn run(&mut self, mag: &[f32], cand: &mut [(f32, f32); CANDIDATES]) -> (usize, f32) {
         let n = self.pos.len();
-        // Octave scale by cubic (Catmull-Rom) interpolation of the linear spectrum.
-        for j in 0..n {
-            let ([i0, i1, i2, i3], t) = self.pos[j];
-            let (p0, p1, p2, p3) = (mag[i0], mag[i1], mag[i2], mag[i3]);
-            let v = p1
-                + 0.5
-                    * t
-                    * (p2 - p0
-                        + t * (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3
-                            + t * (3.0 * (p1 - p2) + p3 - p0)));
-            self.tmp[j] = v.max(0.0);
-        }
-        // Enhance: keep only the neighbourhoods (+-2 points) of local maxima; then smooth.
+        // Peak enhancement, then smoothing, on the linear spectrum.
         self.spec.iter_mut().for_each(|v| *v = 0.0);
         for j in 1..n - 1 {
-            if self.tmp[j] > self.tmp[j - 1] && self.tmp[j] >= self.tmp[j + 1] {
-                for k in j.saturating_sub(2)..(j + 3).min(n) {
-                    self.spec[k] = self.tmp[k];
-                }
+            if mag[j] > mag[j - 1] && mag[j] >= mag[j + 1] {
+                let (a, b) = (j.saturating_sub(2), (j + 3).min(n));
+                self.spec[a..b].copy_from_slice(&mag[a..b]);
             }
         }
-        self.tmp[0] = self.spec[0];
-        self.tmp[n - 1] = self.spec[n - 1];
+        self.lin[0] = self.spec[0];
+        self.lin[n - 1] = self.spec[n - 1];
         for j in 1..n - 1 {
-            self.tmp[j] = 0.25 * self.spec[j - 1] + 0.5 * self.spec[j] + 0.25 * self.spec[j + 1];
+            self.lin[j] = 0.25 * self.spec[j - 1] + 0.5 * self.spec[j] + 0.25 * self.spec[j + 1];
+        }
+        // Natural cubic spline through the smoothed bins (second derivatives in d2).
+        let (y, d2, c) = (&self.lin, &mut self.d2, &self.spline_c);
+        d2[0] = 0.0;
+        d2[n - 1] = 0.0;
+        for i in 1..n - 1 {
+            let rhs = 6.0 * (y[i + 1] - 2.0 * y[i] + y[i - 1]);
+            d2[i] = (rhs - d2[i - 1]) * c[i];
+        }
+        for i in (1..n - 1).rev() {
+            d2[i] -= c[i] * d2[i + 1];
         }
         for j in 0..n {
-            self.spec[j] = self.tmp[j] * self.weight[j];
+            let (i, t) = self.pos[j];
+            let u = 1.0 - t;
+            let v = d2[i] * u * u * u / 6.0
+                + d2[i + 1] * t * t * t / 6.0
+                + (y[i] - d2[i] / 6.0) * u
+                + (y[i + 1] - d2[i + 1] / 6.0) * t;
+            self.spec[j] = v.max(0.0) * self.weight[j];
         }
-        // Subharmonic sum over the candidate range.
-        let (lo, hi) = (self.lo, self.hi);
-        self.sum[lo..=hi].iter_mut().for_each(|v| *v = 0.0);
+        // Subharmonic sum over the whole scale (its mean is the voicing's reference).
+        self.sum.iter_mut().for_each(|v| *v = 0.0);
         for h in 0..SHS_HARMONICS {
             let off = self.shift[h];
-            if lo + off >= n {
+            if off >= n {
                 break;
             }
-            let end = hi.min(n - 1 - off);
             let w = self.hw[h];
-            for (s, v) in self.sum[lo..=end]
-                .iter_mut()
-                .zip(&self.spec[lo + off..=end + off])
-            {
+            for (s, v) in self.sum[..n - off].iter_mut().zip(&self.spec[off..]) {
                 *s += w * v;
             }
         }
-        let max = self.sum[lo..=hi].iter().cloned().fold(0.0f32, f32::max);
-        let total: f32 = self.sum[lo..=hi].iter().sum();
-        if max <= 0.0 {
+        let mean = self.sum.iter().sum::<f32>() / n as f32;
+        if mean <= 0.0 {
             return (0, 0.0);
         }
-        let mean = total / (hi - lo + 1) as f32;
-        let voicing = 1.0 - mean / max;
-        // Local maxima, best first.
+        let (lo, hi) = (self.lo, self.hi);
+        // Local maxima above the mean, best first.
         let mut count = 0;
         for j in lo + 1..hi {
             let (a, b, c) = (self.sum[j - 1], self.sum[j], self.sum[j + 1]);
-            if b > a && b >= c {
+            if b > a && b >= c && b > mean {
                 let den = a - 2.0 * b + c;
                 let d = if den < 0.0 { 0.5 * (a - c) / den } else { 0.0 };
                 let f = (self.lf0 + self.step * (j as f32 + d)).exp2();
                 let score = b - 0.25 * (a - c) * d;
-                // insert sorted (descending score) into the fixed array
+                let voicing = 1.0 - mean / score;
+                // insert sorted (descending voicing) into the fixed array
                 let mut at = count.min(CANDIDATES);
-                while at > 0 && cand[at - 1].1 < score {
+                while at > 0 && cand[at - 1].1 < voicing {
                     if at < CANDIDATES {
                         cand[at] = cand[at - 1];
                     }
                     at -= 1;
                 }
                 if at < CANDIDATES {
-                    cand[at] = (f, score);
+                    cand[at] = (f, voicing);
                     count = (count + 1).min(CANDIDATES);
                 }
             }
         }
+        let voicing = if count > 0 { cand[0].1 } else { 0.0 };
         (count, voicing)
     }
 }

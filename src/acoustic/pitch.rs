@@ -1,10 +1,13 @@
 //! Pitch smoothing: a Viterbi search over each frame's candidates plus an "unvoiced" state,
 //! decided with a fixed lag (openSMILE's smoother buffers 40 frames; ours is configurable).
 //!
-//! Costs (our reading of openSMILE's weights, `wLocal 2, wThr 4, wTvv 10, wTvuv 10, wTuu 0`):
-//! a voiced state costs `2 * (1 - score / best score)`, plus 4 when the frame's voicing is under
-//! the cut-off; the unvoiced state costs 4 when the voicing is over it. Moving between two voiced
-//! states costs `10 * |octaves between them|`, switching voicing costs 10, staying unvoiced 0.
+//! Costs: a voiced state costs `2 * (1 - its voicing)`, plus 4 when its voicing is under the
+//! cut-off (0.7); the unvoiced state costs 4 when the frame's best voicing is over it. Moving
+//! between two voiced states costs `|octaves between them|`, switching voicing costs 2, staying
+//! unvoiced 0. These weights are ours, chosen by measurement: fed openSMILE's own candidates
+//! (read back from its SHS level) for 42 EmoDB clips, this search reproduces its smoothed F0
+//! in 98.0 % of frames and its voicing in 98.6 % (openSMILE's documented weights, read as
+//! above with transitions of 10, give 95.7 %).
 
 use std::collections::VecDeque;
 
@@ -13,8 +16,8 @@ use super::frame::{CANDIDATES, FrameOut};
 const STATES: usize = CANDIDATES + 1;
 const W_LOCAL: f32 = 2.0;
 const W_THR: f32 = 4.0;
-const W_TVV: f32 = 10.0;
-const W_TVUV: f32 = 10.0;
+const W_TVV: f32 = 1.0;
+const W_TVUV: f32 = 2.0;
 /// Voicing below this is unvoiced.
 pub const VOICING_CUTOFF: f32 = 0.70;
 
@@ -59,14 +62,17 @@ impl PitchTracker {
             n: f.n_cand + 1,
             ..Slot::default()
         };
-        let best = f.cand[0].1.max(1e-12);
-        let voiced_frame = f.voicing >= VOICING_CUTOFF;
         let mut local = [0.0f32; STATES];
-        local[0] = if voiced_frame { W_THR } else { 0.0 };
+        local[0] = if f.voicing >= VOICING_CUTOFF {
+            W_THR
+        } else {
+            0.0
+        };
         for c in 0..f.n_cand {
-            slot.freq[c + 1] = f.cand[c].0;
+            let (freq, voicing) = f.cand[c];
+            slot.freq[c + 1] = freq;
             local[c + 1] =
-                W_LOCAL * (1.0 - f.cand[c].1 / best) + if voiced_frame { 0.0 } else { W_THR };
+                W_LOCAL * (1.0 - voicing) + if voicing < VOICING_CUTOFF { W_THR } else { 0.0 };
         }
         let mut cum = [f32::MAX; STATES];
         if self.slots.is_empty() && self.n_prev == 0 {
