@@ -91,7 +91,9 @@ impl Mel {
         for b in 0..n {
             let (l, c, r) = (edge(b), edge(b + 1), edge(b + 2));
             centers.push(c);
-            let first = (l / df).ceil() as usize;
+            // No bin below lo + 1.5 bins counts (HTK's lowest channel; openSMILE's first band
+            // leaves out the 31 Hz bin, checked by regression on its band energies).
+            let first = ((l / df).ceil() as usize).max((lo / df + 1.5) as usize);
             let mut w = Vec::new();
             let mut k = first;
             // Triangles in the mel domain (as openSMILE's filter bank).
