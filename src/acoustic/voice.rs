@@ -128,14 +128,25 @@ pub fn hnr_db(acf: &[f32], f0: f32) -> f32 {
 }
 
 /// Harmonic levels of one voiced frame.
+///
+/// As eGeMAPS v02 computes them, measured on openSMILE 2.6.0 as a black box (frame by frame
+/// on its own F0, formants and spectrum, and on synthetic harmonic signals whose harmonic
+/// levels were set one by one):
+/// - "H1-H2" is the level of the 2nd harmonic over the 3rd (openSMILE's harmonic index is one
+///   off: raising the 2nd harmonic by 6 dB raises its "H1-H2" by 6 dB and leaves the 1st
+///   harmonic's level irrelevant), and "H1-A3" is the 2nd harmonic over A3;
+/// - A3 and the formant amplitudes are the strongest harmonic within +-20 % of the formant's
+///   frequency (the first harmonic when none is), the amplitudes relative to the 1st harmonic;
+/// - a harmonic's level is the spectrum's largest bin within +-10 % of F0 of its frequency.
+///
+/// summerd reproduces these so that its columns line up with published eGeMAPS figures.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Harmonics {
-    /// H1-H2 (dB).
+    /// "H1-H2" (dB), as openSMILE defines it (see above).
     pub h1_h2: f32,
-    /// H1-A3 (dB): A3 is the harmonic nearest F3.
+    /// "H1-A3" (dB), as openSMILE defines it.
     pub h1_a3: f32,
-    /// F1-F3 amplitude relative to H1 (dB): the strongest harmonic within the formant's
-    /// bandwidth.
+    /// F1-F3 amplitude relative to H1 (dB).
     pub formant_amp: [f32; 3],
 }
 
@@ -146,16 +157,29 @@ pub const UNVOICED_HARMONICS: Harmonics = Harmonics {
     formant_amp: [DB_FLOOR; 3],
 };
 
+/// The level of harmonic `k` of `f0`: the largest bin within +-10 % of F0 of k * f0.
 fn harmonic(mag: &[f32], f0: f32, k: usize) -> f32 {
     let df = RATE / FFT_LONG as f32;
-    let centre = k as f32 * f0 / df;
-    let half = (0.25 * f0 / df).max(1.0);
-    let a = ((centre - half).round().max(0.0)) as usize;
-    let b = ((centre + half).round() as usize).min(mag.len() - 1);
+    let (f, w) = (k as f32 * f0, 0.1 * f0);
+    let a = ((f - w) / df).floor().max(0.0) as usize;
+    let b = (((f + w) / df).ceil() as usize).min(mag.len() - 1);
     if a > b {
         return 0.0;
     }
     mag[a..=b].iter().cloned().fold(0.0f32, f32::max)
+}
+
+/// The strongest harmonic within +-20 % of the formant frequency `f` (the first when none is).
+fn formant_harmonic(mag: &[f32], f0: f32, f: f32) -> f32 {
+    let nyq = RATE / 2.0;
+    let k0 = ((0.8 * f / f0).ceil() as usize).max(1);
+    let k1 = ((1.2 * f).min(nyq) / f0).floor() as usize;
+    if k1 < k0 {
+        return harmonic(mag, f0, 1);
+    }
+    (k0..=k1)
+        .map(|k| harmonic(mag, f0, k))
+        .fold(0.0f32, f32::max)
 }
 
 /// Harmonic levels from the 60 ms magnitude spectrum, the frame's F0 and formants.
@@ -163,35 +187,23 @@ pub fn harmonics(mag: &[f32], f0: f32, formants: &[(f32, f32); 3]) -> Harmonics 
     if f0 <= 0.0 {
         return UNVOICED_HARMONICS;
     }
-    let nyq = RATE / 2.0;
     let h1 = harmonic(mag, f0, 1);
     let h2 = harmonic(mag, f0, 2);
+    let h3 = harmonic(mag, f0, 3);
     let f3 = formants[2].0;
     let h1_a3 = if f3 > 0.0 {
-        let k = ((f3 / f0).round() as usize).max(1);
-        db20(h1 / harmonic(mag, f0, k))
+        db20(h2 / formant_harmonic(mag, f0, f3))
     } else {
         0.0
     };
     let mut formant_amp = [DB_FLOOR; 3];
-    for (amp, (f, bw)) in formant_amp.iter_mut().zip(formants) {
-        if *f <= 0.0 {
-            continue;
+    for (amp, (f, _)) in formant_amp.iter_mut().zip(formants) {
+        if *f > 0.0 {
+            *amp = db20(formant_harmonic(mag, f0, *f) / h1);
         }
-        let lo = (f - bw / 2.0).max(f0 * 0.5);
-        let hi = (f + bw / 2.0).min(nyq);
-        let k0 = (lo / f0).ceil().max(1.0) as usize;
-        let k1 = (hi / f0).floor() as usize;
-        let mut best = 0.0f32;
-        for k in k0..=k1.max(k0) {
-            if k as f32 * f0 <= hi || k == k0 {
-                best = best.max(harmonic(mag, f0, k));
-            }
-        }
-        *amp = db20(best / h1);
     }
     Harmonics {
-        h1_h2: db20(h1 / h2),
+        h1_h2: db20(h2 / h3),
         h1_a3,
         formant_amp,
     }
