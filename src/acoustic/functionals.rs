@@ -189,17 +189,20 @@ impl Functionals {
 }
 
 /// 3-frame moving average (the `sma3` of openSMILE): at the edges, the frames there are.
+/// 3-frame moving average; the first and last frames count twice in their own average (the
+/// contour is extended by repeating its ends, as openSMILE's smoother does: its first
+/// smoothed value is (2 x0 + x1) / 3).
 fn sma3(x: &[f32], out: &mut Vec<f32>) {
     out.clear();
     let n = x.len();
     for i in 0..n {
-        let a = i.saturating_sub(1);
-        let b = (i + 1).min(n - 1);
-        out.push(x[a..=b].iter().sum::<f32>() / (b - a + 1) as f32);
+        let prev = x[i.saturating_sub(1)];
+        let next = x[(i + 1).min(n - 1)];
+        out.push((prev + x[i] + next) / 3.0);
     }
 }
 
-/// Moving average over non-zero neighbours; zeros stay zero (`sma3nz`).
+/// Moving average over non-zero neighbours; zeros stay zero (`sma3nz`). Ends as [`sma3`].
 fn sma3nz(x: &[f32], out: &mut Vec<f32>) {
     out.clear();
     let n = x.len();
@@ -208,9 +211,9 @@ fn sma3nz(x: &[f32], out: &mut Vec<f32>) {
             out.push(0.0);
             continue;
         }
-        let a = i.saturating_sub(1);
-        let b = (i + 1).min(n - 1);
-        let (s, c) = x[a..=b]
+        let prev = x[i.saturating_sub(1)];
+        let next = x[(i + 1).min(n - 1)];
+        let (s, c) = [prev, x[i], next]
             .iter()
             .filter(|v| **v != 0.0)
             .fold((0.0f32, 0usize), |(s, c), v| (s + v, c + 1));
@@ -507,8 +510,10 @@ mod tests {
         let mut out = Vec::new();
         sma3nz(&[0.0, 3.0, 6.0, 0.0, 9.0], &mut out);
         assert_eq!(out, vec![0.0, 4.5, 4.5, 0.0, 9.0]);
+        sma3nz(&[3.0, 6.0, 0.0], &mut out);
+        assert_eq!(out, vec![4.0, 4.5, 0.0]);
         sma3(&[0.0, 3.0, 6.0], &mut out);
-        assert_eq!(out, vec![1.5, 3.0, 4.5]);
+        assert_eq!(out, vec![1.0, 3.0, 5.0]);
     }
 
     #[test]
