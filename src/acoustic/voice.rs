@@ -2,7 +2,7 @@
 //! the harmonics-to-noise ratio from the autocorrelation, and harmonic levels (H1-H2, H1-A3,
 //! formant amplitudes relative to H1) from the 60 ms magnitude spectrum.
 
-use super::frame::{ACF_LAGS, DB_FLOOR, FFT_LONG, RATE};
+use super::frame::{ACF_LAGS, DB_FLOOR, FFT_LONG, RATE, dot};
 
 const MAX_PERIODS: usize = 8;
 const MIN_CC: f32 = 0.5;
@@ -40,19 +40,20 @@ pub fn jitter_shimmer(x: &[f32], f0: f32) -> Option<(f32, f32)> {
     let mut n = 0;
     while n < MAX_PERIODS && p + hi + 1 + len <= x.len() {
         let a = &x[p..p + len];
-        let ea: f32 = a.iter().map(|v| v * v).sum();
+        let ea = dot(a, a);
         // Normalised cross-correlation at each candidate period (and one past the range, for
         // the refinement); at most 0.2 * 320 + 3 lags.
         let mut corr = [0.0f32; 72];
         let span = (hi + 2 - lo).min(corr.len());
-        let mut eb: f32 = x[p + lo..p + lo + len].iter().map(|v| v * v).sum();
+        let first = &x[p + lo..p + lo + len];
+        let mut eb = dot(first, first);
         for (i, c) in corr[..span].iter_mut().enumerate() {
             let b = &x[p + lo + i..p + lo + i + len];
             if i > 0 {
                 // slide the energy window by one sample
                 eb += b[len - 1] * b[len - 1] - x[p + lo + i - 1] * x[p + lo + i - 1];
             }
-            let ab: f32 = a.iter().zip(b).map(|(u, v)| u * v).sum();
+            let ab = dot(a, b);
             *c = if ea > 0.0 && eb > 1e-12 {
                 ab / (ea * eb).sqrt()
             } else {
