@@ -156,7 +156,8 @@ fn equal_loudness(f: f32) -> f32 {
 ///
 /// The steps and their order follow openSMILE's `cSpecScale` + `cPitchShs` as configured by
 /// eGeMAPS v02, checked against its intermediate levels (read back through a probe
-/// configuration, frame by frame; `tests/acoustic_probe.py`): on the linear magnitude spectrum,
+/// configuration, frame by frame, as `tests/acoustic_probe.py` does for the formants): on the
+/// linear magnitude spectrum,
 /// keep only the bins within 2 of a local maximum (peak enhancement) and smooth with
 /// [1/4, 1/2, 1/4]; interpolate onto an octave scale of as many points (25 Hz to Nyquist) with
 /// a natural cubic spline; weight by the raised arc-tangent `1/2 + atan(3 (log2 f - 5)) / pi`;
