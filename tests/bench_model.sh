@@ -14,7 +14,10 @@ mkdir -p "$data" "$out"
 for s in train dev test; do
   [ -f "$data/meld-$s.safetensors" ] || "$bin" dataset meld --split "$s" --out "$data/meld-$s.safetensors"
 done
-[ -f "$data/emodb.safetensors" ] || "$bin" dataset emodb --out "$data/emodb.safetensors"
+# The EmoDB dataset holds summerd's acoustic functionals: rebuilt when the extractor changed.
+extractor=$(grep -o '"egemaps-v02/[^"]*"' src/model/mod.rs | head -1)
+grep -qF "$extractor" "$data/emodb.safetensors.json" 2>/dev/null ||
+  "$bin" dataset emodb --out "$data/emodb.safetensors"
 [ "${1:-}" = datasets ] && exit 0
 meld=(--train "$data/meld-train.safetensors" --dev "$data/meld-dev.safetensors" --test "$data/meld-test.safetensors")
 "$bin" train --recipe models/recipes/meld-text.toml "${meld[@]}" --out "$out/meld-causal"
