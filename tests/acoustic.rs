@@ -422,7 +422,7 @@ for f in sys.argv[2:]:
     ] {
         let got = r(name);
         report.push(format!("{name}: r = {got:.3} (floor {floor})"));
-        failed |= !(got >= floor);
+        failed |= got.is_nan() || got < floor;
     }
     assert!(!failed, "{}", report.join("\n"));
     eprintln!("{}", report.join("\n"));
