@@ -343,21 +343,22 @@ fn agrees_with_opensmile_on_real_speech() {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>();
     let script = r#"
-import json, sys, os, numpy as np, opensmile, soundfile, scipy.signal
+import json, sys, os, opensmile, soundfile
+sys.path.insert(0, sys.argv[1])
+from acoustic_report import write_16k
 s = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                     feature_level=opensmile.FeatureLevel.Functionals)
-out = sys.argv[1]
-for f in sys.argv[2:]:
-    x, sr = soundfile.read(f, dtype="float64")
-    y = np.clip(scipy.signal.resample_poly(x, 16000, sr), -1.0, 32767 / 32768)
+out = sys.argv[2]
+for f in sys.argv[3:]:
     p = os.path.join(out, os.path.basename(f))
-    soundfile.write(p, y, 16000, subtype="PCM_16")
+    write_16k(*soundfile.read(f, dtype="float64"), p)
     df = s.process_file(p)
     print(json.dumps({"file": p, "f": dict(zip(df.columns, map(float, df.iloc[0].values)))}))
 "#;
     let out = Command::new(common::python())
         .arg("-c")
         .arg(script)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
         .arg(tmp.path())
         .args(&list)
         .output()

@@ -38,6 +38,17 @@ ENERGY_SPECTRAL = ("loudness", "spectralFlux", "mfcc", "alphaRatio", "hammarberg
                    "equivalentSoundLevel")
 
 
+def write_16k(sig, sr, path):
+    """`sig` (at `sr` Hz) resampled to 16 kHz by scipy's polyphase filter and written to `path`
+    as 16-bit PCM: openSMILE truncates float input to 16 bits, so a 16-bit file is what both
+    tools read identically. Shared with tests/acoustic.rs's agreement test."""
+    import scipy.signal
+    import soundfile
+
+    y = scipy.signal.resample_poly(np.asarray(sig, dtype=np.float64), 16000, sr)
+    soundfile.write(str(path), np.clip(y, -1.0, 32767 / 32768), 16000, subtype="PCM_16")
+
+
 def loso_uar(x, y, speakers, per_speaker):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import recall_score
@@ -71,6 +82,7 @@ def main():
         print(f"SKIPPED: {wav_dir} is absent (set SUMMERD_ASSETS)")
         return 0
     import opensmile
+    import scipy.stats
     import soundfile
 
     files = sorted(wav_dir.glob("*.wav"))
@@ -96,14 +108,10 @@ def main():
         oracle = np.array(rows)
 
     # The same clips at 16 kHz, 16-bit, for the same-signal comparison.
-    import scipy.signal
     tmp = Path(tempfile.mkdtemp(prefix="summerd-emodb16-"))
-    files16 = []
-    for f, (sig, sr) in zip(files, signals):
-        y16 = scipy.signal.resample_poly(sig.astype(np.float64), 16000, sr)
-        path = tmp / f.name
-        soundfile.write(str(path), np.clip(y16, -1.0, 32767 / 32768), 16000, subtype="PCM_16")
-        files16.append(path)
+    files16 = [tmp / f.name for f in files]
+    for path, (sig, sr) in zip(files16, signals):
+        write_16k(sig, sr, path)
     oracle16 = np.array([smile.process_file(str(p)).iloc[0].to_numpy(dtype=np.float64)
                          for p in files16])
 
@@ -144,7 +152,6 @@ def main():
             "energy_spectral_spearman_at_least_0_8": sum(p["spearman"] >= 0.8 for p in es),
         }
 
-    import scipy.stats
     same = agreement(oracle16, ours16)
     native = agreement(oracle, ours)
     ceiling = agreement(oracle, oracle16)

@@ -168,8 +168,8 @@ struct Shs {
     pos: Vec<(usize, f32)>,
     /// Auditory weight per point.
     weight: Vec<f32>,
-    /// The natural spline's forward-elimination factors (uniform knots, fixed).
-    spline_c: Vec<f32>,
+    /// The natural spline's solver (uniform knots, fixed).
+    spline: Spline,
     /// Point offsets of harmonics 1..=15: whole points and the fraction to the next.
     shift: [(usize, f32); SHS_HARMONICS],
     /// Harmonic weights 0.85^(n-1).
@@ -202,12 +202,6 @@ impl Shs {
         let weight = (0..n)
             .map(|j| 0.5 + ((lf0 + step * j as f32 - 5.0) * 3.0).atan() / PI)
             .collect();
-        // Natural spline on unit-spaced knots: M[i-1] + 4 M[i] + M[i+1] = 6 (second difference),
-        // M[0] = M[n-1] = 0; the Thomas algorithm's factors depend only on n.
-        let mut spline_c = vec![0.0f32; n];
-        for i in 1..n - 1 {
-            spline_c[i] = 1.0 / (4.0 - spline_c[i - 1]);
-        }
         let mut shift = [(0, 0.0); SHS_HARMONICS];
         let mut hw = [0.0; SHS_HARMONICS];
         for h in 0..SHS_HARMONICS {
@@ -220,7 +214,7 @@ impl Shs {
         Shs {
             pos,
             weight,
-            spline_c,
+            spline: Spline::new(n),
             shift,
             hw,
             lo,
@@ -255,7 +249,8 @@ impl Shs {
             self.lin[j] = 0.25 * self.spec[j - 1] + 0.5 * self.spec[j] + 0.25 * self.spec[j + 1];
         }
         // Natural cubic spline through the smoothed bins (second derivatives in d2).
-        spline_second_derivatives(&self.lin, &self.spline_c, &mut self.rhs, &mut self.d2);
+        self.spline
+            .second_derivatives(&self.lin, &mut self.rhs, &mut self.d2);
         let (y, d2) = (&self.lin, &self.d2);
         for j in 0..n {
             let (i, t) = self.pos[j];
@@ -307,7 +302,6 @@ impl Shs {
                 *s += w0 * x + w1 * y;
             }
         }
-        let (lo, hi) = (self.lo, self.hi);
         // Local maxima above the mean, best first.
         let mut count = 0;
         for j in lo + 1..hi {
@@ -337,82 +331,97 @@ impl Shs {
     }
 }
 
-/// Taps of the spline recursions once their factor has settled (see below).
+/// Taps of the spline recursions once their factor has settled (see [`Spline`]).
 const SPLINE_TAPS: usize = 16;
 
-/// The second derivatives `d2` of the natural cubic spline through `y` (unit knot spacing):
-/// the tridiagonal system M[i-1] + 4 M[i] + M[i+1] = 6 (y[i+1] - 2 y[i] + y[i-1]), M at both
-/// ends 0, solved by the Thomas algorithm, whose forward factors `c` settle to 2 - sqrt(3)
-/// within 16 knots. From there each pass is a first-order recursion with a constant factor,
-/// computed as its impulse response truncated to 16 taps (the dropped part is (2 - sqrt(3))^16
-/// = 7e-10 relative): the same numbers as the serial recursions to float precision, but
-/// vectorisable instead of a chain of dependent multiply-subtracts.
-fn spline_second_derivatives(y: &[f32], c: &[f32], rhs: &mut [f32], d2: &mut [f32]) {
-    let n = y.len();
-    let r = c[n - 2];
-    rhs[0] = 0.0;
-    rhs[n - 1] = 0.0;
-    for ((o, w), _) in rhs[1..n - 1].iter_mut().zip(y.windows(3)).zip(0..) {
-        *o = 6.0 * (w[2] - 2.0 * w[1] + w[0]);
-    }
-    let settled = 2 * SPLINE_TAPS;
-    if n < 4 * settled {
-        // Too short for the shortcut (not the case at 16 kHz): plain Thomas.
-        d2[0] = 0.0;
-        d2[n - 1] = 0.0;
+/// The natural cubic spline's solver for `n` unit-spaced knots: the tridiagonal system
+/// M[i-1] + 4 M[i] + M[i+1] = 6 (y[i+1] - 2 y[i] + y[i-1]), M at both ends 0, solved by the
+/// Thomas algorithm, whose forward factors `c` depend only on `n` and settle to r = 2 - sqrt(3)
+/// within 16 knots. From there each pass is a first-order recursion with the constant factor
+/// r, computed as its impulse response truncated to 16 taps (the dropped part is r^16 = 7e-10
+/// relative): the same numbers as the serial recursions to float precision, but vectorisable
+/// instead of a chain of dependent multiply-subtracts.
+struct Spline {
+    /// The Thomas algorithm's forward factors.
+    c: Vec<f32>,
+    /// Impulse responses of the settled passes: forward r (-r)^k, backward (-r)^k.
+    fwd: [f32; SPLINE_TAPS],
+    back: [f32; SPLINE_TAPS],
+}
+
+impl Spline {
+    fn new(n: usize) -> Spline {
+        let mut c = vec![0.0f32; n];
         for i in 1..n - 1 {
+            c[i] = 1.0 / (4.0 - c[i - 1]);
+        }
+        let r = c[n - 2];
+        let (mut fwd, mut back) = ([0.0f32; SPLINE_TAPS], [0.0f32; SPLINE_TAPS]);
+        let mut g = 1.0f32;
+        for (f, b) in fwd.iter_mut().zip(back.iter_mut()) {
+            *b = g;
+            *f = r * g;
+            g *= -r;
+        }
+        Spline { c, fwd, back }
+    }
+
+    /// The second derivatives `d2` of the spline through `y` (`rhs` is scratch).
+    fn second_derivatives(&self, y: &[f32], rhs: &mut [f32], d2: &mut [f32]) {
+        let (n, c) = (y.len(), &self.c);
+        rhs[0] = 0.0;
+        rhs[n - 1] = 0.0;
+        for (o, w) in rhs[1..n - 1].iter_mut().zip(y.windows(3)) {
+            *o = 6.0 * (w[2] - 2.0 * w[1] + w[0]);
+        }
+        let settled = 2 * SPLINE_TAPS;
+        if n < 4 * settled {
+            // Too short for the shortcut (not the case at 16 kHz): plain Thomas.
+            d2[0] = 0.0;
+            d2[n - 1] = 0.0;
+            for i in 1..n - 1 {
+                d2[i] = (rhs[i] - d2[i - 1]) * c[i];
+            }
+            for i in (1..n - 1).rev() {
+                d2[i] -= c[i] * d2[i + 1];
+            }
+            return;
+        }
+        // Forward: z[i] = (rhs[i] - z[i-1]) c[i], serial until the factor has settled, then
+        // z[i] = sum_k r (-r)^k rhs[i-k].
+        d2[0] = 0.0;
+        for i in 1..settled {
             d2[i] = (rhs[i] - d2[i - 1]) * c[i];
         }
-        for i in (1..n - 1).rev() {
+        d2[settled..n - 1].iter_mut().for_each(|v| *v = 0.0);
+        for (k, g) in self.fwd.iter().enumerate() {
+            for (o, x) in d2[settled..n - 1]
+                .iter_mut()
+                .zip(&rhs[settled - k..n - 1 - k])
+            {
+                *o += g * x;
+            }
+        }
+        // Backward: M[i] = z[i] - r M[i+1], exact (serial) near the end where M[n-1] = 0, then
+        // M[i] = sum_k (-r)^k z[i+k], then serial again where the factors are still settling.
+        rhs[..n].copy_from_slice(d2);
+        d2[n - 1] = 0.0;
+        let tail = n - 1 - settled;
+        for i in (tail..n - 1).rev() {
             d2[i] -= c[i] * d2[i + 1];
         }
-        return;
-    }
-    // Forward: z[i] = (rhs[i] - z[i-1]) c[i], serial until the factor has settled, then
-    // z[i] = sum_k r (-r)^k rhs[i-k].
-    let mut taps = [0.0f32; SPLINE_TAPS];
-    let mut g = r;
-    for t in taps.iter_mut() {
-        *t = g;
-        g *= -r;
-    }
-    d2[0] = 0.0;
-    for i in 1..settled {
-        d2[i] = (rhs[i] - d2[i - 1]) * c[i];
-    }
-    d2[settled..n - 1].iter_mut().for_each(|v| *v = 0.0);
-    for (k, g) in taps.iter().enumerate() {
-        for (o, x) in d2[settled..n - 1]
-            .iter_mut()
-            .zip(&rhs[settled - k..n - 1 - k])
-        {
-            *o += g * x;
+        d2[settled..tail].iter_mut().for_each(|v| *v = 0.0);
+        for (k, g) in self.back.iter().enumerate() {
+            for (o, x) in d2[settled..tail]
+                .iter_mut()
+                .zip(&rhs[settled + k..tail + k])
+            {
+                *o += g * x;
+            }
         }
-    }
-    // Backward: M[i] = z[i] - r M[i+1], exact (serial) near the end where M[n-1] = 0, then
-    // M[i] = sum_k (-r)^k z[i+k], then serial again where the factors are still settling.
-    rhs[..n].copy_from_slice(d2);
-    d2[n - 1] = 0.0;
-    let tail = n - 1 - settled;
-    for i in (tail..n - 1).rev() {
-        d2[i] -= c[i] * d2[i + 1];
-    }
-    let mut g = 1.0f32;
-    for t in taps.iter_mut() {
-        *t = g;
-        g *= -r;
-    }
-    d2[settled..tail].iter_mut().for_each(|v| *v = 0.0);
-    for (k, g) in taps.iter().enumerate() {
-        for (o, x) in d2[settled..tail]
-            .iter_mut()
-            .zip(&rhs[settled + k..tail + k])
-        {
-            *o += g * x;
+        for i in (1..settled).rev() {
+            d2[i] -= c[i] * d2[i + 1];
         }
-    }
-    for i in (1..settled).rev() {
-        d2[i] -= c[i] * d2[i + 1];
     }
 }
 
@@ -802,10 +811,8 @@ mod tests {
     #[test]
     fn spline_shortcut_equals_the_thomas_algorithm() {
         let n = LONG_BINS;
-        let mut c = vec![0.0f32; n];
-        for i in 1..n - 1 {
-            c[i] = 1.0 / (4.0 - c[i - 1]);
-        }
+        let spline = Spline::new(n);
+        let c = &spline.c;
         let mut seed = 1u32;
         let y: Vec<f32> = (0..n)
             .map(|_| {
@@ -822,7 +829,7 @@ mod tests {
             want[i] -= c[i] * want[i + 1];
         }
         let (mut rhs, mut got) = (vec![0.0f32; n], vec![0.0f32; n]);
-        spline_second_derivatives(&y, &c, &mut rhs, &mut got);
+        spline.second_derivatives(&y, &mut rhs, &mut got);
         for (a, b) in want.iter().zip(&got) {
             assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
         }
