@@ -127,7 +127,7 @@ def main():
     pipeline = (
         f"filesrc location={face} ! pngdec ! videoconvert ! imagefreeze num-buffers={frames} ! "
         f"videoscale ! video/x-raw,width=384,height=384,framerate=25/1 ! videoconvert ! "
-        f"x264enc speed-preset=ultrafast tune=zerolatency key-int-max=25 ! h264parse ! queue ! mux. "
+        f"video/x-raw,format=I420 ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=25 ! h264parse ! queue ! mux. "
         f"filesrc location={wav} ! wavparse ! audioconvert ! audioresample ! "
         f"audio/x-raw,rate=48000 ! avenc_aac ! aacparse ! queue ! mux. "
         f"mp4mux name=mux faststart=true ! filesink location={mp4}"

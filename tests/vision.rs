@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use summerd::decode::{Frame, VideoRequest, decode_video};
-use summerd::vision::align::{CropGeometry, crops, grey};
+use summerd::vision::align::{CropGeometry, crops};
 use summerd::vision::expression::Expression;
 use summerd::vision::mtcnn::{Mtcnn, MtcnnSettings};
 use summerd::vision::stage::{VisionModels, VisionStage, VisualTimeline};
@@ -149,7 +149,7 @@ fn expression_inputs() -> Tensor {
         let frame = all_frames(&multi, 1).remove(0).image;
         let faces = mtcnn().detect(&[&frame]).unwrap().remove(0);
         let geo: Vec<CropGeometry> = faces.iter().map(CropGeometry::of).collect();
-        parts.push(crops(&grey(&frame, Device::Cpu), &geo, 64));
+        parts.push(crops(&frame, &geo, 64, Device::Cpu));
     }
     Tensor::cat(&parts, 0).contiguous()
 }

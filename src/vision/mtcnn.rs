@@ -323,15 +323,38 @@ impl Mtcnn {
         scales.split_off(drop)
     }
 
-    /// Stage 1 on a batch of same-sized frames (`[B, 3, H, W]`, 0..255); candidates name their
-    /// frame by its place in the batch.
-    fn stage1(&self, batch: &Tensor, w: u32, h: u32) -> Vec<Cand> {
+    /// Stage 1 on same-sized frames; candidates name their frame by its place in `frames`.
+    ///
+    /// The pyramid's levels are area-resized on the CPU from each frame's summed-area table:
+    /// what libtorch's adaptive average pooling computes (a unit test holds them to 1e-5),
+    /// without its passes over the whole frame as floats (7 ms of a 15 ms detection at
+    /// 640x360). Written pixel-major, they are channels-last, as the network wants them.
+    fn stage1(&self, frames: &[&RgbImage], w: u32, h: u32) -> Vec<Cand> {
+        let scales = self.scales(w, h);
+        let size = |scale: f64| {
+            (
+                (f64::from(w) * scale + 1.0) as usize,
+                (f64::from(h) * scale + 1.0) as usize,
+            )
+        };
+        let mut levels: Vec<Vec<f32>> = scales
+            .iter()
+            .map(|&s| Vec::with_capacity(frames.len() * 3 * size(s).0 * size(s).1))
+            .collect();
+        // One frame's table at a time (a 1080p table is 25 MB).
+        for f in frames {
+            let table = Integral::new(f);
+            for (&scale, level) in scales.iter().zip(&mut levels) {
+                table.area_resize(f, 0..w as usize, 0..h as usize, size(scale), level);
+            }
+        }
         let mut all = Vec::new();
-        for scale in self.scales(w, h) {
-            let hs = (f64::from(h) * scale + 1.0) as i64;
-            let ws = (f64::from(w) * scale + 1.0) as i64;
-            let im = (batch.adaptive_avg_pool2d([hs, ws]) - 127.5) * 0.0078125;
-            let im = channels_last(&im);
+        for (&scale, level) in scales.iter().zip(&levels) {
+            let (ws, hs) = size(scale);
+            let im = Tensor::from_slice(level)
+                .view([frames.len() as i64, hs as i64, ws as i64, 3])
+                .to_device(self.device)
+                .permute([0, 3, 1, 2]);
             let (reg, prob) = self.pnet.forward(&im);
             let mask = prob.ge(f64::from(self.settings.thresholds[0]));
             let idx = mask.nonzero(); // [N, 3]: frame, y, x (row-major order)
@@ -386,26 +409,40 @@ impl Mtcnn {
         mut cands: Vec<Cand>,
         size: usize,
     ) -> (Vec<Cand>, Option<Tensor>) {
-        // One frame's table at a time (a 1080p table is 25 MB).
+        // One frame at a time, the table covering only that frame's crops.
         cands.sort_by_key(|c| c.frame);
         let mut kept = Vec::with_capacity(cands.len());
         let mut buf = Vec::with_capacity(cands.len() * 3 * size * size);
-        let mut table: Option<(usize, Integral)> = None;
-        for c in cands {
-            if table.as_ref().is_none_or(|(k, _)| *k != c.frame) {
-                table = Some((c.frame, Integral::new(frames[c.frame])));
-            }
-            let (_, f) = table.as_ref().expect("set above");
-            let [x, y, ex, ey] = pad(&c.b, f.w as i64, f.h as i64);
-            if ey > y - 1 && ex > x - 1 {
-                f.area_resize(
-                    frames[c.frame],
-                    (x - 1) as usize..ex as usize,
-                    (y - 1) as usize..ey as usize,
-                    size,
-                    &mut buf,
-                );
-                kept.push(c);
+        let mut rest = cands.as_slice();
+        while let Some(first) = rest.first() {
+            let frame = frames[first.frame];
+            let n = rest.iter().take_while(|c| c.frame == first.frame).count();
+            let (these, others) = rest.split_at(n);
+            rest = others;
+            let (fw, fh) = (i64::from(frame.width), i64::from(frame.height));
+            // Rows y-1..ey, columns x-1..ex of each non-empty crop.
+            let spans: Vec<(&Cand, [usize; 4])> = these
+                .iter()
+                .filter_map(|c| {
+                    let [x, y, ex, ey] = pad(&c.b, fw, fh);
+                    (ey > y - 1 && ex > x - 1).then(|| {
+                        (
+                            c,
+                            [(x - 1) as usize, ex as usize, (y - 1) as usize, ey as usize],
+                        )
+                    })
+                })
+                .collect();
+            let Some(xs0) = spans.iter().map(|(_, s)| s[0]).min() else {
+                continue;
+            };
+            let xs1 = spans.iter().map(|(_, s)| s[1]).max().unwrap_or(xs0);
+            let ys0 = spans.iter().map(|(_, s)| s[2]).min().unwrap_or(0);
+            let ys1 = spans.iter().map(|(_, s)| s[3]).max().unwrap_or(ys0);
+            let table = Integral::region(frame, xs0..xs1, ys0..ys1);
+            for (c, [x0, x1, y0, y1]) in spans {
+                table.area_resize(frame, x0..x1, y0..y1, (size, size), &mut buf);
+                kept.push(*c);
             }
         }
         if kept.is_empty() {
@@ -585,7 +622,6 @@ fn cap(cands: Vec<Cand>, n: usize) -> Vec<Cand> {
 impl FaceDetector for Mtcnn {
     fn detect(&self, frames: &[&RgbImage]) -> Result<Vec<Vec<Face>>, VisionError> {
         let _g = tch::no_grad_guard();
-        let tensors: Vec<Tensor> = frames.iter().map(|f| f.to_tensor(self.device)).collect();
         // Stage 1 batches the frames of each size.
         let mut sizes: Vec<(u32, u32)> = frames.iter().map(|f| (f.width, f.height)).collect();
         sizes.sort_unstable();
@@ -595,7 +631,7 @@ impl FaceDetector for Mtcnn {
             let members: Vec<usize> = (0..frames.len())
                 .filter(|&i| (frames[i].width, frames[i].height) == (w, h))
                 .collect();
-            let batch = Tensor::stack(&members.iter().map(|&i| &tensors[i]).collect::<Vec<_>>(), 0);
+            let batch: Vec<&RgbImage> = members.iter().map(|&i| frames[i]).collect();
             for mut c in self.stage1(&batch, w, h) {
                 c.frame = members[c.frame];
                 cands.push(c);
@@ -636,73 +672,93 @@ impl FaceDetector for Mtcnn {
     }
 }
 
-/// A frame's summed-area table, per channel, in wrapping u32: the sum over a rectangle (a
-/// difference of four entries) is exact while the true sum is below 2^32, i.e. for crops of
-/// fewer than 16.8 M pixels; larger crops (faces over 4,000 px wide) are summed directly.
+/// A summed-area table of a rectangle of a frame, per channel, in wrapping u32: the sum over
+/// a rectangle (a difference of four entries) is exact while the true sum is below 2^32, i.e.
+/// for crops of fewer than 16.8 M pixels; larger crops (faces over 4,000 px wide) are summed
+/// directly.
 struct Integral {
+    /// The rectangle's origin in the frame.
+    x0: usize,
+    y0: usize,
+    /// The rectangle's width.
     w: usize,
-    h: usize,
-    /// `(h + 1) x (w + 1) x 3`, entry (y, x, c) = sum of channel c over rows < y, columns < x.
+    /// `(h + 1) x (w + 1) x 3`, entry (y, x, c) = sum of channel c over the rectangle's rows
+    /// < y, columns < x.
     t: Vec<u32>,
 }
 
 impl Integral {
+    /// The table of the whole frame.
     fn new(f: &RgbImage) -> Self {
-        let (w, h) = (f.width as usize, f.height as usize);
+        Self::region(f, 0..f.width as usize, 0..f.height as usize)
+    }
+
+    /// The table of columns `xs`, rows `ys` (within the frame).
+    fn region(f: &RgbImage, xs: std::ops::Range<usize>, ys: std::ops::Range<usize>) -> Self {
+        let (w, h) = (xs.end - xs.start, ys.end - ys.start);
         let stride = (w + 1) * 3;
+        let fw = f.width as usize;
         let mut t = vec![0u32; (h + 1) * stride];
-        for y in 0..h {
+        for (y, row_y) in ys.clone().enumerate() {
+            let row = &f.data[(row_y * fw + xs.start) * 3..(row_y * fw + xs.end) * 3];
+            let (done, next) = t.split_at_mut((y + 1) * stride);
+            let above = &done[y * stride + 3..];
             let mut run = [0u32; 3];
-            let row = &f.data[y * w * 3..(y + 1) * w * 3];
-            for x in 0..w {
+            for ((px, out), up) in row
+                .chunks_exact(3)
+                .zip(next[3..stride].chunks_exact_mut(3))
+                .zip(above.chunks_exact(3))
+            {
                 for c in 0..3 {
-                    run[c] = run[c].wrapping_add(u32::from(row[x * 3 + c]));
-                    let above = t[y * stride + (x + 1) * 3 + c];
-                    t[(y + 1) * stride + (x + 1) * 3 + c] = above.wrapping_add(run[c]);
+                    run[c] = run[c].wrapping_add(u32::from(px[c]));
+                    out[c] = up[c].wrapping_add(run[c]);
                 }
             }
         }
-        Integral { w, h, t }
+        Integral {
+            x0: xs.start,
+            y0: ys.start,
+            w,
+            t,
+        }
     }
 
+    /// Sum of channel `c` over frame columns `x0..x1`, rows `y0..y1` (inside the rectangle).
     fn sum(&self, x0: usize, x1: usize, y0: usize, y1: usize, c: usize) -> u32 {
         let stride = (self.w + 1) * 3;
-        let at = |y: usize, x: usize| self.t[y * stride + x * 3 + c];
+        let at = |y: usize, x: usize| self.t[(y - self.y0) * stride + (x - self.x0) * 3 + c];
         at(y1, x1)
             .wrapping_sub(at(y0, x1))
             .wrapping_sub(at(y1, x0))
             .wrapping_add(at(y0, x0))
     }
 
-    /// Area-resize columns `xs`, rows `ys` to `size` x `size`, pixel-major (HWC), normalised as
-    /// MTCNN wants ((v - 127.5) / 128), appended to `out`. Cell i covers input
-    /// `floor(i L / size) .. ceil((i + 1) L / size)` (adaptive average pooling's rule).
+    /// Area-resize columns `xs`, rows `ys` to `out_w` x `out_h`, pixel-major (HWC), normalised
+    /// as MTCNN wants ((v - 127.5) / 128), appended to `out`. Cell i covers input
+    /// `floor(i L / n) .. ceil((i + 1) L / n)` (adaptive average pooling's rule).
     fn area_resize(
         &self,
         img: &RgbImage,
         xs: std::ops::Range<usize>,
         ys: std::ops::Range<usize>,
-        size: usize,
+        (out_w, out_h): (usize, usize),
         out: &mut Vec<f32>,
     ) {
-        let span = |r: &std::ops::Range<usize>, i: usize| {
+        let span = |r: &std::ops::Range<usize>, i: usize, n: usize| {
             let l = r.end - r.start;
-            (
-                r.start + i * l / size,
-                r.start + ((i + 1) * l).div_ceil(size),
-            )
+            (r.start + i * l / n, r.start + ((i + 1) * l).div_ceil(n))
         };
         let huge = (xs.end - xs.start) * (ys.end - ys.start) >= 16_000_000;
-        for i in 0..size {
-            let (y0, y1) = span(&ys, i);
-            for j in 0..size {
-                let (x0, x1) = span(&xs, j);
+        for i in 0..out_h {
+            let (y0, y1) = span(&ys, i, out_h);
+            for j in 0..out_w {
+                let (x0, x1) = span(&xs, j, out_w);
                 for c in 0..3 {
                     let n = ((y1 - y0) * (x1 - x0)) as f64;
                     let total = if huge {
                         (y0..y1)
                             .flat_map(|y| (x0..x1).map(move |x| (y, x)))
-                            .map(|(y, x)| u64::from(img.data[(y * self.w + x) * 3 + c]))
+                            .map(|(y, x)| u64::from(img.data[(y * img.width as usize + x) * 3 + c]))
                             .sum::<u64>() as f64
                     } else {
                         f64::from(self.sum(x0, x1, y0, y1, c))
@@ -864,7 +920,7 @@ mod tests {
         let ig = Integral::new(&img);
         for (xs, ys, size) in [(0..37, 0..23, 24), (3..20, 5..22, 12), (10..11, 2..3, 4)] {
             let mut got = Vec::new();
-            ig.area_resize(&img, xs.clone(), ys.clone(), size, &mut got);
+            ig.area_resize(&img, xs.clone(), ys.clone(), (size, size), &mut got);
             let t = img.to_tensor(Device::Cpu);
             let want = (t
                 .narrow(1, ys.start as i64, (ys.end - ys.start) as i64)

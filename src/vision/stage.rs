@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use super::align::{CropGeometry, crops, grey};
+use super::align::{CropGeometry, crops};
 use super::expression::{CLASSES, EMBED_DIM, Expression, INPUT};
 use super::mtcnn::{Mtcnn, MtcnnSettings};
 use super::track::{TrackSettings, Tracker};
@@ -119,9 +119,13 @@ impl VisionModels {
             return Vec::new();
         }
         let _g = tch::no_grad_guard();
-        let g = grey(frame, self.expression.device());
         let geo: Vec<CropGeometry> = faces.iter().map(CropGeometry::of).collect();
-        let out = self.expression.forward(&crops(&g, &geo, INPUT));
+        let out = self.expression.forward(&crops(
+            frame,
+            &geo,
+            INPUT as usize,
+            self.expression.device(),
+        ));
         let emb = to_vec(&out.embedding);
         let probs = to_vec(&out.probs);
         (0..faces.len())

@@ -74,12 +74,12 @@ fn call() -> (Value, PathBuf, PathBuf) {
     let call: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap();
     let media = PathBuf::from(call["media"].as_str().unwrap());
-    let hd = dir.join("call-720p.mp4");
+    let hd = dir.join("call-720p-i420.mp4");
     if !hd.is_file() {
-        let tmp = dir.join("call-720p.tmp.mp4");
+        let tmp = dir.join("call-720p-i420.tmp.mp4");
         let p = format!(
             "filesrc location={} ! qtdemux name=d d.video_0 ! queue ! decodebin ! videoconvert \
-             ! videoscale add-borders=true ! video/x-raw,width=1280,height=720,pixel-aspect-ratio=1/1 \
+             ! videoscale add-borders=true ! video/x-raw,format=I420,width=1280,height=720,pixel-aspect-ratio=1/1 \
              ! x264enc speed-preset=veryfast bitrate=2500 key-int-max=50 ! h264parse ! queue \
              ! mp4mux name=m ! filesink location={} d.audio_0 ! queue ! aacparse ! m.",
             media.display(),

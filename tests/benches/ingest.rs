@@ -19,7 +19,7 @@ const SECONDS: u32 = 30;
 
 /// A 30 s 1280x720 25 fps H.264 + AAC (48 kHz stereo) mp4 of moving test patterns, made once.
 fn fixture(dir: &Path) -> PathBuf {
-    let p = dir.join("720p25-h264-aac.mp4");
+    let p = dir.join("720p25-h264-i420-aac.mp4");
     if p.exists() {
         return p;
     }
@@ -28,7 +28,7 @@ fn fixture(dir: &Path) -> PathBuf {
     let tmp = dir.join("fixture.tmp.mp4");
     let pipeline = format!(
         "videotestsrc num-buffers={frames} pattern=ball motion=sweep background-color=0xff305070 \
-         ! video/x-raw,width=1280,height=720,framerate=25/1 ! x264enc speed-preset=veryfast bitrate=3000 key-int-max=50 \
+         ! video/x-raw,format=I420,width=1280,height=720,framerate=25/1 ! x264enc speed-preset=veryfast bitrate=3000 key-int-max=50 \
          ! h264parse ! queue ! mp4mux name=m ! filesink location={} \
          audiotestsrc num-buffers={audio_buffers} samplesperbuffer=1024 wave=pink-noise \
          ! audio/x-raw,rate=48000,channels=2 ! avenc_aac ! aacparse ! queue ! m.",

@@ -16,7 +16,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 Gst.init(None)
 port = sys.argv[1]
-VIDEO = ("videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=25/1 "
+VIDEO = ("videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=640,height=360,framerate=25/1 "
          "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 ! rtph264pay name=pay0 pt=96")
 AUDIO = ("audiotestsrc is-live=true freq=330 ! audio/x-raw,rate=44100,channels=1 ! avenc_aac "
          "! rtpmp4apay name={name} pt=97")
