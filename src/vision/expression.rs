@@ -221,6 +221,12 @@ impl Expression {
     }
 }
 
+/// Weights and activations laid out channels-last: oneDNN's fast path for these small
+/// convolutions (1.4 ms a face instead of 2.3 on one core).
+fn cl(t: &Tensor) -> Tensor {
+    crate::vision::mtcnn::channels_last(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,10 +241,4 @@ mod tests {
             assert_eq!(y.max().double_value(&[]), -5.0);
         }
     }
-}
-
-/// Weights and activations laid out channels-last: oneDNN's fast path for these small
-/// convolutions (1.4 ms a face instead of 2.3 on one core).
-fn cl(t: &Tensor) -> Tensor {
-    crate::vision::mtcnn::channels_last(t)
 }
