@@ -917,16 +917,25 @@ mod tests {
         let (w, h) = (37u32, 23u32);
         let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
         let img = RgbImage::new(w, h, data).unwrap();
-        let ig = Integral::new(&img);
-        for (xs, ys, size) in [(0..37, 0..23, 24), (3..20, 5..22, 12), (10..11, 2..3, 4)] {
+        let whole = Integral::new(&img);
+        // A table of only part of the frame, as the crops use.
+        let part = Integral::region(&img, 2..31, 4..23);
+        for (table, xs, ys, (ow, oh)) in [
+            (&whole, 0..37, 0..23, (24, 24)),
+            (&whole, 0..37, 0..23, (12, 8)),
+            (&whole, 3..20, 5..22, (12, 12)),
+            (&whole, 10..11, 2..3, (4, 4)),
+            (&part, 3..20, 5..22, (12, 12)),
+            (&part, 2..31, 4..23, (7, 5)),
+        ] {
             let mut got = Vec::new();
-            ig.area_resize(&img, xs.clone(), ys.clone(), (size, size), &mut got);
+            table.area_resize(&img, xs.clone(), ys.clone(), (ow, oh), &mut got);
             let t = img.to_tensor(Device::Cpu);
             let want = (t
                 .narrow(1, ys.start as i64, (ys.end - ys.start) as i64)
                 .narrow(2, xs.start as i64, (xs.end - xs.start) as i64)
                 .unsqueeze(0)
-                .adaptive_avg_pool2d([size as i64, size as i64])
+                .adaptive_avg_pool2d([oh as i64, ow as i64])
                 - 127.5)
                 * 0.0078125;
             let want =
