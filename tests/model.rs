@@ -355,6 +355,27 @@ fn datasets_round_trip_and_subset() {
     )
     .unwrap();
     assert!(Dataset::load(&p).is_err());
+    // Audio features from an earlier version of summerd's extractor are refused by name; the
+    // current version and other extractors load.
+    let write = |audio: &str| {
+        let mut meta = ds.meta.clone();
+        meta.features.audio.as_mut().unwrap().extractor = audio.into();
+        std::fs::write(
+            format!("{}.json", p.display()),
+            serde_json::to_string(&meta).unwrap(),
+        )
+        .unwrap();
+    };
+    write("egemaps-v02/summerd/1");
+    let err = Dataset::load(&p).unwrap_err().to_string();
+    assert!(
+        err.contains("egemaps-v02/summerd/1") && err.contains("remake"),
+        "{err}"
+    );
+    write(summerd::model::AUDIO_EXTRACTOR);
+    assert!(Dataset::load(&p).is_ok());
+    write("opensmile/egemaps-v02");
+    assert!(Dataset::load(&p).is_ok());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{Batch, Features};
+use crate::model::{AUDIO_EXTRACTOR, Batch, Features};
 
 /// The sidecar's format tag.
 pub const FORMAT: &str = "summerd-dataset/1";
@@ -145,6 +145,21 @@ impl Dataset {
                 "format '{}' (expected '{FORMAT}')",
                 meta.format
             )));
+        }
+        // Audio features made by an earlier version of summerd's own extractor are not what
+        // this binary computes: a model trained on them would be refused by the daemon.
+        if let Some(a) = &meta.features.audio {
+            let (family, _) = AUDIO_EXTRACTOR
+                .rsplit_once('/')
+                .unwrap_or((AUDIO_EXTRACTOR, ""));
+            if a.extractor.starts_with(&format!("{family}/")) && a.extractor != AUDIO_EXTRACTOR {
+                return Err(bad(format!(
+                    "its audio features were made by {}, and this summerd computes \
+                     {AUDIO_EXTRACTOR}: remake the dataset (`summerd dataset emodb`, or the \
+                     writer that made it)",
+                    a.extractor
+                )));
+            }
         }
         let tensors = Tensor::read_safetensors(path).map_err(|e| DataError::File {
             path: path.to_path_buf(),
