@@ -1,6 +1,6 @@
 //! Ingest with real components on loopback: GStreamer pipelines from the shipped templates,
 //! files (wav made here, mp4 from ../shared), a real RTSP server (gst-rtsp-server), RTP/UDP
-//! G.711 from a gst-launch sender, live test sources; attach/detach/list over the control
+//! G.711 from a gst-launch sender, SRT (MPEG-TS) from a gst-launch listener, live test sources; attach/detach/list over the control
 //! socket; the audio tap as a pyzmq SUB sees it; the reconnect-and-isolation fault test.
 
 mod common;
@@ -449,4 +449,76 @@ fn rtsp_outage_reconnects_while_other_streams_keep_flowing() {
     let _ = sender.kill();
     let _ = sender.wait();
     drop(server);
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An SRT sender (a listener, as an encoder or gateway is) of H.264 + AAC in MPEG-TS on `port`:
+/// parameter sets before every keyframe and seven TS packets a message, as SRT senders send.
+fn srt_sender(port: u16) -> Killed {
+    Killed(gst_launch(&format!(
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=25/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 ! h264parse config-interval=-1 ! queue \
+         ! mpegtsmux alignment=7 name=m ! srtsink uri=srt://127.0.0.1:{port}?mode=listener wait-for-connection=false \
+         audiotestsrc is-live=true freq=330 ! audio/x-raw,rate=48000,channels=1 ! avenc_aac ! aacparse ! queue ! m."
+    )))
+}
+
+/// The `srt` template as an SRT caller: audio and video flow from a live SRT listener, and when
+/// the sender goes away and comes back the stream reconnects and flows again.
+#[test]
+fn srt_caller_receives_audio_and_video_and_reconnects() {
+    let d = daemon();
+    let port = free_port();
+    let sender = srt_sender(port);
+    attach(
+        &d,
+        "srt",
+        &format!("srt://127.0.0.1:{port}?mode=caller"),
+        "srt",
+        json!({}),
+    );
+    let frames = || {
+        metric(
+            &d.scrape(),
+            "summerd_ingest_video_frames_total{stream=\"srt\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let flowing = eventually(Duration::from_secs(20), || {
+        (audio_seconds(&d, "srt") > 2.0 && frames() >= 5.0).then_some(())
+    });
+    assert!(
+        flowing.is_some(),
+        "SRT stream not flowing: audio {:.2} s, {} frames\n{}",
+        audio_seconds(&d, "srt"),
+        frames(),
+        d.log()
+    );
+
+    // The sender goes away, then comes back on the same port.
+    drop(sender);
+    let down = eventually(Duration::from_secs(15), || {
+        (d.stream_state("srt").as_deref() != Some("up")).then_some(())
+    });
+    assert!(down.is_some(), "the SRT stream did not notice\n{}", d.log());
+    let _sender = srt_sender(port);
+    let before = audio_seconds(&d, "srt");
+    let back = eventually(Duration::from_secs(20), || {
+        (audio_seconds(&d, "srt") > before + 1.0).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "the SRT stream did not come back\n{}",
+        d.log()
+    );
+    assert!(metric(&d.scrape(), "summerd_stream_restarts_total{stream=\"srt\"}").unwrap() >= 1.0);
 }
