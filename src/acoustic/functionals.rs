@@ -188,9 +188,9 @@ impl Functionals {
     }
 }
 
-/// 3-frame moving average (openSMILE's `sma3`); the first and last frames count twice in their own average (the
-/// contour is extended by repeating its ends, as openSMILE's smoother does: its first
-/// smoothed value is (2 x0 + x1) / 3).
+/// 3-frame moving average (openSMILE's `sma3`); the first and last frames count twice in their
+/// own average (the contour is extended by repeating its ends, as openSMILE's smoother does:
+/// its first smoothed value is (2 x0 + x1) / 3).
 fn sma3(x: &[f32], out: &mut Vec<f32>) {
     out.clear();
     let n = x.len();

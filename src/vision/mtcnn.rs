@@ -337,24 +337,21 @@ impl Mtcnn {
                 (f64::from(h) * scale + 1.0) as usize,
             )
         };
-        let mut levels: Vec<Vec<f32>> = scales
+        let sizes: Vec<(usize, usize)> = scales.iter().map(|&s| size(s)).collect();
+        let mut levels: Vec<Vec<f32>> = sizes
             .iter()
-            .map(|&s| Vec::with_capacity(frames.len() * 3 * size(s).0 * size(s).1))
+            .map(|(ws, hs)| Vec::with_capacity(frames.len() * 3 * ws * hs))
             .collect();
         // One frame's table at a time (a 1080p table is 25 MB).
         for f in frames {
             let table = Integral::new(f);
-            for (&scale, level) in scales.iter().zip(&mut levels) {
-                table.area_resize(f, 0..w as usize, 0..h as usize, size(scale), level);
+            for (&wh, level) in sizes.iter().zip(&mut levels) {
+                table.area_resize(f, 0..w as usize, 0..h as usize, wh, level);
             }
         }
         let mut all = Vec::new();
-        for (&scale, level) in scales.iter().zip(&levels) {
-            let (ws, hs) = size(scale);
-            let im = Tensor::from_slice(level)
-                .view([frames.len() as i64, hs as i64, ws as i64, 3])
-                .to_device(self.device)
-                .permute([0, 3, 1, 2]);
+        for ((&scale, &(ws, hs)), level) in scales.iter().zip(&sizes).zip(&levels) {
+            let im = nhwc_batch(level, frames.len(), hs, ws, self.device);
             let (reg, prob) = self.pnet.forward(&im);
             let mask = prob.ge(f64::from(self.settings.thresholds[0]));
             let idx = mask.nonzero(); // [N, 3]: frame, y, x (row-major order)
@@ -413,14 +410,10 @@ impl Mtcnn {
         cands.sort_by_key(|c| c.frame);
         let mut kept = Vec::with_capacity(cands.len());
         let mut buf = Vec::with_capacity(cands.len() * 3 * size * size);
-        let mut rest = cands.as_slice();
-        while let Some(first) = rest.first() {
-            let frame = frames[first.frame];
-            let n = rest.iter().take_while(|c| c.frame == first.frame).count();
-            let (these, others) = rest.split_at(n);
-            rest = others;
+        for these in cands.chunk_by(|a, b| a.frame == b.frame) {
+            let frame = frames[these[0].frame];
             let (fw, fh) = (i64::from(frame.width), i64::from(frame.height));
-            // Rows y-1..ey, columns x-1..ex of each non-empty crop.
+            // Columns x-1..ex, rows y-1..ey of each non-empty crop.
             let spans: Vec<(&Cand, [usize; 4])> = these
                 .iter()
                 .filter_map(|c| {
@@ -433,13 +426,16 @@ impl Mtcnn {
                     })
                 })
                 .collect();
-            let Some(xs0) = spans.iter().map(|(_, s)| s[0]).min() else {
+            if spans.is_empty() {
                 continue;
-            };
-            let xs1 = spans.iter().map(|(_, s)| s[1]).max().unwrap_or(xs0);
-            let ys0 = spans.iter().map(|(_, s)| s[2]).min().unwrap_or(0);
-            let ys1 = spans.iter().map(|(_, s)| s[3]).max().unwrap_or(ys0);
-            let table = Integral::region(frame, xs0..xs1, ys0..ys1);
+            }
+            // The rectangle holding them all.
+            let [x0, x1, y0, y1] = spans
+                .iter()
+                .fold([usize::MAX, 0, usize::MAX, 0], |[a, b, c, d], (_, s)| {
+                    [a.min(s[0]), b.max(s[1]), c.min(s[2]), d.max(s[3])]
+                });
+            let table = Integral::region(frame, x0..x1, y0..y1);
             for (c, [x0, x1, y0, y1]) in spans {
                 table.area_resize(frame, x0..x1, y0..y1, (size, size), &mut buf);
                 kept.push(*c);
@@ -448,13 +444,7 @@ impl Mtcnn {
         if kept.is_empty() {
             return (kept, None);
         }
-        let n = kept.len() as i64;
-        let s = size as i64;
-        // Written pixel by pixel (NHWC): seen as NCHW, it is already channels-last.
-        let batch = Tensor::from_slice(&buf)
-            .view([n, s, s, 3])
-            .to_device(self.device)
-            .permute([0, 3, 1, 2]);
+        let batch = nhwc_batch(&buf, kept.len(), size, size, self.device);
         (kept, Some(batch))
     }
 
@@ -670,6 +660,15 @@ impl FaceDetector for Mtcnn {
         }
         Ok(out)
     }
+}
+
+/// `n` images written pixel by pixel (NHWC, `h` x `w` x 3) as an NCHW tensor on `device`: seen
+/// that way it is already channels-last, as the networks want their input.
+fn nhwc_batch(buf: &[f32], n: usize, h: usize, w: usize, device: Device) -> Tensor {
+    Tensor::from_slice(buf)
+        .view([n as i64, h as i64, w as i64, 3])
+        .to_device(device)
+        .permute([0, 3, 1, 2])
 }
 
 /// A summed-area table of a rectangle of a frame, per channel, in wrapping u32: the sum over

@@ -131,7 +131,7 @@ fn main() {
     let median = |key: &dyn Fn(&serde_json::Value) -> f64| {
         let mut v: Vec<f64> = rounds.iter().map(key).collect();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        common::percentile(&v, 50.0)
     };
     let ratio = median(&|r| r["ratio"].as_f64().unwrap());
     let bare_cpu = median(&|r| r["bare_decode"]["cpu_s"].as_f64().unwrap());
