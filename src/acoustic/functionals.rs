@@ -154,6 +154,23 @@ pub struct Lld {
     pub v: [f32; 25],
     /// Mean square of the frame (for the equivalent sound level).
     pub energy2: f32,
+    /// Where the frame stands at the end of a stream (see [`Edge`]).
+    pub edge: Edge,
+}
+
+/// Frames at the very end of a stream, which openSMILE's functionals of a whole recording
+/// treat apart (measured on its intermediate levels; see `AcousticStream::flush`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Edge {
+    /// An ordinary frame.
+    #[default]
+    Inner,
+    /// Its pitch was decided only by the end of input: openSMILE's voice functionals (read
+    /// through its jitter stage, which stops at the end of input) never see it.
+    Unsettled,
+    /// A last 20 ms frame with no 60 ms frame behind it (the final 40 ms of a stream): it has
+    /// only the energy/spectral LLDs, and only the functionals over all frames count it.
+    Short,
 }
 
 impl Lld {
@@ -368,10 +385,27 @@ pub fn smooth(frames: &[Lld]) -> Vec<[f32; 25]> {
 }
 
 /// The 88 functionals of `frames` (consecutive 10 ms frames).
+///
+/// Inside a stream every frame counts for every functional. At the end of a stream (frames
+/// marked by [`Edge`]) the sets differ as openSMILE's do for a whole recording: the functionals
+/// over all frames (loudness, flux, MFCC, the equivalent sound level) take every frame, the
+/// short final ones included; F0, the unvoiced means and the voiced-segment statistics take the
+/// frames with a pitch analysis; the voice-quality and voiced spectral functionals stop before
+/// the frames whose pitch only the end of input decided (the voiced spectral contours are
+/// smoothed first and cut after, the voice-quality ones cut first, as openSMILE's levels are).
 pub fn compute(frames: &[Lld]) -> Functionals {
     let n = frames.len();
     let mut values = [0.0f32; 88];
-    let voiced_frames = frames.iter().filter(|f| f.voiced()).count();
+    // Short frames come last, unsettled ones just before them.
+    let pitched = &frames[..frames
+        .iter()
+        .position(|f| f.edge == Edge::Short)
+        .unwrap_or(n)];
+    let settled = &frames[..pitched
+        .iter()
+        .position(|f| f.edge == Edge::Unsettled)
+        .unwrap_or(pitched.len())];
+    let voiced_frames = pitched.iter().filter(|f| f.voiced()).count();
     let mut out = Functionals {
         values,
         frames: n,
@@ -381,10 +415,9 @@ pub fn compute(frames: &[Lld]) -> Functionals {
         return out;
     }
     let enough = voiced_frames >= MIN_VOICED_FRAMES;
-    let dur = n as f32 * FRAME_S;
     let mut col = Vec::with_capacity(n);
     let mut sm = Vec::with_capacity(n);
-    let column = |d: usize, gate: Option<bool>, col: &mut Vec<f32>| {
+    let column = |frames: &[Lld], d: usize, gate: Option<bool>, col: &mut Vec<f32>| {
         col.clear();
         col.extend(frames.iter().map(|f| match gate {
             Some(v) if f.voiced() != v => 0.0,
@@ -420,13 +453,13 @@ pub fn compute(frames: &[Lld]) -> Functionals {
         r.copy_from_slice(&[m, c, p20, p50, p80, p80 - p20, rm, rs, fm, fs]);
         (r, n_peaks)
     };
-    column(idx::F0, None, &mut col);
+    column(pitched, idx::F0, None, &mut col);
     let mut f0_smooth = Vec::with_capacity(n);
     sma3nz(&col, &mut f0_smooth);
     if enough {
         put(0, &ten(&nonzero(&f0_smooth)).0);
     }
-    column(idx::LOUDNESS, None, &mut col);
+    column(frames, idx::LOUDNESS, None, &mut col);
     sma3(&col, &mut sm);
     let (loudness, loudness_peaks) = ten(&sm);
     put(10, &loudness);
@@ -442,7 +475,7 @@ pub fn compute(frames: &[Lld]) -> Functionals {
     .iter()
     .enumerate()
     {
-        column(*d, None, &mut col);
+        column(frames, *d, None, &mut col);
         sma3(&col, &mut sm);
         let (m, c) = mean_cov(&sm);
         values[20 + 2 * k] = m;
@@ -454,15 +487,16 @@ pub fn compute(frames: &[Lld]) -> Functionals {
         for k in 0..14 {
             let d = idx::JITTER + k;
             let is_formant_fb = d >= idx::F1 && (d - idx::F1) % 3 != 2;
-            column(d, is_formant_fb.then_some(true), &mut col);
+            column(settled, d, is_formant_fb.then_some(true), &mut col);
             sma3nz(&col, &mut sm);
             let (m, c) = mean_cov(&nonzero(&sm));
             values[30 + 2 * k] = m;
             values[31 + 2 * k] = c;
         }
         for (k, d) in (idx::ALPHA..idx::MFCC1 + 4).enumerate() {
-            column(d, Some(true), &mut col);
+            column(pitched, d, Some(true), &mut col);
             sma3nz(&col, &mut sm);
+            sm.truncate(settled.len());
             let (m, c) = mean_cov(&nonzero(&sm));
             values[58 + 2 * k] = m;
             values[59 + 2 * k] = c;
@@ -470,17 +504,17 @@ pub fn compute(frames: &[Lld]) -> Functionals {
     }
     // Unvoiced means of alphaRatio, Hammarberg, the slopes and the flux.
     for (k, d) in (idx::ALPHA..=idx::FLUX).enumerate() {
-        column(d, Some(false), &mut col);
+        column(pitched, d, Some(false), &mut col);
         sma3nz(&col, &mut sm);
         values[76 + k] = mean_cov(&nonzero(&sm)).0;
     }
     // Temporal.
-    values[81] = loudness_peaks as f32 / dur;
+    values[81] = loudness_peaks as f32 / (n as f32 * FRAME_S);
     let voiced = runs(&f0_smooth, true);
     let unvoiced = runs(&f0_smooth, false);
     let (vm, vs) = mean_std(&voiced);
     let (um, us) = mean_std(&unvoiced);
-    values[82] = voiced.len() as f32 / dur;
+    values[82] = voiced.len() as f32 / (pitched.len().max(1) as f32 * FRAME_S);
     values[83] = vm;
     values[84] = vs;
     values[85] = um;

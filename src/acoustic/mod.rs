@@ -15,10 +15,10 @@ pub mod voice;
 
 use std::collections::VecDeque;
 
-pub use functionals::{Functionals, LLD_NAMES, Lld, NAMES};
+pub use functionals::{Edge, Functionals, LLD_NAMES, Lld, NAMES};
 
 use crate::resample::{ResampleError, To16k};
-use frame::{ACF_LAGS, FrameAnalyzer, FrameOut, HOP, LONG, LONG_BINS};
+use frame::{ACF_LAGS, FrameAnalyzer, FrameOut, HOP, LONG, LONG_BINS, SHORT};
 use pitch::PitchTracker;
 
 /// Seconds per LLD frame.
@@ -91,7 +91,7 @@ pub struct AcousticStream {
     analyzer: FrameAnalyzer,
     pitch: PitchTracker,
     pending: Vec<Pending>,
-    decided: Vec<f32>,
+    decided: Vec<(f32, Edge)>,
     history: VecDeque<Lld>,
     history_frames: usize,
 }
@@ -133,8 +133,10 @@ impl AcousticStream {
         self.buf16 = buf;
     }
 
-    /// End of input: resample what is left, decide every pending frame. Frames need 60 ms of
-    /// audio; a trailing part shorter than that makes no frame.
+    /// End of input: resample what is left, decide every pending frame, then analyse the last
+    /// 20 ms frames that have no 60 ms frame behind them (energy/spectral LLDs only, marked
+    /// [`Edge::Short`]); frames whose pitch only the end decided are marked
+    /// [`Edge::Unsettled`]. A trailing part shorter than 20 ms makes no frame.
     pub fn flush(&mut self) {
         let mut buf = std::mem::take(&mut self.buf16);
         buf.clear();
@@ -143,12 +145,48 @@ impl AcousticStream {
         self.buf16 = buf;
         let mut decided = std::mem::take(&mut self.decided);
         decided.clear();
-        self.pitch.flush(&mut |f0| decided.push(f0));
-        for f0 in decided.iter() {
-            self.finalise(*f0);
+        self.pitch.flush(&mut |f0, settled| {
+            decided.push((
+                f0,
+                if settled {
+                    Edge::Inner
+                } else {
+                    Edge::Unsettled
+                },
+            ))
+        });
+        for (f0, edge) in decided.iter() {
+            self.finalise(*f0, *edge);
         }
         self.decided = decided;
+        self.short_frames();
         self.analyzer.reset();
+    }
+
+    /// The frames after the last 60 ms one whose 20 ms window still fits (openSMILE's energy
+    /// and spectral levels run to the end of the input; its pitch level stops 40 ms earlier).
+    fn short_frames(&mut self) {
+        let mut mag = [0.0f32; LONG_BINS];
+        let mut acf = [0.0f32; ACF_LAGS];
+        let mut padded = [0.0f32; LONG];
+        loop {
+            let off = (self.next_frame * HOP as u64 - self.wave_start) as usize;
+            if off + SHORT > self.wave.len() {
+                break;
+            }
+            let have = (self.wave.len() - off).min(LONG);
+            padded[..have].copy_from_slice(&self.wave[off..off + have]);
+            padded[have..].iter_mut().for_each(|v| *v = 0.0);
+            let out = self.analyzer.analyse(&padded, &mut mag, &mut acf);
+            self.next_frame += 1;
+            let mut lld = Lld {
+                energy2: out.energy2,
+                edge: Edge::Short,
+                ..Lld::default()
+            };
+            lld.v[..10].copy_from_slice(&out.spectral);
+            self.keep(lld);
+        }
     }
 
     /// Time (s from the stream's first sample) up to which frames are decided: spans ending
@@ -223,7 +261,7 @@ impl AcousticStream {
                 .analyse(&self.wave[off..off + LONG], &mut p.mag, &mut p.acf);
             self.next_frame += 1;
             if let Some(f0) = self.pitch.push(&p.out) {
-                self.finalise(f0);
+                self.finalise(f0, Edge::Inner);
             }
         }
         // Keep the samples that undecided frames still need.
@@ -235,13 +273,14 @@ impl AcousticStream {
         }
     }
 
-    fn finalise(&mut self, f0: f32) {
+    fn finalise(&mut self, f0: f32, edge: Edge) {
         let k = self.next_final;
         let p = &self.pending[(k % self.pending.len() as u64) as usize];
         let voiced = f0 > 0.0 && p.out.rms60 > VOICING_RMS;
         let f0 = if voiced { f0 } else { 0.0 };
         let mut lld = Lld {
             energy2: p.out.energy2,
+            edge,
             ..Lld::default()
         };
         lld.v[..10].copy_from_slice(&p.out.spectral);
@@ -263,6 +302,10 @@ impl AcousticStream {
             lld.v[17 + 3 * i] = p.out.formants[i].1;
             lld.v[18 + 3 * i] = h.formant_amp[i];
         }
+        self.keep(lld);
+    }
+
+    fn keep(&mut self, mut lld: Lld) {
         for v in lld.v.iter_mut() {
             if !v.is_finite() {
                 *v = 0.0;
