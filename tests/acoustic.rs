@@ -395,12 +395,16 @@ sys.path.insert(0, sys.argv[1])
 from acoustic_report import write_16k
 s = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                     feature_level=opensmile.FeatureLevel.Functionals)
+lld = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                      feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
 out = sys.argv[2]
 for f in sys.argv[3:]:
     p = os.path.join(out, os.path.basename(f))
     write_16k(*soundfile.read(f, dtype="float64"), p)
     df = s.process_file(p)
-    print(json.dumps({"file": p, "f": dict(zip(df.columns, map(float, df.iloc[0].values)))}))
+    f0 = lld.process_file(p)["F0semitoneFrom27.5Hz_sma3nz"].values
+    print(json.dumps({"file": p, "f": dict(zip(df.columns, map(float, df.iloc[0].values))),
+                      "voiced": [bool(v > 0) for v in f0]}))
 "#;
     let out = Command::new(common::python())
         .arg("-c")
@@ -421,15 +425,33 @@ for f in sys.argv[3:]:
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), files.len());
+    // Voicing frame by frame: openSMILE's LLD output (its last row repeats the one before)
+    // against our pitched frames. Our candidates and smoother are openSMILE's: against its
+    // pitch level itself all 80,925 decisions of the 415 clips agree; against the smoothed
+    // LLD output 23,389 of these 23,400.
+    let (mut agree, mut total) = (0usize, 0usize);
     let ours: Vec<Functionals> = rows
         .iter()
         .map(|row| {
             let a =
                 summerd::decode::decode_audio(Path::new(row["file"].as_str().unwrap())).unwrap();
             assert_eq!(a.rate, 16_000);
-            whole(a.rate, &a.samples).0
+            let (f, frames) = whole(a.rate, &a.samples);
+            let theirs = row["voiced"].as_array().unwrap();
+            let pitched = frames.iter().filter(|f| f.edge != Edge::Short);
+            for (t, o) in theirs.iter().zip(pitched) {
+                total += 1;
+                agree += usize::from(t.as_bool().unwrap() == o.voiced());
+            }
+            f
         })
         .collect();
+    let voicing = agree as f64 / total as f64;
+    eprintln!("voicing decisions equal to openSMILE's: {agree} of {total} frames");
+    assert!(
+        voicing >= 0.999,
+        "voicing agreement {voicing:.4} (measured here: 0.9995)"
+    );
     let r = |name: &str| {
         let a: Vec<f64> = rows
             .iter()
@@ -461,8 +483,9 @@ for f in sys.argv[3:]:
         ("equivalentSoundLevel_dBp", 0.99),
         ("F0semitoneFrom27.5Hz_sma3nz_amean", 0.97),
         ("F0semitoneFrom27.5Hz_sma3nz_percentile20.0", 0.95),
-        ("F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2", 0.85),
-        ("HNRdBACF_sma3nz_amean", 0.95),
+        ("F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2", 0.98),
+        ("F0semitoneFrom27.5Hz_sma3nz_stddevNorm", 0.97),
+        ("HNRdBACF_sma3nz_amean", 0.98),
         ("logRelF0-H1-H2_sma3nz_amean", 0.95),
         ("logRelF0-H1-A3_sma3nz_amean", 0.95),
         ("F1frequency_sma3nz_amean", 0.95),

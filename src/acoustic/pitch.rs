@@ -4,9 +4,10 @@
 //! (openSMILE buffers 40); at the end of input the frames after the point where the best paths
 //! last merged are reported as unsettled (see [`PitchTracker::flush`]).
 //!
-//! Measured on the 415 EmoDB clips at 16 kHz against openSMILE's own F0 level: our voicing
-//! decisions agree on 99.4 % of frames (99.1 % with the weights we had fitted before); what is
-//! left comes from our subharmonic-summation candidates, not from the search.
+//! Measured on the 415 EmoDB clips at 16 kHz against openSMILE's own F0 level: fed openSMILE's
+//! candidates, this search gives its F0 on all 80,925 frames; fed ours (`frame`, now
+//! openSMILE's candidates to 1e-6), so does the whole chain (99.1 % with the weights an earlier
+//! version had fitted).
 
 use std::collections::VecDeque;
 
