@@ -25,9 +25,11 @@ pub const FORMAT: &str = "summerd-model/1";
 pub const TEXT_EXTRACTOR: &str = "all-MiniLM-L6-v2/mean/l2";
 /// The acoustic extractor summerd runs (its own eGeMAPS v02 functionals). Version 2: formants,
 /// pitch, harmonics, slopes and scales as openSMILE 2.6.0 computes them (70 of the 88
-/// functionals at r >= 0.9 against it on the same signal); a model trained on version 1's
-/// features is refused, not silently fed a different distribution.
-pub const AUDIO_EXTRACTOR: &str = "egemaps-v02/summerd/2";
+/// functionals at r >= 0.9 against it on the same signal). Version 3: openSMILE's pitch
+/// candidates and smoother (its voicing on every frame) and its frames at the end of a
+/// recording (79 of 88). A model trained on an earlier version's features is refused, not
+/// silently fed a different distribution.
+pub const AUDIO_EXTRACTOR: &str = "egemaps-v02/summerd/3";
 
 /// Errors loading or saving a model.
 #[derive(Debug, thiserror::Error)]
