@@ -77,12 +77,10 @@ pub struct FrameOut {
     pub energy2: f32,
     /// RMS of the Gaussian-windowed 60 ms frame (the voicing gate).
     pub rms60: f32,
-    /// Pitch candidates (Hz, voicing 0-1), best first; `n_cand` of them are valid.
+    /// Pitch candidates (Hz, voicing 0-1), best-scoring first; `n_cand` of them are valid.
     pub cand: [(f32, f32); CANDIDATES],
     /// Valid candidates.
     pub n_cand: usize,
-    /// Voicing of the best candidate, 0-1 (0 without a candidate).
-    pub voicing: f32,
 }
 
 struct Mel {
@@ -231,12 +229,12 @@ impl Shs {
     }
 
     /// Candidates (Hz, voicing) from a linear magnitude spectrum, the best-scoring first;
-    /// returns (count, voicing of the first). As openSMILE's SHS picks them: the six highest
+    /// returns their count. As openSMILE's SHS picks them: the six highest
     /// local maxima of the subharmonic sum over the whole octave scale, those outside
     /// 55-1000 Hz then dropped (so a strong peak outside the range still takes a place);
     /// voicing 1 - (mean of the sum over the scale) / (the peak's interpolated sum), 0 when
     /// the peak is not above the mean (such a candidate still counts).
-    fn run(&mut self, mag: &[f32], cand: &mut [(f32, f32); CANDIDATES]) -> (usize, f32) {
+    fn run(&mut self, mag: &[f32], cand: &mut [(f32, f32); CANDIDATES]) -> usize {
         let n = self.lin.len();
         // Peak enhancement on the linear spectrum: the local maxima (the ends included when
         // higher than their neighbour), then every bin at least 3 bins from both maxima around
@@ -245,18 +243,14 @@ impl Shs {
         for (o, m) in y.iter_mut().zip(mag) {
             *o = *m as f64;
         }
-        // (Collected without a branch per bin: every index is written, the count advances
-        // only at a maximum; maxima are where the branch predictor cannot guess.)
-        self.maxima.resize(n + 2, 0);
-        self.maxima[0] = 0;
-        let mut count = usize::from(mag[0] > mag[1]);
-        for (j, w) in mag[..n].windows(3).enumerate() {
-            self.maxima[count] = j + 1;
-            count += usize::from(w[1] > w[0] && w[1] >= w[2]);
+        self.maxima.clear();
+        if mag[0] > mag[1] {
+            self.maxima.push(0);
         }
-        self.maxima[count] = n - 1;
-        count += usize::from(mag[n - 1] > mag[n - 2]);
-        self.maxima.truncate(count);
+        interior_peaks(&mag[..n], |a, b, c| b > a && b >= c, &mut self.maxima);
+        if mag[n - 1] > mag[n - 2] {
+            self.maxima.push(n - 1);
+        }
         if self.maxima.len() == 1 {
             y[3..].iter_mut().for_each(|v| *v = 0.0);
         } else {
@@ -312,15 +306,10 @@ impl Shs {
         // strictly lower one), then interpolated, then those outside 55-1000 Hz dropped.
         let mut top = [(0usize, 0.0f32); CANDIDATES];
         let mut found = 0;
-        // The peaks first (collected without a branch per point, as the maxima above), then
-        // ranked in order.
-        self.peaks.resize(n, 0);
-        let mut count = 0;
-        for (j, w) in self.sum.windows(3).enumerate() {
-            self.peaks[count] = j + 1;
-            count += usize::from(w[0] < w[1] && w[1] > w[2]);
-        }
-        for &j in &self.peaks[..count] {
+        // The peaks first, then ranked in order.
+        self.peaks.clear();
+        interior_peaks(&self.sum, |a, b, c| a < b && b > c, &mut self.peaks);
+        for &j in &self.peaks {
             let b = self.sum[j];
             // Full: only a peak above the lowest kept one gets in (the scores are positive).
             if b > top[CANDIDATES - 1].1
@@ -351,15 +340,25 @@ impl Shs {
             scores[count] = score;
             count += 1;
         }
-        // The best-scoring candidate first; the others keep their order.
-        if let Some(best) = (1..count)
-            .find(|i| scores[*i] > scores[0] && scores[..count].iter().all(|s| *s <= scores[*i]))
-        {
-            cand.swap(0, best);
-        }
-        let voicing = if count > 0 { cand[0].1 } else { 0.0 };
-        (count, voicing)
+        // The best-scoring candidate (the first of equals) first; the others keep their order.
+        let best = (1..count).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+        cand.swap(0, best);
+        count
     }
+}
+
+/// Appends to `out` the indices j (1..len-1) where `is_peak(x[j-1], x[j], x[j+1])`. Collected
+/// without a branch per point (every index is written, the count advances only at a peak):
+/// peaks are where a branch predictor cannot guess.
+fn interior_peaks(x: &[f32], is_peak: impl Fn(f32, f32, f32) -> bool, out: &mut Vec<usize>) {
+    let start = out.len();
+    out.resize(start + x.len(), 0);
+    let mut count = start;
+    for (j, w) in x.windows(3).enumerate() {
+        out[count] = j + 1;
+        count += usize::from(is_peak(w[0], w[1], w[2]));
+    }
+    out.truncate(count);
 }
 
 /// A natural cubic spline on fixed, unevenly spaced knots, evaluated at fixed points: the
@@ -584,9 +583,7 @@ impl FrameAnalyzer {
         for (m, c) in mag60.iter_mut().zip(&self.spec_l) {
             *m = c.norm_sqr().sqrt();
         }
-        let (n, v) = self.shs.run(mag60, &mut out.cand);
-        out.n_cand = n;
-        out.voicing = v;
+        out.n_cand = self.shs.run(mag60, &mut out.cand);
         // Autocorrelation = inverse FFT of the power spectrum (circular, as the FFT size).
         for c in self.spec_l.iter_mut() {
             *c = Complex::new(c.norm_sqr(), 0.0);

@@ -30,21 +30,15 @@ pub const VOICING_CUTOFF: f32 = 0.70;
 #[derive(Clone, Copy, Default)]
 struct Slot {
     freq: [f32; STATES],
+    /// Natural logs of `freq` (0 for an empty place or unvoiced).
+    ln: [f64; STATES],
     back: [u8; STATES],
-}
-
-/// Natural logs of a slot's frequencies (0 for an empty place or unvoiced).
-fn log_freqs(freq: &[f32; STATES]) -> [f64; STATES] {
-    freq.map(|f| if f > 0.0 { (f as f64).ln() } else { 0.0 })
 }
 
 /// The Viterbi pitch smoother of one stream.
 pub struct PitchTracker {
     lag: usize,
     cum: [f64; STATES],
-    started: bool,
-    freq_prev: [f32; STATES],
-    ln_prev: [f64; STATES],
     /// The last voiced-to-voiced log step costed, carried from call to call (see `push`).
     last_change: f64,
     slots: VecDeque<Slot>,
@@ -74,9 +68,6 @@ impl PitchTracker {
         PitchTracker {
             lag,
             cum: [0.0; STATES],
-            started: false,
-            freq_prev: [0.0; STATES],
-            ln_prev: [0.0; STATES],
             last_change: 1.0,
             slots: VecDeque::with_capacity(lag + 1),
         }
@@ -118,17 +109,17 @@ impl PitchTracker {
             *cost = (-v.ln() + thr) * W_LOCAL + range_cost(freq) * W_RANGE;
         }
         local[UNVOICED] = if any_voiced { W_LOCAL * W_THR } else { 0.0 };
-        let ln = log_freqs(&slot.freq);
-        let mut cum = [0.0f64; STATES];
-        if !self.started {
-            cum = local;
-            self.started = true;
-        } else {
+        slot.ln = slot
+            .freq
+            .map(|f| if f > 0.0 { (f as f64).ln() } else { 0.0 });
+        // The previous frame is the newest held one; none after a flush or at the start.
+        let mut cum = local;
+        if let Some(prev) = self.slots.back().copied() {
             for s in 0..STATES {
                 let mut best_cost = f64::MAX;
                 let mut arg = 0u8;
                 for p in 0..STATES {
-                    let c = self.cum[p] + self.transition(p, s, slot.freq[s], ln[s]);
+                    let c = self.cum[p] + self.transition(&prev, p, &slot, s);
                     if c < best_cost {
                         best_cost = c;
                         arg = p as u8;
@@ -144,8 +135,6 @@ impl PitchTracker {
             *c -= min;
         }
         self.cum = cum;
-        self.freq_prev = slot.freq;
-        self.ln_prev = ln;
         self.slots.push_back(slot);
         if self.slots.len() > self.lag {
             let mut s = self.best();
@@ -158,15 +147,14 @@ impl PitchTracker {
         None
     }
 
-    fn transition(&mut self, prev: usize, cur: usize, f_cur: f32, ln_cur: f64) -> f64 {
+    fn transition(&mut self, a: &Slot, prev: usize, b: &Slot, cur: usize) -> f64 {
         match (prev == UNVOICED, cur == UNVOICED) {
             (true, true) => W_TUU,
             (false, false) => {
-                let f_prev = self.freq_prev[prev];
-                if f_prev == 0.0 || f_cur == 0.0 {
+                if a.freq[prev] == 0.0 || b.freq[cur] == 0.0 {
                     return EMPTY_PLACE;
                 }
-                let r = ln_cur - self.ln_prev[prev];
+                let r = b.ln[cur] - a.ln[prev];
                 let x = W_TVV * r.abs() + W_TVVD * (r - self.last_change).abs();
                 self.last_change = r;
                 x
@@ -206,8 +194,6 @@ impl PitchTracker {
             }
         }
         self.slots.clear();
-        self.started = false;
-        self.cum = [0.0; STATES];
     }
 
     /// How many of the held frames, oldest first, the best paths into every state of the
