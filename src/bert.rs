@@ -143,24 +143,172 @@ impl LayerWeights {
 }
 
 impl LayerWeights {
-    /// The layer, differentiably: `x` [B, L, H], `attention` [B, L] (1 = token).
-    pub fn forward_train(&self, x: &Tensor, attention: &Tensor, heads: i64) -> Tensor {
+    /// The layer, differentiably: `x` [B, L, H], `attention` [B, L] (1 = token). With
+    /// `adapters`, each linear map adds its low-rank update and the adapters' layer norms
+    /// replace the layer's.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        attention: &Tensor,
+        heads: i64,
+        adapters: Option<&LayerAdapters>,
+    ) -> Tensor {
         let (b, l, h) = x.size3().expect("[B, L, H]");
         let d = h / heads;
+        let lin = |base: &nn::Linear, pick: fn(&LayerAdapters) -> &Lora, x: &Tensor| {
+            let y = base.forward(x);
+            match adapters {
+                Some(a) => y + pick(a).delta(x),
+                None => y,
+            }
+        };
         let split = |t: Tensor| t.view([b, l, heads, d]).transpose(1, 2);
         let (q, k, v) = (
-            split(self.query.forward(x)),
-            split(self.key.forward(x)),
-            split(self.value.forward(x)),
+            split(lin(&self.query, |a| &a.query, x)),
+            split(lin(&self.key, |a| &a.key, x)),
+            split(lin(&self.value, |a| &a.value, x)),
         );
         let mask = attention.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
         let ctx =
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
         let ctx = ctx.transpose(1, 2).reshape([b, l, h]);
-        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
-        let ff = self.intermediate.forward(&x).gelu("none");
-        self.out_norm.forward(&(self.output.forward(&ff) + x))
+        let (attn_norm, out_norm) = match adapters {
+            Some(a) => (&a.attn_norm, &a.out_norm),
+            None => (&self.attn_norm, &self.out_norm),
+        };
+        let x = attn_norm.forward(&(lin(&self.attn_out, |a| &a.attn_out, &ctx) + x));
+        let ff = lin(&self.intermediate, |a| &a.intermediate, &x).gelu("none");
+        out_norm.forward(&(lin(&self.output, |a| &a.output, &ff) + x))
     }
+}
+
+/// Suffix of a low-rank factor's name: `<linear>.lora_a` [r, in] and `<linear>.lora_b`
+/// [out, r] update `<linear>.weight` by `lora_b @ lora_a` (times the scale while training;
+/// stored with the scale folded into `lora_b`).
+pub const LORA_A: &str = "lora_a";
+/// See [`LORA_A`].
+pub const LORA_B: &str = "lora_b";
+
+/// A low-rank update of one linear map (LoRA): `x @ a^T @ b^T * scale`.
+pub struct Lora {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+impl Lora {
+    fn new(p: nn::Path, inputs: i64, outputs: i64, rank: i64, scale: f64) -> Self {
+        // `b` starts at zero, so the adapted layer starts as the checkpoint's.
+        let bound = 1.0 / (inputs as f64).sqrt();
+        Lora {
+            a: p.var(
+                LORA_A,
+                &[rank, inputs],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            b: p.var(LORA_B, &[outputs, rank], nn::Init::Const(0.0)),
+            scale,
+        }
+    }
+
+    fn delta(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.a.tr()).matmul(&self.b.tr()) * self.scale
+    }
+}
+
+/// Trainable low-rank updates of a layer's six linear maps and copies of its two layer norms,
+/// declared under the layer's checkpoint path (`encoder.layer.N`), so that loading the
+/// checkpoint partially fills the norms and leaves the factors at their start.
+pub struct LayerAdapters {
+    query: Lora,
+    key: Lora,
+    value: Lora,
+    attn_out: Lora,
+    intermediate: Lora,
+    output: Lora,
+    attn_norm: nn::LayerNorm,
+    out_norm: nn::LayerNorm,
+}
+
+impl LayerAdapters {
+    /// Declare them under `p` with rank `rank` and scale `scale`.
+    pub fn new(p: nn::Path, cfg: &BertConfig, rank: i64, scale: f64) -> Self {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let att = &p / "attention";
+        let lora = |q: nn::Path, inp, out| Lora::new(q, inp, out, rank, scale);
+        LayerAdapters {
+            query: lora(&att / "self" / "query", h, h),
+            key: lora(&att / "self" / "key", h, h),
+            value: lora(&att / "self" / "value", h, h),
+            attn_out: lora(&att / "output" / "dense", h, h),
+            attn_norm: layer_norm(&att / "output" / "LayerNorm", cfg),
+            intermediate: lora(&p / "intermediate" / "dense", h, i),
+            output: lora(&p / "output" / "dense", i, h),
+            out_norm: layer_norm(&p / "output" / "LayerNorm", cfg),
+        }
+    }
+}
+
+/// Apply a fine-tuning delta (`named` tensors, checkpoint names) to the encoder variables
+/// `vars`: a tensor named like a variable replaces it; a `<linear>.lora_a` / `lora_b` pair
+/// adds `lora_b @ lora_a` to `<linear>.weight`. Returns how many variables changed; an error
+/// names the first tensor that fits nothing (unknown name, wrong shape, unpaired factor).
+pub fn apply_delta(
+    vars: &std::collections::HashMap<String, Tensor>,
+    named: &[(String, Tensor)],
+) -> Result<usize, String> {
+    let _g = tch::no_grad_guard();
+    let by_name: std::collections::HashMap<&str, &Tensor> =
+        named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut changed = 0;
+    for (name, t) in named {
+        if let Some(base) = name.strip_suffix(&format!(".{LORA_A}")) {
+            let b = by_name
+                .get(format!("{base}.{LORA_B}").as_str())
+                .ok_or_else(|| format!("{name} has no {base}.{LORA_B}"))?;
+            let w = format!("{base}.weight");
+            let var = vars
+                .get(&w)
+                .ok_or_else(|| format!("{name}: no variable {w}"))?;
+            let update = b.to_kind(Kind::Float).matmul(&t.to_kind(Kind::Float));
+            if update.size() != var.size() {
+                return Err(format!(
+                    "{name}: update {:?} does not fit {w} {:?}",
+                    update.size(),
+                    var.size()
+                ));
+            }
+            let mut v = var.shallow_clone();
+            let _ = v
+                .f_add_(&update.to_device(v.device()))
+                .map_err(|e| e.to_string())?;
+            changed += 1;
+            continue;
+        }
+        if let Some(base) = name.strip_suffix(&format!(".{LORA_B}")) {
+            if !by_name.contains_key(format!("{base}.{LORA_A}").as_str()) {
+                return Err(format!("{name} has no {base}.{LORA_A}"));
+            }
+            continue;
+        }
+        let var = vars
+            .get(name)
+            .ok_or_else(|| format!("{name}: no such encoder weight"))?;
+        if var.size() != t.size() {
+            return Err(format!(
+                "{name}: shape {:?}, the encoder's is {:?}",
+                t.size(),
+                var.size()
+            ));
+        }
+        let mut v = var.shallow_clone();
+        v.f_copy_(t).map_err(|e| e.to_string())?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// A linear layer laid out for inference: weight transposed to [in, out] and contiguous, so
@@ -348,4 +496,80 @@ pub fn mean_pool_normalize(hidden: &Tensor, attention: &Tensor) -> Tensor {
         .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
         .clamp_min(1e-12);
     mean / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn vars() -> HashMap<String, Tensor> {
+        let mut v = HashMap::new();
+        v.insert(
+            "l.dense.weight".into(),
+            Tensor::ones([3, 2], (Kind::Float, tch::Device::Cpu)),
+        );
+        v.insert(
+            "l.norm.bias".into(),
+            Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
+        );
+        v
+    }
+
+    #[test]
+    fn delta_adds_low_rank_products_and_replaces_named_weights() {
+        let v = vars();
+        // b [3, 1] @ a [1, 2] = [[1, 2], [2, 4], [3, 6]]
+        let named = vec![
+            (
+                "l.dense.lora_a".to_string(),
+                Tensor::from_slice(&[1f32, 2.]).view([1, 2]),
+            ),
+            (
+                "l.dense.lora_b".to_string(),
+                Tensor::from_slice(&[1f32, 2., 3.]).view([3, 1]),
+            ),
+            (
+                "l.norm.bias".to_string(),
+                Tensor::from_slice(&[0.5f32, -0.5, 1.]),
+            ),
+        ];
+        assert_eq!(apply_delta(&v, &named).unwrap(), 2);
+        let w: Vec<f32> = v["l.dense.weight"].view([-1]).try_into().unwrap();
+        assert_eq!(w, [2., 3., 3., 5., 4., 7.]);
+        let b: Vec<f32> = v["l.norm.bias"].shallow_clone().try_into().unwrap();
+        assert_eq!(b, [0.5, -0.5, 1.]);
+    }
+
+    #[test]
+    fn delta_that_does_not_fit_is_refused() {
+        let a = || Tensor::ones([1, 2], (Kind::Float, tch::Device::Cpu));
+        let b = |rows| Tensor::ones([rows, 1], (Kind::Float, tch::Device::Cpu));
+        for (named, says) in [
+            (
+                vec![("l.dense.lora_a".to_string(), a())],
+                "has no l.dense.lora_b",
+            ),
+            (
+                vec![("l.dense.lora_b".to_string(), b(3))],
+                "has no l.dense.lora_a",
+            ),
+            (
+                vec![
+                    ("l.dense.lora_a".to_string(), a()),
+                    ("l.dense.lora_b".to_string(), b(4)),
+                ],
+                "does not fit",
+            ),
+            (
+                vec![("l.other.weight".to_string(), a())],
+                "no such encoder weight",
+            ),
+            (vec![("l.norm.bias".to_string(), a())], "shape"),
+        ] {
+            let err = apply_delta(&vars(), &named).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+    }
 }

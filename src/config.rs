@@ -1121,6 +1121,12 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     // [vision]
     let vs = &raw.vision;
     c.range("vision.detect_every", vs.detect_every, 1, 100);
+    c.range(
+        "vision.detect_every_tracked",
+        vs.detect_every_tracked,
+        vs.detect_every.clamp(1, 100),
+        100,
+    );
     c.range("vision.history_s", vs.history_s, 1.0, 3600.0);
     c.range("vision.mtcnn.min_face", vs.mtcnn.min_face, 12.0, 4096.0);
     c.range("vision.mtcnn.factor", vs.mtcnn.factor, 0.1, 0.95);

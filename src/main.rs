@@ -264,6 +264,10 @@ enum Features {
         /// Full detection every k-th frame (vision.detect_every); 1: every frame.
         #[arg(long, default_value_t = 5)]
         detect_every: u32,
+        /// Full detection every k-th frame while every tracked face holds
+        /// (vision.detect_every_tracked; default: 3x --detect-every, at most 100).
+        #[arg(long)]
+        detect_every_tracked: Option<u32>,
         /// Smallest face looked for, pixels (vision.mtcnn.min_face).
         #[arg(long, default_value_t = 40.0)]
         min_face: f32,
@@ -377,6 +381,7 @@ fn main() -> ExitCode {
                     fps,
                     max_size,
                     detect_every,
+                    detect_every_tracked,
                     min_face,
                     max_frames,
                     file,
@@ -386,7 +391,10 @@ fn main() -> ExitCode {
             json,
             fps,
             &max_size,
-            detect_every,
+            (
+                detect_every,
+                detect_every_tracked.unwrap_or((3 * detect_every).min(100)),
+            ),
             min_face,
             max_frames,
         )),
@@ -461,7 +469,7 @@ fn features_video(
     json: bool,
     fps: u32,
     max_size: &str,
-    detect_every: u32,
+    (detect_every, detect_every_tracked): (u32, u32),
     min_face: f32,
     max_frames: usize,
 ) -> anyhow::Result<()> {
@@ -474,6 +482,7 @@ fn features_video(
         .with_context(|| format!("--max-size {max_size}: expected WxH, e.g. 640x480"))?;
     let mut settings = VisionSettings {
         detect_every,
+        detect_every_tracked,
         mtcnn_dir: summerd::vision::MTCNN_DIR.into(),
         expression_file: summerd::vision::EXPRESSION_FILE.into(),
         ..Default::default()
@@ -489,7 +498,7 @@ fn features_video(
         },
     )?;
     let models = std::sync::Arc::new(VisionModels::load(&settings, tch::Device::Cpu)?);
-    let mut stage = VisionStage::new(models, settings.detect_every, settings.track.clone());
+    let mut stage = VisionStage::new(models, settings.cadence(), settings.track.clone());
     let mut timeline = VisualTimeline::new(f64::INFINITY);
     let mut seen = Vec::with_capacity(frames.len());
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -536,7 +545,7 @@ fn features_video(
         let doc = serde_json::json!({
             "file": file.display().to_string(),
             "frame_size": [fw, fh],
-            "settings": {"fps": fps, "detect_every": detect_every, "min_face": min_face},
+            "settings": {"fps": fps, "detect_every": detect_every, "detect_every_tracked": detect_every_tracked, "min_face": min_face},
             "classes": CLASSES,
             "frames": seen,
             "pooled": pooled,
@@ -920,6 +929,7 @@ impl EvalInput {
 /// A dataset in the model's own features from labelled wav files or a MELD CSV.
 fn eval_dataset(
     m: &summerd::model::Model,
+    model_dir: &Path,
     input: &EvalInput,
     device: tch::Device,
     precision: summerd::text::Precision,
@@ -942,18 +952,26 @@ fn eval_dataset(
             Ok(ds)
         }
         EvalInput::Meld(csv) => {
-            anyhow::ensure!(
-                m.manifest.text_tuned.is_none(),
-                "this model's text encoder is fine-tuned: make a native split with `summerd dataset meld` and evaluate that"
-            );
-            let mut enc = summerd::text::TextEncoder::load(
+            // The encoder as the daemon loads it: with the model's tuning delta, if any.
+            let tuned = m
+                .manifest
+                .text_tuned
+                .as_ref()
+                .map(|t| model_dir.join(&t.file));
+            let mut enc = summerd::text::TextEncoder::load_tuned(
                 Path::new(summerd::text::DEFAULT_DIR),
                 summerd::text::DEFAULT_MAX_TOKENS,
                 device,
+                tuned.as_deref(),
             )?;
             let kind = enc.set_precision(precision);
             eprintln!("text encoder matrix products in {kind:?}");
-            let ds = writers::meld(csv, &enc)?;
+            let mut ds = writers::meld(csv, &enc)?;
+            if tuned.is_some()
+                && let Some(f) = ds.meta.features.text.as_mut()
+            {
+                f.extractor = summerd::train::tune::tuned_extractor(&f.extractor);
+            }
             Ok(if m.manifest.features.audio.is_some() {
                 mix::audio_absent(&ds)
             } else {
@@ -971,24 +989,33 @@ fn eval(
 ) -> anyhow::Result<()> {
     let device = tch::Device::cuda_if_available();
     let m = summerd::model::Model::load(model, device)?;
-    let mut ds = eval_dataset(&m, &input, device, precision)?;
+    let mut ds = eval_dataset(&m, model, &input, device, precision)?;
     let data = PathBuf::from(input.describe());
     let data = data.as_path();
-    if let Some(t) = &m.manifest.text_tuned {
-        // The model reads vectors from its own fine-tuned encoder layers: remake them.
-        anyhow::ensure!(
-            !ds.meta.texts.is_empty(),
-            "the model's text encoder is fine-tuned, and {} has no texts to encode",
-            data.display()
-        );
-        let enc = summerd::text::TextEncoder::load_tuned(
-            Path::new(summerd::text::DEFAULT_DIR),
-            summerd::text::DEFAULT_MAX_TOKENS,
-            device,
-            Some(&model.join(&t.file)),
-        )?;
-        ds.features[0] = enc.embed_texts(&ds.meta.texts, 64)?;
-        if let Some(f) = ds.meta.features.text.as_mut() {
+    let made_tuned = ds
+        .meta
+        .features
+        .text
+        .as_ref()
+        .is_some_and(|f| f.extractor.ends_with("+tuned"));
+    let has_text = ds.present.select(1, 0).any().int64_value(&[]) != 0;
+    if let Some(t) = m.manifest.text_tuned.as_ref().filter(|_| !made_tuned) {
+        // The model reads vectors from its own fine-tuned encoder layers: remake them (data
+        // without any text, such as labelled wavs, has none to remake).
+        if has_text {
+            anyhow::ensure!(
+                ds.meta.texts.len() == ds.len(),
+                "the model's text encoder is fine-tuned, and {} has no texts to encode",
+                data.display()
+            );
+            let enc = summerd::text::TextEncoder::load_tuned(
+                Path::new(summerd::text::DEFAULT_DIR),
+                summerd::text::DEFAULT_MAX_TOKENS,
+                device,
+                Some(&model.join(&t.file)),
+            )?;
+            ds = summerd::train::tune::reencode(&ds, &enc)?;
+        } else if let Some(f) = ds.meta.features.text.as_mut() {
             f.extractor = summerd::train::tune::tuned_extractor(&f.extractor);
         }
     }

@@ -93,9 +93,14 @@ pub enum TextError {
     /// A libtorch error while encoding.
     #[error("text encoder forward pass: {0}")]
     Torch(#[from] tch::TchError),
-    /// A fine-tuned layer file holds no weight of this encoder.
-    #[error("fine-tuned text encoder layers {0}: no weight of this encoder in the file")]
-    Tuned(PathBuf),
+    /// A fine-tuning delta that does not fit this encoder.
+    #[error("fine-tuned text encoder delta {path}: {message}")]
+    Tuned {
+        /// The delta file.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
     /// `max_tokens` out of range.
     #[error("max_tokens {got} is out of range (2 to {limit})")]
     MaxTokens {
@@ -151,8 +156,10 @@ impl TextEncoder {
         Self::load_tuned(dir, max_tokens, device, None)
     }
 
-    /// Load, then replace the layers stored in `tuned` (a safetensors file of checkpoint-named
-    /// tensors, e.g. `encoder.layer.5.*` fine-tuned by `summerd train`).
+    /// Load, then apply the fine-tuning delta `tuned` (a safetensors file of checkpoint-named
+    /// tensors made by `summerd train`: whole layers such as `encoder.layer.5.*`, or low-rank
+    /// factors `<linear>.lora_a` / `lora_b` added to `<linear>.weight`; see
+    /// [`crate::bert::apply_delta`]).
     pub fn load_tuned(
         dir: &Path,
         max_tokens: usize,
@@ -210,13 +217,17 @@ impl TextEncoder {
             source,
         })?;
         if let Some(t) = tuned {
-            let missing = vs.load_partial(t).map_err(|source| TextError::Weights {
+            let named = Tensor::read_safetensors(t).map_err(|source| TextError::Weights {
                 path: t.to_path_buf(),
                 source,
             })?;
-            let replaced = vs.variables().len() - missing.len();
-            if replaced == 0 {
-                return Err(TextError::Tuned(t.to_path_buf()));
+            let tuned_err = |message: String| TextError::Tuned {
+                path: t.to_path_buf(),
+                message,
+            };
+            let changed = crate::bert::apply_delta(&vs.variables(), &named).map_err(tuned_err)?;
+            if changed == 0 {
+                return Err(tuned_err("no weight of this encoder in the file".into()));
             }
         }
         vs.freeze();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Model figures on real data (needs ../shared): MELD datasets made with summerd's text encoder
 # (cached in target/data), the causal teacher + student and the bidirectional variant trained on
-# MELD train, stopped on dev, tested once on test; EmoDB's audio branch leave-one-speaker-out;
+# MELD train, stopped on dev, tested once on test, with the text encoder fine-tuned (LoRA, on
+# single utterances first) and, for comparison, frozen; EmoDB's audio branch leave-one-speaker-out;
 # the inference cost. Everything lands in target/bench/model/ and target/bench/model.json.
 # Run through `make bench-model` (which sets up first); `tests/bench_model.sh datasets` only
 # makes the datasets.
@@ -20,8 +21,10 @@ grep -qF "$extractor" "$data/emodb.safetensors.json" 2>/dev/null ||
   "$bin" dataset emodb --out "$data/emodb.safetensors"
 [ "${1:-}" = datasets ] && exit 0
 meld=(--train "$data/meld-train.safetensors" --dev "$data/meld-dev.safetensors" --test "$data/meld-test.safetensors")
-"$bin" train --recipe models/recipes/meld-text.toml "${meld[@]}" --out "$out/meld-causal"
-"$bin" train --recipe models/recipes/meld-text-bidi.toml "${meld[@]}" --out "$out/meld-bidi"
+"$bin" train --recipe models/recipes/meld-text-lora.toml "${meld[@]}" --out "$out/meld-causal"
+"$bin" train --recipe models/recipes/meld-text-lora-bidi.toml "${meld[@]}" --out "$out/meld-bidi"
+"$bin" train --recipe models/recipes/meld-text.toml "${meld[@]}" --out "$out/meld-causal-frozen"
+"$bin" train --recipe models/recipes/meld-text-bidi.toml "${meld[@]}" --out "$out/meld-bidi-frozen"
 "$bin" loso --recipe models/recipes/emodb-audio.toml --data "$data/emodb.safetensors" --out "$out/emodb-loso"
 cargo bench --locked --bench model
 python3 - <<'PY'
@@ -30,15 +33,18 @@ from pathlib import Path
 b = Path("target/bench")
 def phase(run, name):
     r = json.loads((b / "model" / run / "report.json").read_text())[name]
-    return None if r is None else {k: r[k] for k in ("best_epoch", "epochs", "dev", "test", "active_experts", "seconds")}
+    keys = ("best_epoch", "epochs", "dev", "test", "active_experts", "seconds", "text_tuning")
+    return None if r is None else {k: r[k] for k in keys if k in r}
 summary = {
     "meld_causal": {"teacher": phase("meld-causal", "teacher"), "student": phase("meld-causal", "student")},
     "meld_bidirectional": {"teacher": phase("meld-bidi", "teacher"), "student": phase("meld-bidi", "student")},
+    "meld_causal_frozen_encoder": {"teacher": phase("meld-causal-frozen", "teacher"), "student": phase("meld-causal-frozen", "student")},
+    "meld_bidirectional_frozen_encoder": {"teacher": phase("meld-bidi-frozen", "teacher"), "student": phase("meld-bidi-frozen", "student")},
     "emodb_audio_loso": json.loads((b / "model" / "emodb-loso" / "report.json").read_text())["pooled"],
     "inference": json.loads((b / "model_speed.json").read_text())["runs"],
 }
 (b / "model.json").write_text(json.dumps(summary, indent=2) + "\n")
-for run in ("meld_causal", "meld_bidirectional"):
+for run in ("meld_causal", "meld_bidirectional", "meld_causal_frozen_encoder", "meld_bidirectional_frozen_encoder"):
     for who in ("teacher", "student"):
         t = summary[run][who]["test"]
         print(f"{run} {who}: MELD test WA {t['wa']:.1f} WF1 {t['wf1']:.1f}")

@@ -208,6 +208,11 @@ const BAD: &[(&str, &str, &[&str])] = &[
         &["vision.detect_every", "vision.mtcnn.min_face"],
     ),
     (
+        "slow cadence faster than the fast one",
+        "[vision]\ndetect_every = 10\ndetect_every_tracked = 5\n",
+        &["vision.detect_every_tracked", "10 to 100"],
+    ),
+    (
         "vision weights missing",
         "[model]\npath = \"model\"\n[vision]\nmtcnn_dir = \"/nonexistent/mtcnn\"\n",
         &[

@@ -9,6 +9,7 @@ use summerd::model::{
     Batch, FeatureSpec, Features, Fusion, Model, ModelConfig, ModelError, NetKind, Routing,
 };
 use summerd::train::data::{Dataset, FORMAT, Sidecar};
+use summerd::train::tune::TuneMode;
 use summerd::train::{self, Recipe};
 
 /// libtorch's generator is global to the process: tests that seed it and draw from it take
@@ -567,6 +568,29 @@ fn ablation_sets_name_their_variants() {
 /// model, and the daemon's encoder loaded with it makes the vectors the trainer made.
 #[test]
 fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
+    tunes_and_ships(1, 0, TuneMode::Joint, 5_000_000..10_000_000);
+}
+
+/// The same with low-rank adapters on two layers: a file of a few hundred kB, which the
+/// daemon's encoder folds into its weights.
+#[test]
+fn text_encoder_adapters_tune_and_ship_with_the_model() {
+    tunes_and_ships(2, 4, TuneMode::Joint, 100_000..400_000);
+}
+
+/// Adapters tuned on single utterances first (`text.mode = "utterance"`), then the teacher on
+/// their vectors: the same shipping and agreement, and the report has the tuning's dev curve.
+#[test]
+fn text_encoder_tuned_on_utterances_first_ships_with_the_model() {
+    tunes_and_ships(2, 4, TuneMode::Utterance, 100_000..400_000);
+}
+
+fn tunes_and_ships(
+    layers: usize,
+    lora_rank: usize,
+    mode: TuneMode,
+    file_bytes: std::ops::Range<u64>,
+) {
     let _rng = rng();
     let enc_dir = std::path::Path::new(summerd::text::DEFAULT_DIR);
     if !enc_dir.join("model.safetensors").exists() {
@@ -627,20 +651,37 @@ fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
     };
     let (tr, dv, te) = (make(16, 0), make(4, 1), make(4, 2));
     let mut recipe = quick_recipe();
-    recipe.text.tune_layers = 1;
-    recipe.text.lr = 1e-4;
+    recipe.text.tune_layers = layers;
+    recipe.text.lora_rank = lora_rank;
+    recipe.text.mode = mode;
+    recipe.text.epochs = 2;
+    recipe.text.batch = 8;
+    recipe.text.lr = if lora_rank > 0 { 1e-3 } else { 1e-4 };
     recipe.text.max_tokens = 32;
     recipe.train.epochs = 2;
     let dir = tempfile::tempdir().unwrap();
     let r = train::run(&recipe, &tr, &dv, Some(&te), dir.path(), Device::Cpu).unwrap();
     assert!(r.student.is_some());
+    let utterance_curve = r
+        .teacher
+        .as_ref()
+        .unwrap()
+        .text_tuning
+        .as_ref()
+        .map(|t| t.dev_wf1.len());
+    assert_eq!(
+        utterance_curve,
+        (mode == TuneMode::Utterance).then_some(2),
+        "utterance-level tuning ran for its epochs, and only in that mode"
+    );
     let m = Model::load(dir.path(), Device::Cpu).unwrap();
     let tuned = m
         .manifest
         .text_tuned
         .clone()
         .expect("the manifest names the tuned layer");
-    assert_eq!(tuned.layers, 1);
+    assert_eq!(tuned.layers, layers);
+    assert_eq!(tuned.lora_rank, lora_rank);
     assert!(
         m.manifest
             .features
@@ -651,9 +692,10 @@ fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
             .ends_with("+tuned")
     );
     let file = dir.path().join(&tuned.file);
+    let bytes = std::fs::metadata(&file).unwrap().len();
     assert!(
-        std::fs::metadata(&file).unwrap().len() < 10_000_000,
-        "one layer is about 7 MB"
+        file_bytes.contains(&bytes),
+        "delta of {bytes} bytes, expected {file_bytes:?}"
     );
     // The frozen-encoder data no longer matches the model's features: a clear error.
     assert!(
@@ -671,8 +713,9 @@ fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
         .embed(&tuned_enc.tokenize(&refs).unwrap())
         .unwrap();
     let trainer = {
-        let mut t = summerd::train::tune::Tuner::new(enc_dir, 1, Device::Cpu).unwrap();
-        t.vs.load_partial(&file).unwrap();
+        let mut t =
+            summerd::train::tune::Tuner::new(enc_dir, layers, &recipe.text, Device::Cpu).unwrap();
+        t.load(&file, &recipe.text).unwrap();
         let cache = summerd::train::tune::Tuner::cache(&enc, &te.meta.texts, t.first).unwrap();
         tch::no_grad(|| t.retext(&te, &cache)).features[0].shallow_clone()
     };
@@ -688,7 +731,7 @@ fn text_encoder_top_layer_tunes_and_ships_with_the_model() {
         .double_value(&[]);
     assert!(
         moved < 0.999999,
-        "the tuned layer did not change the vectors"
+        "the tuned layers did not change the vectors"
     );
 }
 

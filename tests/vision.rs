@@ -11,7 +11,7 @@ use summerd::decode::{Frame, VideoRequest, decode_video};
 use summerd::vision::align::{CropGeometry, crops};
 use summerd::vision::expression::Expression;
 use summerd::vision::mtcnn::{Mtcnn, MtcnnSettings};
-use summerd::vision::stage::{VisionModels, VisionStage, VisualTimeline};
+use summerd::vision::stage::{Cadence, VisionModels, VisionStage, VisualTimeline};
 use summerd::vision::track::TrackSettings;
 use summerd::vision::{FaceDetector, Image, PixelFormat, RgbImage, iou};
 use tch::{Device, Kind, Tensor};
@@ -287,7 +287,7 @@ fn the_stage_tracks_the_astronaut_and_pools_her_expression() {
     let models = Arc::new(
         VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap(),
     );
-    let mut stage = VisionStage::new(models, 3, TrackSettings::default());
+    let mut stage = VisionStage::new(models, Cadence::fixed(3), TrackSettings::default());
     let mut tl = VisualTimeline::new(60.0);
     let mut tracks = std::collections::HashSet::new();
     for i in 0..9 {
@@ -307,6 +307,40 @@ fn the_stage_tracks_the_astronaut_and_pools_her_expression() {
     assert!((v.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     // She smiles in the portrait.
     assert_eq!(label, "happy");
+}
+
+/// The long cadence holds while the face is found on every frame; a frame without it brings
+/// the short cadence back at once.
+#[test]
+fn detection_slows_while_faces_hold_and_returns_when_one_is_lost() {
+    let Some(astro) = media("astronaut.png") else {
+        return;
+    };
+    let frame = all_frames(&astro, 1).remove(0).image;
+    let blank = RgbImage {
+        data: vec![0; frame.data.len()],
+        ..frame.clone()
+    };
+    let models = Arc::new(
+        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap(),
+    );
+    let cadence = Cadence {
+        every: 3,
+        tracked: 6,
+    };
+    let mut stage = VisionStage::new(models, cadence, TrackSettings::default());
+    let mut detected = Vec::new();
+    for i in 0..16 {
+        let f = if i == 8 { &blank } else { &frame };
+        let r = stage.process(f64::from(i) * 0.2, f).unwrap();
+        assert_eq!(r.faces.len(), usize::from(i != 8), "frame {i}");
+        if r.detected {
+            detected.push(i);
+        }
+    }
+    // 0: first frame; 6: the face held since 0; 8 loses it, so 9 is due at the short
+    // cadence (3 frames after 6); then it holds again: 15.
+    assert_eq!(detected, [0, 6, 9, 15]);
 }
 
 #[test]

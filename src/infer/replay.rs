@@ -87,7 +87,7 @@ fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<VisualTimeline>, R
     };
     let mut stage = VisionStage::new(
         v.models.clone(),
-        v.settings.detect_every,
+        v.settings.cadence(),
         v.settings.track.clone(),
     );
     let mut timeline = VisualTimeline::new(f64::INFINITY);

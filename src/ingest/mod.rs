@@ -1013,7 +1013,7 @@ fn video_loop(q: Arc<DropOldest<VideoFrame>>, shared: Arc<Shared>, vision: Optio
     let mut stage = vision.as_ref().map(|v| {
         crate::vision::stage::VisionStage::new(
             v.models.clone(),
-            v.settings.detect_every,
+            v.settings.cadence(),
             v.settings.track.clone(),
         )
     });

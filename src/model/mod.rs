@@ -189,8 +189,11 @@ pub struct TunedText {
     pub file: String,
     /// Its sha256.
     pub sha256: String,
-    /// How many top layers it replaces.
+    /// How many top layers it changes.
     pub layers: usize,
+    /// Rank of its low-rank updates (0: it holds whole layers).
+    #[serde(default)]
+    pub lora_rank: usize,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {

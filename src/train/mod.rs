@@ -100,14 +100,30 @@ impl Recipe {
     /// Parse a recipe file's text.
     pub fn parse(text: &str) -> Result<Recipe, TrainError> {
         let de = toml::Deserializer::parse(text).map_err(|e| TrainError::Recipe(e.to_string()))?;
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| TrainError::Recipe(format!("`{}`: {}", e.path(), e.inner().message())))
+        let r: Recipe = serde_path_to_error::deserialize(de)
+            .map_err(|e| TrainError::Recipe(format!("`{}`: {}", e.path(), e.inner().message())))?;
+        if r.text.lora_rank > 0 && !(r.text.lora_alpha.is_finite() && r.text.lora_alpha > 0.0) {
+            return Err(TrainError::Recipe(format!(
+                "`text.lora_alpha` {} must be positive",
+                r.text.lora_alpha
+            )));
+        }
+        if !(r.text.lr.is_finite() && r.text.lr > 0.0) {
+            return Err(TrainError::Recipe(format!(
+                "`text.lr` {} must be positive",
+                r.text.lr
+            )));
+        }
+        Ok(r)
     }
 }
 
 /// One phase's log.
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseReport {
+    /// Utterance-level tuning of the text encoder before this phase (`text.mode = "utterance"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_tuning: Option<tune::UtteranceReport>,
     /// Teacher or student.
     pub kind: NetKind,
     /// Epochs run.
@@ -197,7 +213,7 @@ pub fn evaluate(
 }
 
 /// Deterministic shuffle (splitmix64) of 0..n for an epoch.
-fn order(n: usize, seed: i64, epoch: usize) -> Vec<usize> {
+pub(crate) fn order(n: usize, seed: i64, epoch: usize) -> Vec<usize> {
     let mut state = (seed as u64) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -228,9 +244,11 @@ fn tokens(x: &Tensor, sel: &Tensor) -> Tensor {
 }
 
 /// The best epoch so far: dev WF1, epoch, dev metrics, weights.
-type Best = (f64, usize, Metrics, Vec<(String, Tensor)>);
+/// Saved variables, by name.
+pub(crate) type Snapshot = Vec<(String, Tensor)>;
+type Best = (f64, usize, Metrics, Snapshot);
 
-fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+pub(crate) fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -240,7 +258,7 @@ fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
-fn restore(vs: &nn::VarStore, saved: &[(String, Tensor)]) {
+pub(crate) fn restore(vs: &nn::VarStore, saved: &[(String, Tensor)]) {
     let vars = vs.variables();
     tch::no_grad(|| {
         for (k, t) in saved {
@@ -512,6 +530,7 @@ pub fn run_with(
         }
         student.save(out)?;
         report.student = Some(PhaseReport {
+            text_tuning: None,
             kind: NetKind::Fused,
             epochs,
             best_epoch,
@@ -559,7 +578,7 @@ fn train_teacher(
         }
         let enc = TextEncoder::load(&recipe.text.encoder, recipe.text.max_tokens, device)
             .map_err(|e| TrainError::Recipe(e.to_string()))?;
-        let tuner = tune::Tuner::new(&recipe.text.encoder, k, device)
+        let tuner = tune::Tuner::new(&recipe.text.encoder, k, &recipe.text, device)
             .map_err(|e| TrainError::Recipe(e.to_string()))?;
         let cache = |ds: &Dataset| {
             tune::Tuner::cache(&enc, &ds.meta.texts, tuner.first)
@@ -570,6 +589,36 @@ fn train_teacher(
     } else {
         None
     };
+    let make_tuned =
+        |mut tuner: tune::Tuner,
+         (ct, cd, ce): (tune::TextCache, tune::TextCache, Option<tune::TextCache>)| {
+            tuner.vs.freeze();
+            Tuned {
+                train: tuner.retext(train, &ct),
+                dev: tuner.retext(dev, &cd),
+                test: test.zip(ce.as_ref()).map(|(t, c)| tuner.retext(t, c)),
+                layers: k,
+                text: recipe.text.clone(),
+                tuner,
+            }
+        };
+    // Utterance mode: tune the encoder first, then train the teacher on its vectors.
+    let mut text_tuning = None;
+    let (tuning, tuned_first) = match tuning {
+        Some((tuner, (ct, cd, ce))) if recipe.text.mode == tune::TuneMode::Utterance => {
+            let r = tune::fit_utterances(&tuner, &recipe.text, (train, &ct), (dev, &cd), {
+                recipe.train.seed
+            })?;
+            text_tuning = Some(r);
+            let t = make_tuned(tuner, (ct, cd, ce));
+            normalise(&mut teacher, &t.train);
+            (None, Some(t))
+        }
+        other => (other, None),
+    };
+    let (fit_train, fit_dev) = tuned_first
+        .as_ref()
+        .map_or((train, dev), |t| (&t.train, &t.dev));
     let (epochs, best_epoch, dev_m, curve) = fit(
         &teacher.net,
         &teacher.vs,
@@ -577,25 +626,16 @@ fn train_teacher(
             .as_ref()
             .map(|(t, _)| vec![(&t.vs, recipe.text.lr)])
             .unwrap_or_default(),
-        train,
-        dev,
+        fit_train,
+        fit_dev,
         &recipe.train,
         device,
         &|_, _, _| None,
         tuning.as_ref().map(|(t, (ct, cd, _))| (t, ct, cd)),
     )?;
     teacher.vs.freeze();
-    // With tuned layers, every split's text vectors are remade through them, once.
-    let tuned = tuning.map(|(mut tuner, (ct, cd, ce))| {
-        tuner.vs.freeze();
-        Tuned {
-            train: tuner.retext(train, &ct),
-            dev: tuner.retext(dev, &cd),
-            test: test.zip(ce.as_ref()).map(|(t, c)| tuner.retext(t, c)),
-            layers: k,
-            tuner,
-        }
-    });
+    // Joint mode: every split's text vectors are remade through the tuned layers, once.
+    let tuned = tuned_first.or_else(|| tuning.map(|(t, c)| make_tuned(t, c)));
     let test = match &tuned {
         Some(t) => t.test.as_ref(),
         None => test,
@@ -607,6 +647,7 @@ fn train_teacher(
         .map(|(_, a)| a.clone())
         .unwrap_or_else(|| evaluate(&teacher.net, dev, device, 64).1);
     let teacher_report = PhaseReport {
+        text_tuning,
         kind: teacher_kind,
         epochs,
         best_epoch,
@@ -634,6 +675,7 @@ fn train_teacher(
 pub struct Tuned {
     tuner: tune::Tuner,
     layers: usize,
+    text: tune::TextConfig,
     train: Dataset,
     dev: Dataset,
     test: Option<Dataset>,
@@ -644,11 +686,12 @@ impl Tuned {
     fn attach(&self, model: &mut Model, dir: &Path) -> Result<(), TrainError> {
         std::fs::create_dir_all(dir)?;
         let file = "text_tuned.safetensors";
-        self.tuner.vs.save(dir.join(file))?;
+        self.tuner.save(&dir.join(file), &self.text)?;
         model.manifest.text_tuned = Some(crate::model::TunedText {
             file: file.into(),
             sha256: crate::model::sha256_file(&dir.join(file))?,
             layers: self.layers,
+            lora_rank: self.text.lora_rank,
         });
         if let Some(t) = model.manifest.features.text.as_mut() {
             t.extractor = tune::tuned_extractor(&t.extractor);

@@ -110,12 +110,53 @@ pub fn build(
         device,
     )?;
     let load_teacher = || Model::load(&teacher_dir, device);
+    // With a fine-tuned text encoder (`[text]` in the recipe), the students read the tuned
+    // encoder's vectors, made as the daemon makes them, and ship its delta; they tune nothing.
+    let tuned = load_teacher()?.manifest.text_tuned;
+    let remade;
+    let [train, dev, test] = match &tuned {
+        Some(t) => {
+            let enc = crate::text::TextEncoder::load_tuned(
+                &recipe.text.encoder,
+                recipe.text.max_tokens,
+                device,
+                Some(&teacher_dir.join(&t.file)),
+            )
+            .map_err(|e| TrainError::Recipe(e.to_string()))?;
+            let again = |d: &Dataset| {
+                super::tune::reencode(d, &enc).map_err(|e| TrainError::Recipe(e.to_string()))
+            };
+            remade = [again(train)?, again(dev)?, again(test)?];
+            [&remade[0], &remade[1], &remade[2]]
+        }
+        None => [train, dev, test],
+    };
+    let mut student_recipe = recipe.clone();
+    student_recipe.text.tune_layers = 0;
+    let recipe_for_students = &student_recipe;
+    let ship_text = |model: &mut Model, dir: &Path| -> Result<(), TrainError> {
+        if let Some(t) = &tuned {
+            std::fs::copy(teacher_dir.join(&t.file), dir.join(&t.file))?;
+            model.manifest.text_tuned = Some(t.clone());
+        }
+        Ok(())
+    };
 
     let clips = Clips::from_emodb(emodb);
     let all = clips.speakers();
     let text_dim = train.features[0].size()[1];
+    // The mix builds its datasets' feature names itself; with a tuned encoder the text
+    // vectors are the tuned ones, and the students' manifests must say so (the daemon checks).
+    let name_text = |mut d: Dataset| {
+        if tuned.is_some()
+            && let Some(t) = d.meta.features.text.as_mut()
+        {
+            t.extractor = super::tune::tuned_extractor(&t.extractor);
+        }
+        d
+    };
     let mixed = |speakers: &[String], norm: &crate::model::norm::SpeakerNorm| {
-        mix::concat(&[
+        name_text(mix::concat(&[
             &mix::pair_meld(train, &clips, speakers, norm, cfg),
             &mix::speaker_sequences(
                 &clips,
@@ -125,11 +166,11 @@ pub fn build(
                 cfg.sequences_per_speaker,
                 cfg.seed,
             ),
-        ])
+        ]))
     };
     let norm_all = clips.prior(&all, cfg.prior_weight);
-    let dev_wide = mix::audio_absent(dev);
-    let test_wide = mix::audio_absent(test);
+    let dev_wide = name_text(mix::audio_absent(dev));
+    let test_wide = name_text(mix::audio_absent(test));
 
     let mut folds = Vec::new();
     let (mut audio_parts, mut fused_parts) = (Vec::new(), Vec::new());
@@ -140,7 +181,7 @@ pub fn build(
             let norm = clips.prior(&others, cfg.prior_weight);
             let fold_dir = work.join(format!("fold-{s}"));
             run_with(
-                recipe,
+                recipe_for_students,
                 Some(load_teacher()?),
                 &mixed(&others, &norm),
                 &dev_wide,
@@ -150,6 +191,7 @@ pub fn build(
             )?;
             let mut student = Model::load(&fold_dir, device)?;
             student.manifest.speaker_norm = Some(norm.clone());
+            ship_text(&mut student, &fold_dir)?;
             student.save(&fold_dir)?;
             let held = std::slice::from_ref(s);
             let seq = mix::speaker_sequences(&clips, held, &norm, text_dim, 1, cfg.seed + 1);
@@ -202,7 +244,7 @@ pub fn build(
     }
     tracing::info!("Student: every EmoDB speaker");
     let student = run_with(
-        recipe,
+        recipe_for_students,
         Some(load_teacher()?),
         &mixed(&all, &norm_all),
         &dev_wide,
@@ -212,6 +254,7 @@ pub fn build(
     )?;
     let mut model = Model::load(out, device)?;
     model.manifest.speaker_norm = Some(norm_all);
+    ship_text(&mut model, out)?;
     // Half-precision storage keeps the shipped file near 10 MB (the network computes in f32).
     model.manifest.weights_dtype = "f16".into();
     model.manifest.trained_on = format!(
@@ -223,6 +266,13 @@ pub fn build(
     );
     model.save(out)?;
     let shipped = Model::load(out, device)?;
+    // What the daemon will check when it loads the model.
+    let daemon = crate::infer::engine::daemon_features(text_dim, tuned.is_some());
+    shipped
+        .manifest
+        .features
+        .check_against(&daemon)
+        .map_err(|e| TrainError::Recipe(format!("the daemon would refuse the model: {e}")))?;
     let (t, p, _) = predict(&shipped.net, &test_wide, device, 64);
     let shipped_test = metrics::compute(&t, &p, classes);
     let report = summary(folds, student, Some(shipped_test));

@@ -1,10 +1,14 @@
 //! The per-stream vision pipeline and the per-utterance visual vector.
 //!
-//! Every frame (at `ingest.video_fps`): on every `detect_every`-th frame, full MTCNN detection;
-//! on the frames between, only R-Net and O-Net on nine windows around each live track's box
+//! Every frame (at `ingest.video_fps`): full MTCNN detection on some frames ([`Cadence`]); on
+//! the frames between, only R-Net and O-Net on nine windows around each live track's box
 //! ([`Mtcnn::refine`]: finds the face again, refines box and landmarks, drops a face that is
-//! gone). New faces therefore appear within
-//! `detect_every` frames. Faces are linked into tracks ([`super::track`]); the main face's
+//! gone). Detection runs every `detect_every` frames while nothing is tracked or a track lost
+//! its face on some frame since the last detection, and every `detect_every_tracked` frames
+//! while every live track was found again on every frame. A face therefore appears within
+//! `detect_every` frames of an empty picture, or within `detect_every_tracked` frames (3 s at
+//! the defaults) beside faces already held; a held face that is lost brings the short cadence
+//! back at once. Faces are linked into tracks ([`super::track`]); the main face's
 //! aligned crop goes through the expression network.
 //!
 //! Pooling over an utterance's span [t0, t1]: the mean of the main face's embeddings and of
@@ -30,8 +34,12 @@ use super::{EXPRESSION_FILE, Face, FaceDetector, MTCNN_DIR, RgbImage, VisionErro
 pub struct VisionSettings {
     /// Run the vision stage on streams with video.
     pub enabled: bool,
-    /// Full detection every k-th frame; R-Net + O-Net refinement of tracked faces in between.
+    /// Full detection every k-th frame while nothing is tracked or a track missed its face;
+    /// R-Net + O-Net refinement of tracked faces in between.
     pub detect_every: u32,
+    /// Full detection every k-th frame while every live track is found on every frame
+    /// (>= `detect_every`).
+    pub detect_every_tracked: u32,
     /// Directory of the converted MTCNN weights (default: the set-up's, from `config/`).
     pub mtcnn_dir: std::path::PathBuf,
     /// The converted expression network.
@@ -49,6 +57,7 @@ impl Default for VisionSettings {
         VisionSettings {
             enabled: true,
             detect_every: 5,
+            detect_every_tracked: 15,
             // Relative to the config file's directory, as every path of the config.
             mtcnn_dir: Path::new("..").join(MTCNN_DIR),
             expression_file: Path::new("..").join(EXPRESSION_FILE),
@@ -74,6 +83,12 @@ impl VisionSettings {
                 self.detect_every
             ));
         }
+        if !(self.detect_every..=100).contains(&self.detect_every_tracked) {
+            return Err(format!(
+                "vision.detect_every_tracked {} is outside [vision.detect_every = {}, 100]",
+                self.detect_every_tracked, self.detect_every
+            ));
+        }
         if !(1.0..=3600.0).contains(&self.history_s) {
             return Err(format!(
                 "vision.history_s {} is outside [1, 3600]",
@@ -81,6 +96,34 @@ impl VisionSettings {
             ));
         }
         Ok(())
+    }
+
+    /// When full detection runs.
+    pub fn cadence(&self) -> Cadence {
+        Cadence {
+            every: self.detect_every,
+            tracked: self.detect_every_tracked,
+        }
+    }
+}
+
+/// When full detection runs: every `every` frames, or every `tracked` frames while every
+/// live track has been found again on every frame since the last detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// Frames between detections while nothing is tracked or a track missed its face.
+    pub every: u32,
+    /// Frames between detections while all tracks hold.
+    pub tracked: u32,
+}
+
+impl Cadence {
+    /// Every `k`-th frame, whatever is tracked.
+    pub fn fixed(k: u32) -> Self {
+        Cadence {
+            every: k,
+            tracked: k,
+        }
     }
 }
 
@@ -185,25 +228,41 @@ pub struct FrameFaces {
 pub struct VisionStage {
     models: Arc<VisionModels>,
     tracker: Tracker,
-    detect_every: u64,
-    frames: u64,
+    cadence: Cadence,
+    /// Frames since the last full detection (None: none yet).
+    since_detect: Option<u32>,
+    /// Whether every live track found its face on every frame since the last detection.
+    held: bool,
 }
 
 impl VisionStage {
     /// A stage over shared models.
-    pub fn new(models: Arc<VisionModels>, detect_every: u32, track: TrackSettings) -> Self {
+    pub fn new(models: Arc<VisionModels>, cadence: Cadence, track: TrackSettings) -> Self {
         VisionStage {
             models,
             tracker: Tracker::new(track),
-            detect_every: u64::from(detect_every.max(1)),
-            frames: 0,
+            cadence: Cadence {
+                every: cadence.every.max(1),
+                tracked: cadence.tracked.max(cadence.every).max(1),
+            },
+            since_detect: None,
+            held: false,
         }
     }
 
     /// Process the frame at media time `t`.
     pub fn process(&mut self, t: f64, frame: &RgbImage) -> Result<FrameFaces, VisionError> {
-        let detected = self.frames.is_multiple_of(self.detect_every);
-        self.frames += 1;
+        let interval = if self.held && !self.tracker.tracks().is_empty() {
+            self.cadence.tracked
+        } else {
+            self.cadence.every
+        };
+        let detected = self.since_detect.is_none_or(|n| n >= interval);
+        self.since_detect = Some(if detected {
+            1
+        } else {
+            self.since_detect.unwrap_or(0) + 1
+        });
         let faces: Vec<Face> = if detected {
             self.models
                 .detector
@@ -224,6 +283,10 @@ impl VisionStage {
             }
         };
         let ids = self.tracker.update(&faces, frame.width, frame.height);
+        // A detection starts a new period; any track without its face in this frame ends
+        // the long cadence until the next detection.
+        let all_found = self.tracker.tracks().iter().all(|t| t.missed == 0);
+        self.held = all_found && (detected || self.held);
         let main = self.tracker.main();
         let expression = main
             .and_then(|m| ids.iter().position(|&id| id == m))

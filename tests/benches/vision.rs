@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde_json::json;
 use summerd::decode::{VideoRequest, decode_video};
 use summerd::vision::mtcnn::MtcnnSettings;
-use summerd::vision::stage::{VisionModels, VisionStage};
+use summerd::vision::stage::{Cadence, VisionModels, VisionSettings, VisionStage};
 use summerd::vision::track::TrackSettings;
 use summerd::vision::{FaceDetector, RgbImage, iou};
 use tch::Device;
@@ -114,8 +114,14 @@ fn python_fps(dir: &Path, threads: usize) -> Option<serde_json::Value> {
 }
 
 /// CPU seconds per second of stream for the stage at the daemon's defaults.
-fn budget(m: Arc<VisionModels>, frames: &[RgbImage], fps: f64, passes: usize) -> (f64, f64) {
-    let mut stage = VisionStage::new(m, 5, TrackSettings::default());
+fn budget(
+    m: Arc<VisionModels>,
+    cadence: Cadence,
+    frames: &[RgbImage],
+    fps: f64,
+    passes: usize,
+) -> (f64, f64) {
+    let mut stage = VisionStage::new(m, cadence, TrackSettings::default());
     for (i, f) in frames.iter().take(5).enumerate() {
         stage.process(i as f64 / fps, f).unwrap();
     }
@@ -184,60 +190,79 @@ fn main() {
     let call = frames(&astro, None, (640, 480), 1);
     let call: Vec<RgbImage> = (0..25).map(|_| call[0].clone()).collect();
     let street5 = frames(&street, Some(5), (640, 360), 1000);
-    let (call_cpu, call_faces) = budget(m40.clone(), &call, 5.0, 4);
-    let (street_cpu, street_faces) = budget(m40.clone(), &street5, 5.0, 10);
+    let defaults = VisionSettings::default().cadence();
+    let (call_cpu, call_faces) = budget(m40.clone(), defaults, &call, 5.0, 4);
+    let (street_cpu, street_faces) = budget(m40.clone(), defaults, &street5, 5.0, 10);
+    let (call_fixed, _) = budget(m40.clone(), Cadence::fixed(5), &call, 5.0, 4);
+    let (street_fixed, _) = budget(m40.clone(), Cadence::fixed(5), &street5, 5.0, 10);
     println!(
-        "budget at the defaults (5 fps, detect every 5th, min face 40, 1 thread): \
-         call-like 640x480 {:.1} % of a core ({call_faces:.2} faces/frame), \
-         street 640x360 {:.1} % of a core ({street_faces:.2} faces/frame)",
+        "budget at the defaults (5 fps, detect every {} / {} while faces hold, min face 40, 1 thread): \
+         call-like 640x480 {:.1} % of a core ({call_faces:.2} faces/frame; every 5th always: {:.1} %), \
+         street 640x360 {:.1} % of a core ({street_faces:.2} faces/frame; every 5th always: {:.1} %)",
+        defaults.every,
+        defaults.tracked,
         100.0 * call_cpu,
-        100.0 * street_cpu
+        100.0 * call_fixed,
+        100.0 * street_cpu,
+        100.0 * street_fixed,
     );
 
-    // 3. Faces the scheme finds vs detecting on every frame (street, 5 fps, min face 20 and 40).
+    // 3. Faces the schemes find vs detecting on every frame (street, 5 fps, min face 20 and 40).
     let mut accuracy = Vec::new();
     for (min_face, m) in [(20.0, &m20), (40.0, &m40)] {
-        let mut every = VisionStage::new(m.clone(), 1, TrackSettings::default());
-        let mut scheme = VisionStage::new(m.clone(), 5, TrackSettings::default());
-        let (mut n_every, mut n_scheme, mut matched) = (0usize, 0usize, 0usize);
-        let (mut main_every, mut main_scheme) = (0usize, 0usize);
-        for (i, f) in street5.iter().enumerate() {
-            let t = i as f64 / 5.0;
-            let a = every.process(t, f).unwrap();
-            let b = scheme.process(t, f).unwrap();
-            n_every += a.faces.len();
-            n_scheme += b.faces.len();
-            main_every += usize::from(a.expression.is_some());
-            main_scheme += usize::from(b.expression.is_some());
-            matched += a
-                .faces
-                .iter()
-                .filter(|x| {
-                    b.faces
-                        .iter()
-                        .any(|y| iou(&x.face.bbox, &y.face.bbox) >= 0.5)
-                })
-                .count();
+        for (name, cadence) in [("every 5th", Cadence::fixed(5)), ("defaults", defaults)] {
+            let mut every =
+                VisionStage::new(m.clone(), Cadence::fixed(1), TrackSettings::default());
+            let mut scheme = VisionStage::new(m.clone(), cadence, TrackSettings::default());
+            let (mut n_every, mut n_scheme, mut matched, mut detections) = (0usize, 0, 0, 0);
+            let (mut main_every, mut main_scheme) = (0usize, 0usize);
+            for (i, f) in street5.iter().enumerate() {
+                let t = i as f64 / 5.0;
+                let a = every.process(t, f).unwrap();
+                let b = scheme.process(t, f).unwrap();
+                n_every += a.faces.len();
+                n_scheme += b.faces.len();
+                detections += usize::from(b.detected);
+                main_every += usize::from(a.expression.is_some());
+                main_scheme += usize::from(b.expression.is_some());
+                matched += a
+                    .faces
+                    .iter()
+                    .filter(|x| {
+                        b.faces
+                            .iter()
+                            .any(|y| iou(&x.face.bbox, &y.face.bbox) >= 0.5)
+                    })
+                    .count();
+            }
+            let frames_n = street5.len() as f64;
+            println!(
+                "{name} ({}/{}) vs every frame (street, 5 fps, min face {min_face}): {:.2} vs {:.2} faces/frame; \
+                 {:.1} % of every-frame faces also found; full detections on {:.0} % of frames; \
+                 a main face (expression) in {:.0} % vs {:.0} % of frames",
+                cadence.every,
+                cadence.tracked,
+                n_scheme as f64 / frames_n,
+                n_every as f64 / frames_n,
+                100.0 * matched as f64 / n_every.max(1) as f64,
+                100.0 * detections as f64 / frames_n,
+                100.0 * main_scheme as f64 / frames_n,
+                100.0 * main_every as f64 / frames_n,
+            );
+            accuracy.push(json!({
+                "scheme": name,
+                "detect_every": cadence.every,
+                "detect_every_tracked": cadence.tracked,
+                "min_face": min_face,
+                "frames": street5.len(),
+                "detection_frames": detections as f64 / frames_n,
+                "faces_per_frame_every": n_every as f64 / frames_n,
+                "faces_per_frame_scheme": n_scheme as f64 / frames_n,
+                "recall_of_every_frame_faces": matched as f64 / n_every.max(1) as f64,
+                "main_face_frames_every": main_every as f64 / frames_n,
+                "main_face_frames_scheme": main_scheme as f64 / frames_n,
+            }));
         }
-        let frames_n = street5.len() as f64;
-        println!(
-            "scheme vs every frame (street, 5 fps, min face {min_face}): {:.2} vs {:.2} faces/frame; \
-             {:.1} % of every-frame faces also found; a main face (expression) in {:.0} % vs {:.0} % of frames",
-            n_scheme as f64 / frames_n,
-            n_every as f64 / frames_n,
-            100.0 * matched as f64 / n_every.max(1) as f64,
-            100.0 * main_scheme as f64 / frames_n,
-            100.0 * main_every as f64 / frames_n,
-        );
-        accuracy.push(json!({
-            "min_face": min_face,
-            "frames": street5.len(),
-            "faces_per_frame_every": n_every as f64 / frames_n,
-            "faces_per_frame_scheme": n_scheme as f64 / frames_n,
-            "recall_of_every_frame_faces": matched as f64 / n_every.max(1) as f64,
-            "main_face_frames_every": main_every as f64 / frames_n,
-            "main_face_frames_scheme": main_scheme as f64 / frames_n,
-        }));
     }
 
     let out = json!({
@@ -246,8 +271,11 @@ fn main() {
         "command": "make bench-vision",
         "throughput_640x360": throughput,
         "budget_defaults": {
-            "fps": 5, "detect_every": 5, "min_face": 40.0, "threads": 1,
+            "fps": 5, "detect_every": defaults.every,
+            "detect_every_tracked": defaults.tracked, "min_face": 40.0, "threads": 1,
             "call_640x480_core_fraction": call_cpu,
+            "call_640x480_core_fraction_every_5th": call_fixed,
+            "street_640x360_core_fraction_every_5th": street_fixed,
             "call_faces_per_frame": call_faces,
             "street_640x360_core_fraction": street_cpu,
             "street_faces_per_frame": street_faces,
