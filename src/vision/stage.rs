@@ -258,11 +258,6 @@ impl VisionStage {
             self.cadence.every
         };
         let detected = self.since_detect.is_none_or(|n| n >= interval);
-        self.since_detect = Some(if detected {
-            1
-        } else {
-            self.since_detect.unwrap_or(0) + 1
-        });
         let faces: Vec<Face> = if detected {
             self.models
                 .detector
@@ -282,6 +277,12 @@ impl VisionStage {
                     .collect()
             }
         };
+        // Counted once the frame's faces are in: a detection that failed is retried next frame.
+        self.since_detect = Some(if detected {
+            1
+        } else {
+            self.since_detect.unwrap_or(0) + 1
+        });
         let ids = self.tracker.update(&faces, frame.width, frame.height);
         // A detection starts a new period; any track without its face in this frame ends
         // the long cadence until the next detection.
