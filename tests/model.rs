@@ -715,7 +715,7 @@ fn tunes_and_ships(
     let trainer = {
         let mut t =
             summerd::train::tune::Tuner::new(enc_dir, layers, &recipe.text, Device::Cpu).unwrap();
-        t.load(&file, &recipe.text).unwrap();
+        t.load(&file).unwrap();
         let cache = summerd::train::tune::Tuner::cache(&enc, &te.meta.texts, t.first).unwrap();
         tch::no_grad(|| t.retext(&te, &cache)).features[0].shallow_clone()
     };

@@ -598,7 +598,7 @@ fn train_teacher(
                 dev: tuner.retext(dev, &cd),
                 test: test.zip(ce.as_ref()).map(|(t, c)| tuner.retext(t, c)),
                 layers: k,
-                text: recipe.text.clone(),
+                lora_rank: recipe.text.lora_rank,
                 tuner,
             }
         };
@@ -675,7 +675,7 @@ fn train_teacher(
 pub struct Tuned {
     tuner: tune::Tuner,
     layers: usize,
-    text: tune::TextConfig,
+    lora_rank: usize,
     train: Dataset,
     dev: Dataset,
     test: Option<Dataset>,
@@ -686,12 +686,12 @@ impl Tuned {
     fn attach(&self, model: &mut Model, dir: &Path) -> Result<(), TrainError> {
         std::fs::create_dir_all(dir)?;
         let file = "text_tuned.safetensors";
-        self.tuner.save(&dir.join(file), &self.text)?;
+        self.tuner.save(&dir.join(file))?;
         model.manifest.text_tuned = Some(crate::model::TunedText {
             file: file.into(),
             sha256: crate::model::sha256_file(&dir.join(file))?,
             layers: self.layers,
-            lora_rank: self.text.lora_rank,
+            lora_rank: self.lora_rank,
         });
         if let Some(t) = model.manifest.features.text.as_mut() {
             t.extractor = tune::tuned_extractor(&t.extractor);

@@ -100,6 +100,8 @@ pub struct Tuner {
     heads: i64,
     /// Index of the first tuned layer.
     pub first: usize,
+    /// The adapters' scale (1 without them), folded into `lora_b` on disk.
+    lora_scale: f64,
     device: Device,
 }
 
@@ -149,15 +151,16 @@ impl Tuner {
             adapters,
             heads: bert.num_attention_heads,
             first,
+            lora_scale: cfg.lora_scale(),
             device,
         })
     }
 
     /// Write what was tuned to `path` as a delta [`TextEncoder::load_tuned`] applies: the
     /// whole layers, or the adapters with their scale folded into `lora_b`.
-    pub fn save(&self, path: &Path, cfg: &TextConfig) -> Result<(), tch::TchError> {
+    pub fn save(&self, path: &Path) -> Result<(), tch::TchError> {
         let _g = tch::no_grad_guard();
-        let scale = cfg.lora_scale();
+        let scale = self.lora_scale;
         let mut named: Vec<(String, Tensor)> = self
             .vs
             .variables()
@@ -171,11 +174,10 @@ impl Tuner {
         Tensor::write_safetensors(&named, path)
     }
 
-    /// Load a delta written by [`Tuner::save`] with the same `cfg` back into the trainable
-    /// variables.
-    pub fn load(&mut self, path: &Path, cfg: &TextConfig) -> Result<(), tch::TchError> {
+    /// Load a delta written by [`Tuner::save`] back into the trainable variables.
+    pub fn load(&mut self, path: &Path) -> Result<(), tch::TchError> {
         let _g = tch::no_grad_guard();
-        let scale = cfg.lora_scale();
+        let scale = self.lora_scale;
         let vars = self.vs.variables();
         for (name, t) in Tensor::read_safetensors(path)? {
             let mut v = vars
