@@ -935,7 +935,6 @@ fn eval_dataset(
     precision: summerd::text::Precision,
 ) -> anyhow::Result<summerd::train::data::Dataset> {
     use summerd::train::{mix, writers};
-    let text_dim = m.manifest.features.dims()[0];
     match input {
         EvalInput::Native(p) => load_data(p),
         EvalInput::Wavs(dir, labels) => {
@@ -947,7 +946,8 @@ fn eval_dataset(
                 eprintln!("{}: {n}", labels.display());
             }
             let speakers = clips.speakers();
-            let mut ds = mix::speaker_sequences(&clips, &speakers, norm, text_dim, 1, 8);
+            let text = m.manifest.features.text.as_ref();
+            let mut ds = mix::speaker_sequences(&clips, &speakers, norm, text, 1, 8);
             ds.meta.classes = m.manifest.classes.clone();
             Ok(ds)
         }
@@ -967,10 +967,8 @@ fn eval_dataset(
             let kind = enc.set_precision(precision);
             eprintln!("text encoder matrix products in {kind:?}");
             let mut ds = writers::meld(csv, &enc)?;
-            if tuned.is_some()
-                && let Some(f) = ds.meta.features.text.as_mut()
-            {
-                f.extractor = summerd::train::tune::tuned_extractor(&f.extractor);
+            if tuned.is_some() {
+                ds.meta.features.mark_text_tuned();
             }
             Ok(if m.manifest.features.audio.is_some() {
                 mix::audio_absent(&ds)
@@ -1015,8 +1013,8 @@ fn eval(
                 Some(&model.join(&t.file)),
             )?;
             ds = summerd::train::tune::reencode(&ds, &enc)?;
-        } else if let Some(f) = ds.meta.features.text.as_mut() {
-            f.extractor = summerd::train::tune::tuned_extractor(&f.extractor);
+        } else {
+            ds.meta.features.mark_text_tuned();
         }
     }
     anyhow::ensure!(

@@ -344,7 +344,7 @@ fn detection_slows_while_faces_hold_and_returns_when_one_is_lost() {
 }
 
 #[test]
-fn refining_the_faces_of_a_frame_in_the_same_frame_finds_them_all() {
+fn refining_finds_faces_on_their_boxes_and_a_quarter_side_off() {
     let Some(multi) = media("multiface.jpg") else {
         return;
     };
@@ -355,6 +355,22 @@ fn refining_the_faces_of_a_frame_in_the_same_frame_finds_them_all() {
     let again = det.refine(&frame, &boxes);
     for (f, g) in faces.iter().zip(&again) {
         let g = g.as_ref().unwrap_or_else(|| panic!("lost {f:?}"));
+        assert!(iou(&f.bbox, &g.bbox) > 0.7, "{f:?} -> {g:?}");
+    }
+    // Boxes a quarter of a side off (the face moved since): O-Net alone on the box is not
+    // trusted there (IoU of box and face about 0.6), the search around the box finds them.
+    let moved: Vec<[f32; 4]> = boxes
+        .iter()
+        .map(|b| {
+            let d = (b[2] - b[0]) / 4.0;
+            [b[0] + d, b[1], b[2] + d, b[3]]
+        })
+        .collect();
+    let again = det.refine(&frame, &moved);
+    for (f, g) in faces.iter().zip(&again) {
+        let g = g
+            .as_ref()
+            .unwrap_or_else(|| panic!("lost {f:?} a quarter side off"));
         assert!(iou(&f.bbox, &g.bbox) > 0.7, "{f:?} -> {g:?}");
     }
 }

@@ -145,7 +145,7 @@ impl Conversation {
 pub fn daemon_features(text_dim: i64, tuned: bool) -> Features {
     let mut text = TEXT_EXTRACTOR.to_string();
     if tuned {
-        text = crate::train::tune::tuned_extractor(&text);
+        text = crate::model::tuned_extractor(&text);
     }
     Features {
         text: Some(FeatureSpec {

@@ -23,6 +23,15 @@ pub use net::{
 pub const FORMAT: &str = "summerd-model/1";
 /// The text extractor summerd runs (all-MiniLM-L6-v2, mean-pooled, L2-normalised).
 pub const TEXT_EXTRACTOR: &str = "all-MiniLM-L6-v2/mean/l2";
+
+/// The name of an extractor's vectors when the text encoder carries a model's tuning delta.
+pub fn tuned_extractor(base: &str) -> String {
+    if base.ends_with("+tuned") {
+        base.to_string()
+    } else {
+        format!("{base}+tuned")
+    }
+}
 /// The acoustic extractor summerd runs (its own eGeMAPS v02 functionals). Version 2: formants,
 /// pitch, harmonics, slopes and scales as openSMILE 2.6.0 computes them (70 of the 88
 /// functionals at r >= 0.9 against it on the same signal). Version 3: openSMILE's pitch
@@ -98,6 +107,13 @@ pub struct Features {
 }
 
 impl Features {
+    /// Name the text vectors as the tuned encoder's ([`tuned_extractor`]).
+    pub fn mark_text_tuned(&mut self) {
+        if let Some(t) = self.text.as_mut() {
+            t.extractor = tuned_extractor(&t.extractor);
+        }
+    }
+
     /// Dimensions in [`MODALITIES`] order (0: not used).
     pub fn dims(&self) -> [i64; 3] {
         let d = |f: &Option<FeatureSpec>| f.as_ref().map_or(0, |f| f.dim);

@@ -151,12 +151,10 @@ impl Clips {
     }
 }
 
-fn features(text_dim: i64) -> Features {
+/// A mix's features: the text column named as its source's, the audio column summerd's.
+fn features(text: Option<FeatureSpec>) -> Features {
     Features {
-        text: (text_dim > 0).then(|| FeatureSpec {
-            extractor: crate::model::TEXT_EXTRACTOR.into(),
-            dim: text_dim,
-        }),
+        text,
         audio: Some(FeatureSpec {
             extractor: AUDIO_EXTRACTOR.into(),
             dim: 88,
@@ -167,6 +165,7 @@ fn features(text_dim: i64) -> Features {
 
 /// Rows of one dialogue being built.
 struct Builder {
+    text_spec: Option<FeatureSpec>,
     text_dim: i64,
     text: Vec<f32>,
     audio: Vec<f32>,
@@ -180,9 +179,10 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(text_dim: i64) -> Builder {
+    fn new(text_spec: Option<FeatureSpec>) -> Builder {
         Builder {
-            text_dim,
+            text_dim: text_spec.as_ref().map_or(0, |t| t.dim),
+            text_spec,
             text: Vec::new(),
             audio: Vec::new(),
             present: Vec::new(),
@@ -224,7 +224,7 @@ impl Builder {
             meta: Sidecar {
                 format: FORMAT.into(),
                 classes: MELD_CLASSES.iter().map(|c| c.to_string()).collect(),
-                features: features(self.text_dim),
+                features: features(self.text_spec),
                 dialogues: self.dialogues,
                 groups: self.groups,
                 source,
@@ -255,12 +255,18 @@ pub fn pair_meld(
 ) -> Dataset {
     let mut rng = Rng::new(cfg.seed);
     let text_dim = meld.features[0].size()[1];
+    let spec = meld.meta.features.text.clone();
+    assert_eq!(
+        spec.as_ref().map(|t| t.dim),
+        Some(text_dim),
+        "MELD's text column"
+    );
     let text = Vec::<f32>::try_from(meld.features[0].contiguous().view([-1])).expect("f32");
     let spk = Vec::<i64>::try_from(&meld.speaker).expect("i64");
     let lab = Vec::<i64>::try_from(&meld.label).expect("i64");
     let by_voice: BTreeMap<&str, Vec<usize>> =
         speakers.iter().map(|s| (s.as_str(), clips.of(s))).collect();
-    let mut b = Builder::new(text_dim);
+    let mut b = Builder::new(spec);
     b.texts = meld.meta.texts.clone();
     for d in 0..meld.dialogues() {
         let mut voices: Vec<&str> = speakers.iter().map(String::as_str).collect();
@@ -301,7 +307,7 @@ pub fn pair_meld(
 pub fn audio_absent(ds: &Dataset) -> Dataset {
     let n = ds.len() as i64;
     let mut meta = ds.meta.clone();
-    meta.features = features(ds.features[0].size()[1]);
+    meta.features = features(ds.meta.features.text.clone());
     Dataset {
         meta,
         offsets: ds.offsets.clone(),
@@ -316,18 +322,19 @@ pub fn audio_absent(ds: &Dataset) -> Dataset {
     }
 }
 
-/// Each of `speakers`' clips as `orders` random sequences, text absent, audio normalised
-/// online along the sequence.
+/// Each of `speakers`' clips as `orders` random sequences, text absent (a column of `text`'s
+/// kind, when given, as the data it is mixed with or the model that reads it has), audio
+/// normalised online along the sequence.
 pub fn speaker_sequences(
     clips: &Clips,
     speakers: &[String],
     norm: &SpeakerNorm,
-    text_dim: i64,
+    text: Option<&FeatureSpec>,
     orders: usize,
     seed: u64,
 ) -> Dataset {
     let mut rng = Rng::new(seed);
-    let mut b = Builder::new(text_dim);
+    let mut b = Builder::new(text.cloned());
     for s in speakers {
         for o in 0..orders {
             let mut idx = clips.of(s);
@@ -487,13 +494,30 @@ mod tests {
         assert_eq!(absent.meta.features, never.meta.features);
         assert!(absent.present.equal(&never.present));
         assert!(absent.features[1].equal(&never.features[1]));
+        // The text column keeps its source's name (a tuned encoder's vectors stay tuned).
+        assert_eq!(ds.meta.features.text, meld().meta.features.text);
+        let mut tuned = meld();
+        tuned.meta.features.mark_text_tuned();
+        for d in [
+            pair_meld(&tuned, &c, &sp, &norm, &cfg),
+            audio_absent(&tuned),
+        ] {
+            assert_eq!(d.meta.features.text, tuned.meta.features.text);
+        }
     }
 
     #[test]
     fn sequences_hold_every_clip_once_per_order_with_boredom_unlabelled() {
         let c = clips();
         let norm = c.prior(&c.speakers(), 8.0);
-        let ds = speaker_sequences(&c, &["09".to_string()], &norm, 2, 3, 1);
+        let text = FeatureSpec {
+            extractor: crate::model::tuned_extractor(crate::model::TEXT_EXTRACTOR),
+            dim: 2,
+        };
+        let ds = speaker_sequences(&c, &["09".to_string()], &norm, Some(&text), 3, 1);
+        // The absent text column is the kind the caller reads.
+        assert_eq!(ds.meta.features.text.as_ref(), Some(&text));
+        assert_eq!(ds.features[0].size(), vec![9, 2]);
         assert_eq!(ds.dialogues(), 3);
         assert_eq!(ds.len(), 9);
         let labels = Vec::<i64>::try_from(&ds.label).unwrap();

@@ -693,9 +693,7 @@ impl Tuned {
             layers: self.layers,
             lora_rank: self.lora_rank,
         });
-        if let Some(t) = model.manifest.features.text.as_mut() {
-            t.extractor = tune::tuned_extractor(&t.extractor);
-        }
+        model.manifest.features.mark_text_tuned();
         Ok(())
     }
 }

@@ -144,33 +144,25 @@ pub fn build(
 
     let clips = Clips::from_emodb(emodb);
     let all = clips.speakers();
-    let text_dim = train.features[0].size()[1];
-    // The mix builds its datasets' feature names itself; with a tuned encoder the text
-    // vectors are the tuned ones, and the students' manifests must say so (the daemon checks).
-    let name_text = |mut d: Dataset| {
-        if tuned.is_some()
-            && let Some(t) = d.meta.features.text.as_mut()
-        {
-            t.extractor = super::tune::tuned_extractor(&t.extractor);
-        }
-        d
-    };
+    // The mix names its text column as MELD's (re-encoded and named tuned above, when the
+    // encoder is tuned), so the students' manifests say what the daemon computes.
+    let text = train.meta.features.text.as_ref();
     let mixed = |speakers: &[String], norm: &crate::model::norm::SpeakerNorm| {
-        name_text(mix::concat(&[
+        mix::concat(&[
             &mix::pair_meld(train, &clips, speakers, norm, cfg),
             &mix::speaker_sequences(
                 &clips,
                 speakers,
                 norm,
-                text_dim,
+                text,
                 cfg.sequences_per_speaker,
                 cfg.seed,
             ),
-        ]))
+        ])
     };
     let norm_all = clips.prior(&all, cfg.prior_weight);
-    let dev_wide = name_text(mix::audio_absent(dev));
-    let test_wide = name_text(mix::audio_absent(test));
+    let dev_wide = mix::audio_absent(dev);
+    let test_wide = mix::audio_absent(test);
 
     let mut folds = Vec::new();
     let (mut audio_parts, mut fused_parts) = (Vec::new(), Vec::new());
@@ -194,7 +186,7 @@ pub fn build(
             ship_text(&mut student, &fold_dir)?;
             student.save(&fold_dir)?;
             let held = std::slice::from_ref(s);
-            let seq = mix::speaker_sequences(&clips, held, &norm, text_dim, 1, cfg.seed + 1);
+            let seq = mix::speaker_sequences(&clips, held, &norm, text, 1, cfg.seed + 1);
             let (t, p, _) = predict(&student.net, &seq, device, 64);
             let acc = metrics::compute(&t, &p, classes).wa;
             let voiced = mix::MixConfig {
@@ -267,7 +259,8 @@ pub fn build(
     model.save(out)?;
     let shipped = Model::load(out, device)?;
     // What the daemon will check when it loads the model.
-    let daemon = crate::infer::engine::daemon_features(text_dim, tuned.is_some());
+    let daemon =
+        crate::infer::engine::daemon_features(train.features[0].size()[1], tuned.is_some());
     shipped
         .manifest
         .features

@@ -290,9 +290,7 @@ impl Tuner {
 /// `ds` with `text` as its text vectors, named as tuned vectors.
 fn with_tuned_text(ds: &Dataset, text: Tensor) -> Dataset {
     let mut meta = ds.meta.clone();
-    if let Some(t) = meta.features.text.as_mut() {
-        t.extractor = tuned_extractor(&t.extractor);
-    }
+    meta.features.mark_text_tuned();
     Dataset {
         meta,
         offsets: ds.offsets.clone(),
@@ -324,15 +322,6 @@ pub fn reencode(ds: &Dataset, enc: &TextEncoder) -> Result<Dataset, TextError> {
         ds,
         fresh.where_self(&has_text, &ds.features[0]),
     ))
-}
-
-/// The extractor name of vectors made with tuned top layers.
-pub fn tuned_extractor(base: &str) -> String {
-    if base.ends_with("+tuned") {
-        base.to_string()
-    } else {
-        format!("{base}+tuned")
-    }
 }
 
 /// Learning rate of the utterance-level classifier (the adapters use `text.lr`).

@@ -43,16 +43,33 @@ impl Bn {
             var: take(m, p, &format!("{n}.var"), &[c])?,
         })
     }
-    fn f(&self, x: &Tensor) -> Tensor {
-        x.batch_norm(
-            Some(&self.gamma),
-            Some(&self.beta),
-            Some(&self.mean),
-            Some(&self.var),
-            false,
-            0.0,
-            EPS,
-            false,
+    /// The convolution `w` (no bias) followed by this batch norm, as one convolution: the
+    /// weights scaled per output channel and a bias (inference only; one pass fewer over
+    /// the activations per layer).
+    fn fold(&self, w: &Tensor) -> Conv {
+        let scale = &self.gamma / (&self.var + EPS).sqrt();
+        Conv {
+            w: channels_last(&(w * scale.view([-1, 1, 1, 1]))),
+            b: &self.beta - &self.mean * &scale,
+        }
+    }
+}
+
+/// A convolution with its batch norm folded in.
+struct Conv {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Conv {
+    fn f(&self, x: &Tensor, stride: i64, pad: i64) -> Tensor {
+        x.conv2d(
+            &self.w,
+            Some(&self.b),
+            [stride, stride],
+            [pad, pad],
+            [1, 1],
+            1,
         )
     }
 }
@@ -61,10 +78,10 @@ type Map = std::collections::HashMap<String, Tensor>;
 
 struct Module {
     depthwise: [Tensor; 2],
-    pointwise: [Tensor; 2],
-    bn: [Bn; 2],
-    shortcut: Tensor,
-    shortcut_bn: Bn,
+    /// Pointwise convolutions with their batch norms.
+    pointwise: [Conv; 2],
+    /// The 1x1/2 shortcut with its batch norm.
+    shortcut: Conv,
 }
 
 impl Module {
@@ -80,60 +97,48 @@ impl Module {
         };
         let (d1, p1) = sep(m, 2 * k - 1, cin)?;
         let (d2, p2) = sep(m, 2 * k, cout)?;
+        let shortcut = take(
+            m,
+            p,
+            &format!("conv2d_{}.kernel", k + 2),
+            &[cout, cin, 1, 1],
+        )?;
         Ok(Module {
             depthwise: [channels_last(&d1), channels_last(&d2)],
-            pointwise: [channels_last(&p1), channels_last(&p2)],
-            bn: [
-                Bn::load(m, p, 3 * k + 1, cout)?,
-                Bn::load(m, p, 3 * k + 2, cout)?,
+            pointwise: [
+                Bn::load(m, p, 3 * k + 1, cout)?.fold(&p1),
+                Bn::load(m, p, 3 * k + 2, cout)?.fold(&p2),
             ],
-            shortcut: channels_last(&take(
-                m,
-                p,
-                &format!("conv2d_{}.kernel", k + 2),
-                &[cout, cin, 1, 1],
-            )?),
-            shortcut_bn: Bn::load(m, p, 3 * k, cout)?,
+            shortcut: Bn::load(m, p, 3 * k, cout)?.fold(&shortcut),
         })
     }
 
+    /// Separable convolution `i` with its batch norm.
     fn sep(&self, x: &Tensor, i: usize) -> Tensor {
         let c = x.size()[1];
-        x.conv2d(
+        let y = x.conv2d(
             &self.depthwise[i],
             None::<Tensor>,
             [1, 1],
             [1, 1],
             [1, 1],
             c,
-        )
-        .conv2d(
-            &self.pointwise[i],
-            None::<Tensor>,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            1,
-        )
+        );
+        self.pointwise[i].f(&y, 1, 0)
     }
 
     fn f(&self, x: &Tensor) -> Tensor {
-        let short = self.shortcut_bn.f(&x.conv2d(
-            &self.shortcut,
-            None::<Tensor>,
-            [2, 2],
-            [0, 0],
-            [1, 1],
-            1,
-        ));
-        let y = self.bn[0].f(&self.sep(x, 0)).relu();
-        let y = self.bn[1].f(&self.sep(&y, 1));
+        let short = self.shortcut.f(x, 2, 0);
+        let y = self.sep(x, 0).relu();
+        let y = self.sep(&y, 1);
         same_max_pool(&y) + short
     }
 }
 
 /// TensorFlow's 'same' 3x3/2 max pool: the output has ceil(n/2) cells, the odd pixel of
-/// padding goes after; padded cells are -inf so they never win.
+/// padding goes after; padded cells are -inf so they never win. libtorch pads both sides
+/// alike, so the odd pixel after is its ceil mode (a last window past the end); a shape
+/// whose sides need different modes is padded explicitly.
 fn same_max_pool(x: &Tensor) -> Tensor {
     let pads = |n: i64| {
         let total = (((n + 1) / 2 - 1) * 2 + 3 - n).max(0);
@@ -141,16 +146,18 @@ fn same_max_pool(x: &Tensor) -> Tensor {
     };
     let (t, b) = pads(x.size()[2]);
     let (l, r) = pads(x.size()[3]);
-    x.pad([l, r, t, b], "constant", f64::NEG_INFINITY)
-        .max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
+    if b - t == r - l {
+        x.max_pool2d([3, 3], [2, 2], [t, l], [1, 1], b > t)
+    } else {
+        x.pad([l, r, t, b], "constant", f64::NEG_INFINITY)
+            .max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
+    }
 }
 
 /// The expression network.
 pub struct Expression {
-    conv1: Tensor,
-    bn1: Bn,
-    conv2: Tensor,
-    bn2: Bn,
+    /// The two valid 3x3 convolutions with their batch norms.
+    conv: [Conv; 2],
     modules: Vec<Module>,
     head_w: Tensor,
     head_b: Tensor,
@@ -179,10 +186,10 @@ impl Expression {
             modules.push(Module::load(m, p, k + 1, cin, cout)?);
         }
         Ok(Expression {
-            conv1: channels_last(&take(m, p, "conv2d_1.kernel", &[8, 1, 3, 3])?),
-            bn1: Bn::load(m, p, 1, 8)?,
-            conv2: channels_last(&take(m, p, "conv2d_2.kernel", &[8, 8, 3, 3])?),
-            bn2: Bn::load(m, p, 2, 8)?,
+            conv: [
+                Bn::load(m, p, 1, 8)?.fold(&take(m, p, "conv2d_1.kernel", &[8, 1, 3, 3])?),
+                Bn::load(m, p, 2, 8)?.fold(&take(m, p, "conv2d_2.kernel", &[8, 8, 3, 3])?),
+            ],
             modules,
             head_w: channels_last(&take(m, p, "conv2d_7.kernel", &[7, 128, 3, 3])?),
             head_b: take(m, p, "conv2d_7.bias", &[7])?,
@@ -202,13 +209,8 @@ impl Expression {
         // Input and weights channels-last: oneDNN's fast path for these small convolutions
         // (1.4 ms a face instead of 2.3 on one core).
         let x = channels_last(&x);
-        let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-        let mut x = self
-            .bn2
-            .f(&conv(
-                &self.bn1.f(&conv(&x, &self.conv1)).relu(),
-                &self.conv2,
-            ))
+        let mut x = self.conv[1]
+            .f(&self.conv[0].f(&x, 1, 0).relu(), 1, 0)
             .relu();
         for m in &self.modules {
             x = m.f(&x);
@@ -236,6 +238,25 @@ mod tests {
             assert_eq!(y.size(), [1, 1, out, out]);
             // Every cell is -5 (the padding never wins the max).
             assert_eq!(y.max().double_value(&[]), -5.0);
+        }
+    }
+
+    #[test]
+    fn same_pool_equals_explicit_padding() {
+        tch::manual_seed(3);
+        for (h, w) in [(60, 60), (30, 30), (15, 15), (8, 8), (15, 8), (7, 9)] {
+            let x = Tensor::randn([2, 3, h, w], (Kind::Float, Device::Cpu));
+            let pads = |n: i64| {
+                let total = (((n + 1) / 2 - 1) * 2 + 3 - n).max(0);
+                (total / 2, total - total / 2)
+            };
+            let ((t, b), (l, r)) = (pads(h), pads(w));
+            let want = x
+                .pad([l, r, t, b], "constant", f64::NEG_INFINITY)
+                .max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false);
+            let got = same_max_pool(&x);
+            assert_eq!(got.size(), [2, 3, (h + 1) / 2, (w + 1) / 2], "{h}x{w}");
+            assert!(got.equal(&want), "{h}x{w}");
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The per-stream vision pipeline and the per-utterance visual vector.
 //!
 //! Every frame (at `ingest.video_fps`): full MTCNN detection on some frames ([`Cadence`]); on
-//! the frames between, only R-Net and O-Net on nine windows around each live track's box
-//! ([`Mtcnn::refine`]: finds the face again, refines box and landmarks, drops a face that is
-//! gone). Detection runs every `detect_every` frames while nothing is tracked or a track lost
+//! the frames between, O-Net on each live track's box, or R-Net and O-Net on nine windows
+//! around it when the face moved ([`Mtcnn::refine`]: finds the face again, refines box and
+//! landmarks, drops a face that is gone). Detection runs every `detect_every` frames while nothing is tracked or a track lost
 //! its face on some frame since the last detection, and every `detect_every_tracked` frames
 //! while every live track was found again on every frame. A face therefore appears within
 //! `detect_every` frames of an empty picture, or within `detect_every_tracked` frames (3 s at
