@@ -966,10 +966,7 @@ fn eval_dataset(
             )?;
             let kind = enc.set_precision(precision);
             eprintln!("text encoder matrix products in {kind:?}");
-            let mut ds = writers::meld(csv, &enc)?;
-            if tuned.is_some() {
-                ds.meta.features.mark_text_tuned();
-            }
+            let ds = writers::meld(csv, &enc)?;
             Ok(if m.manifest.features.audio.is_some() {
                 mix::audio_absent(&ds)
             } else {

@@ -148,6 +148,8 @@ pub struct TextEncoder {
     device: Device,
     dim: usize,
     max_tokens: usize,
+    /// Whether a model's tuning delta was applied at load.
+    tuned: bool,
 }
 
 impl TextEncoder {
@@ -239,7 +241,18 @@ impl TextEncoder {
             device,
             dim: cfg.hidden_size as usize,
             max_tokens,
+            tuned: tuned.is_some(),
         })
+    }
+
+    /// The extractor name of the vectors it makes ([`crate::model::TEXT_EXTRACTOR`], marked
+    /// tuned when a delta was applied).
+    pub fn extractor(&self) -> String {
+        if self.tuned {
+            crate::model::tuned_extractor(crate::model::TEXT_EXTRACTOR)
+        } else {
+            crate::model::TEXT_EXTRACTOR.into()
+        }
     }
 
     /// Run the matrix products at `precision` (the encoder loads in f32); returns the element

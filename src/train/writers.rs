@@ -8,7 +8,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::data::{DataError, Dataset, FORMAT, Sidecar, absent, presence};
-use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features, TEXT_EXTRACTOR};
+use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
 use crate::text::TextEncoder;
 
 /// MELD's classes, in the order of its documentation.
@@ -79,7 +79,7 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
             classes: MELD_CLASSES.iter().map(|s| s.to_string()).collect(),
             features: Features {
                 text: Some(FeatureSpec {
-                    extractor: TEXT_EXTRACTOR.into(),
+                    extractor: enc.extractor(),
                     dim,
                 }),
                 audio: None,

@@ -543,7 +543,7 @@ impl Mtcnn {
             })
             .collect();
         let direct = self.stage3(&[frame], direct);
-        for i in nms_one_frame(direct.iter().map(|(_, f)| f)) {
+        for i in nms_face_indices(direct.iter().map(|(_, f)| (0, f))) {
             let (k, f) = &direct[i];
             if super::iou(&boxes[*k], &f.bbox) >= DIRECT_IOU {
                 out[*k] = Some(f.clone());
@@ -582,7 +582,7 @@ impl Mtcnn {
                     .all(|h| overlap(h, &f.bbox, Overlap::Min) <= 0.7)
             })
             .collect();
-        for i in nms_one_frame(found.iter()) {
+        for i in nms_face_indices(found.iter().map(|f| (0, f))) {
             let f = found[i].clone();
             let best = rest
                 .iter()
@@ -878,15 +878,16 @@ fn nms(mut c: Vec<Cand>, thr: f32, how: Overlap) -> Vec<Cand> {
     keep
 }
 
-/// Indices of the faces of one frame that NMS keeps (overlap over the smaller box, 0.7, as
-/// the last step of a detection), most confident first.
-fn nms_one_frame<'a>(faces: impl Iterator<Item = &'a Face>) -> Vec<usize> {
+/// Indices of the `(frame, face)`s that NMS keeps within each frame (overlap over the
+/// smaller box, 0.7: the last step of a detection), by frame, most confident first.
+fn nms_face_indices<'a>(faces: impl Iterator<Item = (usize, &'a Face)>) -> Vec<usize> {
     let cands = faces
         .enumerate()
-        .map(|(k, f)| Cand {
-            frame: 0,
+        .map(|(k, (frame, f))| Cand {
+            frame,
             b: f.bbox,
             score: f.confidence,
+            // The face's position, to find it again.
             reg: [k as f32, 0.0, 0.0, 0.0],
         })
         .collect();
@@ -897,20 +898,9 @@ fn nms_one_frame<'a>(faces: impl Iterator<Item = &'a Face>) -> Vec<usize> {
 }
 
 fn nms_faces(faces: Vec<(usize, Face)>) -> Vec<(usize, Face)> {
-    let cands: Vec<Cand> = faces
-        .iter()
-        .enumerate()
-        .map(|(k, (frame, f))| Cand {
-            frame: *frame,
-            b: f.bbox,
-            score: f.confidence,
-            // The candidate's position in `faces`, to find the face again.
-            reg: [k as f32, 0.0, 0.0, 0.0],
-        })
-        .collect();
-    nms(cands, 0.7, Overlap::Min)
+    nms_face_indices(faces.iter().map(|(frame, f)| (*frame, f)))
         .into_iter()
-        .map(|c| faces[c.reg[0] as usize].clone())
+        .map(|i| faces[i].clone())
         .collect()
 }
 
