@@ -12,7 +12,7 @@ daemon:
 
 # Every test: unit, config, ZeroMQ interop with pyzmq, CURVE, metrics, systemd.
 test:
-	bash tests/setup.sh cargo test --release --locked
+	bash tests/setup.sh cargo test --release --locked --features failpoints
 
 # Formatting and lints, as required before a commit.
 lint:

@@ -12,12 +12,16 @@ use summerd::transcripts::{Clock, Limits, validate};
 /// panics, and what it accepts obeys the contract.
 pub fn transcript(data: &[u8]) {
     let limits = Limits::from(&summerd::config::TranscriptsConfig::default());
-    let known = |s: &str| s == "call-42" || s == "a";
+    // Two streams whose newest media is at 60 s.
+    let media_end = |s: &str| (s == "call-42" || s == "a").then_some(60.0);
     // A fixed wall clock: the staleness rule is exercised, runs stay reproducible.
     let now = 1.8e9;
-    if let Ok(t) = validate(data, &limits, &known, now) {
-        assert!(known(&t.stream));
+    if let Ok(t) = validate(data, &limits, &media_end, now) {
+        assert!(media_end(&t.stream).is_some());
         assert!(t.start.is_finite() && t.end.is_finite() && t.end >= t.start);
+        assert!(t.end - t.start <= limits.max_segment.as_secs_f64());
+        let newest = if t.clock == Clock::Media { 60.0 } else { now };
+        assert!(t.start <= newest + limits.max_ahead.as_secs_f64());
         if t.clock == Clock::Media {
             assert!(t.start >= 0.0);
         }

@@ -12,21 +12,434 @@
 //! Every such thread beats a [`Heartbeat`] at least every [`POLL_MS`]; the systemd watchdog
 //! is only fed while all of them are fresh.
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::config::{CurveKeys, SocketSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::health::{Heartbeat, POLL_MS};
 use crate::metrics::Metrics;
+use crate::settings::Checker;
+use crate::wire::Multipart;
 
-/// How long a socket thread blocks at most before it looks at its stop condition again.
-pub const POLL_MS: i64 = 100;
 /// The ZAP endpoint libzmq asks for authentication (fixed by RFC 27).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 /// ZAP domain set on CURVE sockets.
 const ZAP_DOMAIN: &str = "summerd";
+
+/// A bind endpoint, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `tcp://HOST:PORT`; `host` is an IP address, `localhost` or `*`.
+    Tcp {
+        /// As written.
+        host: String,
+        /// 1-65535.
+        port: u16,
+    },
+    /// `ipc:///path` (a Unix socket path).
+    Ipc(PathBuf),
+}
+
+impl Endpoint {
+    /// Parse a bind endpoint. Errors say what is allowed.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("'{s}' has no port"))?;
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("'{s}' has port '{port}', not 1-65535"))?;
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if host != "*" && host != "localhost" && bare.parse::<IpAddr>().is_err() {
+                return Err(format!(
+                    "'{s}' has host '{host}', not an IP address, 'localhost' or '*'"
+                ));
+            }
+            Ok(Endpoint::Tcp {
+                host: host.to_string(),
+                port,
+            })
+        } else if let Some(path) = s.strip_prefix("ipc://") {
+            if path.is_empty() || path.contains('*') {
+                return Err(format!("'{s}' has no usable socket path"));
+            }
+            Ok(Endpoint::Ipc(PathBuf::from(path)))
+        } else {
+            Err(format!("'{s}' is neither tcp:// nor ipc://"))
+        }
+    }
+
+    /// True where only this host can connect: loopback TCP or an ipc socket.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Endpoint::Tcp { host, .. } => {
+                let bare = host.trim_start_matches('[').trim_end_matches(']');
+                host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            Endpoint::Ipc(_) => true,
+        }
+    }
+
+    /// The endpoint string libzmq binds (`localhost` becomes 127.0.0.1: libzmq's bind does
+    /// not resolve names).
+    pub fn to_zmq(&self) -> String {
+        match self {
+            Endpoint::Tcp { host, port } if host == "localhost" => {
+                format!("tcp://127.0.0.1:{port}")
+            }
+            Endpoint::Tcp { host, port } => format!("tcp://{host}:{port}"),
+            Endpoint::Ipc(p) => format!("ipc://{}", p.display()),
+        }
+    }
+}
+
+/// Security of one bound socket, after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketSpec {
+    /// Which socket (`transcripts`, `events`, `audio_tap`): used in logs and metrics.
+    pub name: &'static str,
+    /// Where to bind.
+    pub endpoint: Endpoint,
+    /// CURVE server keys, when `curve = true`.
+    pub curve: Option<CurveKeys>,
+}
+
+/// A CURVE server keypair (Z85 text) and the accepted client keys (None: any client).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurveKeys {
+    /// 40-character Z85 secret key.
+    pub secret: String,
+    /// 40-character Z85 public key.
+    pub public: String,
+    /// Accepted client public keys (32 raw bytes each); None: any client.
+    pub authorized: Option<Vec<[u8; 32]>>,
+}
+
+/// `[events]`: the PUB socket for emotion and lifecycle events.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// ZeroMQ endpoint to bind.
+    pub endpoint: String,
+    /// Encrypt and authenticate with the `[curve]` keys.
+    pub curve: bool,
+    /// Allow a non-loopback TCP endpoint without CURVE.
+    pub insecure: bool,
+    /// ZeroMQ send high-water mark per subscriber; beyond it a slow subscriber loses messages.
+    pub sndhwm: i32,
+    /// Capacity of the channel into the publisher thread (full: the newest event is dropped
+    /// and counted, so a stalled publisher never blocks inference).
+    pub queue: usize,
+    /// Default for every stream: whether transcript text rides in events.
+    pub publish_text: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "tcp://127.0.0.1:5556".into(),
+            curve: false,
+            insecure: false,
+            sndhwm: 10_000,
+            queue: 4096,
+            publish_text: false,
+        }
+    }
+}
+
+/// `[audio_tap]`: the PUB socket carrying 16 kHz S16LE PCM per stream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioTapConfig {
+    /// Publish the tap at all.
+    pub enabled: bool,
+    /// ZeroMQ endpoint to bind.
+    pub endpoint: String,
+    /// Encrypt and authenticate with the `[curve]` keys.
+    pub curve: bool,
+    /// Allow a non-loopback TCP endpoint without CURVE.
+    pub insecure: bool,
+    /// ZeroMQ send high-water mark per subscriber.
+    pub sndhwm: i32,
+    /// Capacity of the channel into the tap's publisher thread (full: newest dropped, counted).
+    pub queue: usize,
+    /// Milliseconds of audio per message (20-100).
+    pub chunk_ms: u32,
+}
+
+impl Default for AudioTapConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: "tcp://127.0.0.1:5557".into(),
+            curve: false,
+            insecure: false,
+            sndhwm: 10_000,
+            queue: 4096,
+            chunk_ms: 40,
+        }
+    }
+}
+
+/// `[curve]`: the server's CURVE keypair and, optionally, the client keys it accepts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CurveConfig {
+    /// File holding the server's secret key (40 Z85 characters; `summerd keygen` writes one).
+    pub secret_key_file: Option<PathBuf>,
+    /// File holding the server's public key (40 Z85 characters), given to clients.
+    pub public_key_file: Option<PathBuf>,
+    /// File listing the public keys of accepted clients, one Z85 key a line (`#` comments).
+    /// Unset: any client that knows the server's public key may connect.
+    pub authorized_keys_file: Option<PathBuf>,
+}
+
+impl EventsConfig {
+    /// Check the table; the socket spec when it is usable. `max_batch` is the model worker's
+    /// largest batch, whose events are published at once.
+    pub fn check(
+        &self,
+        c: &mut Checker,
+        keys: &Option<CurveKeys>,
+        max_batch: usize,
+    ) -> Option<SocketSpec> {
+        c.range("events.sndhwm", self.sndhwm, 1, 10_000_000);
+        c.range("events.queue", self.queue, 1, 1_000_000);
+        // One forward pass publishes up to max_batch events at once: a smaller high-water mark
+        // drops some of them even for a subscriber that keeps up.
+        if self.sndhwm >= 1 && (self.sndhwm as usize) < max_batch {
+            c.bad(
+                "events.sndhwm",
+                format!(
+                    "{} is below inference.max_batch ({max_batch}): a batch's events would be dropped even for subscribers that keep up",
+                    self.sndhwm
+                ),
+                "at least inference.max_batch",
+            );
+        }
+        check_socket(c, "events", &self.endpoint, self.curve, self.insecure, keys)
+    }
+}
+
+impl AudioTapConfig {
+    /// Check the table; the socket spec when the tap is enabled and usable.
+    pub fn check(&self, c: &mut Checker, keys: &Option<CurveKeys>) -> Option<SocketSpec> {
+        if !self.enabled {
+            return None;
+        }
+        c.range("audio_tap.sndhwm", self.sndhwm, 1, 10_000_000);
+        c.range("audio_tap.queue", self.queue, 1, 1_000_000);
+        c.range("audio_tap.chunk_ms", self.chunk_ms, 20, 100);
+        check_socket(
+            c,
+            "audio_tap",
+            &self.endpoint,
+            self.curve,
+            self.insecure,
+            keys,
+        )
+    }
+}
+
+impl CurveConfig {
+    /// Load the keypair and the authorised client keys (None: no keypair configured, or a
+    /// problem, which is recorded).
+    pub fn load(&self, c: &mut Checker) -> Option<CurveKeys> {
+        let cv = self;
+        match (&cv.secret_key_file, &cv.public_key_file) {
+            (Some(s), Some(p)) => {
+                let secret = read_key(c, "curve.secret_key_file", s);
+                let public = read_key(c, "curve.public_key_file", p);
+                let authorized = cv
+                    .authorized_keys_file
+                    .as_ref()
+                    .and_then(|f| read_authorized(c, f));
+                match (secret, public) {
+                    (Some(secret), Some(public)) => {
+                        if zmq::z85_decode(&secret)
+                            .ok()
+                            .and_then(|s| zmq::z85_encode(&public_from_secret(&s)?).ok())
+                            .is_some_and(|derived| derived != public)
+                        {
+                            c.bad(
+                                "curve.public_key_file",
+                                "does not match curve.secret_key_file",
+                                "the public key of the same keypair",
+                            );
+                        }
+                        Some(CurveKeys {
+                            secret,
+                            public,
+                            authorized: if cv.authorized_keys_file.is_some() {
+                                Some(authorized.unwrap_or_default())
+                            } else {
+                                None
+                            },
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            (None, None) => {
+                if cv.authorized_keys_file.is_some() {
+                    c.bad(
+                        "curve.authorized_keys_file",
+                        "is set but the server keypair is not",
+                        "set curve.secret_key_file and curve.public_key_file too",
+                    );
+                }
+                None
+            }
+            (s, _) => {
+                let missing = if s.is_none() {
+                    "curve.secret_key_file"
+                } else {
+                    "curve.public_key_file"
+                };
+                c.bad(
+                    missing,
+                    "is missing while the other key file of the pair is set",
+                    "both curve.secret_key_file and curve.public_key_file, or neither",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Check one socket's table: its endpoint parses, is not exposed without CURVE (unless
+/// `insecure`), an ipc:// directory exists, and CURVE has keys when asked for.
+pub fn check_socket(
+    c: &mut Checker,
+    name: &'static str,
+    endpoint: &str,
+    curve: bool,
+    insecure: bool,
+    keys: &Option<CurveKeys>,
+) -> Option<SocketSpec> {
+    let ep = match Endpoint::parse(endpoint) {
+        Ok(ep) => ep,
+        Err(e) => {
+            c.bad(
+                format!("{name}.endpoint"),
+                e,
+                "tcp://IP:PORT, tcp://localhost:PORT, tcp://*:PORT or ipc:///path",
+            );
+            return None;
+        }
+    };
+    if !ep.is_local() && !curve && !insecure {
+        c.bad(
+            format!("{name}.endpoint"),
+            format!("'{endpoint}' is reachable from other hosts but has no CURVE security"),
+            &format!(
+                "a loopback or ipc:// endpoint, or {name}.curve = true with [curve] keys, \
+                 or {name}.insecure = true to accept plain text on the network"
+            ),
+        );
+    }
+    if let Endpoint::Ipc(p) = &ep
+        && let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        c.bad(
+            format!("{name}.endpoint"),
+            format!("directory '{}' does not exist", dir.display()),
+            "an ipc:// path in an existing directory",
+        );
+    }
+    if curve && keys.is_none() {
+        c.bad(
+            format!("{name}.curve"),
+            "is true but [curve] secret_key_file/public_key_file are not both usable",
+            "set curve.secret_key_file and curve.public_key_file, or curve = false",
+        );
+    }
+    Some(SocketSpec {
+        name,
+        endpoint: ep,
+        curve: if curve { keys.clone() } else { None },
+    })
+}
+
+fn read_key(c: &mut Checker, key: &str, p: &Path) -> Option<String> {
+    let p = c.resolve(p);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => {
+            let k = s.trim().to_string();
+            if k.len() == 40 && zmq::z85_decode(&k).is_ok() {
+                Some(k)
+            } else {
+                c.bad(
+                    key,
+                    format!("'{}' does not hold a Z85 CURVE key", p.display()),
+                    "a file with one 40-character Z85 key (see `summerd keygen`)",
+                );
+                None
+            }
+        }
+        Err(e) => {
+            c.bad(
+                key,
+                format!("cannot read '{}': {e}", p.display()),
+                "a readable key file",
+            );
+            None
+        }
+    }
+}
+
+fn read_authorized(c: &mut Checker, f: &Path) -> Option<Vec<[u8; 32]>> {
+    let p = c.resolve(f);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) => {
+            c.bad(
+                "curve.authorized_keys_file",
+                format!("cannot read '{}': {e}", p.display()),
+                "a readable file of Z85 public keys, one a line",
+            );
+            return None;
+        }
+    };
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match zmq::z85_decode(line)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        {
+            Some(k) => keys.push(k),
+            None => c.bad(
+                "curve.authorized_keys_file",
+                format!(
+                    "line {} of '{}' is not a Z85 public key",
+                    n + 1,
+                    p.display()
+                ),
+                "one 40-character Z85 key a line; # starts a comment",
+            ),
+        }
+    }
+    Some(keys)
+}
+
+/// The CURVE public key of a secret key, through libzmq (None if libzmq lacks CURVE).
+fn public_from_secret(secret: &[u8]) -> Option<Vec<u8>> {
+    let secret_z85 = zmq::z85_encode(secret).ok()?;
+    curve_public(&secret_z85).and_then(|p| zmq::z85_decode(&p).ok())
+}
 
 /// Errors of the bus layer. Each names the socket and endpoint concerned.
 #[derive(Debug, thiserror::Error)]
@@ -60,45 +473,9 @@ pub enum BusError {
     Thread {
         /// Thread name.
         name: &'static str,
-        /// Why.
+        /// The error spawning it.
         source: std::io::Error,
     },
-}
-
-/// A liveness stamp: the owning thread beats it; the watchdog reads its age.
-#[derive(Clone)]
-pub struct Heartbeat {
-    name: &'static str,
-    epoch: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Heartbeat {
-    /// A new heartbeat, fresh now.
-    pub fn new(name: &'static str) -> Self {
-        Heartbeat {
-            name,
-            epoch: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Record that the owner is alive.
-    pub fn beat(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Time since the last beat.
-    pub fn age(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-
-    /// The owner's name.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
 }
 
 // libzmq's own derivation of a public key (zmq.h); zmq-sys links libzmq but does not
@@ -143,6 +520,11 @@ pub fn bind(
             return Err(BusError::NoCurve { socket: spec.name });
         }
         secure(&socket, keys).map_err(setup)?;
+        // Handshakes that fail before ZAP is asked (no CURVE, a wrong server key) are seen
+        // only by a monitor: [`spawn_monitor`] counts and logs them.
+        socket
+            .monitor(&monitor_endpoint(spec.name), HANDSHAKE_FAILED)
+            .map_err(setup)?;
     }
     let endpoint = spec.endpoint.to_zmq();
     socket.bind(&endpoint).map_err(|source| BusError::Bind {
@@ -163,6 +545,66 @@ fn secure(socket: &zmq::Socket, keys: &CurveKeys) -> zmq::Result<()> {
         socket.set_zap_domain(ZAP_DOMAIN)?;
     }
     Ok(())
+}
+
+/// The handshake failures a CURVE socket's monitor reports.
+const HANDSHAKE_FAILED: i32 = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
+    | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32
+    | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32;
+
+fn monitor_endpoint(socket: &str) -> String {
+    format!("inproc://summerd-monitor-{socket}")
+}
+
+/// Names of the threads that end when the libzmq context is terminated (not joined before).
+pub const CONTEXT_THREADS: [&str; 2] = ["zmq-zap", "zmq-monitor"];
+
+/// Start the thread that counts and logs every refused CURVE handshake of the socket `name`
+/// (bound by [`bind`] with CURVE): `summerd_curve_handshakes_failed_total{socket,reason}`,
+/// and a WARN line for the first refusal and then at every power of two. It ends when the
+/// context is terminated.
+pub fn spawn_monitor(
+    ctx: &zmq::Context,
+    name: &'static str,
+    metrics: Arc<Metrics>,
+) -> Result<JoinHandle<()>, BusError> {
+    let setup = |source| BusError::Setup {
+        socket: "monitor",
+        source,
+    };
+    let pair = ctx.socket(zmq::PAIR).map_err(setup)?;
+    pair.set_linger(0).map_err(setup)?;
+    pair.connect(&monitor_endpoint(name)).map_err(setup)?;
+    std::thread::Builder::new()
+        .name("zmq-monitor".into())
+        .spawn(move || {
+            let mut refused = 0u64;
+            loop {
+                let frames = match pair.recv_multipart(0) {
+                    Ok(f) => f,
+                    Err(zmq::Error::EINTR) => continue,
+                    // ETERM: the context is being terminated.
+                    Err(_) => return,
+                };
+                let Some(&[a, b, ..]) = frames.first().map(Vec::as_slice) else {
+                    continue;
+                };
+                let reason = match zmq::SocketEvent::from_raw(u16::from_le_bytes([a, b])) {
+                    zmq::SocketEvent::HANDSHAKE_FAILED_AUTH => "unauthorised",
+                    zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => "protocol",
+                    _ => "no_detail",
+                };
+                metrics.handshake_failed(name, reason);
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(socket = name, reason, refused, "Refused a CURVE handshake");
+                }
+            }
+        })
+        .map_err(|e| BusError::Thread {
+            name: "zmq-monitor",
+            source: e,
+        })
 }
 
 /// Start the ZAP handler that admits CURVE clients whose public key is in `authorized`
@@ -226,9 +668,6 @@ pub fn spawn_zap(
             source: e,
         })
 }
-
-/// A multipart message for a publisher: topic frame first.
-pub type Multipart = Vec<Vec<u8>>;
 
 /// The producing end of a publisher thread. Cloneable; never blocks.
 #[derive(Clone)]

@@ -12,11 +12,57 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BusError, Heartbeat, POLL_MS};
-use crate::ingest::{Ingest, StreamSpec};
+use crate::bus::{BusError, Endpoint};
+use crate::health::{Heartbeat, POLL_MS};
+use crate::ingest::Ingest;
+use crate::settings::Checker;
+use crate::streams::StreamSpec;
+
+/// `[control]`: a ZeroMQ REP socket taking JSON commands (attach, detach, list).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control endpoint at all.
+    pub enabled: bool,
+    /// Endpoint to bind; only loopback TCP or ipc:// (it has no authentication).
+    pub endpoint: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: "tcp://127.0.0.1:5558".into(),
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Check the table; the endpoint when enabled and usable (loopback or ipc:// only).
+    pub fn check(&self, c: &mut Checker) -> Option<Endpoint> {
+        if !self.enabled {
+            return None;
+        }
+        match Endpoint::parse(&self.endpoint) {
+            Ok(ep) if ep.is_local() => Some(ep),
+            Ok(_) => {
+                c.bad(
+                    "control.endpoint",
+                    format!("'{}' is reachable from other hosts", self.endpoint),
+                    "a loopback tcp:// or an ipc:// endpoint (the control socket has no authentication)",
+                );
+                None
+            }
+            Err(e) => {
+                c.bad("control.endpoint", e, "tcp://127.0.0.1:PORT or ipc:///path");
+                None
+            }
+        }
+    }
+}
 
 /// A control request.
 #[derive(Debug, Deserialize)]

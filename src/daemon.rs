@@ -23,13 +23,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, BusError, Heartbeat, PublisherHandle};
+use crate::bus::{self, BusError, PublisherHandle, SocketSpec};
 use crate::config::Config;
 use crate::events::{Lifecycle, LifecycleEvent};
+use crate::health::{Fatal, Heartbeat};
 use crate::infer::{self, engine::Engine};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{self, HEARTBEAT_MAX_AGE, Metrics};
-use crate::transcripts::{self, Limits, StreamSet, Transcript};
+use crate::streams::Registry;
+use crate::transcripts::{self, Limits, Transcript};
 use crate::version::VersionInfo;
 
 /// Why the daemon could not start or did not stop cleanly.
@@ -43,7 +45,7 @@ pub enum DaemonError {
     MetricsBind {
         /// The address.
         addr: std::net::SocketAddr,
-        /// Why.
+        /// The socket error.
         source: std::io::Error,
     },
     /// A configured stream could not be attached.
@@ -65,28 +67,6 @@ pub enum DaemonError {
     /// Draining took longer than `daemon.shutdown_timeout`.
     #[error("draining did not finish within {0:?}; {1} was still running")]
     DrainTimeout(Duration, &'static str),
-}
-
-/// A fault the daemon cannot serve through (the model worker died or keeps failing): the
-/// first reason raised wins, and `run` drains and exits non-zero on it.
-#[derive(Clone, Default)]
-pub struct Fatal {
-    token: CancellationToken,
-    reason: Arc<std::sync::OnceLock<String>>,
-}
-
-impl Fatal {
-    /// Raise it (from any thread); later reasons are ignored.
-    pub fn raise(&self, reason: String) {
-        let _ = self.reason.set(reason);
-        self.token.cancel();
-    }
-
-    /// Wait until it is raised; the first reason.
-    pub async fn raised(&self) -> String {
-        self.token.cancelled().await;
-        self.reason.get().cloned().unwrap_or_default()
-    }
 }
 
 /// What a running daemon exposes to its embedder (tests use it; `run` drives it).
@@ -124,83 +104,198 @@ pub fn limit_malloc_arenas(arenas: u32) -> Option<u32> {
     }
 }
 
-/// Bind everything and start serving. Returns once initialised (sockets bound, threads
-/// running); errors name the socket or address that failed.
-pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
-    // The model first: a missing or mismatched model fails before any socket is bound.
-    let engine = match &cfg.model_path {
-        Some(dir) => {
-            let device = model_device(&cfg.raw.model.device);
-            tch::set_num_threads(cfg.raw.inference.threads as i32);
-            let dir = dir.clone();
-            let enc = cfg.text_encoder_dir.clone();
-            let max_tokens = cfg.raw.text_encoder.max_tokens;
-            let precision = cfg.raw.text_encoder.precision;
-            let e = tokio::task::spawn_blocking(move || {
-                Engine::load(&dir, &enc, max_tokens, precision, device)
-            })
-            .await
-            .expect("model loading does not panic")?;
-            tracing::info!(model = e.name(), device = ?device, text_matmul = ?e.text_matmul(), "Loaded the model");
-            Some(e)
-        }
-        None => None,
+/// What start-up loads before binding anything: the model (with its text encoder) and the
+/// vision networks. `summerd validate` loads them the same way, so it refuses what start-up
+/// would refuse (a weights file that fails its sha256, a model that reads features the daemon
+/// does not make, a CUDA device that is not there).
+pub struct Loaded {
+    /// The engine, when a model is configured.
+    pub engine: Option<Engine>,
+    /// The vision stage as every stream runs it, when it runs.
+    pub vision: Option<crate::ingest::VisionIngest>,
+}
+
+/// Load and check the model and the vision networks on the configured device (blocking).
+pub fn preflight(cfg: &Config) -> Result<Loaded, DaemonError> {
+    let Some(dir) = &cfg.model_path else {
+        return Ok(Loaded {
+            engine: None,
+            vision: None,
+        });
     };
+    let device = cfg.device.resolve()?;
+    tch::set_num_threads(cfg.inference.threads as i32);
+    let te = &cfg.text_encoder;
+    let engine = Engine::load(dir, &te.dir, te.max_tokens, te.precision, device)?;
+    tracing::info!(model = engine.name(), device = ?device, text_matmul = ?engine.text_matmul(), "Loaded the model");
     // The vision stage serves the events, so it runs only with a model; its networks are
     // loaded once and shared by every stream.
-    let vision = match (&engine, &cfg.vision) {
-        (Some(_), Some(v)) => {
-            let device = model_device(&cfg.raw.model.device);
-            let settings = v.clone();
-            let models = tokio::task::spawn_blocking(move || {
-                crate::vision::stage::VisionModels::load(&settings, device)
-            })
-            .await
-            .expect("vision loading does not panic")?;
+    let vision = match &cfg.vision {
+        Some(v) => {
+            let models = crate::vision::stage::VisionModels::load(v, device)?;
             tracing::info!(device = ?device, min_face = v.mtcnn.min_face, detect_every = v.detect_every, "Loaded the vision stage");
             Some(crate::ingest::VisionIngest {
                 models: Arc::new(models),
                 settings: v.clone(),
             })
         }
-        _ => None,
+        None => None,
+    };
+    Ok(Loaded {
+        engine: Some(engine),
+        vision,
+    })
+}
+
+/// The bound sockets and the threads started so far.
+struct Wiring {
+    ctx: zmq::Context,
+    metrics: Arc<Metrics>,
+    threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
+    beats: Vec<Heartbeat>,
+    cancel: CancellationToken,
+}
+
+impl Wiring {
+    fn thread(&mut self, name: &'static str, join: std::thread::JoinHandle<()>, hb: Heartbeat) {
+        self.threads.push((name, join));
+        self.beats.push(hb);
+    }
+}
+
+/// Bind everything and start serving. Returns once initialised (sockets bound, threads
+/// running); errors name the socket or address that failed.
+pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
+    // The model first: a missing or mismatched model fails before any socket is bound.
+    let loaded = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || preflight(&cfg))
+            .await
+            .expect("loading the models does not panic")?
     };
     let info = VersionInfo::libraries();
-    let metrics = Arc::new(Metrics::new(&info));
-    let ctx = zmq::Context::new();
-    let mut threads = Vec::new();
-    let fatal = Fatal::default();
-
-    // The ZAP handler must exist before the first CURVE socket is bound.
-    let authorized = [
-        Some(&cfg.transcripts),
-        Some(&cfg.events),
-        cfg.audio_tap.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(|s| s.curve.as_ref()?.authorized.clone());
-    if let Some(keys) = authorized {
-        threads.push(("zmq-zap", bus::spawn_zap(&ctx, keys, metrics.clone())?));
+    let labels = metrics::LabelSets {
+        reject_reasons: &transcripts::Reject::REASONS,
+        utterance_outcomes: infer::core::Outcome::LABELS,
+    };
+    let mut w = Wiring {
+        ctx: zmq::Context::new(),
+        metrics: Arc::new(Metrics::new(&info, labels)),
+        threads: Vec::new(),
+        beats: Vec::new(),
+        cancel: CancellationToken::new(),
+    };
+    let (pull, events, tap, listener) = bind_sockets(cfg, &mut w).await?;
+    let registry = Arc::new(Registry::new());
+    let ingest = Arc::new(Ingest::new(
+        IngestSettings {
+            pipelines_dir: cfg.pipelines_dir.clone(),
+            config: cfg.ingest.clone(),
+            tap_chunk_ms: tap.as_ref().map(|_| cfg.audio_tap.chunk_ms),
+            acoustic: loaded.engine.as_ref().map(|_| crate::acoustic::Settings {
+                history_frames: (cfg.inference.audio_history.0.as_secs_f64() * 100.0) as usize,
+                ..Default::default()
+            }),
+            vision: loaded.vision,
+        },
+        registry.clone(),
+        events.clone(),
+        tap.clone(),
+        w.metrics.clone(),
+    ));
+    if let Some(ep) = &cfg.control {
+        let spec = SocketSpec {
+            name: "control",
+            endpoint: ep.clone(),
+            curve: None,
+        };
+        let sock = bus::bind(&w.ctx, &spec, zmq::REP, |_| Ok(()))?;
+        let hb = Heartbeat::new("zmq-control");
+        let join = crate::control::spawn(sock, ingest.clone(), hb.clone(), w.cancel.clone())?;
+        w.thread("zmq-control", join, hb);
     }
+    for s in &cfg.streams {
+        ingest.attach(s.clone())?;
+    }
+    let fatal = Fatal::default();
+    let consumer = start_inference(cfg, &mut w, pull, loaded.engine, &events, registry, &fatal)?;
+    let beats = Arc::new(std::mem::take(&mut w.beats));
+    if let Some(listener) = listener {
+        tokio::spawn(metrics::serve(
+            listener,
+            w.metrics.clone(),
+            beats.clone(),
+            w.cancel.clone(),
+        ));
+    }
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(period, beats, w.cancel.clone()));
+    }
+    events.publish(LifecycleEvent::daemon(Lifecycle::DaemonUp, None).to_message());
+    w.metrics.set_ready(true);
+    Ok(Running {
+        cancel: w.cancel,
+        fatal,
+        metrics: w.metrics,
+        events,
+        tap,
+        consumer,
+        ingest,
+        threads: w.threads,
+        ctx: w.ctx,
+        shutdown_timeout: cfg.shutdown_timeout(),
+    })
+}
 
-    let t = &cfg.raw.transcripts;
+type Bound = (
+    zmq::Socket,
+    PublisherHandle,
+    Option<PublisherHandle>,
+    Option<tokio::net::TcpListener>,
+);
+
+/// Bind the transcript, events and tap sockets and the metrics listener; start the ZAP
+/// handler and the publisher threads.
+async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError> {
+    let s = &cfg.sockets;
+    // The ZAP handler must exist before the first CURVE socket is bound.
+    let authorized = [Some(&s.transcripts), Some(&s.events), s.audio_tap.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|s| s.curve.as_ref()?.authorized.clone());
+    if let Some(keys) = authorized {
+        let join = bus::spawn_zap(&w.ctx, keys, w.metrics.clone())?;
+        w.threads.push(("zmq-zap", join));
+    }
+    let t = &cfg.transcripts;
     // libzmq refuses (and disconnects) anything larger than this at the transport level;
     // between max_message_bytes and this, messages are received and counted as oversized.
     let transport_limit = (t.max_message_bytes as i64 * 4).max(1 << 20);
-    let pull = bus::bind(&ctx, &cfg.transcripts, zmq::PULL, |s| {
-        s.set_rcvhwm(t.rcvhwm)?;
-        s.set_maxmsgsize(transport_limit)
+    let pull = bus::bind(&w.ctx, &s.transcripts, zmq::PULL, |sock| {
+        sock.set_rcvhwm(t.rcvhwm)?;
+        sock.set_maxmsgsize(transport_limit)
     })?;
-    let e = &cfg.raw.events;
-    let events_sock = bus::bind(&ctx, &cfg.events, zmq::PUB, |s| s.set_sndhwm(e.sndhwm))?;
-    let tap_sock = match &cfg.audio_tap {
+    let e = &cfg.events;
+    let events_sock = bus::bind(&w.ctx, &s.events, zmq::PUB, |sock| {
+        sock.set_sndhwm(e.sndhwm)
+    })?;
+    let tap_sock = match &s.audio_tap {
         Some(spec) => {
-            let hwm = cfg.raw.audio_tap.sndhwm;
-            Some(bus::bind(&ctx, spec, zmq::PUB, |s| s.set_sndhwm(hwm))?)
+            let hwm = cfg.audio_tap.sndhwm;
+            Some(bus::bind(&w.ctx, spec, zmq::PUB, |sock| {
+                sock.set_sndhwm(hwm)
+            })?)
         }
         None => None,
     };
+    for spec in [Some(&s.transcripts), Some(&s.events), s.audio_tap.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter(|s| s.curve.is_some())
+    {
+        let join = bus::spawn_monitor(&w.ctx, spec.name, w.metrics.clone())?;
+        w.threads.push(("zmq-monitor", join));
+    }
     let listener = match cfg.metrics {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -209,155 +304,94 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         ),
         None => None,
     };
-
-    let cancel = CancellationToken::new();
     let linger = cfg.shutdown_timeout();
-    let mut beats = Vec::new();
-
     let hb = Heartbeat::new("zmq-events");
     let (events, join) = bus::spawn_publisher(
         "events",
         events_sock,
         e.queue,
         linger,
-        metrics.clone(),
+        w.metrics.clone(),
         hb.clone(),
     )?;
-    beats.push(hb);
-    threads.push(("zmq-events", join));
-
+    w.thread("zmq-events", join, hb);
     let tap = match tap_sock {
         Some(sock) => {
             let hb = Heartbeat::new("zmq-audio_tap");
-            let q = cfg.raw.audio_tap.queue;
+            let q = cfg.audio_tap.queue;
             let (h, join) =
-                bus::spawn_publisher("audio_tap", sock, q, linger, metrics.clone(), hb.clone())?;
-            beats.push(hb);
-            threads.push(("zmq-audio_tap", join));
+                bus::spawn_publisher("audio_tap", sock, q, linger, w.metrics.clone(), hb.clone())?;
+            w.thread("zmq-audio_tap", join, hb);
             Some(h)
         }
         None => None,
     };
+    Ok((pull, events, tap, listener))
+}
 
-    // Transcripts are accepted for attached streams only; ingest keeps this set.
-    let streams: StreamSet = Arc::new(std::sync::RwLock::new(Default::default()));
-    let ig = &cfg.raw.ingest;
-    let ingest = Arc::new(Ingest::new(
-        IngestSettings {
-            pipelines_dir: cfg.pipelines_dir.clone(),
-            backoff_initial: ig.backoff_initial.0,
-            backoff_max: ig.backoff_max.0,
-            stall_timeout: ig.stall_timeout.0,
-            video_fps: ig.video_fps,
-            video_max_width: ig.video_max_width,
-            video_max_height: ig.video_max_height,
-            audio_queue: ig.audio_queue,
-            video_queue: ig.video_queue,
-            decoder_threads: ig.decoder_threads,
-            nice: ig.nice,
-            tap_chunk_ms: cfg.audio_tap.as_ref().map(|_| cfg.raw.audio_tap.chunk_ms),
-            acoustic: engine.as_ref().map(|_| crate::acoustic::Settings {
-                history_frames: (cfg.raw.inference.audio_history.0.as_secs_f64() * 100.0) as usize,
-                ..Default::default()
-            }),
-            vision,
-        },
-        events.clone(),
-        tap.clone(),
-        metrics.clone(),
-        streams.clone(),
-    ));
-    if let Some(ep) = &cfg.control {
-        let spec = crate::config::SocketSpec {
-            name: "control",
-            endpoint: ep.clone(),
-            curve: None,
-        };
-        let sock = bus::bind(&ctx, &spec, zmq::REP, |_| Ok(()))?;
-        let hb = Heartbeat::new("zmq-control");
-        threads.push((
-            "zmq-control",
-            crate::control::spawn(sock, ingest.clone(), hb.clone(), cancel.clone())?,
-        ));
-        beats.push(hb);
-    }
-    for s in &cfg.raw.streams {
-        ingest.attach(s.clone())?;
-    }
+/// The transcript receiver, and with a model the consumer task and the model worker.
+fn start_inference(
+    cfg: &Config,
+    w: &mut Wiring,
+    pull: zmq::Socket,
+    engine: Option<Engine>,
+    events: &PublisherHandle,
+    registry: Arc<Registry>,
+    fatal: &Fatal,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let t = &cfg.transcripts;
     let (tx, rx) = mpsc::channel(t.queue);
     let hb = Heartbeat::new("zmq-transcripts");
     let join = transcripts::spawn_receiver(
         pull,
         Limits::from(t),
-        streams.clone(),
-        metrics.clone(),
+        registry.clone(),
+        w.metrics.clone(),
         hb.clone(),
         tx,
-        cancel.clone(),
+        w.cancel.clone(),
     )?;
-    beats.push(hb);
-    threads.push(("zmq-transcripts", join));
-
-    let consumer = match engine {
-        Some(engine) => {
-            let inf = &cfg.raw.inference;
-            let (wtx, wrx) = std::sync::mpsc::sync_channel(inf.queue);
-            let hb = Heartbeat::new("model-worker");
-            let join = infer::spawn_worker(
-                engine,
-                wrx,
-                events.clone(),
-                metrics.clone(),
-                hb.clone(),
-                infer::WorkerPolicy {
-                    max_batch: inf.max_batch,
-                    max_wait: inf.max_wait.0,
-                    max_failed_batches: inf.max_failed_batches,
-                    fatal: fatal.clone(),
-                },
-            )
-            .map_err(|e| DaemonError::Thread("model-worker", e))?;
-            beats.push(hb);
-            threads.push(("model-worker", join));
-            let ctx = infer::ConsumerCtx {
-                cfg: inf.clone(),
-                publish_text: cfg.raw.events.publish_text,
-                ingest: ingest.clone(),
-                known: streams,
-                metrics: metrics.clone(),
-            };
-            tokio::spawn(infer::consume(rx, wtx, ctx))
-        }
-        None => tokio::spawn(consume(rx)),
+    w.thread("zmq-transcripts", join, hb);
+    let Some(engine) = engine else {
+        return Ok(tokio::spawn(consume(rx)));
     };
+    let inf = &cfg.inference;
+    let (wtx, wrx) = std::sync::mpsc::sync_channel(inf.queue);
+    let hb = Heartbeat::new("model-worker");
+    let join = infer::spawn_worker(
+        engine,
+        wrx,
+        events.clone(),
+        w.metrics.clone(),
+        hb.clone(),
+        infer::WorkerPolicy {
+            max_batch: inf.max_batch,
+            max_wait: inf.max_wait.0,
+            max_failed_batches: inf.max_failed_batches,
+            fatal: fatal.clone(),
+        },
+    )
+    .map_err(|e| DaemonError::Thread("model-worker", e))?;
+    w.thread("model-worker", join, hb);
+    let ctx = infer::ConsumerCtx {
+        cfg: inf.clone(),
+        publish_text: cfg.events.publish_text,
+        streams: registry,
+        metrics: w.metrics.clone(),
+        clock: infer::unix_now,
+    };
+    Ok(tokio::spawn(infer::consume(rx, wtx, ctx)))
+}
 
-    let beats = Arc::new(beats);
-    if let Some(listener) = listener {
-        tokio::spawn(metrics::serve(
-            listener,
-            metrics.clone(),
-            beats.clone(),
-            cancel.clone(),
-        ));
+impl DaemonError {
+    /// Whether the configuration is at fault (a model, stream or device it names that
+    /// cannot be used): `summerd run` and `summerd validate` exit 2 on these.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Attach(_) | DaemonError::Model(_) | DaemonError::Vision(_)
+        )
     }
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        tokio::spawn(watchdog(period, beats, cancel.clone()));
-    }
-
-    events.publish(LifecycleEvent::daemon(Lifecycle::DaemonUp, None).to_message());
-    metrics.set_ready(true);
-    Ok(Running {
-        cancel,
-        fatal,
-        metrics,
-        events,
-        tap,
-        consumer,
-        ingest,
-        threads,
-        ctx,
-        shutdown_timeout: cfg.shutdown_timeout(),
-    })
 }
 
 impl Running {
@@ -438,7 +472,10 @@ impl Running {
         );
         drop(events);
         drop(tap);
-        for (name, join) in threads.into_iter().filter(|(n, _)| *n != "zmq-zap") {
+        for (name, join) in threads
+            .into_iter()
+            .filter(|(n, _)| !bus::CONTEXT_THREADS.contains(n))
+        {
             let joined = tokio::task::spawn_blocking(move || join.join());
             if tokio::time::timeout_at(deadline.into(), joined)
                 .await
@@ -476,11 +513,11 @@ pub async fn run(
         sd_notify::NotifyState::Status("serving"),
     ]);
     tracing::info!(
-        transcripts = %cfg.transcripts.endpoint.to_zmq(),
-        events = %cfg.events.endpoint.to_zmq(),
-        audio_tap = %cfg.audio_tap.as_ref().map(|s| s.endpoint.to_zmq()).unwrap_or_else(|| "off".into()),
+        transcripts = %cfg.sockets.transcripts.endpoint.to_zmq(),
+        events = %cfg.sockets.events.endpoint.to_zmq(),
+        audio_tap = %cfg.sockets.audio_tap.as_ref().map(|s| s.endpoint.to_zmq()).unwrap_or_else(|| "off".into()),
         metrics = %cfg.metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-        streams = cfg.raw.streams.len(),
+        streams = cfg.streams.len(),
         model = %cfg.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no inference)".into()),
         "Summerd is ready"
     );
@@ -519,19 +556,6 @@ async fn consume(mut rx: mpsc::Receiver<Transcript>) {
             is_final = t.is_final,
             "Transcript segment received"
         );
-    }
-}
-
-/// `model.device` as a libtorch device (`auto`: CUDA when usable).
-pub fn model_device(name: &str) -> tch::Device {
-    match name {
-        "cpu" => tch::Device::Cpu,
-        "cuda" => tch::Device::Cuda(0),
-        "auto" => tch::Device::cuda_if_available(),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map_or(tch::Device::Cpu, tch::Device::Cuda),
     }
 }
 

@@ -142,14 +142,7 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
     Ok(Audio { rate, samples })
 }
 
-/// A decoded video frame.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
-    /// Presentation time, seconds from the start.
-    pub t: f64,
-    /// The picture.
-    pub image: crate::vision::RgbImage,
-}
+pub use crate::vision::Frame;
 
 /// How to decode a video for [`decode_video`].
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::Multipart;
+use crate::wire::Multipart;
 
 /// The wire version of every published message.
 pub const V: u32 = 1;

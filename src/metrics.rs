@@ -1,13 +1,21 @@
 //! Prometheus metrics: one registry, named counters, and a small HTTP endpoint on loopback.
 //!
-//! Metric names (the `_total` suffix is added by the encoder):
+//! Metric names (counters get the `_total` suffix from the encoder; label sets handed in as
+//! [`LabelSets`] are registered at 0 up front):
 //! - `summerd_build_info{version,libtorch,gstreamer,libzmq}` = 1
-//! - `summerd_transcripts_accepted_total`
-//! - `summerd_transcripts_rejected_total{reason}` (every reason pre-registered at 0)
-//! - `summerd_messages_published_total{socket}` / `summerd_messages_dropped_total{socket}`
-//! - `summerd_socket_errors_total{socket}`
-//! - `summerd_curve_auth_denied_total`
-//! - `summerd_ready` (1 once initialised, 0 while draining)
+//! - `summerd_ready` (1 once initialised, 0 while starting or draining)
+//! - transcripts: `summerd_transcripts_accepted_total`,
+//!   `summerd_transcripts_rejected_total{reason}`
+//! - sockets: `summerd_messages_published_total{socket}`,
+//!   `summerd_messages_dropped_total{socket}`, `summerd_socket_errors_total{socket}`,
+//!   `summerd_curve_auth_denied_total`, `summerd_curve_handshakes_failed_total{socket,reason}`
+//! - streams: `summerd_ingest_audio_seconds_total{stream}`,
+//!   `summerd_ingest_video_frames_total{stream}`, `summerd_ingest_dropped_total{stream,kind}`,
+//!   `summerd_stream_up{stream}`, `summerd_stream_restarts_total{stream}`
+//! - inference: `summerd_utterances_total{outcome}`, `summerd_inference_batch_size`,
+//!   `summerd_inference_seconds`, `summerd_inference_queue`, `summerd_event_latency_seconds`
+//! - vision: `summerd_vision_frame_seconds`, `summerd_vision_faces_total`,
+//!   `summerd_vision_errors_total`
 //!
 //! The HTTP side answers `GET /metrics` (text format 0.0.4) and `GET /healthz` (200 while every
 //! worker thread's heartbeat is fresh, else 503 naming the stale one); anything else is 404.
@@ -30,8 +38,61 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Heartbeat;
-use crate::transcripts::Reject;
+use serde::{Deserialize, Serialize};
+
+use crate::health::Heartbeat;
+use crate::settings::Checker;
+
+/// `[metrics]`: Prometheus text exposition over HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve metrics at all.
+    pub enabled: bool,
+    /// `IP:PORT` to listen on (`GET /metrics`).
+    pub listen: String,
+    /// Allow a non-loopback listen address (metrics carry no secrets but reveal stream ids).
+    pub insecure: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9187".into(),
+            insecure: false,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Check the table; the address to listen on when enabled and usable.
+    pub fn check(&self, c: &mut Checker) -> Option<SocketAddr> {
+        if !self.enabled {
+            return None;
+        }
+        match self.listen.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() && !self.insecure {
+                    c.bad(
+                        "metrics.listen",
+                        format!("'{addr}' is reachable from other hosts"),
+                        "a loopback address, or metrics.insecure = true",
+                    );
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                c.bad(
+                    "metrics.listen",
+                    format!("'{}' is not an IP:PORT address", self.listen),
+                    "IP:PORT such as 127.0.0.1:9187",
+                );
+                None
+            }
+        }
+    }
+}
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -44,6 +105,7 @@ pub struct Metrics {
     dropped: Family<Labels, Counter>,
     socket_errors: Family<Labels, Counter>,
     auth_denied: Counter,
+    handshakes_failed: Family<Labels, Counter>,
     ready: Gauge<i64, AtomicI64>,
     audio_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     video_frames: Family<Labels, Counter>,
@@ -61,6 +123,7 @@ pub struct Metrics {
     // Handles into the families above, created once, so that counting on a hot path neither
     // allocates label sets nor takes the family's lock.
     by_reason: HashMap<&'static str, Counter>,
+    by_outcome: HashMap<&'static str, Counter>,
     by_socket: HashMap<(&'static str, Kind), Counter>,
 }
 
@@ -73,9 +136,19 @@ enum Kind {
 
 const SOCKETS: [&str; 3] = ["transcripts", "events", "audio_tap"];
 
+/// The label values registered up front (at 0), so that every series exists from the start.
+/// They belong to the stages that count them; the metrics module is handed them.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelSets {
+    /// Why a transcript was rejected (`summerd_transcripts_rejected_total{reason}`).
+    pub reject_reasons: &'static [&'static str],
+    /// What became of an utterance (`summerd_utterances_total{outcome}`).
+    pub utterance_outcomes: &'static [&'static str],
+}
+
 impl Metrics {
     /// A registry with every metric registered; `build` labels the build-info metric.
-    pub fn new(build: &crate::version::VersionInfo) -> Self {
+    pub fn new(build: &crate::version::VersionInfo, labels: LabelSets) -> Self {
         let mut registry = Registry::with_prefix("summerd");
         let info = Info::new(vec![
             ("version", build.summerd.clone()),
@@ -95,6 +168,7 @@ impl Metrics {
             dropped: Family::default(),
             socket_errors: Family::default(),
             auth_denied: Counter::default(),
+            handshakes_failed: Family::default(),
             ready: Gauge::default(),
             audio_seconds: Family::default(),
             video_frames: Family::default(),
@@ -112,117 +186,25 @@ impl Metrics {
             vision_faces: Counter::default(),
             vision_errors: Counter::default(),
             by_reason: HashMap::new(),
+            by_outcome: HashMap::new(),
             by_socket: HashMap::new(),
             registry,
         };
         let mut m = m;
-        let r = &mut m.registry;
-        r.register(
-            "transcripts_accepted",
-            "Transcript segments that passed validation",
-            m.accepted.clone(),
-        );
-        r.register(
-            "transcripts_rejected",
-            "Transcript messages dropped, by reason",
-            m.rejected.clone(),
-        );
-        r.register(
-            "messages_published",
-            "Messages handed to libzmq, by socket",
-            m.published.clone(),
-        );
-        r.register(
-            "messages_dropped",
-            "Messages dropped before libzmq because the publisher queue was full, by socket",
-            m.dropped.clone(),
-        );
-        r.register(
-            "socket_errors",
-            "libzmq errors while sending or receiving, by socket",
-            m.socket_errors.clone(),
-        );
-        r.register(
-            "curve_auth_denied",
-            "CURVE clients refused because their key is not authorised",
-            m.auth_denied.clone(),
-        );
-        r.register(
-            "ready",
-            "1 once initialised and serving, 0 while starting or draining",
-            m.ready.clone(),
-        );
-        r.register(
-            "ingest_audio_seconds",
-            "Seconds of audio received, by stream",
-            m.audio_seconds.clone(),
-        );
-        r.register(
-            "ingest_video_frames",
-            "Video frames handed to the vision stage, by stream",
-            m.video_frames.clone(),
-        );
-        r.register(
-            "ingest_dropped",
-            "Audio chunks or video frames dropped because a stage's queue was full, by stream and kind",
-            m.ingest_dropped.clone(),
-        );
-        r.register(
-            "stream_up",
-            "1 while a stream's media flows",
-            m.stream_up.clone(),
-        );
-        r.register(
-            "stream_restarts",
-            "Pipeline restarts after an error, end or stall, by stream",
-            m.restarts.clone(),
-        );
-        r.register(
-            "utterances",
-            "Transcript segments through the assembler and the model, by outcome",
-            m.utterances.clone(),
-        );
-        r.register(
-            "inference_batch_size",
-            "Utterances per forward pass of the model worker",
-            m.batch_size.clone(),
-        );
-        r.register(
-            "event_latency_seconds",
-            "From a segment's arrival to its emotion event's publication",
-            m.latency.clone(),
-        );
-        r.register(
-            "inference_seconds",
-            "Wall time of the engine per batch: text vectors, conversation windows, forward pass",
-            m.inference_seconds.clone(),
-        );
-        r.register(
-            "inference_queue",
-            "Utterances ready and waiting for the model worker",
-            m.inference_queue.clone(),
-        );
-        r.register(
-            "vision_frame_seconds",
-            "Wall time of the vision stage per frame: detection or refinement, tracking, expression",
-            m.vision_seconds.clone(),
-        );
-        r.register(
-            "vision_faces",
-            "Faces found in processed frames",
-            m.vision_faces.clone(),
-        );
-        r.register(
-            "vision_errors",
-            "Frames the vision stage could not process (dropped, the stream goes on)",
-            m.vision_errors.clone(),
-        );
-        for reason in Reject::REASONS {
+        m.register();
+        for &reason in labels.reject_reasons {
             let c = m
                 .rejected
                 .get_or_create(&vec![("reason", reason.to_string())])
                 .clone();
             m.by_reason.insert(reason, c);
+        }
+        for &outcome in labels.utterance_outcomes {
+            let c = m
+                .utterances
+                .get_or_create(&vec![("outcome", outcome.to_string())])
+                .clone();
+            m.by_outcome.insert(outcome, c);
         }
         for socket in SOCKETS {
             let l = vec![("socket", socket.to_string())];
@@ -236,6 +218,116 @@ impl Metrics {
             }
         }
         m
+    }
+
+    /// Register every metric with its help text.
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "transcripts_accepted",
+            "Transcript segments that passed validation",
+            self.accepted.clone(),
+        );
+        r.register(
+            "transcripts_rejected",
+            "Transcript messages dropped, by reason",
+            self.rejected.clone(),
+        );
+        r.register(
+            "messages_published",
+            "Messages handed to libzmq, by socket",
+            self.published.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Messages dropped before libzmq because the publisher queue was full, by socket",
+            self.dropped.clone(),
+        );
+        r.register(
+            "socket_errors",
+            "libzmq errors while sending or receiving, by socket",
+            self.socket_errors.clone(),
+        );
+        r.register(
+            "curve_auth_denied",
+            "CURVE clients refused because their key is not authorised",
+            self.auth_denied.clone(),
+        );
+        r.register(
+            "curve_handshakes_failed",
+            "CURVE handshakes refused, by socket and reason (no_detail: e.g. a client without CURVE or with the wrong server key; protocol; unauthorised)",
+            self.handshakes_failed.clone(),
+        );
+        r.register(
+            "ready",
+            "1 once initialised and serving, 0 while starting or draining",
+            self.ready.clone(),
+        );
+        r.register(
+            "ingest_audio_seconds",
+            "Seconds of audio received, by stream",
+            self.audio_seconds.clone(),
+        );
+        r.register(
+            "ingest_video_frames",
+            "Video frames handed to the vision stage, by stream",
+            self.video_frames.clone(),
+        );
+        r.register(
+            "ingest_dropped",
+            "Audio chunks or video frames dropped because a stage's queue was full, by stream and kind",
+            self.ingest_dropped.clone(),
+        );
+        r.register(
+            "stream_up",
+            "1 while a stream's media flows",
+            self.stream_up.clone(),
+        );
+        r.register(
+            "stream_restarts",
+            "Pipeline restarts after an error, end or stall, by stream",
+            self.restarts.clone(),
+        );
+        r.register(
+            "utterances",
+            "Transcript segments through the assembler and the model, by outcome",
+            self.utterances.clone(),
+        );
+        r.register(
+            "inference_batch_size",
+            "Utterances per forward pass of the model worker",
+            self.batch_size.clone(),
+        );
+        r.register(
+            "event_latency_seconds",
+            "From a segment's arrival to its emotion event's publication",
+            self.latency.clone(),
+        );
+        r.register(
+            "inference_seconds",
+            "Wall time of the engine per batch: text vectors, conversation windows, forward pass",
+            self.inference_seconds.clone(),
+        );
+        r.register(
+            "inference_queue",
+            "Utterances ready and waiting for the model worker",
+            self.inference_queue.clone(),
+        );
+        r.register(
+            "vision_frame_seconds",
+            "Wall time of the vision stage per frame: detection or refinement, tracking, expression",
+            self.vision_seconds.clone(),
+        );
+        r.register(
+            "vision_faces",
+            "Faces found in processed frames",
+            self.vision_faces.clone(),
+        );
+        r.register(
+            "vision_errors",
+            "Frames the vision stage could not process (dropped, the stream goes on)",
+            self.vision_errors.clone(),
+        );
     }
 
     fn count(&self, socket: &'static str, kind: Kind) {
@@ -258,9 +350,16 @@ impl Metrics {
 
     /// Count an utterance outcome (`published`, `excluded`, `duplicate`, ...).
     pub fn utterance(&self, outcome: &'static str) {
-        self.utterances
-            .get_or_create(&vec![("outcome", outcome.to_string())])
-            .inc();
+        match self.by_outcome.get(outcome) {
+            Some(c) => {
+                c.inc();
+            }
+            None => {
+                self.utterances
+                    .get_or_create(&vec![("outcome", outcome.to_string())])
+                    .inc();
+            }
+        }
     }
 
     /// Record a batch of `n` utterances that took `seconds` in the model worker.
@@ -316,6 +415,16 @@ impl Metrics {
     /// Count a refused CURVE client.
     pub fn auth_denied(&self) {
         self.auth_denied.inc();
+    }
+
+    /// Count a refused CURVE handshake on `socket`.
+    pub fn handshake_failed(&self, socket: &'static str, reason: &'static str) {
+        self.handshakes_failed
+            .get_or_create(&vec![
+                ("socket", socket.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
     }
 
     /// Set the readiness gauge.

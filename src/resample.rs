@@ -16,7 +16,7 @@ pub enum ResampleError {
     Rate {
         /// Input rate.
         rate: u32,
-        /// Why.
+        /// The resampler's message.
         message: String,
     },
 }

@@ -19,11 +19,57 @@ use tch::{Device, Kind, Tensor, nn};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::bert::{Bert, BertConfig, BertWeights, mean_pool_normalize};
+use crate::settings::Checker;
 
 /// Default truncation length, in tokens (special tokens included).
 pub const DEFAULT_MAX_TOKENS: usize = 128;
 /// Where the set-up puts the default encoder, relative to the repository root.
 pub const DEFAULT_DIR: &str = "models/third_party/all-minilm-l6-v2";
+
+/// `[text_encoder]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TextEncoderConfig {
+    /// Directory with `config.json`, `tokenizer.json` and `model.safetensors` of a BERT
+    /// sentence encoder (the set-up fetches all-MiniLM-L6-v2 here). Checked when a model is set.
+    pub dir: PathBuf,
+    /// Truncation length in tokens, special tokens included (2-512).
+    pub max_tokens: usize,
+    /// Precision of the encoder's matrix products: `f32`, `bf16` or `auto` (bf16 on a CPU
+    /// with native bf16 dot products, f32 otherwise).
+    pub precision: Precision,
+}
+
+impl Default for TextEncoderConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("../").join(DEFAULT_DIR),
+            max_tokens: DEFAULT_MAX_TOKENS,
+            precision: Precision::default(),
+        }
+    }
+}
+
+impl TextEncoderConfig {
+    /// Check the table: the resolved directory; its files are required when a model runs.
+    pub fn check(&self, c: &mut Checker, model_set: bool) -> PathBuf {
+        let dir = c.resolve(&self.dir);
+        c.range("text_encoder.max_tokens", self.max_tokens, 2, 512);
+        if model_set {
+            for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+                if !dir.join(f).is_file() {
+                    c.bad(
+                        "text_encoder.dir",
+                        format!("'{}' does not exist", dir.join(f).display()),
+                        "a directory with config.json, tokenizer.json and model.safetensors \
+                         (tests/setup.sh fetches the default one)",
+                    );
+                }
+            }
+        }
+        dir
+    }
+}
 
 /// Precision of the encoder's matrix products (`text_encoder.precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]

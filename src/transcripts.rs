@@ -24,12 +24,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BusError, Heartbeat};
+use crate::bus::BusError;
+use crate::health::{Heartbeat, POLL_MS};
 use crate::metrics::Metrics;
+use crate::settings::{Checker, HumanDuration};
+use crate::streams::Registry;
 
 /// The protocol version this daemon speaks.
 pub const WIRE_VERSION: u64 = 1;
@@ -196,6 +200,109 @@ impl Reject {
     }
 }
 
+/// `[transcripts]`: the PULL socket that ASR workers push to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscriptsConfig {
+    /// ZeroMQ endpoint to bind: `tcp://HOST:PORT` or `ipc:///path`.
+    pub endpoint: String,
+    /// Encrypt and authenticate with the `[curve]` keys.
+    pub curve: bool,
+    /// Allow a non-loopback TCP endpoint without CURVE (plain text on the network).
+    pub insecure: bool,
+    /// Messages larger than this many bytes are rejected unread (`oversized`).
+    pub max_message_bytes: usize,
+    /// Transcript text longer than this many characters is rejected (`text_too_long`).
+    pub max_text_chars: usize,
+    /// Longest accepted `embedding` array.
+    pub max_embedding_dim: usize,
+    /// Segments on the `unix` clock whose end is older than this are rejected (`stale`).
+    pub max_segment_age: HumanDuration,
+    /// Longest segment accepted (`bad_span` beyond it).
+    pub max_segment: HumanDuration,
+    /// How far a segment may start beyond the newest media of its stream (media clock) or
+    /// beyond now (unix clock): an ASR worker reads media the daemon has seen, so a segment
+    /// further ahead is a bad timestamp (`bad_span`), which would otherwise make every later
+    /// segment of the stream look overlapping.
+    pub max_ahead: HumanDuration,
+    /// At most one log line per rejection reason per this interval (the rest are counted).
+    pub reject_log_interval: HumanDuration,
+    /// ZeroMQ receive high-water mark (messages queued inside libzmq).
+    pub rcvhwm: i32,
+    /// Capacity of the channel from the socket thread to the pipeline (full: the socket
+    /// thread waits, and libzmq's queue and then the pushers absorb the burst).
+    pub queue: usize,
+}
+
+impl Default for TranscriptsConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "tcp://127.0.0.1:5555".into(),
+            curve: false,
+            insecure: false,
+            max_message_bytes: 64 * 1024,
+            max_text_chars: 5000,
+            max_embedding_dim: 4096,
+            max_segment_age: HumanDuration(Duration::from_secs(300)),
+            max_segment: HumanDuration(Duration::from_secs(300)),
+            max_ahead: HumanDuration(Duration::from_secs(30)),
+            reject_log_interval: HumanDuration(Duration::from_secs(1)),
+            rcvhwm: 10_000,
+            queue: 1024,
+        }
+    }
+}
+
+impl TranscriptsConfig {
+    /// Check the values that are the transcripts' own (the socket is checked with the others).
+    pub fn check(&self, c: &mut Checker) {
+        c.range(
+            "transcripts.max_message_bytes",
+            self.max_message_bytes,
+            256,
+            16 << 20,
+        );
+        c.range(
+            "transcripts.max_text_chars",
+            self.max_text_chars,
+            1,
+            1_000_000,
+        );
+        c.range(
+            "transcripts.max_embedding_dim",
+            self.max_embedding_dim,
+            1,
+            65_536,
+        );
+        c.duration(
+            "transcripts.max_segment_age",
+            self.max_segment_age.0,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+        c.duration(
+            "transcripts.max_segment",
+            self.max_segment.0,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+        c.duration(
+            "transcripts.max_ahead",
+            self.max_ahead.0,
+            Duration::ZERO,
+            Duration::from_secs(86_400),
+        );
+        c.duration(
+            "transcripts.reject_log_interval",
+            self.reject_log_interval.0,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
+        c.range("transcripts.rcvhwm", self.rcvhwm, 1, 10_000_000);
+        c.range("transcripts.queue", self.queue, 1, 1_000_000);
+    }
+}
+
 /// Limits applied by [`validate`].
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -207,28 +314,80 @@ pub struct Limits {
     pub max_embedding_dim: usize,
     /// Oldest acceptable end of a unix-clock segment.
     pub max_segment_age: Duration,
+    /// Longest segment.
+    pub max_segment: Duration,
+    /// Furthest a segment may start beyond its stream's newest media (or, unix clock, now).
+    pub max_ahead: Duration,
     /// At most one log line per reject reason per this interval (not used by `validate`).
     pub reject_log_interval: Duration,
 }
 
-impl From<&crate::config::TranscriptsConfig> for Limits {
-    fn from(c: &crate::config::TranscriptsConfig) -> Self {
+impl From<&TranscriptsConfig> for Limits {
+    fn from(c: &TranscriptsConfig) -> Self {
         Limits {
             max_message_bytes: c.max_message_bytes,
             max_text_chars: c.max_text_chars,
             max_embedding_dim: c.max_embedding_dim,
             max_segment_age: c.max_segment_age.0,
+            max_segment: c.max_segment.0,
+            max_ahead: c.max_ahead.0,
             reject_log_interval: c.reject_log_interval.0,
         }
     }
 }
 
-/// Validate one single-frame message. `known` says whether a stream id is served;
-/// `now_unix` is the wall clock (seconds since the epoch) for the staleness rule.
+/// The span rules: ordered, not negative on the media clock, not longer than
+/// `max_segment`, not starting beyond the newest media (or now) by more than `max_ahead`.
+fn check_span(
+    start: f64,
+    end: f64,
+    clock: Clock,
+    media_end: f64,
+    now_unix: f64,
+    limits: &Limits,
+) -> Result<(), Reject> {
+    if end < start {
+        return Err(Reject::BadSpan {
+            start,
+            end,
+            problem: "end < start",
+        });
+    }
+    if clock == Clock::Media && start < 0.0 {
+        return Err(Reject::BadSpan {
+            start,
+            end,
+            problem: "negative time on the media clock",
+        });
+    }
+    if end - start > limits.max_segment.as_secs_f64() {
+        return Err(Reject::BadSpan {
+            start,
+            end,
+            problem: "longer than transcripts.max_segment",
+        });
+    }
+    let newest = match clock {
+        Clock::Media => media_end,
+        Clock::Unix => now_unix,
+    };
+    if start > newest + limits.max_ahead.as_secs_f64() {
+        return Err(Reject::BadSpan {
+            start,
+            end,
+            problem: "starts beyond the stream's newest media by more than transcripts.max_ahead",
+        });
+    }
+    Ok(())
+}
+
+/// Validate one single-frame message. `media_end` gives a served stream's newest media time
+/// (None: the stream is not served); `now_unix` is the wall clock (seconds since the epoch)
+/// for the staleness and look-ahead rules of `unix`-clock segments.
 pub fn validate(
     msg: &[u8],
     limits: &Limits,
-    known: &dyn Fn(&str) -> bool,
+    media_end: &dyn Fn(&str) -> Option<f64>,
     now_unix: f64,
 ) -> Result<Transcript, Reject> {
     if msg.len() > limits.max_message_bytes {
@@ -258,10 +417,10 @@ pub fn validate(
     }
 
     let stream = f.string("stream")?.ok_or(Reject::MissingField("stream"))?;
-    if !known(stream) {
+    let Some(media_end) = media_end(stream) else {
         let shown: String = stream.chars().take(128).collect();
         return Err(Reject::UnknownStream(shown));
-    }
+    };
 
     let seq = f.required("seq")?;
     let seq = seq.as_u64().ok_or(Reject::WrongType {
@@ -281,20 +440,7 @@ pub fn validate(
             });
         }
     };
-    if end < start {
-        return Err(Reject::BadSpan {
-            start,
-            end,
-            problem: "end < start",
-        });
-    }
-    if clock == Clock::Media && start < 0.0 {
-        return Err(Reject::BadSpan {
-            start,
-            end,
-            problem: "negative time on the media clock",
-        });
-    }
+    check_span(start, end, clock, media_end, now_unix, limits)?;
 
     let text = f.string("text")?.ok_or(Reject::MissingField("text"))?;
     let chars = text.chars().count();
@@ -458,16 +604,13 @@ impl RejectLog {
     }
 }
 
-/// Which stream ids are served; shared with the control plane, which attaches and detaches.
-pub type StreamSet = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
-
 /// Start the receiver thread on an already bound PULL socket. It stops when `cancel` fires
 /// (checked at least every `POLL_MS`) or when the receiving side of `tx` is dropped; it drops
 /// `tx` on exit, which tells the next stage that input has ended.
 pub fn spawn_receiver(
     socket: zmq::Socket,
     limits: Limits,
-    streams: StreamSet,
+    streams: Arc<Registry>,
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
     tx: mpsc::Sender<Transcript>,
@@ -479,14 +622,14 @@ pub fn spawn_receiver(
             let mut rejects = RejectLog::new(limits.reject_log_interval);
             while !cancel.is_cancelled() {
                 heartbeat.beat();
-                match socket.poll(zmq::POLLIN, crate::bus::POLL_MS) {
+                match socket.poll(zmq::POLLIN, POLL_MS) {
                     Ok(0) => continue,
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
                     Err(e) => {
                         metrics.socket_error("transcripts");
                         tracing::error!(error = %e, "Polling the transcript socket failed");
-                        std::thread::sleep(Duration::from_millis(crate::bus::POLL_MS as u64));
+                        std::thread::sleep(Duration::from_millis(POLL_MS as u64));
                         continue;
                     }
                 }
@@ -508,9 +651,8 @@ pub fn spawn_receiver(
                     let result = if frames.len() != 1 {
                         Err(Reject::Multipart(frames.len()))
                     } else {
-                        let known =
-                            |s: &str| streams.read().map(|set| set.contains(s)).unwrap_or(false);
-                        validate(&frames[0], &limits, &known, now_unix)
+                        let media_end = |s: &str| streams.get(s).map(|st| st.timeline().end());
+                        validate(&frames[0], &limits, &media_end, now_unix)
                     };
                     match result {
                         Ok(t) => {
@@ -552,12 +694,15 @@ mod tests {
             max_text_chars: 100,
             max_embedding_dim: 8,
             max_segment_age: Duration::from_secs(60),
+            max_segment: Duration::from_secs(300),
+            max_ahead: Duration::from_secs(30),
             reject_log_interval: Duration::from_secs(1),
         }
     }
 
     fn check(msg: &str) -> Result<Transcript, Reject> {
-        validate(msg.as_bytes(), &limits(), &|s| s == "call-42", 1_000_000.0)
+        let media_end = |s: &str| (s == "call-42").then_some(100.0);
+        validate(msg.as_bytes(), &limits(), &media_end, 1_000_000.0)
     }
 
     const GOOD: &str = r#"{"v":1,"stream":"call-42","seq":17,"start":12.34,"end":15.1,
@@ -667,7 +812,7 @@ mod tests {
         let huge = "x".repeat(5000);
         assert_eq!(check(&huge).unwrap_err().reason(), "oversized");
         let junk = [0xff, 0xfe, 0x00, 0x80];
-        let r = validate(&junk, &limits(), &|_| true, 0.0).unwrap_err();
+        let r = validate(&junk, &limits(), &|_| Some(0.0), 0.0).unwrap_err();
         assert_eq!(r.reason(), "invalid_utf8");
     }
 
@@ -731,5 +876,26 @@ mod tests {
         ];
         let labels: Vec<_> = all.iter().map(Reject::reason).collect();
         assert_eq!(labels, Reject::REASONS);
+    }
+
+    #[test]
+    fn spans_are_bounded_by_the_media_and_a_longest_segment() {
+        let seg = |start: f64, end: f64, clock: &str| {
+            check(&format!(
+                r#"{{"v":1,"stream":"call-42","seq":1,"start":{start},"end":{end},"clock":"{clock}","speaker":"a","text":"hi","final":true}}"#
+            ))
+        };
+        // The stream's newest media is at 100 s; 30 s ahead is the limit.
+        assert!(seg(120.0, 125.0, "media").is_ok());
+        for (s, e) in [(1e300, 1e301), (131.0, 132.0), (0.0, 301.0)] {
+            let r = seg(s, e, "media").unwrap_err();
+            assert_eq!(r.reason(), "bad_span", "{s}..{e}: {r}");
+        }
+        // Unix clock: now is 1e6.
+        assert!(seg(1_000_010.0, 1_000_011.0, "unix").is_ok());
+        assert_eq!(
+            seg(1_000_031.0, 1_000_032.0, "unix").unwrap_err().reason(),
+            "bad_span"
+        );
     }
 }

@@ -39,8 +39,12 @@ impl Scratch {
             "filesrc location={uri} ! fakesink\n",
         )
         .unwrap();
-        std::fs::create_dir(dir.path().join("model")).unwrap();
-        std::fs::write(dir.path().join("model/manifest.json"), "{}").unwrap();
+        // The shipped model: `summerd validate` loads it as start-up does.
+        std::os::unix::fs::symlink(
+            repo().join("models/summer-default"),
+            dir.path().join("model"),
+        )
+        .unwrap();
         for name in ["server", "other"] {
             let pair = zmq::CurveKeyPair::new().unwrap();
             std::fs::write(
@@ -176,7 +180,7 @@ public_key_file = "server.pub"
 authorized_keys_file = "clients"
 [model]
 path = "model"
-device = "cuda:0"
+device = "cpu"
 [text_encoder]
 dir = "{encoder}"
 [vision]
@@ -193,6 +197,40 @@ min_face = 60.0
     );
     let (code, out) = validate(&s.write("full.toml", &full));
     assert_eq!(code, 0, "{out}");
+}
+
+/// `summerd validate` refuses what start-up refuses: weights that fail their sha256, and a
+/// CUDA device that is not there; both exit 2, as a config error does.
+#[test]
+fn validate_checks_the_model_as_start_up_does() {
+    let s = Scratch::new();
+    let bad = s.dir.path().join("bad-model");
+    std::fs::create_dir(&bad).unwrap();
+    for f in std::fs::read_dir(repo().join("models/summer-default")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, bad.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let weights = bad.join("weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let cfg = |model: &str, device: &str| {
+        format!(
+            "[model]\npath = \"{model}\"\ndevice = \"{device}\"\n[text_encoder]\ndir = \"{}\"\n[vision]\nenabled = false\n",
+            repo().join(summerd::text::DEFAULT_DIR).display()
+        )
+    };
+    let (code, out) = validate(&s.write("sha.toml", &cfg("bad-model", "cpu")));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("sha256"), "{out}");
+    if !tch::Cuda::is_available() {
+        let (code, out) = validate(&s.write("cuda.toml", &cfg("model", "cuda:0")));
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("CUDA device"), "{out}");
+    }
 }
 
 /// Each bad config, and fragments its message must contain (the key and what is wrong).
@@ -410,9 +448,28 @@ fn all_problems_are_reported_at_once() {
     let keys: Vec<_> = err.problems().iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["events.endpoint", "audio_tap.chunk_ms", "model.device"],
+        ["model.device", "events.endpoint", "audio_tap.chunk_ms"],
         "{err}"
     );
+    // Every unknown key, not only the first, with the values the checks refuse.
+    let path = s.write(
+        "unknown.toml",
+        "[daemon]\nlog_levle = \"info\"\n[ingest]\nvideo_fsp = 5\n[vision]\nhistory_s = nan\n\
+         [vision.mtcnn]\nfactor = 0.95\n[[streams]]\nid = \"daemon\"\nuri = \"file:///a\"\n\
+         template = \"file\"\ncolour = \"blue\"\n",
+    );
+    let err = Config::load(&path).unwrap_err();
+    let keys: Vec<_> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "daemon.log_levle",
+        "ingest.video_fsp",
+        "streams[0].colour",
+        "vision.history_s",
+        "vision.mtcnn.factor",
+        "streams[0].id",
+    ] {
+        assert!(keys.contains(&k), "{k} not reported: {err}");
+    }
 }
 
 #[test]

@@ -201,6 +201,47 @@ fn mp4_from_shared_yields_scaled_video_frames_and_audio() {
     assert!((audio_seconds(&d, "street") - 4.2).abs() < 0.05);
 }
 
+/// The control socket applies the rule `[[streams]]` does: a template is a name inside
+/// `pipelines.dir`. A `.gst` file written anywhere else is never run, by relative or absolute
+/// path; and the daemon's own id is not a stream's.
+#[test]
+fn attach_refuses_template_paths_and_the_daemons_own_id() {
+    let d = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let evil = dir.path().join("evil.gst");
+    std::fs::write(
+        &evil,
+        format!(
+            "audiotestsrc num-buffers=1 ! filesink location={} name=audio\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let stem = evil.with_extension("");
+    let relative = format!("../../../../../../../..{}", stem.display());
+    for template in [
+        stem.to_str().unwrap(),
+        relative.as_str(),
+        "../pipelines/file",
+    ] {
+        let r =
+            d.control(json!({"cmd": "attach", "id": "x", "uri": "test://x", "template": template}));
+        assert_eq!(r["ok"], false, "{template}: {r}");
+        assert!(
+            r["error"].as_str().unwrap().contains("not a template name"),
+            "{template}: {r}"
+        );
+    }
+    let r =
+        d.control(json!({"cmd": "attach", "id": "daemon", "uri": "test://x", "template": "test"}));
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("reserved"), "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "a template outside pipelines.dir ran");
+    assert_eq!(d.control(json!({"cmd": "list"}))["streams"], json!([]));
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let d = daemon();

@@ -126,8 +126,8 @@ fn daemon_speaks_the_notify_protocol() {
 
 #[test]
 fn heartbeats_report_a_stuck_thread() {
-    let alive = summerd::bus::Heartbeat::new("alive");
-    let stuck = summerd::bus::Heartbeat::new("stuck");
+    let alive = summerd::health::Heartbeat::new("alive");
+    let stuck = summerd::health::Heartbeat::new("stuck");
     stuck.beat();
     std::thread::sleep(Duration::from_millis(120));
     alive.beat();

@@ -235,6 +235,29 @@ fn curve_admits_the_right_keys_and_refuses_the_rest() {
         denied.is_some(),
         "the unauthorised client key was not refused through ZAP"
     );
+    // The wrong server key never reaches ZAP: the socket's monitor counts and logs it.
+    let failed = |reason: &str| {
+        metric(
+            &d.scrape(),
+            &format!(
+                "summerd_curve_handshakes_failed_total{{socket=\"transcripts\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    let seen = eventually(Duration::from_secs(10), || {
+        let undecided = failed("no_detail").unwrap_or(0.0) + failed("protocol").unwrap_or(0.0);
+        (undecided >= 1.0 && failed("unauthorised")? >= 1.0).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "refused handshakes were not counted\n{}",
+        d.scrape()
+    );
+    assert!(
+        d.log().contains("Refused a CURVE handshake"),
+        "refused handshakes were not logged\n{}",
+        d.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         accepted(),

@@ -3,7 +3,7 @@
 //! segment's end (or `feature_wait` has passed since it arrived), then releases them in
 //! arrival order, per stream.
 //!
-//! Rules (each outcome is counted, see [`Counts`]):
+//! Rules (each outcome is counted: [`super::core::Outcome`]):
 //! - **Duplicate**: a final segment whose `seq` was already accepted as final for the stream
 //!   (the last 4096 are remembered) is dropped.
 //! - **Out of order**: a final segment with a lower `seq` than one already accepted is still
@@ -42,29 +42,6 @@ pub enum Offer {
     PartialIgnored,
 }
 
-/// Counters, for metrics and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    /// Final segments accepted.
-    pub accepted: u64,
-    /// Dropped duplicates.
-    pub duplicate: u64,
-    /// Accepted out of order.
-    pub out_of_order: u64,
-    /// Accepted overlapping.
-    pub overlapping: u64,
-    /// Partials queued (provisional).
-    pub provisional: u64,
-    /// Partials dropped.
-    pub partial_ignored: u64,
-    /// Released with the descriptors covering the span.
-    pub covered: u64,
-    /// Released after `feature_wait` without full coverage.
-    pub timed_out: u64,
-    /// Dropped because their stream was forgotten.
-    pub forgotten: u64,
-}
-
 /// A segment released to the model worker.
 #[derive(Debug, Clone)]
 pub struct Ready {
@@ -92,7 +69,6 @@ pub struct Assembler {
     wait: Duration,
     provisional: bool,
     streams: HashMap<String, StreamQ>,
-    counts: Counts,
 }
 
 impl Assembler {
@@ -102,13 +78,7 @@ impl Assembler {
             wait,
             provisional,
             streams: HashMap::new(),
-            counts: Counts::default(),
         }
-    }
-
-    /// Counters so far.
-    pub fn counts(&self) -> Counts {
-        self.counts
     }
 
     /// Segments waiting.
@@ -121,7 +91,6 @@ impl Assembler {
         let q = self.streams.entry(seg.stream.clone()).or_default();
         if !seg.is_final {
             if !self.provisional || q.finals.contains(&seg.seq) {
-                self.counts.partial_ignored += 1;
                 return Offer::PartialIgnored;
             }
             if let Some(p) = q
@@ -133,11 +102,9 @@ impl Assembler {
                 return Offer::Replaced;
             }
             q.pending.push_back((seg, now));
-            self.counts.provisional += 1;
             return Offer::Provisional;
         }
         if q.finals.contains(&seg.seq) {
-            self.counts.duplicate += 1;
             return Offer::Duplicate;
         }
         q.finals.insert(seg.seq);
@@ -151,16 +118,13 @@ impl Assembler {
         q.pending.retain(|(t, _)| t.is_final || t.seq != seg.seq);
         let mut outcome = Offer::Queued;
         if q.last_end.is_some_and(|e| seg.start < e) {
-            self.counts.overlapping += 1;
             outcome = Offer::Overlapping;
         }
         if q.max_seq.is_some_and(|m| seg.seq < m) {
-            self.counts.out_of_order += 1;
             outcome = Offer::OutOfOrder;
         }
         q.max_seq = Some(q.max_seq.map_or(seg.seq, |m| m.max(seg.seq)));
         q.last_end = Some(q.last_end.map_or(seg.end, |e| e.max(seg.end)));
-        self.counts.accepted += 1;
         q.pending.push_back((seg, now));
         outcome
     }
@@ -177,11 +141,6 @@ impl Assembler {
                 let expired = now.saturating_duration_since(*at) >= self.wait;
                 if !is_covered && !expired {
                     break;
-                }
-                if is_covered {
-                    self.counts.covered += 1;
-                } else {
-                    self.counts.timed_out += 1;
                 }
                 let (segment, arrival) = q.pending.pop_front().expect("front exists");
                 out.push(Ready {
@@ -205,10 +164,8 @@ impl Assembler {
     }
 
     /// Drop a stream's state (detached).
-    pub fn forget(&mut self, stream: &str) {
-        if let Some(q) = self.streams.remove(stream) {
-            self.counts.forgotten += q.pending.len() as u64;
-        }
+    pub fn forget(&mut self, stream: &str) -> usize {
+        self.streams.remove(stream).map_or(0, |q| q.pending.len())
     }
 
     /// Streams with state.
@@ -250,7 +207,6 @@ mod tests {
         let r = a.poll(t0, |_| Some(3.0));
         assert_eq!(r[0].segment.seq, 2);
         assert_eq!(a.pending(), 0);
-        assert_eq!(a.counts().covered, 2);
     }
 
     #[test]
@@ -263,7 +219,6 @@ mod tests {
         let r = a.poll(t0 + Duration::from_millis(500), |_| None);
         assert_eq!(r.len(), 1);
         assert!(!r[0].covered);
-        assert_eq!(a.counts().timed_out, 1);
     }
 
     #[test]
@@ -289,11 +244,6 @@ mod tests {
             .map(|r| r.segment.seq)
             .collect();
         assert_eq!(s, vec![5, 6, 4]);
-        let c = a.counts();
-        assert_eq!(
-            (c.accepted, c.duplicate, c.overlapping, c.out_of_order),
-            (4, 1, 1, 1)
-        );
     }
 
     #[test]
@@ -329,9 +279,8 @@ mod tests {
         let t0 = Instant::now();
         a.offer(seg("s", 1, 0.0, 1.0, true), t0);
         a.offer(seg("s", 2, 1.0, 2.0, true), t0);
-        a.forget("s");
+        assert_eq!(a.forget("s"), 2);
         assert_eq!(a.pending(), 0);
-        assert_eq!(a.counts().forgotten, 2);
         assert!(a.poll(t0 + Duration::from_secs(10), |_| None).is_empty());
         // Remembered seqs went with it: the stream may start over.
         assert_eq!(a.offer(seg("s", 1, 0.0, 1.0, true), t0), Offer::Queued);

@@ -13,9 +13,10 @@
 //! ([`crate::model::norm`]). Provisional utterances are scored in context but never join it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::events::{EmotionEvent, Modalities, V, now_rfc3339};
@@ -23,6 +24,7 @@ use crate::model::norm::{SpeakerNorm, SpeakerStats};
 use crate::model::{
     AUDIO_EXTRACTOR, FeatureSpec, Features, Model, StepInput, StepPool, TEXT_EXTRACTOR,
 };
+use crate::settings::Checker;
 use crate::text::TextEncoder;
 
 /// Errors loading or running the engine.
@@ -43,9 +45,131 @@ pub enum EngineError {
          which a live stream does not have yet; the daemon and replay run causal models only"
     )]
     NotCausal(String),
+    /// `model.device` names a CUDA device libtorch cannot use.
+    #[error("model.device = {wanted}, but libtorch sees {have} usable CUDA device(s)")]
+    NoDevice {
+        /// The device asked for.
+        wanted: String,
+        /// CUDA devices libtorch can use.
+        have: usize,
+    },
     /// A failure injected on purpose (`SUMMERD_FAILPOINT=model-worker-error`, fault tests).
     #[error("injected failure (SUMMERD_FAILPOINT=model-worker-error)")]
     Failpoint,
+}
+
+/// `[model]`: which model the daemon runs, and where.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSource {
+    /// Model directory holding `manifest.json` and its weights. Unset: no emotion inference
+    /// (transcripts are still validated and counted, lifecycle events still published).
+    pub path: Option<PathBuf>,
+    /// `auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.
+    pub device: DeviceChoice,
+}
+
+impl Default for ModelSource {
+    fn default() -> Self {
+        Self {
+            path: None,
+            device: DeviceChoice::Auto,
+        }
+    }
+}
+
+impl ModelSource {
+    /// Check the table: the model directory (resolved) when one is set and has a manifest.
+    pub fn check(&self, c: &mut Checker) -> Option<PathBuf> {
+        let p = c.resolve(self.path.as_ref()?);
+        let manifest = p.join("manifest.json");
+        if !manifest.is_file() {
+            c.bad(
+                "model.path",
+                format!("'{}' does not exist", manifest.display()),
+                "a model directory with manifest.json, or no model.path (no inference)",
+            );
+        }
+        Some(p)
+    }
+}
+
+/// Where the model runs: `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when libtorch can use one, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device N (`cuda` is `cuda:0`); refused at start when it is not there.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("'{other}' is not a device: auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl DeviceChoice {
+    /// The libtorch device: `auto` falls back to the CPU; an explicit CUDA device that
+    /// libtorch cannot use is an error, never a silent fall-back.
+    pub fn resolve(self) -> Result<Device, EngineError> {
+        match self {
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(n) => {
+                let have = if tch::Cuda::is_available() {
+                    tch::Cuda::device_count().max(0) as usize
+                } else {
+                    0
+                };
+                if n < have {
+                    Ok(Device::Cuda(n))
+                } else {
+                    Err(EngineError::NoDevice {
+                        wanted: self.to_string(),
+                        have,
+                    })
+                }
+            }
+        }
+    }
 }
 
 /// One utterance to score.

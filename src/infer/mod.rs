@@ -1,10 +1,11 @@
-//! Per-utterance inference in the running daemon.
+//! Per-utterance inference in the running daemon: two thin drivers of the utterance
+//! [`core`].
 //!
 //! ```text
-//!  transcripts (validated) --bounded mpsc--> [consumer task]
+//!  transcripts (validated) --bounded mpsc--> [consumer task]   Core::offer, Core::poll
 //!      policy: speaker role excluded by `infer_speakers`? dropped before any feature
 //!      assembler: wait for the stream's descriptors to cover the segment's end (<= feature_wait)
-//!  --sync_channel(queue)--> [model worker thread: owns libtorch]
+//!  --sync_channel(queue)--> [model worker thread: owns libtorch]   Job::resolve, score
 //!      functionals of the span, text vectors, per-speaker normalisation, conversation window,
 //!      one forward pass for every pending utterance of every stream (<= max_batch, <= max_wait)
 //!  --> events publisher (emotion.<stream>)
@@ -12,9 +13,11 @@
 //!
 //! The consumer never blocks the runtime: it hands work on with `try_send`, keeps what does
 //! not fit in a backlog, and stops reading transcripts while the backlog is full (so the
-//! bounded transcript channel, then the PULL socket's high-water mark, push back).
+//! bounded transcript channel, then the PULL socket's high-water mark, push back). It sleeps
+//! until a transcript arrives, a stream's descriptors grow, or the next segment's wait runs out.
 
 pub mod assembler;
+pub mod core;
 pub mod engine;
 pub mod replay;
 
@@ -24,27 +27,96 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::bus::{Heartbeat, PublisherHandle};
-use crate::config::InferenceConfig;
-use crate::daemon::Fatal;
-use crate::ingest::Ingest;
-use crate::ingest::features::{AudioFeatures, VisualFeatures};
+use self::core::{Core, Job, Outcome};
+use crate::bus::PublisherHandle;
+use crate::health::{Fatal, Heartbeat};
 use crate::metrics::Metrics;
-use crate::transcripts::{Clock, StreamSet, Transcript};
-use assembler::{Assembler, Offer, Ready};
+use crate::settings::{Checker, HumanDuration};
+use crate::streams::Registry;
+use crate::transcripts::Transcript;
 use engine::{Engine, Utterance};
+
+/// `[inference]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Longest wait, from a segment's arrival, for the acoustic descriptors to cover its end;
+    /// then it goes on without what is missing (the event's `modalities` say so).
+    pub feature_wait: HumanDuration,
+    /// Most utterances (of all streams) in one forward pass.
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill once one utterance is ready. 0: take what is queued
+    /// and go (batches still form under load, from what arrives while a pass runs).
+    pub max_wait: HumanDuration,
+    /// Utterances queued for the model worker; beyond it the oldest ready ones wait in the
+    /// assembler (never dropped silently).
+    pub queue: usize,
+    /// Estimate from partial (`final: false`) segments too, published with `provisional: true`.
+    pub provisional: bool,
+    /// Seconds of acoustic descriptors kept per stream (an utterance must end within it).
+    pub audio_history: HumanDuration,
+    /// libtorch CPU threads of the model worker.
+    pub threads: usize,
+    /// Forward passes that may fail in a row before the daemon gives up and exits non-zero
+    /// (systemd restarts it); a panic in the model worker exits at once.
+    pub max_failed_batches: u32,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            feature_wait: HumanDuration(Duration::from_millis(500)),
+            max_batch: 32,
+            max_wait: HumanDuration(Duration::ZERO),
+            queue: 1024,
+            provisional: false,
+            audio_history: HumanDuration(Duration::from_secs(120)),
+            threads: 1,
+            max_failed_batches: 3,
+        }
+    }
+}
+
+impl InferenceConfig {
+    /// Check the table.
+    pub fn check(&self, c: &mut Checker) {
+        c.duration(
+            "inference.feature_wait",
+            self.feature_wait.0,
+            Duration::ZERO,
+            Duration::from_secs(30),
+        );
+        c.range("inference.max_batch", self.max_batch, 1, 1024);
+        c.duration(
+            "inference.max_wait",
+            self.max_wait.0,
+            Duration::ZERO,
+            Duration::from_secs(1),
+        );
+        c.range("inference.queue", self.queue, 1, 1_000_000);
+        c.duration(
+            "inference.audio_history",
+            self.audio_history.0,
+            Duration::from_secs(10),
+            Duration::from_secs(3600),
+        );
+        c.range("inference.threads", self.threads, 1, 256);
+        c.range(
+            "inference.max_failed_batches",
+            self.max_failed_batches,
+            1,
+            1_000_000,
+        );
+    }
+}
 
 /// What the model worker receives.
 pub enum WorkerMsg {
-    /// Score an utterance (its audio span is read from `audio` first, its face pooled from
-    /// `visual`).
-    Job(
-        Box<Utterance>,
-        Option<Arc<AudioFeatures>>,
-        Option<Arc<VisualFeatures>>,
-    ),
+    /// Score an utterance (its audio span and face are read when it is taken).
+    Job(Box<Job>),
     /// A stream was detached: free its conversation.
     Forget(String),
 }
@@ -64,7 +136,9 @@ pub struct WorkerPolicy {
 }
 
 /// Fault injection for the fault tests, from `SUMMERD_FAILPOINT`: `model-worker-panic` (the
-/// first forward pass panics) or `model-worker-error` (every forward pass fails).
+/// first forward pass panics) or `model-worker-error` (every forward pass fails). Compiled in
+/// only with the `failpoints` feature, which the test command enables; a release build
+/// ignores the variable.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Failpoint {
     None,
@@ -73,12 +147,18 @@ enum Failpoint {
 }
 
 impl Failpoint {
+    #[cfg(feature = "failpoints")]
     fn from_env() -> Failpoint {
         match std::env::var("SUMMERD_FAILPOINT").as_deref() {
             Ok("model-worker-panic") => Failpoint::Panic,
             Ok("model-worker-error") => Failpoint::Error,
             _ => Failpoint::None,
         }
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    fn from_env() -> Failpoint {
+        Failpoint::None
     }
 }
 
@@ -174,25 +254,11 @@ fn work(
     }
 }
 
-/// Queue a job (reading its audio span now), or apply a forget (dropping the stream's jobs
-/// not yet run).
+/// Queue a job (reading its audio span and face now), or apply a forget (dropping the
+/// stream's jobs not yet run).
 fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg) {
     match msg {
-        WorkerMsg::Job(mut u, audio, visual) => {
-            if let Some(f) = audio {
-                u.audio = f
-                    .functionals(u.start, u.end)
-                    .ok()
-                    .map(|f| f.values.to_vec());
-            }
-            // The frames processed so far: the face never holds an event back (at 5 frames
-            // a second, the span's last frame may still be in the vision stage).
-            // A stream that never showed a frame (audio only) gets no face field at all.
-            u.face = visual
-                .filter(|v| v.covered_until().is_some())
-                .map(|v| v.pool(u.start, u.end));
-            jobs.push(*u);
-        }
+        WorkerMsg::Job(j) => jobs.push(j.resolve()),
         WorkerMsg::Forget(stream) => {
             jobs.retain(|u| u.stream != stream);
             engine.forget(&stream);
@@ -212,30 +278,23 @@ fn run_batch(
     let result = if failpoint == Failpoint::Error {
         Err(engine::EngineError::Failpoint)
     } else {
-        engine.infer(jobs)
+        core::score(engine, jobs)
     };
     let ok = result.is_ok();
     metrics.inference_batch(jobs.len(), t0.elapsed().as_secs_f64());
     match result {
         Ok(evs) => {
-            for (mut e, u) in evs.into_iter().zip(jobs.iter()) {
-                let latency = u.arrival.elapsed();
-                e.latency_ms = latency.as_secs_f64() * 1e3;
-                if !e.modalities.audio {
-                    metrics.utterance("audio_missing");
+            for e in evs {
+                for o in Outcome::of_event(&e) {
+                    metrics.utterance(o.label());
                 }
-                metrics.event_latency(latency.as_secs_f64());
-                metrics.utterance(if e.provisional {
-                    "provisional_published"
-                } else {
-                    "published"
-                });
+                metrics.event_latency(e.latency_ms / 1e3);
                 events.publish(e.to_message());
             }
         }
         Err(e) => {
             for _ in jobs.iter() {
-                metrics.utterance("error");
+                metrics.utterance(Outcome::Error.label());
             }
             tracing::error!(error = %e, utterances = jobs.len(), "Inference failed; these utterances get no event");
         }
@@ -250,72 +309,74 @@ pub struct ConsumerCtx {
     pub cfg: InferenceConfig,
     /// `events.publish_text` (a stream may override it).
     pub publish_text: bool,
-    /// The streams (specs, descriptors).
-    pub ingest: Arc<Ingest>,
-    /// The attached stream ids.
-    pub known: StreamSet,
+    /// The streams (specs, descriptors, faces).
+    pub streams: Arc<Registry>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The wall clock, seconds since the Unix epoch ([`unix_now`] in the daemon).
+    pub clock: fn() -> f64,
 }
 
-fn unix_now() -> f64 {
+/// The wall clock, seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The transcript consumer: policy, assembler, hand-off to the model worker. Ends when the
-/// transcript channel closes, after releasing everything still pending.
+/// While the model worker's queue is full, how often the consumer tries again.
+const RETRY: Duration = Duration::from_millis(5);
+/// How often detached streams are looked for.
+const SWEEP: Duration = Duration::from_millis(500);
+
+/// The transcript consumer: the core's policy and assembler, hand-off to the model worker.
+/// Ends when the transcript channel closes, after releasing everything still pending.
 pub async fn consume(
     mut rx: mpsc::Receiver<Transcript>,
     worker: SyncSender<WorkerMsg>,
     ctx: ConsumerCtx,
 ) {
     let cfg = &ctx.cfg;
-    let mut asm = Assembler::new(cfg.feature_wait.0, cfg.provisional);
+    let mut core = Core::new(cfg.feature_wait.0, cfg.provisional, ctx.publish_text);
     let mut backlog: VecDeque<WorkerMsg> = VecDeque::new();
+    let mut counted = Vec::new();
     let mut open = true;
     let mut last_sweep = Instant::now();
-    let tick = Duration::from_millis(5);
-    while open || asm.pending() > 0 || !backlog.is_empty() {
+    let grown = ctx.streams.coverage();
+    while open || core.pending() > 0 || !backlog.is_empty() {
         let room = backlog.len() < cfg.queue;
-        let wait = if asm.pending() > 0 || !backlog.is_empty() {
-            tick
-        } else {
-            Duration::from_millis(250)
-        };
+        // Sleep until the next segment's wait runs out, the next sweep, or (backlog) the next
+        // try; a transcript or a stream's descriptors growing wakes it sooner.
+        let mut until = last_sweep + SWEEP;
+        if let Some(d) = core.next_deadline() {
+            until = until.min(d);
+        }
+        if !backlog.is_empty() {
+            until = until.min(Instant::now() + RETRY);
+        }
         tokio::select! {
             m = rx.recv(), if open && room => match m {
-                Some(t) => offer(&mut asm, t, &ctx),
+                Some(t) => {
+                    let o = core.offer(t, &ctx.streams, Instant::now(), (ctx.clock)());
+                    counted.extend(o);
+                }
                 None => open = false,
             },
-            _ = tokio::time::sleep(wait) => {}
+            _ = grown.notified(), if core.pending() > 0 => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
         }
         // Draining too: the media still flows, so each segment waits for its descriptors as
         // usual (at most feature_wait).
-        let ready = asm.poll(Instant::now(), |s| {
-            ctx.ingest.features(s).and_then(|f| f.covered_until())
-        });
-        for r in ready {
-            match job(r, &ctx) {
-                Some(j) => backlog.push_back(j),
-                None => ctx.metrics.utterance("forgotten"),
-            }
-        }
-        // Detached streams: free their state here and in the worker.
-        if last_sweep.elapsed() > Duration::from_millis(500) {
+        let jobs = core.poll(&ctx.streams, Instant::now(), &mut counted);
+        backlog.extend(jobs.into_iter().map(|j| WorkerMsg::Job(Box::new(j))));
+        if last_sweep.elapsed() >= SWEEP {
             last_sweep = Instant::now();
-            let gone: Vec<String> = {
-                let known = ctx.known.read().expect("stream set lock");
-                asm.streams()
-                    .filter(|s| !known.contains(*s))
-                    .map(str::to_string)
-                    .collect()
-            };
-            for s in gone {
-                asm.forget(&s);
+            for s in core.forget_detached(&ctx.streams, &mut counted) {
                 backlog.push_back(WorkerMsg::Forget(s));
             }
+        }
+        for o in counted.drain(..) {
+            ctx.metrics.utterance(o.label());
         }
         while let Some(m) = backlog.pop_front() {
             match worker.try_send(m) {
@@ -332,62 +393,6 @@ pub async fn consume(
             }
         }
         ctx.metrics
-            .set_inference_queue(backlog.len() + asm.pending());
+            .set_inference_queue(backlog.len() + core.pending());
     }
-}
-
-/// Apply the stream's policy and offer a segment to the assembler.
-fn offer(asm: &mut Assembler, mut t: Transcript, ctx: &ConsumerCtx) {
-    let Some(view) = ctx.ingest.view(&t.stream) else {
-        ctx.metrics.utterance("forgotten");
-        return;
-    };
-    let role = view.spec.speakers.get(&t.speaker).unwrap_or(&t.speaker);
-    if !view.spec.infer_speakers.is_empty() && !view.spec.infer_speakers.contains(role) {
-        // Nothing of this speaker is computed: no text vector, no functionals, no inference.
-        ctx.metrics.utterance("excluded");
-        return;
-    }
-    if t.clock == Clock::Unix {
-        // Wall clock -> media time: the newest media is "now" on the stream's timeline.
-        let lag = unix_now() - view.media_end;
-        t.start -= lag;
-        t.end -= lag;
-        t.clock = Clock::Media;
-    }
-    let outcome = asm.offer(t, Instant::now());
-    let label = match outcome {
-        Offer::Queued | Offer::Provisional | Offer::Replaced => return,
-        Offer::OutOfOrder => "out_of_order",
-        Offer::Overlapping => "overlapping",
-        Offer::Duplicate => "duplicate",
-        Offer::PartialIgnored => "partial_ignored",
-    };
-    ctx.metrics.utterance(label);
-}
-
-fn job(r: Ready, ctx: &ConsumerCtx) -> Option<WorkerMsg> {
-    let view = ctx.ingest.view(&r.segment.stream)?;
-    if !r.covered {
-        ctx.metrics.utterance("feature_wait_expired");
-    }
-    let t = r.segment;
-    Some(WorkerMsg::Job(
-        Box::new(Utterance {
-            publish_text: view.spec.publish_text.unwrap_or(ctx.publish_text),
-            stream: t.stream,
-            seq: t.seq,
-            speaker: t.speaker,
-            start: t.start,
-            end: t.end,
-            text: t.text,
-            embedding: t.embedding,
-            audio: None,
-            face: None,
-            provisional: r.provisional,
-            arrival: r.arrival,
-        }),
-        view.features,
-        view.visual,
-    ))
 }

@@ -1,24 +1,30 @@
 //! `summerd replay`: a recorded call through the daemon's stages, as fast as the machine
 //! allows. The media's audio is decoded by GStreamer, resampled to 16 kHz and pushed through
-//! a stream's [`AudioFeatures`] in 20 ms pieces, as the ingest's audio thread does; every
-//! line of the transcript file is validated as a transcript message, offered to the
-//! [`Assembler`] and released once the descriptors cover it; the [`Engine`] scores them in
-//! batches. With the vision stage on, the video is decoded at `ingest.video_fps` and scaled as
-//! the ingest scales it, and every frame goes through the same [`VisionStage`]. Only the clock
-//! differs: nothing waits for real time (so the face of a span is pooled over all its frames,
-//! where the live daemon pools the frames processed by the time the utterance is scored).
+//! a stream's [`AudioFeatures`] in 20 ms pieces, as the ingest's audio thread does; with the
+//! vision stage on, the video is decoded at `ingest.video_fps`, scaled as the ingest scales it,
+//! and every frame goes through the same [`VisionStage`]. The stream is put in a [`Registry`]
+//! and every line of the transcript file goes through the daemon's utterance [`Core`]: the same
+//! validation, speaker policy, clock placement and assembler, then the same [`Engine`].
+//!
+//! Only time differs: nothing waits for real time (so the face of a span is pooled over all
+//! its frames, where the live daemon pools the frames processed by the time the utterance is
+//! scored), and the wall clock of `clock: "unix"` lines is the recording's: `unix_epoch`, the
+//! wall-clock time of the media's start, places them (without it they are rejected).
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::assembler::Assembler;
+use super::core::{self, Core, Outcome};
 use super::engine::{Engine, EngineError, Utterance};
 use crate::events::EmotionEvent;
-use crate::ingest::features::AudioFeatures;
-use crate::transcripts::{Limits, validate};
-use crate::vision::stage::{VisionModels, VisionSettings, VisionStage, VisualTimeline};
+use crate::streams::features::AudioFeatures;
+use crate::streams::{Registry, Stream, StreamSpec};
+use crate::transcripts::{Clock, Limits, validate};
+use crate::vision::stage::{FrameFaces, VisionModels, VisionSettings, VisionStage};
 
 /// Errors replaying.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,8 @@ pub struct ReplayStats {
     pub lines: usize,
     /// Lines rejected (line number, reason).
     pub rejected: Vec<(usize, String)>,
+    /// What became of the utterances, by outcome label (as `summerd_utterances_total`).
+    pub outcomes: BTreeMap<&'static str, u64>,
     /// Events written.
     pub events: usize,
     /// Seconds decoding and describing the audio.
@@ -68,9 +76,9 @@ pub struct ReplayVision<'a> {
     pub max_size: (u32, u32),
 }
 
-/// The media's video through the vision stage: the timeline to pool from, or None when the
-/// media has no video.
-fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<VisualTimeline>, ReplayError> {
+/// The media's video through the vision stage: each frame's faces, or None when the media
+/// has no video.
+fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<Vec<FrameFaces>>, ReplayError> {
     let frames = match crate::decode::decode_video(
         media,
         crate::decode::VideoRequest {
@@ -90,35 +98,20 @@ fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<VisualTimeline>, R
         v.settings.cadence(),
         v.settings.track.clone(),
     );
-    let mut timeline = VisualTimeline::new(f64::INFINITY);
-    for f in &frames {
-        timeline.push(&stage.process(f.t, &f.image)?);
-    }
-    Ok(Some(timeline))
+    let seen = frames
+        .iter()
+        .map(|f| stage.process(f.t, &f.image))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(seen))
 }
 
-/// Replay `media` with the transcript lines `jsonl`; events in transcript order.
-pub fn replay(
-    engine: &mut Engine,
-    media: &Path,
-    jsonl: &str,
-    limits: &Limits,
-    max_batch: usize,
-    publish_text: bool,
-    vision: Option<ReplayVision<'_>>,
-) -> Result<(Vec<EmotionEvent>, ReplayStats), ReplayError> {
-    let tv = Instant::now();
-    let faces = match &vision {
-        Some(v) => watch(media, v)?,
-        None => None,
-    };
-    let vision_seconds = tv.elapsed().as_secs_f64();
-    let t0 = Instant::now();
+/// The media's audio through a stream's descriptors, as the ingest's audio thread feeds them:
+/// the descriptors and the media's length in seconds.
+pub fn describe_audio(media: &Path) -> Result<(AudioFeatures, f64), ReplayError> {
     let audio = crate::decode::decode_audio(media)?;
+    let seconds = audio.samples.len() as f64 / f64::from(audio.rate.max(1));
     let features = AudioFeatures::new(crate::acoustic::Settings {
-        history_frames: (audio.samples.len() as f64 / f64::from(audio.rate.max(1)) * 100.0)
-            as usize
-            + 100,
+        history_frames: (seconds * 100.0) as usize + 100,
         ..Default::default()
     });
     let mut to16 = crate::resample::To16k::new(audio.rate)?;
@@ -135,65 +128,157 @@ pub fn replay(
     to16.flush(&mut out16);
     features.push(t16, &out16);
     features.flush();
-    let audio_seconds = t0.elapsed().as_secs_f64();
+    Ok((features, seconds))
+}
 
-    let t1 = Instant::now();
-    let mut asm = Assembler::new(std::time::Duration::ZERO, false);
-    let mut rejected = Vec::new();
-    let mut lines = 0;
-    let covered = features.covered_until();
-    let mut ready = Vec::new();
+/// How a replay runs the utterance path: what the daemon's config says.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// `[transcripts]` limits.
+    pub limits: Limits,
+    /// `inference.max_batch`.
+    pub max_batch: usize,
+    /// `inference.provisional`.
+    pub provisional: bool,
+    /// `events.publish_text`.
+    pub publish_text: bool,
+    /// The wall-clock time (seconds since the Unix epoch) of the media's start, for
+    /// `clock: "unix"` lines.
+    pub unix_epoch: Option<f64>,
+}
+
+/// What [`replay_lines`] gives.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Events in the order they were scored.
+    pub events: Vec<EmotionEvent>,
+    /// Non-empty lines read.
+    pub lines: usize,
+    /// Lines rejected (line number, reason).
+    pub rejected: Vec<(usize, String)>,
+    /// Outcomes by label.
+    pub outcomes: BTreeMap<&'static str, u64>,
+}
+
+/// Transcript lines through the utterance core over streams whose media is all there.
+pub fn replay_lines(
+    engine: &mut Engine,
+    streams: &Registry,
+    jsonl: &str,
+    opts: &ReplayOptions,
+) -> Result<Replayed, EngineError> {
+    let mut core = Core::new(Duration::ZERO, opts.provisional, opts.publish_text);
+    let mut out = Replayed::default();
+    let mut counted = Vec::new();
+    let mut jobs = Vec::new();
+    let media_end = |s: &str| streams.get(s).map(|st| st.timeline().end());
     for (n, line) in jsonl.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        lines += 1;
-        match validate(line.as_bytes(), limits, &|_| true, f64::MAX) {
+        out.lines += 1;
+        // The recording's wall clock when this line arrives: its media is all there.
+        let unix_now = |s: &str| opts.unix_epoch.zip(media_end(s)).map(|(e, m)| e + m);
+        let stream = stream_of(line);
+        let now = stream.as_deref().and_then(unix_now).unwrap_or(f64::NAN);
+        match validate(line.as_bytes(), &opts.limits, &media_end, now) {
+            Ok(t) if t.clock == Clock::Unix && now.is_nan() => out.rejected.push((
+                n + 1,
+                "clock \"unix\" needs the wall-clock time of the media's start (--unix-epoch)"
+                    .into(),
+            )),
             Ok(t) => {
-                asm.offer(t, Instant::now());
-                ready.extend(asm.poll(Instant::now(), |_| covered));
+                counted.extend(core.offer(t, streams, Instant::now(), now));
+                jobs.extend(core.poll(streams, Instant::now(), &mut counted));
             }
-            Err(e) => rejected.push((n + 1, e.to_string())),
+            Err(e) => out.rejected.push((n + 1, e.to_string())),
         }
     }
-    let mut events = Vec::new();
-    for chunk in ready.chunks(max_batch.max(1)) {
-        let batch: Vec<Utterance> = chunk
-            .iter()
-            .map(|r| {
-                let s = &r.segment;
-                Utterance {
-                    stream: s.stream.clone(),
-                    seq: s.seq,
-                    speaker: s.speaker.clone(),
-                    start: s.start,
-                    end: s.end,
-                    text: s.text.clone(),
-                    embedding: s.embedding.clone(),
-                    audio: features
-                        .functionals(s.start, s.end)
-                        .ok()
-                        .map(|f| f.values.to_vec()),
-                    face: faces.as_ref().map(|tl| tl.pool(s.start, s.end)),
-                    provisional: false,
-                    publish_text,
-                    arrival: r.arrival,
-                }
-            })
-            .collect();
-        for (mut e, u) in engine.infer(&batch)?.into_iter().zip(&batch) {
-            e.latency_ms = u.arrival.elapsed().as_secs_f64() * 1e3;
-            events.push(e);
+    // Anything still waiting (a span beyond the media) goes as the daemon's would after its
+    // wait: without what is missing.
+    jobs.extend(core.poll(
+        streams,
+        Instant::now() + Duration::from_secs(3600),
+        &mut counted,
+    ));
+    let batch: Vec<Utterance> = jobs.into_iter().map(core::Job::resolve).collect();
+    for chunk in batch.chunks(opts.max_batch.max(1)) {
+        for e in core::score(engine, chunk)? {
+            counted.extend(Outcome::of_event(&e));
+            out.events.push(e);
         }
     }
+    for o in counted {
+        *out.outcomes.entry(o.label()).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// The `stream` field of a line, if it has one.
+fn stream_of(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some(v.get("stream")?.as_str()?.to_string())
+}
+
+/// Replay `media` as stream `spec` (None: a stream named by the first line, with no roles)
+/// with the transcript lines `jsonl`; events in the order they were scored.
+pub fn replay(
+    engine: &mut Engine,
+    media: &Path,
+    jsonl: &str,
+    spec: Option<StreamSpec>,
+    opts: &ReplayOptions,
+    vision: Option<ReplayVision<'_>>,
+) -> Result<(Vec<EmotionEvent>, ReplayStats), ReplayError> {
+    let tv = Instant::now();
+    let faces = match &vision {
+        Some(v) => watch(media, v)?,
+        None => None,
+    };
+    let vision_seconds = tv.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (features, media_seconds) = describe_audio(media)?;
+    let audio_seconds = t0.elapsed().as_secs_f64();
+    let spec = spec.unwrap_or_else(|| StreamSpec {
+        id: jsonl
+            .lines()
+            .find_map(stream_of)
+            .unwrap_or_else(|| "replay".into()),
+        uri: format!("file://{}", media.display()),
+        template: "file".into(),
+        speakers: Default::default(),
+        infer_speakers: Vec::new(),
+        publish_text: None,
+        options: Default::default(),
+    });
+    let stream = Stream::with_features(
+        spec,
+        Some(Arc::new(features)),
+        faces.as_ref().map(|_| f64::INFINITY),
+    );
+    stream
+        .timeline()
+        .place(Some(0.0), media_seconds, Instant::now());
+    if let (Some(v), Some(frames)) = (stream.visual(), &faces) {
+        for f in frames {
+            v.push(f);
+        }
+    }
+    let streams = Registry::new();
+    streams
+        .insert(Arc::new(stream))
+        .expect("a new registry is empty");
+    let t1 = Instant::now();
+    let r = replay_lines(engine, &streams, jsonl, opts)?;
     let stats = ReplayStats {
-        media_seconds: audio.samples.len() as f64 / f64::from(audio.rate.max(1)),
-        lines,
-        rejected,
-        events: events.len(),
+        media_seconds,
+        lines: r.lines,
+        rejected: r.rejected,
+        outcomes: r.outcomes,
+        events: r.events.len(),
         audio_seconds,
         inference_seconds: t1.elapsed().as_secs_f64(),
         vision_seconds,
     };
-    Ok((events, stats))
+    Ok((r.events, stats))
 }

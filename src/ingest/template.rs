@@ -18,6 +18,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::streams::StreamSpec;
+
 /// A loaded template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -41,7 +43,7 @@ pub enum TemplateError {
         name: String,
         /// Where it was looked for.
         path: String,
-        /// Why.
+        /// The I/O error, as text.
         message: String,
     },
     /// The template names a placeholder nobody supplied.
@@ -74,6 +76,9 @@ pub enum TemplateError {
         /// The offending header.
         line: String,
     },
+    /// A name that is not a plain file stem (a path, an empty name, ...).
+    #[error("'{0}' is not a template name ({NAME_ALLOWED})")]
+    Name(String),
     /// A `{` without its `}`.
     #[error("pipeline template '{0}' has an unclosed '{{'")]
     Unclosed(String),
@@ -82,6 +87,9 @@ pub enum TemplateError {
 impl Template {
     /// Load `<dir>/<name>.gst`.
     pub fn load(dir: &Path, name: &str) -> Result<Template, TemplateError> {
+        if !valid_name(name) {
+            return Err(TemplateError::Name(name.to_string()));
+        }
         let path = dir.join(format!("{name}.gst"));
         let text = std::fs::read_to_string(&path).map_err(|e| TemplateError::Read {
             name: name.to_string(),
@@ -175,6 +183,45 @@ pub fn quote(v: &str) -> String {
     }
     s.push('"');
     s
+}
+
+/// What a template name may be, as error messages state it.
+pub const NAME_ALLOWED: &str =
+    "the name of a .gst file in pipelines.dir: letters, digits, _ and - (no paths)";
+
+/// True for a template name: a file stem inside `pipelines.dir`, never a path.
+pub fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The values a stream's template is rendered with: the built-in placeholders (`{uri}`,
+/// `{fps}`, `{max_width}`, `{max_height}`, `{sync}`, `{video_caps}`), then the stream's
+/// options, which may override them. Validation renders with the same values.
+pub fn template_vars(
+    spec: &StreamSpec,
+    fps: u32,
+    max_width: u32,
+    max_height: u32,
+) -> BTreeMap<String, String> {
+    let video_caps = format!(
+        "video/x-raw,format=RGB,width=(int)[16,{max_width}],height=(int)[16,{max_height}],pixel-aspect-ratio=(fraction)1/1"
+    );
+    let mut v: BTreeMap<String, String> = [
+        ("uri", spec.uri.clone()),
+        ("fps", fps.to_string()),
+        ("max_width", max_width.to_string()),
+        ("max_height", max_height.to_string()),
+        ("sync", "true".to_string()),
+        ("video_caps", video_caps),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    v.extend(spec.options.clone());
+    v
 }
 
 #[cfg(test)]

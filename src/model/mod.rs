@@ -48,7 +48,7 @@ pub enum ModelError {
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// The manifest is not valid JSON of the expected shape.

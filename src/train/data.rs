@@ -20,7 +20,7 @@ pub enum DataError {
     File {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The reason the system or the format gave.
         message: String,
     },
     /// The contents are inconsistent.

@@ -25,8 +25,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::classes::meld_names;
+use super::clips::Clips;
 use super::data::{Dataset, FORMAT, Sidecar};
-use super::writers::MELD_CLASSES;
 use crate::model::norm::SpeakerNorm;
 use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
 
@@ -52,15 +53,6 @@ impl Default for MixConfig {
             prior_weight: 8.0,
             seed: 7,
         }
-    }
-}
-
-/// The MELD class of an EmoDB class (None: boredom, which MELD does not have).
-pub fn meld_class(emodb: &str) -> Option<&'static str> {
-    match emodb {
-        "happiness" => Some("joy"),
-        "boredom" => None,
-        other => MELD_CLASSES.iter().copied().find(|c| *c == other),
     }
 }
 
@@ -94,60 +86,6 @@ impl Rng {
             let j = self.below(i + 1);
             v.swap(i, j);
         }
-    }
-}
-
-/// EmoDB clips read once: raw vectors, speakers, MELD labels.
-pub struct Clips {
-    /// Raw 88-d vectors, one per clip.
-    pub audio: Vec<Vec<f32>>,
-    /// Speaker per clip.
-    pub speaker: Vec<String>,
-    /// MELD class index per clip (None: boredom).
-    pub label: Vec<Option<usize>>,
-}
-
-impl Clips {
-    /// From the EmoDB dataset (`summerd dataset emodb`): one clip per dialogue, speaker as group.
-    pub fn from_emodb(ds: &Dataset) -> Clips {
-        let d = ds.features[1].size()[1] as usize;
-        let flat = Vec::<f32>::try_from(ds.features[1].contiguous().view([-1])).expect("f32");
-        let labels = Vec::<i64>::try_from(&ds.label).expect("i64");
-        let label = labels
-            .iter()
-            .map(|l| {
-                let name = &ds.meta.classes[*l as usize];
-                meld_class(name).and_then(|m| MELD_CLASSES.iter().position(|c| *c == m))
-            })
-            .collect();
-        Clips {
-            audio: flat.chunks(d).map(<[f32]>::to_vec).collect(),
-            speaker: ds.meta.groups.clone(),
-            label,
-        }
-    }
-
-    /// Distinct speakers, sorted.
-    pub fn speakers(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.speaker.clone();
-        s.sort();
-        s.dedup();
-        s
-    }
-
-    fn of(&self, speaker: &str) -> Vec<usize> {
-        (0..self.speaker.len())
-            .filter(|i| self.speaker[*i] == speaker)
-            .collect()
-    }
-
-    /// The normalisation prior from `speakers`' clips.
-    pub fn prior(&self, speakers: &[String], prior_weight: f64) -> SpeakerNorm {
-        let groups: Vec<Vec<&[f32]>> = speakers
-            .iter()
-            .map(|s| self.of(s).iter().map(|i| &self.audio[*i][..]).collect())
-            .collect();
-        SpeakerNorm::from_speakers(&groups, prior_weight)
     }
 }
 
@@ -223,7 +161,7 @@ impl Builder {
         Dataset {
             meta: Sidecar {
                 format: FORMAT.into(),
-                classes: MELD_CLASSES.iter().map(|c| c.to_string()).collect(),
+                classes: meld_names(),
                 features: features(self.text_spec),
                 dialogues: self.dialogues,
                 groups: self.groups,
@@ -424,7 +362,7 @@ mod tests {
         Dataset {
             meta: Sidecar {
                 format: FORMAT.into(),
-                classes: MELD_CLASSES.iter().map(|c| c.to_string()).collect(),
+                classes: meld_names(),
                 features: Features {
                     text: Some(FeatureSpec {
                         extractor: crate::model::TEXT_EXTRACTOR.into(),
@@ -448,13 +386,6 @@ mod tests {
             speaker: Tensor::from_slice(&[0i64, 1, 0, 1]),
             label: Tensor::from_slice(&[6i64, 4, 1, -1]),
         }
-    }
-
-    #[test]
-    fn emodb_labels_map_to_meld_and_boredom_is_unlabelled() {
-        assert_eq!(meld_class("happiness"), Some("joy"));
-        assert_eq!(meld_class("anger"), Some("anger"));
-        assert_eq!(meld_class("boredom"), None);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! early stopping on dev), the student phase (cross-entropy + logit KD + Cross-KD + latent
 //! alignment with the frozen teacher), one final evaluation on the test split, and the report.
 
+pub mod classes;
+pub mod clips;
 pub mod data;
+pub mod eval;
 pub mod metrics;
 pub mod mix;
 pub mod summer_default;
@@ -22,7 +25,7 @@ use crate::text::TextEncoder;
 use data::Dataset;
 use metrics::Metrics;
 
-/// Errors training.
+/// What can stop training or evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A dataset problem.
@@ -147,7 +150,7 @@ pub struct PhaseReport {
 pub struct TrainReport {
     /// The recipe.
     pub recipe: Recipe,
-    /// Classes.
+    /// Class names, in label order.
     pub classes: Vec<String>,
     /// Teacher phase (none when the data has no text: the fused network is trained alone).
     pub teacher: Option<PhaseReport>,
@@ -455,94 +458,116 @@ pub fn run_with(
         Some(t) => (&t.train, &t.dev, t.test.as_ref()),
         None => (train, dev, test),
     };
-    // --- student ---
     if recipe.train.student {
-        let t0 = Instant::now();
-        let mut student = Model::new(
-            NetKind::Fused,
-            train.meta.features.clone(),
-            classes.clone(),
-            &recipe.model,
+        report.student = Some(train_student(
+            recipe,
+            teacher_model.as_ref(),
+            tuned.as_ref(),
+            classes,
+            (train, dev, test),
+            out,
             device,
-        );
-        normalise(&mut student, train);
-        let kd_vs = nn::VarStore::new(device);
-        let d = recipe.model.d_model;
-        let proj = nn::linear(kd_vs.root() / "latent_proj", d, d, Default::default());
-        let (w_logit, w_cross, w_latent) = match &teacher_model {
-            Some(_) => recipe.kd.weights(),
-            None => (0.0, 0.0, 0.0),
-        };
-        let temp = recipe.kd.temperature;
-        let tnet = teacher_model.as_ref().map(|t| &t.net);
-        let extra = move |out: &Output, b: &crate::model::Batch, sel: &Tensor| -> Option<Tensor> {
-            let tnet = tnet?;
-            if w_logit == 0.0 && w_cross == 0.0 && w_latent == 0.0 {
-                return None;
-            }
-            // The teacher reads text: it says nothing about utterances without any.
-            let with_text = b
-                .present
-                .select(2, 0)
-                .flatten(0, 1)
-                .index_select(0, sel)
-                .nonzero()
-                .squeeze_dim(1);
-            if with_text.size()[0] == 0 {
-                return None;
-            }
-            let sel = &sel.index_select(0, &with_text);
-            let t_out = tch::no_grad(|| tnet.forward(b, false));
-            let t_logits = tokens(&t_out.logits, sel);
-            let s_feat = tokens(&out.feature, sel);
-            let mut loss = Tensor::zeros([], (Kind::Float, out.logits.device()));
-            if w_logit > 0.0 {
-                loss += kd::soft_kl(&t_logits, &tokens(&out.logits, sel), temp) * w_logit;
-            }
-            if w_cross > 0.0 {
-                loss += kd::soft_kl(&t_logits, &tnet.classify(&s_feat), temp) * w_cross;
-            }
-            if w_latent > 0.0 {
-                let t_feat = tokens(&t_out.feature, sel);
-                loss += kd::cosine_loss(&proj.forward(&s_feat), &t_feat) * w_latent;
-            }
-            Some(loss)
-        };
-        let (epochs, best_epoch, dev_m, curve) = fit(
-            &student.net,
-            &student.vs,
-            &[(&kd_vs, recipe.train.lr)],
-            train,
-            dev,
-            &recipe.train,
-            device,
-            &extra,
-            None,
-        )?;
-        let test_m = test.map(|t| evaluate(&student.net, t, device, 64));
-        let active = test_m
-            .as_ref()
-            .map(|(_, a)| a.clone())
-            .unwrap_or_else(|| evaluate(&student.net, dev, device, 64).1);
-        student.manifest.trained_on = train.meta.source.clone();
-        if let Some(t) = &tuned {
-            t.attach(&mut student, out)?;
-        }
-        student.save(out)?;
-        report.student = Some(PhaseReport {
-            text_tuning: None,
-            kind: NetKind::Fused,
-            epochs,
-            best_epoch,
-            dev: dev_m,
-            dev_wf1: curve,
-            test: test_m.map(|(m, _)| m),
-            active_experts: active,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        )?);
     }
     write_report(out, &report)?;
     Ok(report)
+}
+
+/// The student phase: the fused network, distilled from `teacher` when there is one
+/// (cross-entropy alone otherwise), stopped on `dev`, tested once on `test`, saved under `out`
+/// with the tuned text encoder's delta, if any.
+fn train_student(
+    recipe: &Recipe,
+    teacher: Option<&Model>,
+    tuned: Option<&Tuned>,
+    classes: Vec<String>,
+    (train, dev, test): (&Dataset, &Dataset, Option<&Dataset>),
+    out: &Path,
+    device: Device,
+) -> Result<PhaseReport, TrainError> {
+    let t0 = Instant::now();
+    let mut student = Model::new(
+        NetKind::Fused,
+        train.meta.features.clone(),
+        classes,
+        &recipe.model,
+        device,
+    );
+    normalise(&mut student, train);
+    let kd_vs = nn::VarStore::new(device);
+    let d = recipe.model.d_model;
+    let proj = nn::linear(kd_vs.root() / "latent_proj", d, d, Default::default());
+    let (w_logit, w_cross, w_latent) = match teacher {
+        Some(_) => recipe.kd.weights(),
+        None => (0.0, 0.0, 0.0),
+    };
+    let temp = recipe.kd.temperature;
+    let tnet = teacher.map(|t| &t.net);
+    let extra = move |out: &Output, b: &crate::model::Batch, sel: &Tensor| -> Option<Tensor> {
+        let tnet = tnet?;
+        if w_logit == 0.0 && w_cross == 0.0 && w_latent == 0.0 {
+            return None;
+        }
+        // The teacher reads text: it says nothing about utterances without any.
+        let with_text = b
+            .present
+            .select(2, 0)
+            .flatten(0, 1)
+            .index_select(0, sel)
+            .nonzero()
+            .squeeze_dim(1);
+        if with_text.size()[0] == 0 {
+            return None;
+        }
+        let sel = &sel.index_select(0, &with_text);
+        let t_out = tch::no_grad(|| tnet.forward(b, false));
+        let t_logits = tokens(&t_out.logits, sel);
+        let s_feat = tokens(&out.feature, sel);
+        let mut loss = Tensor::zeros([], (Kind::Float, out.logits.device()));
+        if w_logit > 0.0 {
+            loss += kd::soft_kl(&t_logits, &tokens(&out.logits, sel), temp) * w_logit;
+        }
+        if w_cross > 0.0 {
+            loss += kd::soft_kl(&t_logits, &tnet.classify(&s_feat), temp) * w_cross;
+        }
+        if w_latent > 0.0 {
+            let t_feat = tokens(&t_out.feature, sel);
+            loss += kd::cosine_loss(&proj.forward(&s_feat), &t_feat) * w_latent;
+        }
+        Some(loss)
+    };
+    let (epochs, best_epoch, dev_m, curve) = fit(
+        &student.net,
+        &student.vs,
+        &[(&kd_vs, recipe.train.lr)],
+        train,
+        dev,
+        &recipe.train,
+        device,
+        &extra,
+        None,
+    )?;
+    let test_m = test.map(|t| evaluate(&student.net, t, device, 64));
+    let active = test_m
+        .as_ref()
+        .map(|(_, a)| a.clone())
+        .unwrap_or_else(|| evaluate(&student.net, dev, device, 64).1);
+    student.manifest.trained_on = train.meta.source.clone();
+    if let Some(t) = tuned {
+        t.attach(&mut student, out)?;
+    }
+    student.save(out)?;
+    Ok(PhaseReport {
+        text_tuning: None,
+        kind: NetKind::Fused,
+        epochs,
+        best_epoch,
+        dev: dev_m,
+        dev_wf1: curve,
+        test: test_m.map(|(m, _)| m),
+        active_experts: active,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -728,7 +753,7 @@ pub fn write_report(out: &Path, report: &TrainReport) -> Result<(), TrainError> 
 pub struct LosoReport {
     /// The recipe (the fused network, cross-entropy only).
     pub recipe: Recipe,
-    /// Classes.
+    /// Class names, in label order.
     pub classes: Vec<String>,
     /// Per held-out group: (group, its metrics, the dev group used for early stopping).
     pub folds: Vec<(String, Metrics, String)>,

@@ -7,24 +7,13 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::classes::meld_names;
+// The class sets live in `classes`; they stay reachable here, where the datasets are written.
+pub use super::classes::{EMODB_CLASSES, MELD_CLASSES};
+use super::clips::Clips;
 use super::data::{DataError, Dataset, FORMAT, Sidecar, absent, presence};
 use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
 use crate::text::TextEncoder;
-
-/// MELD's classes, in the order of its documentation.
-pub const MELD_CLASSES: [&str; 7] = [
-    "neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger",
-];
-/// EmoDB's classes and their letters (the 6th character of a file name).
-pub const EMODB_CLASSES: [(&str, char); 7] = [
-    ("anger", 'W'),
-    ("boredom", 'L'),
-    ("disgust", 'E'),
-    ("fear", 'A'),
-    ("happiness", 'F'),
-    ("sadness", 'T'),
-    ("neutral", 'N'),
-];
 
 fn invalid(path: &Path, message: String) -> DataError {
     DataError::Invalid {
@@ -76,7 +65,7 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
     Ok(Dataset {
         meta: Sidecar {
             format: FORMAT.into(),
-            classes: MELD_CLASSES.iter().map(|s| s.to_string()).collect(),
+            classes: meld_names(),
             features: Features {
                 text: Some(FeatureSpec {
                     extractor: enc.extractor(),
@@ -164,12 +153,12 @@ pub fn labelled_wavs(
     dir: &Path,
     labels: &Path,
     classes: &[String],
-) -> Result<(super::mix::Clips, Vec<String>), DataError> {
+) -> Result<(Clips, Vec<String>), DataError> {
     let text = std::fs::read_to_string(labels).map_err(|e| DataError::File {
         path: labels.to_path_buf(),
         message: e.to_string(),
     })?;
-    let mut clips = super::mix::Clips {
+    let mut clips = Clips {
         audio: Vec::new(),
         speaker: Vec::new(),
         label: Vec::new(),

@@ -22,6 +22,16 @@ use std::path::PathBuf;
 
 pub use image::{Image, PixelFormat, RgbImage};
 
+/// A video frame on a stream's media timeline: what ingest hands the vision stage and what
+/// `decode_video` returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// Media time, seconds.
+    pub t: f64,
+    /// The picture.
+    pub image: RgbImage,
+}
+
 /// Default directory of the converted MTCNN weights (`models/fetch.sh` writes it).
 pub const MTCNN_DIR: &str = "models/third_party/mtcnn";
 /// Default path of the converted mini-Xception weights.

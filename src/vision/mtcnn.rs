@@ -23,6 +23,8 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::settings::{Checker, first_problem};
+
 use super::{Face, FaceDetector, RgbImage, VisionError, load_tensors, take, to_vec};
 
 /// Detector settings.
@@ -55,30 +57,27 @@ impl Default for MtcnnSettings {
 }
 
 impl MtcnnSettings {
-    /// Check the values; the message names the field.
+    /// Check the values, naming fields under `prefix` (`vision.mtcnn`).
+    pub fn check_into(&self, c: &mut Checker, prefix: &str) {
+        let k = |f: &str| format!("{prefix}.{f}");
+        c.range(&k("min_face"), self.min_face, 12.0, 4096.0);
+        for &t in &self.thresholds {
+            if !(0.0..1.0).contains(&t) {
+                c.bad(
+                    k("thresholds"),
+                    format!("{t} is out of range"),
+                    "0 to less than 1",
+                );
+            }
+        }
+        c.open_range(&k("factor"), self.factor, 0.1, 0.95);
+        c.range(&k("max_levels"), self.max_levels, 1, 32);
+        c.range(&k("max_candidates"), self.max_candidates, 1, 100_000);
+    }
+
+    /// Check the values; the first problem.
     pub fn check(&self) -> Result<(), String> {
-        if !(self.min_face >= 12.0 && self.min_face <= 4096.0) {
-            return Err(format!("min_face {} is outside [12, 4096]", self.min_face));
-        }
-        if self.thresholds.iter().any(|t| !(0.0..1.0).contains(t)) {
-            return Err(format!(
-                "thresholds {:?} must be in [0, 1)",
-                self.thresholds
-            ));
-        }
-        if !(self.factor > 0.1 && self.factor < 0.95) {
-            return Err(format!("factor {} is outside (0.1, 0.95)", self.factor));
-        }
-        if !(1..=32).contains(&self.max_levels) {
-            return Err(format!("max_levels {} is outside [1, 32]", self.max_levels));
-        }
-        if !(1..=100_000).contains(&self.max_candidates) {
-            return Err(format!(
-                "max_candidates {} is outside [1, 100000]",
-                self.max_candidates
-            ));
-        }
-        Ok(())
+        first_problem(|c| self.check_into(c, "mtcnn"))
     }
 }
 

@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use tch::Device;
 
+use crate::settings::{Checker, first_problem};
+
 use super::align::{CropGeometry, crops};
 use super::expression::{CLASSES, EMBED_DIM, Expression, INPUT};
 use super::mtcnn::{Mtcnn, MtcnnSettings};
@@ -72,30 +74,52 @@ impl Default for VisionSettings {
 }
 
 impl VisionSettings {
-    /// Check the values; the message names the field.
+    /// Check the values (every range check of the vision stage), naming fields under
+    /// `prefix` (`vision`).
+    pub fn check_into(&self, c: &mut Checker, prefix: &str) {
+        let k = |f: &str| format!("{prefix}.{f}");
+        c.range(&k("detect_every"), self.detect_every, 1, 100);
+        c.range(
+            &k("detect_every_tracked"),
+            self.detect_every_tracked,
+            self.detect_every.clamp(1, 100),
+            100,
+        );
+        c.range(&k("history_s"), self.history_s, 1.0, 3600.0);
+        self.mtcnn.check_into(c, &k("mtcnn"));
+        self.track.check_into(c, &k("track"));
+    }
+
+    /// Check the values; the first problem.
     pub fn check(&self) -> Result<(), String> {
-        self.mtcnn
-            .check()
-            .map_err(|e| format!("vision.mtcnn: {e}"))?;
-        if !(1..=100).contains(&self.detect_every) {
-            return Err(format!(
-                "vision.detect_every {} is outside [1, 100]",
-                self.detect_every
-            ));
+        first_problem(|c| self.check_into(c, "vision"))
+    }
+
+    /// These settings with the weight files resolved against the config's directory; a
+    /// missing file is a problem.
+    pub fn resolve_files(&self, c: &mut Checker, prefix: &str) -> VisionSettings {
+        let mut v = self.clone();
+        v.mtcnn_dir = c.resolve(&self.mtcnn_dir);
+        v.expression_file = c.resolve(&self.expression_file);
+        if let Some(p) = ["pnet", "rnet", "onet"]
+            .iter()
+            .map(|f| v.mtcnn_dir.join(format!("{f}.safetensors")))
+            .find(|p| !p.is_file())
+        {
+            c.bad(
+                format!("{prefix}.mtcnn_dir"),
+                format!("'{}' does not exist", p.display()),
+                "the converted MTCNN weights (make setup), or vision.enabled = false",
+            );
         }
-        if !(self.detect_every..=100).contains(&self.detect_every_tracked) {
-            return Err(format!(
-                "vision.detect_every_tracked {} is outside [vision.detect_every = {}, 100]",
-                self.detect_every_tracked, self.detect_every
-            ));
+        if !v.expression_file.is_file() {
+            c.bad(
+                format!("{prefix}.expression_file"),
+                format!("'{}' does not exist", v.expression_file.display()),
+                "the converted expression network (make setup), or vision.enabled = false",
+            );
         }
-        if !(1.0..=3600.0).contains(&self.history_s) {
-            return Err(format!(
-                "vision.history_s {} is outside [1, 3600]",
-                self.history_s
-            ));
-        }
-        Ok(())
+        v
     }
 
     /// When full detection runs.

@@ -15,6 +15,7 @@
 //! current speaker talks.
 
 use super::{Face, iou};
+use crate::settings::Checker;
 
 /// Tracker settings.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -28,6 +29,17 @@ pub struct TrackSettings {
     pub persist_frames: u32,
     /// How much better another face must score to become the main face.
     pub switch_margin: f32,
+}
+
+impl TrackSettings {
+    /// Check the values, naming fields under `prefix` (`vision.track`).
+    pub fn check_into(&self, c: &mut Checker, prefix: &str) {
+        let k = |f: &str| format!("{prefix}.{f}");
+        c.range(&k("min_similarity"), self.min_similarity, 0.0, 1.0);
+        c.range(&k("max_missed"), self.max_missed, 0, 1000);
+        c.range(&k("persist_frames"), self.persist_frames, 1, 1000);
+        c.range(&k("switch_margin"), self.switch_margin, 1.0, 10.0);
+    }
 }
 
 impl Default for TrackSettings {

@@ -7,7 +7,9 @@
 //! after a gap) starts a fresh extractor at its first chunk: spans that reach back across the
 //! gap are then refused (`Evicted`) and the utterance goes on without audio.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use crate::acoustic::{AcousticStream, Functionals, Settings, SpanError};
 use crate::resample::TARGET_RATE;
@@ -16,6 +18,7 @@ use crate::resample::TARGET_RATE;
 pub struct AudioFeatures {
     settings: Settings,
     inner: Mutex<Option<Timed>>,
+    grown: Option<Arc<Notify>>,
 }
 
 struct Timed {
@@ -31,6 +34,21 @@ impl AudioFeatures {
         AudioFeatures {
             settings,
             inner: Mutex::new(None),
+            grown: None,
+        }
+    }
+
+    /// Empty; `grown` is notified whenever more of the stream is described (or flushed).
+    pub fn notifying(settings: Settings, grown: Arc<Notify>) -> AudioFeatures {
+        AudioFeatures {
+            grown: Some(grown),
+            ..AudioFeatures::new(settings)
+        }
+    }
+
+    fn grew(&self) {
+        if let Some(n) = &self.grown {
+            n.notify_one();
         }
     }
 
@@ -59,6 +77,8 @@ impl AudioFeatures {
         let s = g.as_mut().expect("set above");
         s.stream.push(samples);
         s.pushed += samples.len() as u64;
+        drop(g);
+        self.grew();
     }
 
     /// The connection ended: decide the frames still pending.
@@ -66,6 +86,7 @@ impl AudioFeatures {
         if let Some(s) = self.inner.lock().expect("features lock").as_mut() {
             s.stream.flush();
         }
+        self.grew();
     }
 
     /// Media time up to which descriptors are final (None: no audio yet).

@@ -1,0 +1,39 @@
+//! `summerd eval`: a model directory on a split, through [`summerd::train::eval`]; the metrics
+//! as JSON on stdout.
+
+use std::path::{Path, PathBuf};
+
+use summerd::text::Precision;
+use summerd::train::eval::{self, EvalInput};
+
+/// The input clap let through: exactly one of `--data`, `--wavs` with `--labels`, `--meld-csv`.
+pub fn input(
+    data: Option<PathBuf>,
+    wavs: Option<(PathBuf, PathBuf)>,
+    meld: Option<PathBuf>,
+) -> EvalInput {
+    match (data, wavs, meld) {
+        (Some(d), _, _) => EvalInput::Native(d),
+        (_, Some((w, l)), _) => EvalInput::Wavs(w, l),
+        (_, _, Some(m)) => EvalInput::Meld(m),
+        _ => unreachable!("clap requires one input"),
+    }
+}
+
+/// Evaluate `model` on `input`: what the reader noticed on stderr, the report on stdout, and
+/// with `out`, `out/report.json` and `out/report.svg`.
+pub fn eval(
+    model: &Path,
+    input: EvalInput,
+    out: Option<&Path>,
+    precision: Precision,
+) -> anyhow::Result<()> {
+    let device = tch::Device::cuda_if_available();
+    let r = eval::run(model, &input, precision, device, &mut |n| eprintln!("{n}"))?;
+    println!("{}", serde_json::to_string_pretty(&r.json())?);
+    if let Some(out) = out {
+        let title = format!("{} on {}", model.display(), input.describe());
+        r.write(out, &title)?;
+    }
+    Ok(())
+}

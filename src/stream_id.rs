@@ -1,0 +1,42 @@
+//! Stream ids: which strings name a stream (in `[[streams]]`, on the control socket and on the
+//! wire), the ids the daemon keeps for itself, and the set of ids being served. Imports nothing
+//! of the crate.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+/// What a stream id may be, as error messages state it.
+pub const STREAM_ID_ALLOWED: &str =
+    "1-128 characters of A-Z a-z 0-9 . _ : -, other than the reserved id 'daemon'";
+
+/// Ids the daemon uses for itself: `lifecycle.daemon` carries the daemon's own lifecycle.
+pub const RESERVED: &[&str] = &["daemon"];
+
+/// True for a stream id the daemon accepts (also used on the wire).
+pub fn valid_stream_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && !RESERVED.contains(&id)
+}
+
+/// Which stream ids are served; shared with the control plane, which attaches and detaches.
+pub type StreamSet = Arc<RwLock<HashSet<String>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_and_the_daemons_own_is_reserved() {
+        assert!(valid_stream_id("call-42.a:b_c"));
+        assert!(valid_stream_id(&"x".repeat(128)));
+        assert!(!valid_stream_id(""));
+        assert!(!valid_stream_id(&"x".repeat(129)));
+        assert!(!valid_stream_id("a/b"));
+        assert!(!valid_stream_id("a b"));
+        assert!(!valid_stream_id("daemon"));
+        assert!(valid_stream_id("daemon2"));
+    }
+}

@@ -1,0 +1,362 @@
+//! The streams registry: every attached stream's spec, state, media timeline and feature
+//! stores, in one place. Ingest writes to it (GStreamer threads place media on the timeline
+//! and push descriptors and faces); inference reads it through [`StreamView`], so the
+//! utterance path runs, and is tested, without GStreamer; the control socket and metrics list
+//! it. It knows nothing of GStreamer, sockets or the model.
+
+pub mod features;
+pub mod timeline;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use features::{AudioFeatures, VisualFeatures};
+use timeline::Timeline;
+
+/// What to attach: a `[[streams]]` table of the config, or an attach request.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Stream id: 1-128 characters of `A-Z a-z 0-9 . _ : -` (not `daemon`); the `stream` of
+    /// transcripts and the suffix of event topics (`emotion.<id>`).
+    pub id: String,
+    /// Source URI handed to the template (`file:///...`, `rtsp://...`, `udp://...`, ...).
+    pub uri: String,
+    /// Pipeline template name: `<pipelines.dir>/<template>.gst`, letters, digits, `_`, `-`.
+    pub template: String,
+    /// Speaker label in transcripts -> role (e.g. `"spk0" = "agent"`). Unmapped labels are
+    /// their own role.
+    #[serde(default)]
+    pub speakers: BTreeMap<String, String>,
+    /// Roles whose emotions may be inferred at all. Empty: every role. Set it to exclude
+    /// agents where EU AI Act art. 5(1)(f) applies.
+    #[serde(default)]
+    pub infer_speakers: Vec<String>,
+    /// Overrides `events.publish_text` for this stream.
+    #[serde(default)]
+    pub publish_text: Option<bool>,
+    /// Extra template values: `{name}` in the template (e.g. `sync = "false"` to read a file
+    /// as fast as possible instead of in real time).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl StreamSpec {
+    /// The role a speaker label plays on this stream (the label itself when unmapped).
+    pub fn role<'a>(&'a self, speaker: &'a str) -> &'a str {
+        self.speakers.get(speaker).map_or(speaker, String::as_str)
+    }
+
+    /// The speaker policy: may this speaker's emotions be inferred at all?
+    pub fn infers(&self, speaker: &str) -> bool {
+        self.infer_speakers.is_empty()
+            || self.infer_speakers.iter().any(|r| r == self.role(speaker))
+    }
+}
+
+/// A stream's state, as `list` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    /// Building or waiting for first media.
+    Starting,
+    /// Media is flowing.
+    Up,
+    /// Down, waiting to retry.
+    Retrying,
+    /// A non-live source reached its end.
+    Ended,
+    /// A source that never produced media gave up after `ingest.max_attempts` tries.
+    Failed,
+}
+
+/// One attached stream as `list` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamInfo {
+    /// Its spec.
+    #[serde(flatten)]
+    pub spec: StreamSpec,
+    /// Its state.
+    pub state: StreamState,
+    /// Media seconds received so far (end of the timeline).
+    pub media_time: f64,
+    /// Restarts so far.
+    pub restarts: u64,
+}
+
+/// An attached stream as the inference stages see it.
+#[derive(Clone)]
+pub struct StreamView {
+    /// Its spec (speaker roles, `infer_speakers`, `publish_text`).
+    pub spec: StreamSpec,
+    /// Its acoustic descriptors, when computed.
+    pub features: Option<Arc<AudioFeatures>>,
+    /// What its vision stage saw, when it runs.
+    pub visual: Option<Arc<VisualFeatures>>,
+    /// End of its media timeline so far, seconds.
+    pub media_end: f64,
+}
+
+/// One stream's state and stores.
+pub struct Stream {
+    spec: StreamSpec,
+    state: Mutex<StreamState>,
+    timeline: Mutex<Timeline>,
+    restarts: AtomicU64,
+    features: Option<Arc<AudioFeatures>>,
+    visual: Option<Arc<VisualFeatures>>,
+}
+
+impl Stream {
+    /// A new stream, starting; with descriptors when `acoustic` is set and a face store
+    /// keeping `visual_history_s` seconds when set.
+    pub fn new(
+        spec: StreamSpec,
+        acoustic: Option<crate::acoustic::Settings>,
+        visual_history_s: Option<f64>,
+    ) -> Stream {
+        Stream::with_features(
+            spec,
+            acoustic.map(|a| Arc::new(AudioFeatures::new(a))),
+            visual_history_s,
+        )
+    }
+
+    /// A new stream, starting, over given descriptors (`summerd replay` fills them from a
+    /// recording; [`Registry::new_stream`] makes them notify the registry).
+    pub fn with_features(
+        spec: StreamSpec,
+        features: Option<Arc<AudioFeatures>>,
+        visual_history_s: Option<f64>,
+    ) -> Stream {
+        Stream {
+            spec,
+            state: Mutex::new(StreamState::Starting),
+            timeline: Mutex::new(Timeline::new()),
+            restarts: AtomicU64::new(0),
+            features,
+            visual: visual_history_s.map(|h| Arc::new(VisualFeatures::new(h))),
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// Its spec.
+    pub fn spec(&self) -> &StreamSpec {
+        &self.spec
+    }
+
+    /// Its state now.
+    pub fn state(&self) -> StreamState {
+        *self.state.lock().expect("state lock")
+    }
+
+    /// Set its state.
+    pub fn set_state(&self, s: StreamState) {
+        *self.state.lock().expect("state lock") = s;
+    }
+
+    /// Its media timeline.
+    pub fn timeline(&self) -> MutexGuard<'_, Timeline> {
+        self.timeline.lock().expect("timeline lock")
+    }
+
+    /// Restarts so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Count a restart.
+    pub fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Its acoustic descriptors, when computed.
+    pub fn features(&self) -> Option<&Arc<AudioFeatures>> {
+        self.features.as_ref()
+    }
+
+    /// Its face store, when the vision stage runs.
+    pub fn visual(&self) -> Option<&Arc<VisualFeatures>> {
+        self.visual.as_ref()
+    }
+
+    /// As the inference stages see it.
+    pub fn view(&self) -> StreamView {
+        StreamView {
+            spec: self.spec.clone(),
+            features: self.features.clone(),
+            visual: self.visual.clone(),
+            media_end: self.timeline().end(),
+        }
+    }
+
+    /// As `list` reports it.
+    pub fn info(&self) -> StreamInfo {
+        StreamInfo {
+            spec: self.spec.clone(),
+            state: self.state(),
+            media_time: self.timeline().end(),
+            restarts: self.restarts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why a stream could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stream '{0}' is already attached")]
+pub struct Duplicate(pub String);
+
+/// Every attached stream, by id. Cheap to share (`Arc`); reads do not block each other.
+#[derive(Default)]
+pub struct Registry {
+    streams: RwLock<HashMap<String, Arc<Stream>>>,
+    coverage: Arc<Notify>,
+}
+
+impl Registry {
+    /// No streams.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// A new stream whose descriptors notify [`Registry::coverage`] as they grow (not yet
+    /// registered: [`Registry::insert`] it).
+    pub fn new_stream(
+        &self,
+        spec: StreamSpec,
+        acoustic: Option<crate::acoustic::Settings>,
+        visual_history_s: Option<f64>,
+    ) -> Stream {
+        let features =
+            acoustic.map(|a| Arc::new(AudioFeatures::notifying(a, self.coverage.clone())));
+        Stream::with_features(spec, features, visual_history_s)
+    }
+
+    /// Notified whenever a stream made by [`Registry::new_stream`] has more of its audio
+    /// described: what a segment waiting for its descriptors waits on.
+    pub fn coverage(&self) -> Arc<Notify> {
+        self.coverage.clone()
+    }
+
+    /// Add a stream; refused when its id is taken.
+    pub fn insert(&self, stream: Arc<Stream>) -> Result<(), Duplicate> {
+        let mut g = self.streams.write().expect("registry lock");
+        if g.contains_key(stream.id()) {
+            return Err(Duplicate(stream.id().to_string()));
+        }
+        g.insert(stream.id().to_string(), stream);
+        Ok(())
+    }
+
+    /// Remove a stream; what it was.
+    pub fn remove(&self, id: &str) -> Option<Arc<Stream>> {
+        self.streams.write().expect("registry lock").remove(id)
+    }
+
+    /// A stream.
+    pub fn get(&self, id: &str) -> Option<Arc<Stream>> {
+        self.streams.read().expect("registry lock").get(id).cloned()
+    }
+
+    /// Whether a stream is attached.
+    pub fn contains(&self, id: &str) -> bool {
+        self.streams.read().expect("registry lock").contains_key(id)
+    }
+
+    /// A stream as the inference stages see it.
+    pub fn view(&self, id: &str) -> Option<StreamView> {
+        Some(self.get(id)?.view())
+    }
+
+    /// Media time up to which a stream's acoustic descriptors are computed.
+    pub fn covered_until(&self, id: &str) -> Option<f64> {
+        self.get(id)?.features()?.covered_until()
+    }
+
+    /// The attached ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .streams
+            .read()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every attached stream as `list` reports it, by id.
+    pub fn list(&self) -> Vec<StreamInfo> {
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut v: Vec<StreamInfo> = streams.iter().map(|s| s.info()).collect();
+        v.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> StreamSpec {
+        StreamSpec {
+            id: id.into(),
+            uri: "file:///x".into(),
+            template: "file".into(),
+            speakers: [("spk0".to_string(), "agent".to_string())].into(),
+            infer_speakers: vec!["customer".into()],
+            publish_text: None,
+            options: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_speaker_policy_maps_labels_to_roles() {
+        let s = spec("a");
+        assert_eq!(s.role("spk0"), "agent");
+        assert_eq!(s.role("customer"), "customer");
+        assert!(!s.infers("spk0"));
+        assert!(s.infers("customer"));
+        assert!(!s.infers("spk1"));
+        let open = StreamSpec {
+            infer_speakers: vec![],
+            ..spec("b")
+        };
+        assert!(open.infers("spk0") && open.infers("anyone"));
+    }
+
+    #[test]
+    fn the_registry_refuses_duplicates_and_lists_by_id() {
+        let r = Registry::new();
+        r.insert(Arc::new(Stream::new(spec("b"), None, None)))
+            .unwrap();
+        r.insert(Arc::new(Stream::new(spec("a"), None, Some(10.0))))
+            .unwrap();
+        assert_eq!(
+            r.insert(Arc::new(Stream::new(spec("a"), None, None))),
+            Err(Duplicate("a".into()))
+        );
+        assert_eq!(r.ids(), ["a", "b"]);
+        let list = r.list();
+        assert_eq!(list[0].state, StreamState::Starting);
+        assert!(r.view("a").unwrap().visual.is_some());
+        assert!(r.view("b").unwrap().features.is_none());
+        assert!(r.remove("a").is_some());
+        assert!(!r.contains("a") && r.view("a").is_none());
+    }
+}
