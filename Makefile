@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision bench-capacity soak fuzz ablate
+.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision bench-capacity soak fuzz ablate bench-table
 
 # The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
 # default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
@@ -79,6 +79,10 @@ ablate:
 	  target/release/summerd ablate --recipe models/recipes/meld-ablate.toml --set $$set --seeds 3 \
 	    --train target/data/meld-train.safetensors --dev target/data/meld-dev.safetensors \
 	    --test target/data/meld-test.safetensors --out target/bench/ablation-$$set; done'
+
+# Rewrite the measured tables in docs/ from target/bench/*.json (absent JSON: recorded text kept).
+bench-table:
+	python3 scripts/bench-table
 
 # Coverage-guided fuzzing (cargo-fuzz + libFuzzer) of the transcript parser and the config
 # parser, FUZZ_SECONDS each (default 600), seeded from fuzz/seeds/ (and config/summerd.toml).

@@ -151,7 +151,7 @@ pub enum ConfigError {
         path: PathBuf,
         /// Each problem: the dotted path of the offending key (when known) and the parser's
         /// message (with line and column).
-        errors: Vec<(Option<String>, String)>,
+        errors: Vec<ParseProblem>,
     },
     /// Parsed, but some values are not acceptable.
     #[error("{path}: {} invalid value(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -187,8 +187,8 @@ pub fn log_filter(s: &str) -> Option<tracing_subscriber::EnvFilter> {
     tracing_subscriber::EnvFilter::try_new(s).ok()
 }
 
-fn show_parse(errors: &[(Option<String>, String)]) -> String {
-    let one = |(key, message): &(Option<String>, String)| match key {
+fn show_parse(errors: &[ParseProblem]) -> String {
+    let one = |(key, message): &ParseProblem| match key {
         Some(k) => format!("key `{k}`: {message}"),
         None => message.clone(),
     };
@@ -297,6 +297,9 @@ impl Config {
     }
 }
 
+/// A key that does not fit the schema (its dotted path, when known) and the parser's message.
+pub type ParseProblem = (Option<String>, String);
+
 /// Most parse problems reported at once.
 const MAX_PARSE_ERRORS: usize = 64;
 
@@ -320,7 +323,7 @@ pub fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
 pub fn parse_lenient(
     text: &str,
     path: &Path,
-) -> Result<(RawConfig, Vec<(Option<String>, String)>), ConfigError> {
+) -> Result<(RawConfig, Vec<ParseProblem>), ConfigError> {
     let fail = |errors| ConfigError::Parse {
         path: path.to_path_buf(),
         errors,

@@ -330,7 +330,8 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
 
 #[test]
 fn bad_transcripts_and_a_missing_model_get_clear_errors() {
-    // A model directory without weights: the daemon refuses to start, naming the file.
+    // A model directory without weights: the daemon refuses to start, naming the file, with
+    // the exit code of a configuration error; `summerd validate` says the same.
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("model");
     std::fs::create_dir(&m).unwrap();
@@ -350,10 +351,12 @@ fn bad_transcripts_and_a_missing_model_get_clear_errors() {
         ),
     )
     .unwrap();
-    let out = summerd().args(["run", "-c"]).arg(&cfg).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("weights.safetensors"), "{err}");
+    for verb in ["run", "validate"] {
+        let out = summerd().args([verb, "-c"]).arg(&cfg).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {err}");
+        assert!(err.contains("weights.safetensors"), "{verb}: {err}");
+    }
 
     // A replay with a malformed line: the good lines still give events, the bad one is named.
     let call = short_call(dir.path());

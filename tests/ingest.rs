@@ -242,6 +242,120 @@ fn attach_refuses_template_paths_and_the_daemons_own_id() {
     assert_eq!(d.control(json!({"cmd": "list"}))["streams"], json!([]));
 }
 
+/// A source that never produces media gives up after `ingest.max_attempts` tries and is
+/// `failed` (a file is not retried forever); a recording cut off half-way ends with a
+/// `stream.error` that says so before its `stream.down`, so it does not look complete.
+#[test]
+fn a_dead_file_fails_and_a_cut_off_recording_says_so() {
+    let d = Daemon::start_custom(
+        |_, _| {
+            format!(
+                "[pipelines]\ndir = \"{}\"\n[ingest]\nmax_attempts = 3\n\
+                 backoff_initial = \"50ms\"\nbackoff_max = \"100ms\"\n",
+                pipelines()
+            )
+        },
+        &[],
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.mp4");
+    let ok = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "audiotestsrc",
+            "num-buffers=400",
+            "!",
+            "audioconvert",
+            "!",
+        ])
+        .args([
+            "avenc_aac",
+            "!",
+            "mp4mux",
+            "faststart=true",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", full.display()))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "gst-launch-1.0 could not make the recording");
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+
+    let mut life = Peer::spawn(
+        "subscribe.py",
+        &[
+            &d.events,
+            "--prefix",
+            "lifecycle.",
+            "--count",
+            "7",
+            "--timeout",
+            "20",
+        ],
+    );
+    assert_eq!(life.line().as_deref(), Some("subscribed"));
+    attach(
+        &d,
+        "gone",
+        "file:///nonexistent/call.mp4",
+        "file",
+        json!({}),
+    );
+    attach(
+        &d,
+        "cut",
+        &format!("file://{}", cut.display()),
+        "file",
+        json!({"sync": "false"}),
+    );
+    let settled = eventually(Duration::from_secs(20), || {
+        (d.stream_state("gone").as_deref() == Some("failed")
+            && d.stream_state("cut").as_deref() == Some("ended"))
+        .then_some(())
+    });
+    assert!(settled.is_some(), "{}", d.log());
+    let ev = events(&life.finish());
+    let of =
+        |id: &str| -> Vec<&serde_json::Value> { ev.iter().filter(|e| e["stream"] == id).collect() };
+    let gone = of("gone");
+    assert_eq!(
+        gone.len(),
+        4,
+        "one stream.error a try, then the last: {gone:#?}"
+    );
+    let last = gone[3]["reason"].as_str().unwrap();
+    assert!(
+        last.contains("failed: no media after 3 attempt(s)"),
+        "{last}"
+    );
+    let cut_events: Vec<(&str, &str)> = of("cut")
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(cut_events.len(), 3, "{cut_events:?}");
+    assert_eq!(cut_events[0].0, "stream.up");
+    assert_eq!(cut_events[1].0, "stream.error");
+    assert!(cut_events[1].1.contains("cut off"), "{cut_events:?}");
+    assert_eq!(cut_events[2].0, "stream.down");
+    assert!(
+        cut_events[2].1.contains("decoding errors"),
+        "{cut_events:?}"
+    );
+    // The log says the failing file once and then at powers of two, not every second.
+    let warned = d.log().matches("Stream failed; retrying").count();
+    assert!(warned <= 2, "{warned} WARN lines for 2 failures");
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let d = daemon();
@@ -273,7 +387,13 @@ fn bad_inputs_are_clear_errors() {
     );
     let r = d
         .control(json!({"cmd": "attach", "id": "bad id!", "uri": "file:///a", "template": "file"}));
-    assert!(r["error"].as_str().unwrap().contains("not valid"), "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid stream id"),
+        "{r}"
+    );
     let r = d.control(json!({"cmd": "launch"}));
     assert!(r["error"].as_str().unwrap().contains("bad request"), "{r}");
     let r = d.control(json!({"cmd": "detach", "id": "nope"}));

@@ -239,6 +239,7 @@ impl Supervisor {
             gst::MessageType::Warning,
         ];
         let mut damage = Damage::default();
+        let mut declared: Option<f64> = None;
         loop {
             if self.cancel.is_cancelled() {
                 if self.shared.attempt_up.load(Ordering::Relaxed) {
@@ -254,6 +255,14 @@ impl Supervisor {
                 let mut q = gst::query::Latency::new();
                 live = pipeline.query(&mut q) && q.result().0;
             }
+            let duration = || {
+                pipeline
+                    .query_duration::<gst::ClockTime>()
+                    .map(|d| d.nseconds() as f64 / 1e9)
+            };
+            if declared.is_none() && !live && sh.attempt_up.load(Ordering::Relaxed) {
+                declared = duration();
+            }
             let branches_done = sh.audio_eos.load(Ordering::Relaxed)
                 && (!sh.video_seen.load(Ordering::Relaxed) || sh.video_eos.load(Ordering::Relaxed));
             let eos = matches!(
@@ -263,6 +272,9 @@ impl Supervisor {
             if eos {
                 if live {
                     return self.fail("the live source ended".into());
+                }
+                if let Some(d) = declared.or_else(duration) {
+                    damage.short(sh.stream.timeline().end(), d);
                 }
                 return self.ended(damage.reason());
             }
@@ -278,7 +290,11 @@ impl Supervisor {
                 }
                 Some(gst::MessageView::Warning(w)) => {
                     tracing::debug!(stream = %sh.id(), warning = %w.error(), "GStreamer warning");
-                    damage.note(describe(w.error(), w.src()));
+                    // Damage to the media (decoding, demuxing, format); not, say, a branch
+                    // of the template that the media has no stream for.
+                    if w.error().kind::<gst::StreamError>().is_some() {
+                        damage.note(describe(w.error(), w.src()));
+                    }
                 }
                 _ => {}
             }
@@ -368,7 +384,19 @@ struct Damage {
     count: u64,
 }
 
+/// Media short of the container's declared duration by more than this is a cut-off recording.
+const SHORT_S: f64 = 1.0;
+
 impl Damage {
+    /// The recording ended at `end` seconds of the `declared` its container states.
+    fn short(&mut self, end: f64, declared: f64) {
+        if end + SHORT_S < declared {
+            self.note(format!(
+                "the media ends at {end:.1} s of the {declared:.1} s its container declares (cut off or corrupt)"
+            ));
+        }
+    }
+
     fn note(&mut self, what: String) {
         self.count += 1;
         self.first.get_or_insert(what);

@@ -33,7 +33,9 @@ WORDS = "I have been waiting for an hour and nobody called me back this is fine 
 
 
 def valid(seq):
-    start = round(rng.uniform(0, 3600), 3)
+    # Within what a stream has played (the daemon refuses segments that start more than
+    # transcripts.max_ahead, 30 s by default, beyond its newest media).
+    start = round(rng.uniform(0, 20), 3)
     msg = {
         "v": 1,
         "stream": rng.choice(streams),
@@ -77,7 +79,9 @@ def malformed(seq):
         base["seq"] = "seventeen"
         return [json.dumps(base).encode()], "wrong_type"
     if kind == 3:
-        base["start"], base["end"] = 10.0, 5.0
+        base["clock"] = "media"
+        # Reversed; far beyond the stream's media; longer than transcripts.max_segment (5 min).
+        base["start"], base["end"] = rng.choice([(10.0, 5.0), (1e300, 1e301), (1.0, 400.0)])
         return [json.dumps(base).encode()], "bad_span"
     if kind == 4:
         base["text"] = "x" * (args.max_bytes + 10)
