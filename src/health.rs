@@ -1,6 +1,7 @@
-//! Liveness shared by every thread: the [`Heartbeat`] each socket, ingest and model thread
-//! beats (the systemd watchdog is fed only while all are fresh) and the [`Fatal`] flag a thread
-//! raises when the daemon cannot serve on. Imports nothing of the crate.
+//! Liveness shared by every thread: the [`Heartbeat`] that each socket thread and the model
+//! worker beat (the systemd watchdog and `/healthz` count on them being fresh), and the
+//! [`Fatal`] flag a thread raises when the daemon cannot serve on. Imports nothing of the
+//! crate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,9 +1,5 @@
 //! Stream ids: which strings name a stream (in `[[streams]]`, on the control socket and on the
-//! wire), the ids the daemon keeps for itself, and the set of ids being served. Imports nothing
-//! of the crate.
-
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+//! wire), and the ids the daemon keeps for itself. Imports nothing of the crate.
 
 /// What a stream id may be, as error messages state it.
 pub const STREAM_ID_ALLOWED: &str =
@@ -20,9 +16,6 @@ pub fn valid_stream_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         && !RESERVED.contains(&id)
 }
-
-/// Which stream ids are served; shared with the control plane, which attaches and detaches.
-pub type StreamSet = Arc<RwLock<HashSet<String>>>;
 
 #[cfg(test)]
 mod tests {

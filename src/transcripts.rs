@@ -10,13 +10,16 @@
 //! 1. at most `max_message_bytes`, one frame, UTF-8, a JSON object;
 //! 2. `v` = 1;
 //! 3. `stream`: a string naming a stream the daemon serves;
-//! 4. `seq`: an integer >= 0; `start`, `end`: finite numbers, `end >= start`
-//!    (and `start >= 0` on the media clock);
-//! 5. `text`: a string of at most `max_text_chars` characters;
-//! 6. optional: `speaker` (string, <= 128 chars; default "unknown"), `final` (bool; default
-//!    true), `lang` (string, <= 35 chars), `clock` ("media" default, or "unix"), `embedding`
-//!    (1..=`max_embedding_dim` finite numbers); `null` counts as absent;
-//! 7. on the unix clock, `end` no older than `max_segment_age` (else `stale`).
+//! 4. `seq`: an integer >= 0; `start`, `end`: finite numbers; `clock` ("media" default, or
+//!    "unix");
+//! 5. the span (`bad_span`): `end >= start`, `start >= 0` on the media clock, at most
+//!    `max_segment` long, starting at most `max_ahead` beyond the stream's newest media (on
+//!    the unix clock: beyond now);
+//! 6. `text`: a string of at most `max_text_chars` characters;
+//! 7. optional: `speaker` (string, <= 128 chars; default "unknown"), `final` (bool; default
+//!    true), `lang` (string, <= 35 chars), `embedding` (1..=`max_embedding_dim` finite
+//!    numbers); `null` counts as absent;
+//! 8. on the unix clock, `end` no older than `max_segment_age` (else `stale`).
 //!
 //! Unknown extra fields are ignored, for forward compatibility.
 

@@ -427,7 +427,7 @@ impl Engine {
     }
 
     /// Score `batch` (any streams, in arrival order) in one forward pass; one event each, in
-    /// the same order, stamped `emitted_at` now, `latency_ms` left for the publisher to set.
+    /// the same order, stamped `emitted_at` now (`latency_ms` is set by [`super::core::score`]).
     pub fn infer(&mut self, batch: &[Utterance]) -> Result<Vec<EmotionEvent>, EngineError> {
         if batch.is_empty() {
             return Ok(Vec::new());

@@ -51,8 +51,8 @@ pub struct InferenceConfig {
     /// Longest wait for a batch to fill once one utterance is ready. 0: take what is queued
     /// and go (batches still form under load, from what arrives while a pass runs).
     pub max_wait: HumanDuration,
-    /// Utterances queued for the model worker; beyond it the oldest ready ones wait in the
-    /// assembler (never dropped silently).
+    /// Utterances queued for the model worker; beyond it ready ones wait in the consumer's
+    /// backlog, and while that is as long, no transcript is read (never dropped silently).
     pub queue: usize,
     /// Estimate from partial (`final: false`) segments too, published with `provisional: true`.
     pub provisional: bool,
@@ -222,13 +222,13 @@ fn work(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return None,
         };
-        take(&mut engine, &mut jobs, first);
+        take(&mut engine, &mut jobs, first, metrics);
         let mut open = true;
         let deadline = Instant::now() + max_wait;
         while jobs.len() < max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(m) => take(&mut engine, &mut jobs, m),
+                Ok(m) => take(&mut engine, &mut jobs, m, metrics),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     open = false;
@@ -255,12 +255,16 @@ fn work(
 }
 
 /// Queue a job (reading its audio span and face now), or apply a forget (dropping the
-/// stream's jobs not yet run).
-fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg) {
+/// stream's jobs not yet run, counted as forgotten).
+fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg, metrics: &Metrics) {
     match msg {
         WorkerMsg::Job(j) => jobs.push(j.resolve()),
         WorkerMsg::Forget(stream) => {
+            let before = jobs.len();
             jobs.retain(|u| u.stream != stream);
+            for _ in jobs.len()..before {
+                metrics.utterance(Outcome::Forgotten.label());
+            }
             engine.forget(&stream);
         }
     }

@@ -261,7 +261,7 @@ impl Ingest {
         self.registry.list()
     }
 
-    /// Detach everything (shutdown: sources stop first).
+    /// Detach everything (at shutdown, once the utterances in flight are scored).
     pub fn stop_all(&self) {
         let ids: Vec<String> = self
             .running

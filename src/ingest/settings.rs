@@ -58,10 +58,10 @@ pub struct IngestConfig {
     /// per-stream audio and vision threads. Above 0, the transcript -> event path (sockets,
     /// model worker) goes first when the cores are busy; media is buffered and catches up.
     pub nice: i32,
-    /// Tries a stream gets to produce its first media; a source that never produced any
-    /// (a missing, empty or non-media file, a URL that never answers) is then `failed` and
-    /// stops retrying. Once media has flowed, a live source retries for as long as it is
-    /// attached. 0: retry forever.
+    /// Tries a stream gets to produce its first media: a source whose template is not
+    /// declared live (`# live: yes`) that never produced any (a missing, empty or non-media
+    /// file) is then `failed` and stops retrying. A live source, or one that has played,
+    /// retries for as long as it is attached. 0: retry forever.
     pub max_attempts: u32,
 }
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::mtcnn::channels_last;
-use super::{VisionError, load_tensors, take};
+use super::{VisionError, Weights, load_net};
 
 /// Input side, pixels.
 pub const INPUT: i64 = 64;
@@ -34,13 +34,13 @@ struct Bn {
 }
 
 impl Bn {
-    fn load(m: &mut Map, p: &Path, k: usize, c: i64) -> Result<Self, VisionError> {
+    fn load(w: &mut Weights, k: usize, c: i64) -> Result<Self, VisionError> {
         let n = format!("batch_normalization_{k}");
         Ok(Bn {
-            gamma: take(m, p, &format!("{n}.gamma"), &[c])?,
-            beta: take(m, p, &format!("{n}.beta"), &[c])?,
-            mean: take(m, p, &format!("{n}.mean"), &[c])?,
-            var: take(m, p, &format!("{n}.var"), &[c])?,
+            gamma: w.take(&format!("{n}.gamma"), &[c])?,
+            beta: w.take(&format!("{n}.beta"), &[c])?,
+            mean: w.take(&format!("{n}.mean"), &[c])?,
+            var: w.take(&format!("{n}.var"), &[c])?,
         })
     }
     /// The convolution `w` (no bias) followed by this batch norm, as one convolution: the
@@ -74,8 +74,6 @@ impl Conv {
     }
 }
 
-type Map = std::collections::HashMap<String, Tensor>;
-
 struct Module {
     depthwise: [Tensor; 2],
     /// Pointwise convolutions with their batch norms.
@@ -87,29 +85,24 @@ struct Module {
 impl Module {
     /// Module `k` (1..=4): separable convolutions 2k-1 and 2k, batch norms 3k+1, 3k+2 (and 3k
     /// on the shortcut), shortcut convolution k+2.
-    fn load(m: &mut Map, p: &Path, k: usize, cin: i64, cout: i64) -> Result<Self, VisionError> {
-        let sep = |m: &mut Map, i: usize, cin: i64| -> Result<(Tensor, Tensor), VisionError> {
+    fn load(w: &mut Weights, k: usize, cin: i64, cout: i64) -> Result<Self, VisionError> {
+        let sep = |w: &mut Weights, i: usize, cin: i64| -> Result<(Tensor, Tensor), VisionError> {
             let n = format!("separable_conv2d_{i}");
             Ok((
-                take(m, p, &format!("{n}.depthwise_kernel"), &[cin, 1, 3, 3])?,
-                take(m, p, &format!("{n}.pointwise_kernel"), &[cout, cin, 1, 1])?,
+                w.take(&format!("{n}.depthwise_kernel"), &[cin, 1, 3, 3])?,
+                w.take(&format!("{n}.pointwise_kernel"), &[cout, cin, 1, 1])?,
             ))
         };
-        let (d1, p1) = sep(m, 2 * k - 1, cin)?;
-        let (d2, p2) = sep(m, 2 * k, cout)?;
-        let shortcut = take(
-            m,
-            p,
-            &format!("conv2d_{}.kernel", k + 2),
-            &[cout, cin, 1, 1],
-        )?;
+        let (d1, p1) = sep(w, 2 * k - 1, cin)?;
+        let (d2, p2) = sep(w, 2 * k, cout)?;
+        let shortcut = w.take(&format!("conv2d_{}.kernel", k + 2), &[cout, cin, 1, 1])?;
         Ok(Module {
             depthwise: [channels_last(&d1), channels_last(&d2)],
             pointwise: [
-                Bn::load(m, p, 3 * k + 1, cout)?.fold(&p1),
-                Bn::load(m, p, 3 * k + 2, cout)?.fold(&p2),
+                Bn::load(w, 3 * k + 1, cout)?.fold(&p1),
+                Bn::load(w, 3 * k + 2, cout)?.fold(&p2),
             ],
-            shortcut: Bn::load(m, p, 3 * k, cout)?.fold(&shortcut),
+            shortcut: Bn::load(w, 3 * k, cout)?.fold(&shortcut),
         })
     }
 
@@ -176,23 +169,25 @@ pub struct ExpressionOut {
 impl Expression {
     /// Load the converted weights (`emotion_model.safetensors`) onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<Self, VisionError> {
-        let m = &mut load_tensors(path, device)?;
-        let p = path;
+        load_net(path, device, |w| Self::build(w, device))
+    }
+
+    fn build(w: &mut Weights, device: Device) -> Result<Self, VisionError> {
         let mut modules = Vec::new();
         for (k, (cin, cout)) in [(8, 16), (16, 32), (32, 64), (64, 128)]
             .into_iter()
             .enumerate()
         {
-            modules.push(Module::load(m, p, k + 1, cin, cout)?);
+            modules.push(Module::load(w, k + 1, cin, cout)?);
         }
         Ok(Expression {
             conv: [
-                Bn::load(m, p, 1, 8)?.fold(&take(m, p, "conv2d_1.kernel", &[8, 1, 3, 3])?),
-                Bn::load(m, p, 2, 8)?.fold(&take(m, p, "conv2d_2.kernel", &[8, 8, 3, 3])?),
+                Bn::load(w, 1, 8)?.fold(&w.take("conv2d_1.kernel", &[8, 1, 3, 3])?),
+                Bn::load(w, 2, 8)?.fold(&w.take("conv2d_2.kernel", &[8, 8, 3, 3])?),
             ],
             modules,
-            head_w: channels_last(&take(m, p, "conv2d_7.kernel", &[7, 128, 3, 3])?),
-            head_b: take(m, p, "conv2d_7.bias", &[7])?,
+            head_w: channels_last(&w.take("conv2d_7.kernel", &[7, 128, 3, 3])?),
+            head_b: w.take("conv2d_7.bias", &[7])?,
             device,
         })
     }

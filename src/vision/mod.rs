@@ -106,42 +106,65 @@ pub(crate) fn to_vec(t: &tch::Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).contiguous().view([-1])).unwrap_or_default()
 }
 
-/// Load a safetensors file into a name -> tensor map on `device`, in f32.
-pub(crate) fn load_tensors(
+/// A network's weights, as every network of the crate loads them: each tensor is declared on
+/// an `nn::Path` (`group.name`, with its shape) and `VarStore::load` fills them from the file,
+/// naming any tensor the file lacks.
+pub(crate) struct Weights {
+    vs: tch::nn::VarStore,
+    path: std::path::PathBuf,
+    /// None while declaring; the loaded tensors after.
+    loaded: Option<std::collections::HashMap<String, tch::Tensor>>,
+}
+
+impl Weights {
+    /// The tensor `name` (`group.leaf`) of `shape`, in f32 on the network's device: declared
+    /// in the first pass, the file's value in the second.
+    pub(crate) fn take(&mut self, name: &str, shape: &[i64]) -> Result<tch::Tensor, VisionError> {
+        let bad = |message: String| VisionError::Weights {
+            path: self.path.clone(),
+            message,
+        };
+        let Some(loaded) = self.loaded.as_mut() else {
+            let (group, leaf) = name
+                .split_once('.')
+                .ok_or_else(|| bad(format!("{name}: not a group.name tensor name")))?;
+            return Ok((self.vs.root() / group).zeros_no_train(leaf, shape));
+        };
+        let t = loaded
+            .remove(name)
+            .ok_or_else(|| bad(format!("no tensor {name}")))?;
+        if t.size() != shape {
+            return Err(bad(format!(
+                "{name}: shape {:?}, expected {shape:?}",
+                t.size()
+            )));
+        }
+        Ok(t.to_kind(tch::Kind::Float))
+    }
+}
+
+/// Load the network that `build` makes from its weights file at `path` onto `device`:
+/// `build` runs once to declare every tensor, then, the file loaded, once on its values.
+pub(crate) fn load_net<T>(
     path: &std::path::Path,
     device: tch::Device,
-) -> Result<std::collections::HashMap<String, tch::Tensor>, VisionError> {
+    build: impl Fn(&mut Weights) -> Result<T, VisionError>,
+) -> Result<T, VisionError> {
     if !path.is_file() {
         return Err(VisionError::MissingFile(path.to_path_buf()));
     }
-    let named = tch::Tensor::read_safetensors(path).map_err(|e| VisionError::Weights {
+    let mut w = Weights {
+        vs: tch::nn::VarStore::new(device),
+        path: path.to_path_buf(),
+        loaded: None,
+    };
+    build(&mut w)?;
+    w.vs.load(path).map_err(|e| VisionError::Weights {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    Ok(named
-        .into_iter()
-        .map(|(k, v)| (k, v.to_kind(tch::Kind::Float).to_device(device)))
-        .collect())
-}
-
-/// Take a tensor of the given shape out of a loaded map.
-pub(crate) fn take(
-    map: &mut std::collections::HashMap<String, tch::Tensor>,
-    path: &std::path::Path,
-    name: &str,
-    shape: &[i64],
-) -> Result<tch::Tensor, VisionError> {
-    let t = map.remove(name).ok_or_else(|| VisionError::Weights {
-        path: path.to_path_buf(),
-        message: format!("no tensor {name}"),
-    })?;
-    if t.size() != shape {
-        return Err(VisionError::Weights {
-            path: path.to_path_buf(),
-            message: format!("{name}: shape {:?}, expected {shape:?}", t.size()),
-        });
-    }
-    Ok(t)
+    w.loaded = Some(w.vs.variables());
+    build(&mut w)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::settings::{Checker, first_problem};
 
-use super::{Face, FaceDetector, RgbImage, VisionError, load_tensors, take, to_vec};
+use super::{Face, FaceDetector, RgbImage, VisionError, Weights, load_net, to_vec};
 
 /// Detector settings.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -98,17 +98,10 @@ pub(crate) fn channels_last(t: &Tensor) -> Tensor {
 }
 
 impl Conv {
-    fn load(
-        m: &mut Map,
-        p: &Path,
-        name: &str,
-        o: i64,
-        i: i64,
-        k: i64,
-    ) -> Result<Self, VisionError> {
+    fn load(w: &mut Weights, name: &str, o: i64, i: i64, k: i64) -> Result<Self, VisionError> {
         Ok(Conv {
-            w: channels_last(&take(m, p, &format!("{name}.weight"), &[o, i, k, k])?),
-            b: take(m, p, &format!("{name}.bias"), &[o])?,
+            w: channels_last(&w.take(&format!("{name}.weight"), &[o, i, k, k])?),
+            b: w.take(&format!("{name}.bias"), &[o])?,
         })
     }
     fn f(&self, x: &Tensor) -> Tensor {
@@ -117,10 +110,10 @@ impl Conv {
 }
 
 impl Lin {
-    fn load(m: &mut Map, p: &Path, name: &str, o: i64, i: i64) -> Result<Self, VisionError> {
+    fn load(w: &mut Weights, name: &str, o: i64, i: i64) -> Result<Self, VisionError> {
         Ok(Lin {
-            w: take(m, p, &format!("{name}.weight"), &[o, i])?,
-            b: take(m, p, &format!("{name}.bias"), &[o])?,
+            w: w.take(&format!("{name}.weight"), &[o, i])?,
+            b: w.take(&format!("{name}.bias"), &[o])?,
         })
     }
     fn f(&self, x: &Tensor) -> Tensor {
@@ -128,10 +121,8 @@ impl Lin {
     }
 }
 
-type Map = std::collections::HashMap<String, Tensor>;
-
-fn prelu(m: &mut Map, p: &Path, name: &str, n: i64) -> Result<Tensor, VisionError> {
-    take(m, p, &format!("{name}.weight"), &[n])
+fn prelu(w: &mut Weights, name: &str, n: i64) -> Result<Tensor, VisionError> {
+    w.take(&format!("{name}.weight"), &[n])
 }
 
 fn pool(x: &Tensor, k: i64, s: i64) -> Tensor {
@@ -151,16 +142,17 @@ struct PNet {
 
 impl PNet {
     fn load(p: &Path, d: Device) -> Result<Self, VisionError> {
-        let m = &mut load_tensors(p, d)?;
-        Ok(PNet {
-            c1: Conv::load(m, p, "conv1", 10, 3, 3)?,
-            a1: prelu(m, p, "prelu1", 10)?,
-            c2: Conv::load(m, p, "conv2", 16, 10, 3)?,
-            a2: prelu(m, p, "prelu2", 16)?,
-            c3: Conv::load(m, p, "conv3", 32, 16, 3)?,
-            a3: prelu(m, p, "prelu3", 32)?,
-            c41: Conv::load(m, p, "conv4_1", 2, 32, 1)?,
-            c42: Conv::load(m, p, "conv4_2", 4, 32, 1)?,
+        load_net(p, d, |w| {
+            Ok(PNet {
+                c1: Conv::load(w, "conv1", 10, 3, 3)?,
+                a1: prelu(w, "prelu1", 10)?,
+                c2: Conv::load(w, "conv2", 16, 10, 3)?,
+                a2: prelu(w, "prelu2", 16)?,
+                c3: Conv::load(w, "conv3", 32, 16, 3)?,
+                a3: prelu(w, "prelu3", 32)?,
+                c41: Conv::load(w, "conv4_1", 2, 32, 1)?,
+                c42: Conv::load(w, "conv4_2", 4, 32, 1)?,
+            })
         })
     }
     /// (box regression [B, 4, h, w], face probability [B, h, w]).
@@ -188,18 +180,19 @@ struct RNet {
 
 impl RNet {
     fn load(p: &Path, d: Device) -> Result<Self, VisionError> {
-        let m = &mut load_tensors(p, d)?;
-        Ok(RNet {
-            c1: Conv::load(m, p, "conv1", 28, 3, 3)?,
-            a1: prelu(m, p, "prelu1", 28)?,
-            c2: Conv::load(m, p, "conv2", 48, 28, 3)?,
-            a2: prelu(m, p, "prelu2", 48)?,
-            c3: Conv::load(m, p, "conv3", 64, 48, 2)?,
-            a3: prelu(m, p, "prelu3", 64)?,
-            d4: Lin::load(m, p, "dense4", 128, 576)?,
-            a4: prelu(m, p, "prelu4", 128)?,
-            d51: Lin::load(m, p, "dense5_1", 2, 128)?,
-            d52: Lin::load(m, p, "dense5_2", 4, 128)?,
+        load_net(p, d, |w| {
+            Ok(RNet {
+                c1: Conv::load(w, "conv1", 28, 3, 3)?,
+                a1: prelu(w, "prelu1", 28)?,
+                c2: Conv::load(w, "conv2", 48, 28, 3)?,
+                a2: prelu(w, "prelu2", 48)?,
+                c3: Conv::load(w, "conv3", 64, 48, 2)?,
+                a3: prelu(w, "prelu3", 64)?,
+                d4: Lin::load(w, "dense4", 128, 576)?,
+                a4: prelu(w, "prelu4", 128)?,
+                d51: Lin::load(w, "dense5_1", 2, 128)?,
+                d52: Lin::load(w, "dense5_2", 4, 128)?,
+            })
         })
     }
     /// (box regression [N, 4], face probability [N]).
@@ -234,21 +227,22 @@ struct ONet {
 
 impl ONet {
     fn load(p: &Path, d: Device) -> Result<Self, VisionError> {
-        let m = &mut load_tensors(p, d)?;
-        Ok(ONet {
-            c1: Conv::load(m, p, "conv1", 32, 3, 3)?,
-            a1: prelu(m, p, "prelu1", 32)?,
-            c2: Conv::load(m, p, "conv2", 64, 32, 3)?,
-            a2: prelu(m, p, "prelu2", 64)?,
-            c3: Conv::load(m, p, "conv3", 64, 64, 3)?,
-            a3: prelu(m, p, "prelu3", 64)?,
-            c4: Conv::load(m, p, "conv4", 128, 64, 2)?,
-            a4: prelu(m, p, "prelu4", 128)?,
-            d5: Lin::load(m, p, "dense5", 256, 1152)?,
-            a5: prelu(m, p, "prelu5", 256)?,
-            d61: Lin::load(m, p, "dense6_1", 2, 256)?,
-            d62: Lin::load(m, p, "dense6_2", 4, 256)?,
-            d63: Lin::load(m, p, "dense6_3", 10, 256)?,
+        load_net(p, d, |w| {
+            Ok(ONet {
+                c1: Conv::load(w, "conv1", 32, 3, 3)?,
+                a1: prelu(w, "prelu1", 32)?,
+                c2: Conv::load(w, "conv2", 64, 32, 3)?,
+                a2: prelu(w, "prelu2", 64)?,
+                c3: Conv::load(w, "conv3", 64, 64, 3)?,
+                a3: prelu(w, "prelu3", 64)?,
+                c4: Conv::load(w, "conv4", 128, 64, 2)?,
+                a4: prelu(w, "prelu4", 128)?,
+                d5: Lin::load(w, "dense5", 256, 1152)?,
+                a5: prelu(w, "prelu5", 256)?,
+                d61: Lin::load(w, "dense6_1", 2, 256)?,
+                d62: Lin::load(w, "dense6_2", 4, 256)?,
+                d63: Lin::load(w, "dense6_3", 10, 256)?,
+            })
         })
     }
     /// (box regression [N, 4], landmarks [N, 10] (x1..x5, y1..y5), face probability [N]).
