@@ -356,6 +356,13 @@ pub fn check_socket(
             "an ipc:// path in an existing directory",
         );
     }
+    if curve && zmq::has("curve") != Some(true) {
+        c.bad(
+            format!("{name}.curve"),
+            "is true but this libzmq was built without CURVE",
+            "a libzmq with CURVE (Debian's libzmq5 has it), or curve = false",
+        );
+    }
     if curve && keys.is_none() {
         c.bad(
             format!("{name}.curve"),
@@ -648,9 +655,9 @@ pub fn spawn_zap(
                     _ => true,
                 };
                 if !ok {
+                    // Counted here; the socket's monitor logs it (rate-limited) with every
+                    // other refused handshake.
                     metrics.auth_denied();
-                    let addr = String::from_utf8_lossy(&req[3]).into_owned();
-                    tracing::warn!(peer = %addr, "Refused a CURVE client whose key is not authorised");
                 }
                 let (code, text): (&[u8], &[u8]) = if ok {
                     (b"200", b"OK")

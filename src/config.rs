@@ -386,12 +386,10 @@ fn remove_at(doc: &mut toml::Table, p: &serde_path_to_error::Path) -> bool {
             None => return false,
         }
     }
+    // A whole element of an array (a `[[streams]]` table missing a required key) is not
+    // taken out: the elements after it would be reported under the wrong index.
     match (last, cur) {
         (Segment::Map { key }, toml::Value::Table(t)) => t.remove(key).is_some(),
-        (Segment::Seq { index }, toml::Value::Array(a)) if *index < a.len() => {
-            a.remove(*index);
-            true
-        }
         _ => false,
     }
 }

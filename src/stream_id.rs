@@ -3,10 +3,12 @@
 
 /// What a stream id may be, as error messages state it.
 pub const STREAM_ID_ALLOWED: &str =
-    "1-128 characters of A-Z a-z 0-9 . _ : -, other than the reserved id 'daemon'";
+    "1-128 characters of A-Z a-z 0-9 . _ : -, not starting with the reserved 'daemon'";
 
-/// Ids the daemon uses for itself: `lifecycle.daemon` carries the daemon's own lifecycle.
-pub const RESERVED: &[&str] = &["daemon"];
+/// The prefix the daemon keeps for itself: `lifecycle.daemon` carries the daemon's own
+/// lifecycle, and ZeroMQ subscriptions match by prefix, so no stream id may start with it
+/// (a subscriber to the daemon's events would get that stream's too).
+pub const RESERVED: &str = "daemon";
 
 /// True for a stream id the daemon accepts (also used on the wire).
 pub fn valid_stream_id(id: &str) -> bool {
@@ -14,7 +16,7 @@ pub fn valid_stream_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        && !RESERVED.contains(&id)
+        && !id.starts_with(RESERVED)
 }
 
 #[cfg(test)]
@@ -30,6 +32,8 @@ mod tests {
         assert!(!valid_stream_id("a/b"));
         assert!(!valid_stream_id("a b"));
         assert!(!valid_stream_id("daemon"));
-        assert!(valid_stream_id("daemon2"));
+        assert!(!valid_stream_id("daemon2"));
+        assert!(!valid_stream_id("daemon.x"));
+        assert!(valid_stream_id("my-daemon"));
     }
 }

@@ -378,7 +378,7 @@ fn check_span(
         return Err(Reject::BadSpan {
             start,
             end,
-            problem: "starts beyond the stream's newest media by more than transcripts.max_ahead",
+            problem: "starts beyond the stream's newest media (unix clock: now) by more than transcripts.max_ahead",
         });
     }
     Ok(())
@@ -654,8 +654,7 @@ pub fn spawn_receiver(
                     let result = if frames.len() != 1 {
                         Err(Reject::Multipart(frames.len()))
                     } else {
-                        let media_end = |s: &str| streams.get(s).map(|st| st.timeline().end());
-                        validate(&frames[0], &limits, &media_end, now_unix)
+                        validate(&frames[0], &limits, &|s| streams.media_end(s), now_unix)
                     };
                     match result {
                         Ok(t) => {

@@ -248,6 +248,8 @@ fn slow_and_absent_subscribers_never_hold_the_daemon_back() {
 /// `inference.max_failed_batches` times in a row, stops the daemon: it drains, publishes
 /// `daemon.stopping` with the reason and exits 1, for systemd (`Restart=on-failure`) to
 /// restart it. A single failed pass is counted and survived.
+/// Needs the fault injection of the `failpoints` feature (`make test` enables it).
+#[cfg(feature = "failpoints")]
 #[test]
 fn a_failing_model_worker_stops_the_daemon_for_systemd_to_restart() {
     // Failures in a row: the first is survived, the second is fatal.

@@ -160,11 +160,10 @@ fn through_the_daemon(streams: Arc<Registry>, lines: &[String]) -> (Vec<Value>, 
     )
     .unwrap();
     let limits = Limits::from(&TranscriptsConfig::default());
-    let media_end = |s: &str| streams.get(s).map(|st| st.timeline().end());
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let mut rejected = 0;
     for l in lines {
-        match validate(l.as_bytes(), &limits, &media_end, clock()) {
+        match validate(l.as_bytes(), &limits, &|s| streams.media_end(s), clock()) {
             Ok(t) => tx.try_send(t).unwrap(),
             Err(_) => rejected += 1,
         }
@@ -261,5 +260,24 @@ fn one_call_gives_the_same_events_through_the_daemon_and_replay() {
     assert_eq!(replayed.outcomes.get("excluded"), Some(&2));
     assert_eq!(replayed.outcomes.get("duplicate"), Some(&1));
     assert_eq!(replayed.outcomes.get("partial_ignored"), Some(&1));
+
+    // Replay judges a unix-clock line stale against when it would have arrived live (its own
+    // end), not against the end of the recording.
+    let strict = ReplayOptions {
+        limits: Limits {
+            max_segment_age: Duration::from_secs(1),
+            ..opts.limits.clone()
+        },
+        ..opts
+    };
+    let again = replay_lines(
+        &mut engine(),
+        &registry(&wav),
+        &(lines.join("\n") + "\n"),
+        &strict,
+    )
+    .expect("replay");
+    assert_eq!(again.rejected.len(), 1, "{:?}", again.rejected);
+    assert_eq!(again.events.len(), 2);
     assert_eq!(replayed.outcomes.get("published"), Some(&2));
 }

@@ -5,9 +5,8 @@
 //! last merged are reported as unsettled (see [`PitchTracker::flush`]).
 //!
 //! Measured on the 415 EmoDB clips at 16 kHz against openSMILE's own F0 level: fed openSMILE's
-//! candidates, this search gives its F0 on all 80,925 frames; fed ours (`frame`, now
-//! openSMILE's candidates to 1e-6), so does the whole chain (99.1 % with the weights an earlier
-//! version had fitted).
+//! candidates, this search gives its F0 on all 80,925 frames; fed ours (`frame`, which are
+//! openSMILE's candidates to 1e-6), so does the whole chain.
 
 use std::collections::VecDeque;
 

@@ -97,15 +97,7 @@ pub fn replay(a: ReplayArgs<'_>) -> anyhow::Result<()> {
             .iter()
             .find(|s| s.id == id)
             .cloned()
-            .unwrap_or_else(|| summerd::streams::StreamSpec {
-                id,
-                uri: format!("file://{}", media.display()),
-                template: "file".into(),
-                speakers: Default::default(),
-                infer_speakers: Vec::new(),
-                publish_text: None,
-                options: Default::default(),
-            })
+            .unwrap_or_else(|| summerd::streams::StreamSpec::for_file(id, media))
     });
     let loaded = summerd::daemon::preflight(&cfg)?;
     let mut engine = loaded.engine.context("no model")?;

@@ -15,6 +15,7 @@
 //! Every outcome an utterance can have is one [`Outcome`]; the metrics register them all up
 //! front from [`Outcome::LABELS`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,10 @@ impl Job {
 pub struct Core {
     asm: Assembler,
     publish_text: bool,
+    /// The generation of each stream id seen (a re-attached id starts afresh).
+    generations: HashMap<String, u64>,
+    /// Streams whose conversation the engine must forget before their next utterance.
+    resets: Vec<String>,
 }
 
 impl Core {
@@ -148,24 +153,52 @@ impl Core {
         Core {
             asm: Assembler::new(feature_wait, provisional),
             publish_text,
+            generations: HashMap::new(),
+            resets: Vec::new(),
         }
     }
 
-    /// Take a validated segment that arrived at `now` (`unix_now`: the wall clock then).
-    /// The outcome to count, if any (a queued segment is counted when it is scored).
+    /// Note the generation of stream `id`; when it differs from the one seen before (the id
+    /// was detached and attached again), what was pending for the old one is dropped as
+    /// forgotten and the engine is to forget its conversation ([`Core::take_resets`]).
+    /// True when it differed.
+    fn refresh(&mut self, id: &str, generation: u64, counted: &mut Vec<Outcome>) -> bool {
+        match self.generations.insert(id.to_string(), generation) {
+            Some(g) if g != generation => {
+                let dropped = self.asm.forget(id);
+                counted.extend(std::iter::repeat_n(Outcome::Forgotten, dropped));
+                self.resets.push(id.to_string());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Streams re-attached since the last call, whose conversations the engine must forget
+    /// before it scores their next utterance.
+    pub fn take_resets(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.resets)
+    }
+
+    /// Take a validated segment that arrived at `now` (`unix_now`: the wall clock then);
+    /// `counted` gets the outcomes to count (a queued segment is counted when it is scored).
     pub fn offer(
         &mut self,
         mut t: Transcript,
         streams: &Registry,
         now: Instant,
         unix_now: f64,
-    ) -> Option<Outcome> {
+        counted: &mut Vec<Outcome>,
+    ) {
         let Some(view) = streams.view(&t.stream) else {
-            return Some(Outcome::Forgotten);
+            counted.push(Outcome::Forgotten);
+            return;
         };
+        self.refresh(&t.stream, view.generation, counted);
         if !view.spec.infers(&t.speaker) {
             // Nothing of this speaker is computed: no text vector, no functionals, no model.
-            return Some(Outcome::Excluded);
+            counted.push(Outcome::Excluded);
+            return;
         }
         if t.clock == Clock::Unix {
             // Wall clock -> media time: the newest media is "now" on the stream's timeline.
@@ -174,13 +207,14 @@ impl Core {
             t.end -= lag;
             t.clock = Clock::Media;
         }
-        match self.asm.offer(t, now) {
-            Offer::Queued | Offer::Provisional | Offer::Replaced => None,
-            Offer::OutOfOrder => Some(Outcome::OutOfOrder),
-            Offer::Overlapping => Some(Outcome::Overlapping),
-            Offer::Duplicate => Some(Outcome::Duplicate),
-            Offer::PartialIgnored => Some(Outcome::PartialIgnored),
-        }
+        let outcome = match self.asm.offer(t, now) {
+            Offer::Queued | Offer::Provisional | Offer::Replaced => return,
+            Offer::OutOfOrder => Outcome::OutOfOrder,
+            Offer::Overlapping => Outcome::Overlapping,
+            Offer::Duplicate => Outcome::Duplicate,
+            Offer::PartialIgnored => Outcome::PartialIgnored,
+        };
+        counted.push(outcome);
     }
 
     /// Release what is ready at `now` as jobs, in arrival order; `counted` gets the outcomes
@@ -198,6 +232,11 @@ impl Core {
                 counted.push(Outcome::Forgotten);
                 continue;
             };
+            if self.generations.get(&r.segment.stream) != Some(&view.generation) {
+                // Its stream was detached and attached again while it waited.
+                counted.push(Outcome::Forgotten);
+                continue;
+            }
             if !r.covered {
                 counted.push(Outcome::FeatureWaitExpired);
             }
@@ -250,6 +289,7 @@ impl Core {
         for s in &gone {
             let dropped = self.asm.forget(s);
             counted.extend(std::iter::repeat_n(Outcome::Forgotten, dropped));
+            self.generations.remove(s);
         }
         gone
     }
@@ -267,6 +307,53 @@ pub fn score(engine: &mut Engine, batch: &[Utterance]) -> Result<Vec<EmotionEven
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::streams::{Stream, StreamSpec};
+
+    fn seg(seq: u64) -> Transcript {
+        Transcript {
+            stream: "s".into(),
+            seq,
+            start: 0.0,
+            end: 1.0,
+            speaker: "spk".into(),
+            text: "hi".into(),
+            is_final: true,
+            lang: None,
+            clock: Clock::Media,
+            embedding: None,
+        }
+    }
+
+    fn attach(r: &Registry) {
+        let spec = StreamSpec::for_file("s".into(), std::path::Path::new("/a.wav"));
+        r.insert(Arc::new(Stream::with_features(spec, None, None)))
+            .unwrap();
+    }
+
+    /// A stream detached and attached again under its id starts afresh: what waited for the
+    /// old one is forgotten, its seqs are not duplicates, and the engine is told to forget.
+    #[test]
+    fn a_reattached_stream_starts_afresh() {
+        let r = Registry::new();
+        attach(&r);
+        let mut core = Core::new(Duration::from_secs(10), false, false);
+        let mut counted = Vec::new();
+        let t0 = Instant::now();
+        core.offer(seg(1), &r, t0, 0.0, &mut counted);
+        assert!(counted.is_empty() && core.pending() == 1);
+        r.remove("s");
+        attach(&r);
+        core.offer(seg(1), &r, t0, 0.0, &mut counted);
+        assert_eq!(counted, [Outcome::Forgotten], "not a duplicate");
+        assert_eq!(core.take_resets(), ["s"]);
+        assert_eq!(core.pending(), 1);
+        // Detached for good: forgotten at the sweep.
+        r.remove("s");
+        counted.clear();
+        assert_eq!(core.forget_detached(&r, &mut counted), ["s"]);
+        assert_eq!(counted, [Outcome::Forgotten]);
+    }
 
     #[test]
     fn every_outcome_has_one_label() {

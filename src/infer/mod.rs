@@ -360,15 +360,14 @@ pub async fn consume(
         }
         tokio::select! {
             m = rx.recv(), if open && room => match m {
-                Some(t) => {
-                    let o = core.offer(t, &ctx.streams, Instant::now(), (ctx.clock)());
-                    counted.extend(o);
-                }
+                Some(t) => core.offer(t, &ctx.streams, Instant::now(), (ctx.clock)(), &mut counted),
                 None => open = false,
             },
             _ = grown.notified(), if core.pending() > 0 => {}
             _ = tokio::time::sleep_until(until.into()) => {}
         }
+        // A re-attached stream's conversation is forgotten before its first new utterance.
+        backlog.extend(core.take_resets().into_iter().map(WorkerMsg::Forget));
         // Draining too: the media still flows, so each segment waits for its descriptors as
         // usual (at most feature_wait).
         let jobs = core.poll(&ctx.streams, Instant::now(), &mut counted);

@@ -171,24 +171,38 @@ pub fn replay_lines(
     let mut out = Replayed::default();
     let mut counted = Vec::new();
     let mut jobs = Vec::new();
-    let media_end = |s: &str| streams.get(s).map(|st| st.timeline().end());
     for (n, line) in jsonl.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         out.lines += 1;
-        // The recording's wall clock when this line arrives: its media is all there.
-        let unix_now = |s: &str| opts.unix_epoch.zip(media_end(s)).map(|(e, m)| e + m);
-        let stream = stream_of(line);
-        let now = stream.as_deref().and_then(unix_now).unwrap_or(f64::NAN);
-        match validate(line.as_bytes(), &opts.limits, &media_end, now) {
+        // The recording's wall clock when its media is all there: where a unix-clock line is
+        // placed from (as the live daemon places it from the newest media).
+        let stream = field(line, "stream").and_then(|v| Some(v.as_str()?.to_string()));
+        let all_there = stream
+            .as_deref()
+            .and_then(|s| Some(opts.unix_epoch? + streams.media_end(s)?));
+        // A line is judged stale against when it would have arrived live: when its own end
+        // was played (not the end of the recording).
+        let arrived = field(line, "end")
+            .and_then(|v| v.as_f64())
+            .zip(all_there)
+            .map(|(end, all)| end.min(all));
+        let now = arrived.or(all_there).unwrap_or(f64::NAN);
+        match validate(
+            line.as_bytes(),
+            &opts.limits,
+            &|s| streams.media_end(s),
+            now,
+        ) {
             Ok(t) if t.clock == Clock::Unix && now.is_nan() => out.rejected.push((
                 n + 1,
                 "clock \"unix\" needs the wall-clock time of the media's start (--unix-epoch)"
                     .into(),
             )),
             Ok(t) => {
-                counted.extend(core.offer(t, streams, Instant::now(), now));
+                let unix_now = all_there.unwrap_or(f64::NAN);
+                core.offer(t, streams, Instant::now(), unix_now, &mut counted);
                 jobs.extend(core.poll(streams, Instant::now(), &mut counted));
             }
             Err(e) => out.rejected.push((n + 1, e.to_string())),
@@ -214,10 +228,10 @@ pub fn replay_lines(
     Ok(out)
 }
 
-/// The `stream` field of a line, if it has one.
-fn stream_of(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    Some(v.get("stream")?.as_str()?.to_string())
+/// Field `name` of a line, if it is a JSON object with one.
+fn field(line: &str, name: &str) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some(v.get_mut(name)?.take())
 }
 
 /// Replay `media` as stream `spec` (None: a stream named by the first line, with no roles)
@@ -239,17 +253,11 @@ pub fn replay(
     let t0 = Instant::now();
     let (features, media_seconds) = describe_audio(media)?;
     let audio_seconds = t0.elapsed().as_secs_f64();
-    let spec = spec.unwrap_or_else(|| StreamSpec {
-        id: jsonl
+    let spec = spec.unwrap_or_else(|| {
+        let first = jsonl
             .lines()
-            .find_map(stream_of)
-            .unwrap_or_else(|| "replay".into()),
-        uri: format!("file://{}", media.display()),
-        template: "file".into(),
-        speakers: Default::default(),
-        infer_speakers: Vec::new(),
-        publish_text: None,
-        options: Default::default(),
+            .find_map(|l| Some(field(l, "stream")?.as_str()?.to_string()));
+        StreamSpec::for_file(first.unwrap_or_else(|| "replay".into()), media)
     });
     let stream = Stream::with_features(
         spec,

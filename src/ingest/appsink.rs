@@ -80,7 +80,9 @@ pub(super) fn video_callbacks(
     shared: Arc<Shared>,
     q: Arc<DropOldest<Frame>>,
 ) -> gst_app::AppSinkCallbacks {
+    let eos = shared.clone();
     gst_app::AppSinkCallbacks::builder()
+        .eos(move |_| eos.video_eos.store(true, Ordering::Relaxed))
         .new_sample(move |sink| {
             let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
             let Some(s) = sample

@@ -171,6 +171,15 @@ pub fn check_stream(
     if spec.infer_speakers.iter().any(String::is_empty) {
         c.bad(k("infer_speakers"), "holds an empty role", "role names");
     }
+    for name in spec.options.keys() {
+        if template::FIXED.contains(&name.as_str()) {
+            c.bad(
+                k("options"),
+                format!("'{name}' is set by the daemon (the URI, the frame size and rate)"),
+                "template options other than uri, fps, max_width, max_height and video_caps",
+            );
+        }
+    }
     if !template::valid_name(&spec.template) {
         c.bad(
             k("template"),
@@ -296,6 +305,15 @@ mod tests {
         }
         // Loading by name refuses a path too, whoever calls it.
         assert!(Template::load(&dir, "../evil").is_err());
+        // Nor may options replace the URI (whose scheme the template was checked against).
+        let mut sneaky = spec("a", "file");
+        sneaky
+            .options
+            .insert("uri".into(), "rtsp://elsewhere/x".into());
+        let mut c = Checker::new(dir.clone());
+        check_stream(&mut c, "attach", &sneaky, &dir, &vars);
+        let p = c.into_problems();
+        assert_eq!(p[0].key, "attach.options", "{p:?}");
     }
 
     #[test]
@@ -313,5 +331,8 @@ mod tests {
         let p = c.into_problems();
         assert_eq!(p[0].key, "streams[0].id");
         assert!(p[0].allowed.contains("reserved"), "{p:?}");
+        let mut c = Checker::new(dir.path().to_path_buf());
+        check_stream(&mut c, "attach", &spec("daemon:1", "x"), dir.path(), &vars);
+        assert_eq!(c.into_problems()[0].key, "attach.id");
     }
 }

@@ -185,6 +185,10 @@ pub fn quote(v: &str) -> String {
     s
 }
 
+/// Placeholders the daemon fills and a stream's options may not replace (the URI is checked
+/// against the template's schemes; the frame size and rate are the daemon's settings).
+pub const FIXED: [&str; 5] = ["uri", "fps", "max_width", "max_height", "video_caps"];
+
 /// What a template name may be, as error messages state it.
 pub const NAME_ALLOWED: &str =
     "the name of a .gst file in pipelines.dir: letters, digits, _ and - (no paths)";

@@ -46,6 +46,20 @@ pub struct StreamSpec {
 }
 
 impl StreamSpec {
+    /// A recording attached as stream `id` through the `file` template, with no speaker
+    /// roles (every speaker is inferred).
+    pub fn for_file(id: String, media: &std::path::Path) -> StreamSpec {
+        StreamSpec {
+            id,
+            uri: format!("file://{}", media.display()),
+            template: "file".into(),
+            speakers: BTreeMap::new(),
+            infer_speakers: Vec::new(),
+            publish_text: None,
+            options: BTreeMap::new(),
+        }
+    }
+
     /// The role a speaker label plays on this stream (the label itself when unmapped).
     pub fn role<'a>(&'a self, speaker: &'a str) -> &'a str {
         self.speakers.get(speaker).map_or(speaker, String::as_str)
@@ -91,6 +105,8 @@ pub struct StreamInfo {
 /// An attached stream as the inference stages see it.
 #[derive(Clone)]
 pub struct StreamView {
+    /// Which attachment of its id this is ([`Stream::generation`]).
+    pub generation: u64,
     /// Its spec (speaker roles, `infer_speakers`, `publish_text`).
     pub spec: StreamSpec,
     /// Its acoustic descriptors, when computed.
@@ -104,6 +120,7 @@ pub struct StreamView {
 /// One stream's state and stores.
 pub struct Stream {
     spec: StreamSpec,
+    generation: u64,
     state: Mutex<StreamState>,
     timeline: Mutex<Timeline>,
     restarts: AtomicU64,
@@ -112,20 +129,6 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// A new stream, starting; with descriptors when `acoustic` is set and a face store
-    /// keeping `visual_history_s` seconds when set.
-    pub fn new(
-        spec: StreamSpec,
-        acoustic: Option<crate::acoustic::Settings>,
-        visual_history_s: Option<f64>,
-    ) -> Stream {
-        Stream::with_features(
-            spec,
-            acoustic.map(|a| Arc::new(AudioFeatures::new(a))),
-            visual_history_s,
-        )
-    }
-
     /// A new stream, starting, over given descriptors (`summerd replay` fills them from a
     /// recording; [`Registry::new_stream`] makes them notify the registry).
     pub fn with_features(
@@ -133,8 +136,10 @@ impl Stream {
         features: Option<Arc<AudioFeatures>>,
         visual_history_s: Option<f64>,
     ) -> Stream {
+        static GENERATION: AtomicU64 = AtomicU64::new(1);
         Stream {
             spec,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(StreamState::Starting),
             timeline: Mutex::new(Timeline::new()),
             restarts: AtomicU64::new(0),
@@ -146,6 +151,12 @@ impl Stream {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.spec.id
+    }
+
+    /// Which attachment of its id this is: a stream detached and attached again under the
+    /// same id is a new generation, whose conversation starts afresh.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Its spec.
@@ -191,6 +202,7 @@ impl Stream {
     /// As the inference stages see it.
     pub fn view(&self) -> StreamView {
         StreamView {
+            generation: self.generation,
             spec: self.spec.clone(),
             features: self.features.clone(),
             visual: self.visual.clone(),
@@ -276,6 +288,11 @@ impl Registry {
         Some(self.get(id)?.view())
     }
 
+    /// The end of a stream's media timeline so far (None: not attached).
+    pub fn media_end(&self, id: &str) -> Option<f64> {
+        Some(self.get(id)?.timeline().end())
+    }
+
     /// Media time up to which a stream's acoustic descriptors are computed.
     pub fn covered_until(&self, id: &str) -> Option<f64> {
         self.get(id)?.features()?.covered_until()
@@ -343,12 +360,12 @@ mod tests {
     #[test]
     fn the_registry_refuses_duplicates_and_lists_by_id() {
         let r = Registry::new();
-        r.insert(Arc::new(Stream::new(spec("b"), None, None)))
+        r.insert(Arc::new(r.new_stream(spec("b"), None, None)))
             .unwrap();
-        r.insert(Arc::new(Stream::new(spec("a"), None, Some(10.0))))
+        r.insert(Arc::new(r.new_stream(spec("a"), None, Some(10.0))))
             .unwrap();
         assert_eq!(
-            r.insert(Arc::new(Stream::new(spec("a"), None, None))),
+            r.insert(Arc::new(r.new_stream(spec("a"), None, None))),
             Err(Duplicate("a".into()))
         );
         assert_eq!(r.ids(), ["a", "b"]);
@@ -356,7 +373,15 @@ mod tests {
         assert_eq!(list[0].state, StreamState::Starting);
         assert!(r.view("a").unwrap().visual.is_some());
         assert!(r.view("b").unwrap().features.is_none());
+        let first = r.view("a").unwrap().generation;
         assert!(r.remove("a").is_some());
         assert!(!r.contains("a") && r.view("a").is_none());
+        r.insert(Arc::new(r.new_stream(spec("a"), None, None)))
+            .unwrap();
+        assert_ne!(
+            r.view("a").unwrap().generation,
+            first,
+            "a re-attached id is new"
+        );
     }
 }
