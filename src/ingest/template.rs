@@ -203,7 +203,8 @@ pub fn valid_name(name: &str) -> bool {
 
 /// The values a stream's template is rendered with: the built-in placeholders (`{uri}`,
 /// `{fps}`, `{max_width}`, `{max_height}`, `{sync}`, `{video_caps}`), then the stream's
-/// options, which may override them. Validation renders with the same values.
+/// options, which may set `{sync}` and the template's own placeholders but not those in
+/// [`FIXED`] (the stream checks refuse them). Validation renders with the same values.
 pub fn template_vars(
     spec: &StreamSpec,
     fps: u32,
