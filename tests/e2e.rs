@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, eventually, metric, python};
+use common::{Daemon, eventually, metric, python, short_call};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -21,22 +21,6 @@ fn summerd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_summerd"));
     c.current_dir(repo());
     c
-}
-
-/// The 3-line call of demo/make_call.py --short, made in `dir`: its call.json.
-fn short_call(dir: &Path) -> Value {
-    let ok = Command::new(python())
-        .arg(repo().join("demo/make_call.py"))
-        .arg(dir)
-        .arg("--short")
-        .status()
-        .expect("run demo/make_call.py")
-        .success();
-    assert!(
-        ok,
-        "demo/make_call.py failed (espeak-ng and GStreamer are set up by tests/setup.sh)"
-    );
-    serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap()
 }
 
 /// Config with the default model and the repository's templates; with `events_port`, the

@@ -44,22 +44,6 @@ fn clock() -> f64 {
     *NOW.get().expect("set before the consumer starts")
 }
 
-/// The 3-line call of demo/make_call.py --short: its call.json.
-fn short_call(dir: &Path) -> Value {
-    let ok = std::process::Command::new(common::python())
-        .arg(repo().join("demo/make_call.py"))
-        .arg(dir)
-        .arg("--short")
-        .status()
-        .expect("run demo/make_call.py")
-        .success();
-    assert!(
-        ok,
-        "demo/make_call.py failed (tests/setup.sh sets up espeak-ng)"
-    );
-    serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap()
-}
-
 /// The transcript lines: every line of the call, agents labelled `A` and customers `C`, the
 /// customer's on the unix clock; then that line again (a duplicate), as a partial, and under
 /// a lower seq (out of order), and a line for a stream that is not there.
@@ -192,7 +176,7 @@ fn through_the_daemon(streams: Arc<Registry>, lines: &[String]) -> (Vec<Value>, 
 #[test]
 fn one_call_gives_the_same_events_through_the_daemon_and_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let call = short_call(dir.path());
+    let call = common::short_call(dir.path());
     let wav = dir.path().join("call.wav");
     let lines = lines(&call);
     let streams = registry(&wav);

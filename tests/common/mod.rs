@@ -57,6 +57,24 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// The 3-line call of demo/make_call.py --short (espeak-ng voices over a real face), made in
+/// `dir`: its call.json.
+pub fn short_call(dir: &Path) -> serde_json::Value {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let ok = Command::new(python())
+        .arg(repo.join("demo/make_call.py"))
+        .arg(dir)
+        .arg("--short")
+        .status()
+        .expect("run demo/make_call.py")
+        .success();
+    assert!(
+        ok,
+        "demo/make_call.py failed (espeak-ng and GStreamer are set up by tests/setup.sh)"
+    );
+    serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap()
+}
+
 /// A peer script under tests/peers.
 pub fn peer(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
