@@ -135,7 +135,7 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, DaemonError> {
             let models = crate::vision::stage::VisionModels::load(v, device)?;
             tracing::info!(device = ?device, min_face = v.mtcnn.min_face, detect_every = v.detect_every, "Loaded the vision stage");
             Some(crate::ingest::VisionIngest {
-                models: Arc::new(models),
+                models: crate::vision::stage::SharedModels::new(models),
                 settings: v.clone(),
             })
         }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use summerd::decode::{Frame, VideoRequest, decode_video};
 use summerd::vision::align::{CropGeometry, crops};
@@ -284,9 +283,8 @@ fn the_stage_tracks_the_astronaut_and_pools_her_expression() {
         return;
     };
     let frame = all_frames(&astro, 1).remove(0).image;
-    let models = Arc::new(
-        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap(),
-    );
+    let models =
+        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap();
     let mut stage = VisionStage::new(models, Cadence::fixed(3), TrackSettings::default());
     let mut tl = VisualTimeline::new(60.0);
     let mut tracks = std::collections::HashSet::new();
@@ -321,9 +319,8 @@ fn detection_slows_while_faces_hold_and_returns_when_one_is_lost() {
         data: vec![0; frame.data.len()],
         ..frame.clone()
     };
-    let models = Arc::new(
-        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap(),
-    );
+    let models =
+        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap();
     let cadence = Cadence {
         every: 3,
         tracked: 6,

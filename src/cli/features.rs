@@ -40,7 +40,7 @@ pub fn video(
             max_frames,
         },
     )?;
-    let models = std::sync::Arc::new(VisionModels::load(&settings, tch::Device::Cpu)?);
+    let models = VisionModels::load(&settings, tch::Device::Cpu)?;
     let mut stage = VisionStage::new(models, settings.cadence(), settings.track.clone());
     let mut timeline = VisualTimeline::new(f64::INFINITY);
     let mut seen = Vec::with_capacity(frames.len());

@@ -24,7 +24,7 @@ use crate::events::EmotionEvent;
 use crate::streams::features::AudioFeatures;
 use crate::streams::{Registry, Stream, StreamSpec};
 use crate::transcripts::{Clock, Limits, validate};
-use crate::vision::stage::{FrameFaces, VisionModels, VisionSettings, VisionStage};
+use crate::vision::stage::{FrameFaces, SharedModels, VisionSettings, VisionStage};
 
 /// Errors replaying.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub struct ReplayStats {
 /// The vision stage for a replay, as the daemon would run it on the stream.
 pub struct ReplayVision<'a> {
     /// The networks.
-    pub models: std::sync::Arc<VisionModels>,
+    pub models: SharedModels,
     /// Detection cadence, tracking, history.
     pub settings: &'a VisionSettings,
     /// Frames per second looked at (`ingest.video_fps`).
@@ -94,7 +94,7 @@ fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<Vec<FrameFaces>>, 
         Err(e) => return Err(e.into()),
     };
     let mut stage = VisionStage::new(
-        v.models.clone(),
+        v.models.fork(),
         v.settings.cadence(),
         v.settings.track.clone(),
     );

@@ -61,7 +61,7 @@ pub struct IngestSettings {
 #[derive(Clone)]
 pub struct VisionIngest {
     /// The networks (one copy for all streams).
-    pub models: Arc<crate::vision::stage::VisionModels>,
+    pub models: crate::vision::stage::SharedModels,
     /// Its settings.
     pub settings: crate::vision::stage::VisionSettings,
 }

@@ -15,7 +15,7 @@ pub(super) fn video_loop(
 ) {
     let mut stage = vision.as_ref().map(|v| {
         crate::vision::stage::VisionStage::new(
-            v.models.clone(),
+            v.models.fork(),
             v.settings.cadence(),
             v.settings.track.clone(),
         )

@@ -62,6 +62,13 @@ struct Conv {
 }
 
 impl Conv {
+    fn fork(&self) -> Self {
+        Conv {
+            w: self.w.shallow_clone(),
+            b: self.b.shallow_clone(),
+        }
+    }
+
     fn f(&self, x: &Tensor, stride: i64, pad: i64) -> Tensor {
         x.conv2d(
             &self.w,
@@ -83,6 +90,14 @@ struct Module {
 }
 
 impl Module {
+    fn fork(&self) -> Self {
+        Module {
+            depthwise: self.depthwise.each_ref().map(Tensor::shallow_clone),
+            pointwise: self.pointwise.each_ref().map(Conv::fork),
+            shortcut: self.shortcut.fork(),
+        }
+    }
+
     /// Module `k` (1..=4): separable convolutions 2k-1 and 2k, batch norms 3k+1, 3k+2 (and 3k
     /// on the shortcut), shortcut convolution k+2.
     fn load(w: &mut Weights, k: usize, cin: i64, cout: i64) -> Result<Self, VisionError> {
@@ -190,6 +205,17 @@ impl Expression {
             head_b: w.take("conv2d_7.bias", &[7])?,
             device,
         })
+    }
+
+    /// Handles of its own to the same weights (nothing is copied), for another thread.
+    pub fn fork(&self) -> Self {
+        Expression {
+            conv: self.conv.each_ref().map(Conv::fork),
+            modules: self.modules.iter().map(Module::fork).collect(),
+            head_w: self.head_w.shallow_clone(),
+            head_b: self.head_b.shallow_clone(),
+            device: self.device,
+        }
     }
 
     /// The device it runs on.

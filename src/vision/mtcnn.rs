@@ -98,6 +98,13 @@ pub(crate) fn channels_last(t: &Tensor) -> Tensor {
 }
 
 impl Conv {
+    fn fork(&self) -> Self {
+        Conv {
+            w: self.w.shallow_clone(),
+            b: self.b.shallow_clone(),
+        }
+    }
+
     fn load(w: &mut Weights, name: &str, o: i64, i: i64, k: i64) -> Result<Self, VisionError> {
         Ok(Conv {
             w: channels_last(&w.take(&format!("{name}.weight"), &[o, i, k, k])?),
@@ -110,6 +117,13 @@ impl Conv {
 }
 
 impl Lin {
+    fn fork(&self) -> Self {
+        Lin {
+            w: self.w.shallow_clone(),
+            b: self.b.shallow_clone(),
+        }
+    }
+
     fn load(w: &mut Weights, name: &str, o: i64, i: i64) -> Result<Self, VisionError> {
         Ok(Lin {
             w: w.take(&format!("{name}.weight"), &[o, i])?,
@@ -268,6 +282,58 @@ struct Cand {
     reg: [f32; 4],
 }
 
+impl PNet {
+    fn fork(&self) -> Self {
+        PNet {
+            c1: self.c1.fork(),
+            a1: self.a1.shallow_clone(),
+            c2: self.c2.fork(),
+            a2: self.a2.shallow_clone(),
+            c3: self.c3.fork(),
+            a3: self.a3.shallow_clone(),
+            c41: self.c41.fork(),
+            c42: self.c42.fork(),
+        }
+    }
+}
+
+impl RNet {
+    fn fork(&self) -> Self {
+        RNet {
+            c1: self.c1.fork(),
+            a1: self.a1.shallow_clone(),
+            c2: self.c2.fork(),
+            a2: self.a2.shallow_clone(),
+            c3: self.c3.fork(),
+            a3: self.a3.shallow_clone(),
+            d4: self.d4.fork(),
+            a4: self.a4.shallow_clone(),
+            d51: self.d51.fork(),
+            d52: self.d52.fork(),
+        }
+    }
+}
+
+impl ONet {
+    fn fork(&self) -> Self {
+        ONet {
+            c1: self.c1.fork(),
+            a1: self.a1.shallow_clone(),
+            c2: self.c2.fork(),
+            a2: self.a2.shallow_clone(),
+            c3: self.c3.fork(),
+            a3: self.a3.shallow_clone(),
+            c4: self.c4.fork(),
+            a4: self.a4.shallow_clone(),
+            d5: self.d5.fork(),
+            a5: self.a5.shallow_clone(),
+            d61: self.d61.fork(),
+            d62: self.d62.fork(),
+            d63: self.d63.fork(),
+        }
+    }
+}
+
 /// The MTCNN detector.
 pub struct Mtcnn {
     pnet: PNet,
@@ -278,6 +344,17 @@ pub struct Mtcnn {
 }
 
 impl Mtcnn {
+    /// Handles of its own to the same weights (nothing is copied), for another thread.
+    pub fn fork(&self) -> Self {
+        Mtcnn {
+            pnet: self.pnet.fork(),
+            rnet: self.rnet.fork(),
+            onet: self.onet.fork(),
+            settings: self.settings.clone(),
+            device: self.device,
+        }
+    }
+
     /// Load `{pnet,rnet,onet}.safetensors` from `dir` onto `device`.
     pub fn load(dir: &Path, settings: MtcnnSettings, device: Device) -> Result<Self, VisionError> {
         settings.check().map_err(VisionError::Frame)?;

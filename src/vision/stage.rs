@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tch::Device;
 
@@ -151,7 +151,8 @@ impl Cadence {
     }
 }
 
-/// The networks, loaded once and shared by every stream.
+/// The networks, loaded once; every stream's stage runs on its own handles to the same
+/// weights ([`SharedModels`]).
 pub struct VisionModels {
     /// The face detector.
     pub detector: Mtcnn,
@@ -160,6 +161,14 @@ pub struct VisionModels {
 }
 
 impl VisionModels {
+    /// Handles of its own to the same weights (nothing is copied), for another thread.
+    pub fn fork(&self) -> VisionModels {
+        VisionModels {
+            detector: self.detector.fork(),
+            expression: self.expression.fork(),
+        }
+    }
+
     /// Load both networks onto `device` (paths relative to the working directory).
     pub fn load(settings: &VisionSettings, device: Device) -> Result<Self, VisionError> {
         Ok(VisionModels {
@@ -205,11 +214,23 @@ impl VisionModels {
     }
 }
 
-// SAFETY: the networks' tensors are written once, at load, and only read afterwards (every
-// forward pass runs under `no_grad` and allocates new tensors); libtorch allows concurrent
-// reads of a tensor from several threads. So the streams' video threads share one copy of the
-// weights instead of each loading its own.
-unsafe impl Sync for VisionModels {}
+/// The networks as the streams share them: one copy of the weights, from which each stream's
+/// stage takes handles of its own ([`VisionModels::fork`], under the lock, once) and then runs
+/// without it. libtorch tensors may be moved between threads but not shared by them.
+#[derive(Clone)]
+pub struct SharedModels(Arc<Mutex<VisionModels>>);
+
+impl SharedModels {
+    /// Share `models`.
+    pub fn new(models: VisionModels) -> Self {
+        SharedModels(Arc::new(Mutex::new(models)))
+    }
+
+    /// Handles of a stage's own to the shared weights.
+    pub fn fork(&self) -> VisionModels {
+        self.0.lock().expect("vision models lock").fork()
+    }
+}
 
 /// A face of a frame with its track.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -250,7 +271,7 @@ pub struct FrameFaces {
 
 /// One stream's vision pipeline.
 pub struct VisionStage {
-    models: Arc<VisionModels>,
+    models: VisionModels,
     tracker: Tracker,
     cadence: Cadence,
     /// Frames since the last full detection (None: none yet).
@@ -260,8 +281,8 @@ pub struct VisionStage {
 }
 
 impl VisionStage {
-    /// A stage over shared models.
-    pub fn new(models: Arc<VisionModels>, cadence: Cadence, track: TrackSettings) -> Self {
+    /// A stage running `models` (its own handles: [`SharedModels::fork`]).
+    pub fn new(models: VisionModels, cadence: Cadence, track: TrackSettings) -> Self {
         VisionStage {
             models,
             tracker: Tracker::new(track),

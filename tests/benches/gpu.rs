@@ -5,7 +5,6 @@
 //! measures nothing.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
@@ -170,8 +169,7 @@ fn main() {
     .into_iter()
     .map(|f| f.image)
     .collect();
-    let load =
-        |d| Arc::new(VisionModels::load_default(&root(), MtcnnSettings::default(), d).unwrap());
+    let load = |d| VisionModels::load_default(&root(), MtcnnSettings::default(), d).unwrap();
     let (vc, vg) = (load(Device::Cpu), load(gpu));
     let refs: Vec<&RgbImage> = frames.iter().collect();
     let a = vc.detector.detect(&refs).unwrap();

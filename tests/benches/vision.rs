@@ -16,7 +16,6 @@
 //! Prints the figures and writes target/bench/vision.json.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
@@ -49,19 +48,17 @@ fn frames(path: &Path, fps: Option<u32>, size: (u32, u32), n: usize) -> Vec<RgbI
     .collect()
 }
 
-fn models(min_face: f32) -> Arc<VisionModels> {
+fn models(min_face: f32) -> VisionModels {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Arc::new(
-        VisionModels::load_default(
-            &root,
-            MtcnnSettings {
-                min_face,
-                ..Default::default()
-            },
-            Device::Cpu,
-        )
-        .unwrap_or_else(|e| panic!("{e}")),
+    VisionModels::load_default(
+        &root,
+        MtcnnSettings {
+            min_face,
+            ..Default::default()
+        },
+        Device::Cpu,
     )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Frames per second of detection + expression of the largest face; best of 3 passes.
@@ -115,13 +112,13 @@ fn python_fps(dir: &Path, threads: usize) -> Option<serde_json::Value> {
 
 /// CPU seconds per second of stream for the stage at the daemon's defaults.
 fn budget(
-    m: Arc<VisionModels>,
+    m: &VisionModels,
     cadence: Cadence,
     frames: &[RgbImage],
     fps: f64,
     passes: usize,
 ) -> (f64, f64) {
-    let mut stage = VisionStage::new(m, cadence, TrackSettings::default());
+    let mut stage = VisionStage::new(m.fork(), cadence, TrackSettings::default());
     for (i, f) in frames.iter().take(5).enumerate() {
         stage.process(i as f64 / fps, f).unwrap();
     }
@@ -191,10 +188,10 @@ fn main() {
     let call: Vec<RgbImage> = (0..25).map(|_| call[0].clone()).collect();
     let street5 = frames(&street, Some(5), (640, 360), 1000);
     let defaults = VisionSettings::default().cadence();
-    let (call_cpu, call_faces) = budget(m40.clone(), defaults, &call, 5.0, 4);
-    let (street_cpu, street_faces) = budget(m40.clone(), defaults, &street5, 5.0, 10);
-    let (call_fixed, _) = budget(m40.clone(), Cadence::fixed(5), &call, 5.0, 4);
-    let (street_fixed, _) = budget(m40.clone(), Cadence::fixed(5), &street5, 5.0, 10);
+    let (call_cpu, call_faces) = budget(&m40, defaults, &call, 5.0, 4);
+    let (street_cpu, street_faces) = budget(&m40, defaults, &street5, 5.0, 10);
+    let (call_fixed, _) = budget(&m40, Cadence::fixed(5), &call, 5.0, 4);
+    let (street_fixed, _) = budget(&m40, Cadence::fixed(5), &street5, 5.0, 10);
     println!(
         "budget at the defaults (5 fps, detect every {} / {} while faces hold, min face 40, 1 thread): \
          call-like 640x480 {:.1} % of a core ({call_faces:.2} faces/frame; every 5th always: {:.1} %), \
@@ -211,9 +208,8 @@ fn main() {
     let mut accuracy = Vec::new();
     for (min_face, m) in [(20.0, &m20), (40.0, &m40)] {
         for (name, cadence) in [("every 5th", Cadence::fixed(5)), ("defaults", defaults)] {
-            let mut every =
-                VisionStage::new(m.clone(), Cadence::fixed(1), TrackSettings::default());
-            let mut scheme = VisionStage::new(m.clone(), cadence, TrackSettings::default());
+            let mut every = VisionStage::new(m.fork(), Cadence::fixed(1), TrackSettings::default());
+            let mut scheme = VisionStage::new(m.fork(), cadence, TrackSettings::default());
             let (mut n_every, mut n_scheme, mut matched, mut detections) = (0usize, 0, 0, 0);
             let (mut main_every, mut main_scheme) = (0usize, 0usize);
             for (i, f) in street5.iter().enumerate() {
