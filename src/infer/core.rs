@@ -289,8 +289,9 @@ impl Core {
         for s in &gone {
             let dropped = self.asm.forget(s);
             counted.extend(std::iter::repeat_n(Outcome::Forgotten, dropped));
-            self.generations.remove(s);
         }
+        // Also the streams that never reached the assembler (every segment excluded).
+        self.generations.retain(|s, _| streams.contains(s));
         gone
     }
 }
@@ -353,6 +354,10 @@ mod tests {
         counted.clear();
         assert_eq!(core.forget_detached(&r, &mut counted), ["s"]);
         assert_eq!(counted, [Outcome::Forgotten]);
+        assert!(
+            core.generations.is_empty(),
+            "nothing kept of a detached stream"
+        );
     }
 
     #[test]

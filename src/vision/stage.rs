@@ -216,7 +216,9 @@ impl VisionModels {
 
 /// The networks as the streams share them: one copy of the weights, from which each stream's
 /// stage takes handles of its own ([`VisionModels::fork`], under the lock, once) and then runs
-/// without it. libtorch tensors may be moved between threads but not shared by them.
+/// without it. A libtorch tensor handle may be moved to another thread but not shared with
+/// one (`Send`, not `Sync`); the handles of all stages point at the same weights, which the
+/// forward passes only read.
 #[derive(Clone)]
 pub struct SharedModels(Arc<Mutex<VisionModels>>);
 
