@@ -329,29 +329,29 @@ pub fn parse_lenient(
         errors,
     };
     let syntax = |e: toml::de::Error| fail(vec![(None, e.to_string().trim_end().to_string())]);
-    let mut doc: toml::Table = text.parse().map_err(syntax)?;
+    // The first pass reads the text itself, so its message has the line and column; a file
+    // that parses (the usual case) is read once.
+    let de = toml::Deserializer::parse(text).map_err(syntax)?;
+    let mut result = serde_path_to_error::deserialize::<_, RawConfig>(de);
+    let mut doc: Option<toml::Table> = None;
     let mut problems = Vec::new();
     loop {
-        // The first pass reads the text itself, so its message has the line and column.
-        let result = if problems.is_empty() {
-            let de = toml::Deserializer::parse(text).map_err(syntax)?;
-            serde_path_to_error::deserialize::<_, RawConfig>(de)
-                .map_err(|e| (e.path().clone(), e.into_inner().to_string()))
-        } else {
-            serde_path_to_error::deserialize::<_, RawConfig>(toml::Value::Table(doc.clone()))
-                .map_err(|e| (e.path().clone(), e.into_inner().to_string()))
-        };
-        match result {
+        let e = match result {
             Ok(raw) => return Ok((raw, problems)),
-            Err((p, message)) => {
-                let key = p.to_string();
-                let key = (key != "." && !key.is_empty()).then_some(key);
-                problems.push((key, message.trim_end().to_string()));
-                if problems.len() >= MAX_PARSE_ERRORS || !remove_at(&mut doc, &p) {
-                    return Err(fail(problems));
-                }
-            }
+            Err(e) => e,
+        };
+        let p = e.path().clone();
+        let key = p.to_string();
+        let key = (key != "." && !key.is_empty()).then_some(key);
+        problems.push((key, e.into_inner().to_string().trim_end().to_string()));
+        let table = match &mut doc {
+            Some(t) => t,
+            None => doc.insert(text.parse().map_err(syntax)?),
+        };
+        if problems.len() >= MAX_PARSE_ERRORS || !remove_at(table, &p) {
+            return Err(fail(problems));
         }
+        result = serde_path_to_error::deserialize(toml::Value::Table(table.clone()));
     }
 }
 

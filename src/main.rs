@@ -178,30 +178,7 @@ enum Command {
     /// Run a recorded call through the daemon's stages as fast as possible: the media's audio
     /// (any format GStreamer decodes) and its transcript segments (JSONL, one transcript
     /// message a line); writes the emotion events as JSONL.
-    Replay {
-        /// The recorded call.
-        media: PathBuf,
-        /// Transcript segments, one JSON message a line (INTERFACES.md).
-        #[arg(long)]
-        transcript: PathBuf,
-        /// Config (model, text encoder, limits, publish_text).
-        #[arg(short, long, default_value = config::DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// Model directory (overrides the config's).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// The stream the call is: the id of a `[[streams]]` entry of the config gives its
-        /// speaker roles and `infer_speakers` (default: the first line's stream, no roles).
-        #[arg(long)]
-        stream: Option<String>,
-        /// Wall-clock time of the media's start (seconds since the Unix epoch), which places
-        /// `clock: "unix"` lines on the media's timeline (without it they are rejected).
-        #[arg(long)]
-        unix_epoch: Option<f64>,
-        /// Events file (default: standard output).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Replay(cli::live::ReplayArgs),
     /// Subscribe to a daemon's events and show them, a line each, as they come.
     Tail {
         /// Config whose `events.endpoint` to connect to.
@@ -341,23 +318,7 @@ fn dispatch(command: Command) -> ExitCode {
         Command::Validate { config } => cli::validate(&config),
         Command::Version { json } => cli::version(json),
         Command::Keygen { dir, name } => report(cli::live::keygen(&dir, &name)),
-        Command::Replay {
-            media,
-            transcript,
-            config,
-            model,
-            stream,
-            unix_epoch,
-            out,
-        } => report(cli::live::replay(cli::live::ReplayArgs {
-            media: &media,
-            transcript: &transcript,
-            config: &config,
-            model,
-            stream,
-            unix_epoch,
-            out: out.as_deref(),
-        })),
+        Command::Replay(args) => report(cli::live::replay(args)),
         Command::Tail {
             config,
             endpoint,

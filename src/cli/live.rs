@@ -52,26 +52,35 @@ fn daemon(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// What `summerd replay` replays.
-pub struct ReplayArgs<'a> {
+#[derive(clap::Args)]
+pub struct ReplayArgs {
     /// The recorded call.
-    pub media: &'a Path,
-    /// Its transcript lines.
-    pub transcript: &'a Path,
-    /// The config (model, limits, `[[streams]]`).
-    pub config: &'a Path,
-    /// A model directory overriding the config's.
-    pub model: Option<PathBuf>,
-    /// The stream the call is (a `[[streams]]` id for its speaker roles and policy).
-    pub stream: Option<String>,
-    /// Wall-clock time of the media's start, for `clock: "unix"` lines.
-    pub unix_epoch: Option<f64>,
-    /// Events file (default: stdout).
-    pub out: Option<&'a Path>,
+    media: PathBuf,
+    /// Transcript segments, one JSON message a line (INTERFACES.md).
+    #[arg(long)]
+    transcript: PathBuf,
+    /// Config (model, text encoder, limits, publish_text).
+    #[arg(short, long, default_value = summerd::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Model directory (overrides the config's).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The stream the call is: the id of a `[[streams]]` entry of the config gives its
+    /// speaker roles and `infer_speakers` (default: the first line's stream, no roles).
+    #[arg(long)]
+    stream: Option<String>,
+    /// Wall-clock time of the media's start (seconds since the Unix epoch), which places
+    /// `clock: "unix"` lines on the media's timeline (without it they are rejected).
+    #[arg(long)]
+    unix_epoch: Option<f64>,
+    /// Events file (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// `summerd replay`: a recorded call through the daemon's stages; the events as JSONL on
 /// stdout or in `out`, a summary and any rejected transcript lines on stderr.
-pub fn replay(a: ReplayArgs<'_>) -> anyhow::Result<()> {
+pub fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let ReplayArgs {
         media,
         transcript,
@@ -81,7 +90,8 @@ pub fn replay(a: ReplayArgs<'_>) -> anyhow::Result<()> {
         unix_epoch,
         out,
     } = a;
-    let mut cfg = Config::load(config)?;
+    let (media, transcript, out) = (media.as_path(), transcript.as_path(), out.as_deref());
+    let mut cfg = Config::load(&config)?;
     if let Some(m) = model {
         cfg.model_path = Some(m);
     }

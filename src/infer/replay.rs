@@ -177,17 +177,13 @@ pub fn replay_lines(
         }
         out.lines += 1;
         // The recording's wall clock when its media is all there: where a unix-clock line is
-        // placed from (as the live daemon places it from the newest media).
-        let stream = field(line, "stream").and_then(|v| Some(v.as_str()?.to_string()));
+        // placed from (as the live daemon places it from the newest media). A line's "now" is
+        // when it would have arrived live: when its own end was played, at the latest that.
+        let (stream, end) = stream_and_end(line);
         let all_there = stream
             .as_deref()
             .and_then(|s| Some(opts.unix_epoch? + streams.media_end(s)?));
-        // A line is judged stale against when it would have arrived live: when its own end
-        // was played (not the end of the recording).
-        let arrived = field(line, "end")
-            .and_then(|v| v.as_f64())
-            .zip(all_there)
-            .map(|(end, all)| end.min(all));
+        let arrived = end.zip(all_there).map(|(end, all)| end.min(all));
         let now = arrived.or(all_there).unwrap_or(f64::NAN);
         match validate(
             line.as_bytes(),
@@ -228,10 +224,15 @@ pub fn replay_lines(
     Ok(out)
 }
 
-/// Field `name` of a line, if it is a JSON object with one.
-fn field(line: &str, name: &str) -> Option<serde_json::Value> {
-    let mut v: serde_json::Value = serde_json::from_str(line).ok()?;
-    Some(v.get_mut(name)?.take())
+/// The `stream` and `end` fields of a line, where it has them.
+fn stream_and_end(line: &str) -> (Option<String>, Option<f64>) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return (None, None);
+    };
+    (
+        v.get("stream").and_then(|s| Some(s.as_str()?.to_string())),
+        v.get("end").and_then(serde_json::Value::as_f64),
+    )
 }
 
 /// Replay `media` as stream `spec` (None: a stream named by the first line, with no roles)
@@ -254,9 +255,7 @@ pub fn replay(
     let (features, media_seconds) = describe_audio(media)?;
     let audio_seconds = t0.elapsed().as_secs_f64();
     let spec = spec.unwrap_or_else(|| {
-        let first = jsonl
-            .lines()
-            .find_map(|l| Some(field(l, "stream")?.as_str()?.to_string()));
+        let first = jsonl.lines().find_map(|l| stream_and_end(l).0);
         StreamSpec::for_file(first.unwrap_or_else(|| "replay".into()), media)
     });
     let stream = Stream::with_features(

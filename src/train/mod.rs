@@ -204,6 +204,20 @@ pub fn predict(
     (truth, pred, active)
 }
 
+/// The test metrics (when there is a test split) and the experts kept per token, on the test
+/// split or else on dev.
+fn tested(
+    net: &Summer,
+    test: Option<&Dataset>,
+    dev: &Dataset,
+    device: Device,
+) -> (Option<Metrics>, Vec<(String, f64)>) {
+    match test.map(|t| evaluate(net, t, device, 64)) {
+        Some((m, active)) => (Some(m), active),
+        None => (None, evaluate(net, dev, device, 64).1),
+    }
+}
+
 /// Metrics of `net` on `ds`.
 pub fn evaluate(
     net: &Summer,
@@ -547,11 +561,7 @@ fn train_student(
         &extra,
         None,
     )?;
-    let test_m = test.map(|t| evaluate(&student.net, t, device, 64));
-    let active = test_m
-        .as_ref()
-        .map(|(_, a)| a.clone())
-        .unwrap_or_else(|| evaluate(&student.net, dev, device, 64).1);
+    let (test_m, active) = tested(&student.net, test, dev, device);
     student.manifest.trained_on = train.meta.source.clone();
     if let Some(t) = tuned {
         t.attach(&mut student, out)?;
@@ -564,7 +574,7 @@ fn train_student(
         best_epoch,
         dev: dev_m,
         dev_wf1: curve,
-        test: test_m.map(|(m, _)| m),
+        test: test_m,
         active_experts: active,
         seconds: t0.elapsed().as_secs_f64(),
     })
@@ -666,11 +676,7 @@ fn train_teacher(
         None => test,
     };
     let dev = tuned.as_ref().map_or(dev, |t| &t.dev);
-    let test_m = test.map(|t| evaluate(&teacher.net, t, device, 64));
-    let active = test_m
-        .as_ref()
-        .map(|(_, a)| a.clone())
-        .unwrap_or_else(|| evaluate(&teacher.net, dev, device, 64).1);
+    let (test_m, active) = tested(&teacher.net, test, dev, device);
     let teacher_report = PhaseReport {
         text_tuning,
         kind: teacher_kind,
@@ -678,7 +684,7 @@ fn train_teacher(
         best_epoch,
         dev: dev_m,
         dev_wf1: curve,
-        test: test_m.map(|(m, _)| m),
+        test: test_m,
         active_experts: active,
         seconds: t0.elapsed().as_secs_f64(),
     };
