@@ -2,7 +2,9 @@
 # The demo (`make run`): make the sample call if it is not there yet, then run summerd on it as
 # on a live call: the daemon ingests the call in real time, the reference ASR worker
 # (silero-vad + PocketSphinx) listens to the audio tap and sends transcript segments, and
-# `summerd tail` shows each emotion event as it is published. Exits when the call is over.
+# `summerd tail` shows each emotion event as it is published, and the daemon's live page shows
+# the call's timeline in a browser. Exits when the call is over, leaving a report of the whole
+# call (`summerd report`) beside it.
 # Run it through `make run` (which sets everything up first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ bin=$root/target/release/summerd
 mkdir -p "$out"
 [ -f "$out/call.mp4" ] || "$python" demo/make_call.py "$out"
 port=${SUMMERD_DEMO_PORT:-15555}
+http=${SUMMERD_DEMO_HTTP:-127.0.0.1:$((port + 3))}
 cat >"$out/summerd.toml" <<TOML
 # Written by demo/run.sh: the daemon on the sample call.
 [daemon]
@@ -25,7 +28,7 @@ publish_text = true
 [audio_tap]
 endpoint = "tcp://127.0.0.1:$((port + 2))"
 [metrics]
-enabled = false
+listen = "$http"
 [control]
 enabled = false
 [model]
@@ -49,6 +52,8 @@ trap cleanup EXIT
 
 "$bin" tail --endpoint "tcp://127.0.0.1:$((port + 1))" &
 pids+=($!)
+"$bin" tail --json --endpoint "tcp://127.0.0.1:$((port + 1))" >"$out/events.jsonl" 2>/dev/null &
+pids+=($!)
 asr_log=$out/asr.log
 "$python" asr/reference_worker.py --tap "tcp://127.0.0.1:$((port + 2))" \
   --transcripts "tcp://127.0.0.1:$port" --exit-after-idle 3 2>"$asr_log" &
@@ -57,6 +62,7 @@ pids+=($asr)
 # The worker loads its models (a few seconds) before it listens; the call starts with the daemon.
 for _ in $(seq 100); do grep -q listening "$asr_log" 2>/dev/null && break; sleep 0.1; done
 echo "[demo] playing $out/call.mp4 ($(python3 -c "import json;print(json.load(open('$out/call.json'))['seconds'])") s) in real time" >&2
+echo "[demo] live page: http://$http/ (open it in a browser while the call plays)" >&2
 "$bin" run -c "$out/summerd.toml" &
 daemon=$!
 pids+=($daemon)
@@ -64,4 +70,6 @@ wait "$asr" || true
 sleep 1.5 # the last segment's event
 kill -TERM "$daemon"
 wait "$daemon"
-echo "[demo] done: the ASR worker's segments are in $asr_log" >&2
+sleep 0.5 # the recorder's last lines
+"$bin" report "$out/events.jsonl" --out "$out/call.html"
+echo "[demo] done: the whole call is drawn in $out/call.html, the ASR worker's segments are in $asr_log" >&2

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::feed::Feed;
 use crate::health::{Heartbeat, POLL_MS};
 use crate::metrics::Metrics;
 use crate::settings::Checker;
@@ -698,22 +699,31 @@ impl PublisherHandle {
     }
 }
 
+/// How a publisher thread runs.
+pub struct PublisherSettings {
+    /// Messages queued for the thread; beyond it they are dropped and counted.
+    pub queue: usize,
+    /// How long queued messages may still go out once the thread stops.
+    pub linger: Duration,
+    /// Where every message is also fed (the web page's feed), if anywhere.
+    pub feed: Option<Arc<Feed>>,
+}
+
 /// Start a publisher thread that owns the bound PUB `socket`. It ends once every
 /// [`PublisherHandle`] is dropped and the queue is drained; on the way out it keeps the socket
 /// open for at most `linger` so that queued messages reach connected subscribers.
 pub fn spawn_publisher(
     name: &'static str,
     socket: zmq::Socket,
-    queue: usize,
-    linger: Duration,
+    settings: PublisherSettings,
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
 ) -> Result<(PublisherHandle, JoinHandle<()>), BusError> {
-    let (tx, rx) = sync_channel::<Multipart>(queue);
+    let (tx, rx) = sync_channel::<Multipart>(settings.queue);
     let m = metrics.clone();
     let join = std::thread::Builder::new()
         .name(format!("zmq-{name}"))
-        .spawn(move || publish_loop(name, socket, rx, linger, m, heartbeat))
+        .spawn(move || publish_loop(name, socket, rx, settings, m, heartbeat))
         .map_err(|e| BusError::Thread { name, source: e })?;
     Ok((PublisherHandle { name, tx, metrics }, join))
 }
@@ -722,22 +732,28 @@ fn publish_loop(
     name: &'static str,
     socket: zmq::Socket,
     rx: Receiver<Multipart>,
-    linger: Duration,
+    settings: PublisherSettings,
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
 ) {
+    let PublisherSettings { linger, feed, .. } = settings;
     loop {
         heartbeat.beat();
         match rx.recv_timeout(Duration::from_millis(POLL_MS as u64)) {
-            Ok(msg) => match socket.send_multipart(msg, zmq::DONTWAIT) {
-                Ok(()) => metrics.published(name),
-                // PUB drops rather than blocking; EAGAIN only appears in odd states.
-                Err(zmq::Error::EAGAIN) => metrics.dropped(name),
-                Err(e) => {
-                    metrics.socket_error(name);
-                    tracing::error!(socket = name, error = %e, "Publishing failed");
+            Ok(msg) => {
+                if let Some(f) = &feed {
+                    f.push(&msg);
                 }
-            },
+                match socket.send_multipart(msg, zmq::DONTWAIT) {
+                    Ok(()) => metrics.published(name),
+                    // PUB drops rather than blocking; EAGAIN only appears in odd states.
+                    Err(zmq::Error::EAGAIN) => metrics.dropped(name),
+                    Err(e) => {
+                        metrics.socket_error(name);
+                        tracing::error!(socket = name, error = %e, "Publishing failed");
+                    }
+                }
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }

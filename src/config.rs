@@ -32,10 +32,12 @@ pub use crate::infer::engine::{DeviceChoice, ModelSource};
 pub use crate::ingest::settings::{IngestConfig, PipelinesConfig};
 pub use crate::metrics::MetricsConfig;
 pub use crate::settings::{Checker, HumanDuration, Problem};
+pub use crate::signals::EscalationConfig;
 pub use crate::streams::StreamSpec;
 pub use crate::text::TextEncoderConfig;
 pub use crate::transcripts::TranscriptsConfig;
 use crate::vision::stage::VisionSettings;
+pub use crate::web::{WebConfig, WebSettings};
 
 /// Default config file name, looked for in `config/` of a checkout.
 pub const DEFAULT_CONFIG_PATH: &str = "config/summerd.toml";
@@ -62,6 +64,10 @@ pub struct RawConfig {
     pub text_encoder: TextEncoderConfig,
     /// Per-utterance inference: waiting for features, batching, provisional estimates.
     pub inference: InferenceConfig,
+    /// Call-level signals: each speaker's smoothed state and escalation events.
+    pub escalation: EscalationConfig,
+    /// The live web page on the metrics listener.
+    pub web: WebConfig,
     /// Where GStreamer launch templates (`<name>.gst`) are looked up.
     pub pipelines: PipelinesConfig,
     /// How streams are ingested and supervised.
@@ -243,6 +249,10 @@ pub struct Config {
     pub text_encoder: TextEncoderConfig,
     /// `[inference]`.
     pub inference: InferenceConfig,
+    /// `[escalation]`.
+    pub escalation: EscalationConfig,
+    /// The live web page, when served (on the metrics listener).
+    pub web: Option<WebSettings>,
     /// `[ingest]`.
     pub ingest: IngestConfig,
     /// Pipelines directory, resolved.
@@ -402,7 +412,9 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     raw.daemon.check(&mut c);
     let keys = raw.curve.load(&mut c);
     let sockets = check_sockets(&raw, &keys, &mut c);
-    let metrics = raw.metrics.check(&mut c);
+    let metrics = raw.metrics.check(&mut c, raw.web.has_token());
+    let web = raw.web.check(&mut c, metrics);
+    raw.escalation.check(&mut c);
     let model_path = raw.model.check(&mut c);
     let mut text_encoder = raw.text_encoder.clone();
     text_encoder.dir = raw.text_encoder.check(&mut c, model_path.is_some());
@@ -433,6 +445,8 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         device: raw.model.device,
         text_encoder,
         inference: raw.inference,
+        escalation: raw.escalation,
+        web,
         ingest: raw.ingest,
         pipelines_dir,
         control,

@@ -6,7 +6,8 @@
 //!      [transcript consumer task: policy, assembler] --sync_channel--> [model-worker thread]
 //!  [events publisher thread] <--sync_channel (drop newest, counted)-- lifecycle / emotion events
 //!  [audio_tap publisher thread] <--sync_channel (drop newest, counted)-- stream audio threads
-//!  [metrics HTTP task]  [watchdog task: feeds systemd only while every thread beats]
+//!  [events publisher thread] --feed (never blocks)--> [HTTP task: metrics, page, event feed]
+//!  [watchdog task: feeds systemd only while every thread beats]
 //! ```
 //!
 //! Shutdown flows one way: the token stops the only source (the transcript receiver); it drops
@@ -23,16 +24,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, BusError, PublisherHandle, SocketSpec};
+use crate::bus::{self, BusError, PublisherHandle, PublisherSettings, SocketSpec};
 use crate::config::Config;
 use crate::events::{Lifecycle, LifecycleEvent};
+use crate::feed::Feed;
 use crate::health::{Fatal, Heartbeat};
 use crate::infer::{self, engine::Engine};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{self, HEARTBEAT_MAX_AGE, Metrics};
+use crate::signals::Tracker;
 use crate::streams::Registry;
 use crate::transcripts::{self, Limits, Transcript};
 use crate::version::VersionInfo;
+use crate::web;
 
 /// Why the daemon could not start or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +44,7 @@ pub enum DaemonError {
     /// A ZeroMQ socket could not be set up.
     #[error(transparent)]
     Bus(#[from] BusError),
-    /// The metrics listener could not be bound.
+    /// The HTTP listener (metrics, page) could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsBind {
         /// The address.
@@ -57,6 +61,9 @@ pub enum DaemonError {
     /// The vision networks could not be loaded.
     #[error("cannot load the vision stage: {0}")]
     Vision(#[from] crate::vision::VisionError),
+    /// `escalation.negative` names classes the model does not have.
+    #[error("escalation.negative: the model has no class {0} (it has {1})")]
+    Signals(String, String),
     /// A thread could not be started.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
@@ -128,6 +135,13 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, DaemonError> {
     let te = &cfg.text_encoder;
     let engine = Engine::load(dir, &te.dir, te.max_tokens, te.precision, device)?;
     tracing::info!(model = engine.name(), device = ?device, text_matmul = ?engine.text_matmul(), "Loaded the model");
+    let unknown = cfg.escalation.unknown_classes(engine.classes());
+    if cfg.escalation.enabled && !unknown.is_empty() {
+        return Err(DaemonError::Signals(
+            unknown.join(", "),
+            engine.classes().join(", "),
+        ));
+    }
     // The vision stage serves the events, so it runs only with a model; its networks are
     // loaded once and shared by every stream.
     let vision = match &cfg.vision {
@@ -147,10 +161,15 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, DaemonError> {
     })
 }
 
+/// How far a page's event feed may fall behind before it is told it lost events.
+const FEED_LAG: usize = 4096;
+
 /// The bound sockets and the threads started so far.
 struct Wiring {
     ctx: zmq::Context,
     metrics: Arc<Metrics>,
+    /// The live page's event feed, when it is served.
+    feed: Option<Arc<Feed>>,
     threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
     beats: Vec<Heartbeat>,
     cancel: CancellationToken,
@@ -181,6 +200,11 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     let mut w = Wiring {
         ctx: zmq::Context::new(),
         metrics: Arc::new(Metrics::new(&info, labels)),
+        feed: cfg
+            .web
+            .as_ref()
+            .filter(|w| w.page)
+            .map(|w| Arc::new(Feed::new(w.history, FEED_LAG))),
         threads: Vec::new(),
         beats: Vec::new(),
         cancel: CancellationToken::new(),
@@ -218,15 +242,26 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         ingest.attach(s.clone())?;
     }
     let fatal = Fatal::default();
-    let consumer = start_inference(cfg, &mut w, pull, loaded.engine, &events, registry, &fatal)?;
+    let consumer = start_inference(
+        cfg,
+        &mut w,
+        pull,
+        loaded.engine,
+        &events,
+        registry.clone(),
+        &fatal,
+    )?;
     let beats = Arc::new(std::mem::take(&mut w.beats));
-    if let Some(listener) = listener {
-        tokio::spawn(metrics::serve(
-            listener,
+    if let (Some(listener), Some(settings)) = (listener, &cfg.web) {
+        let server = web::Server::new(
             w.metrics.clone(),
             beats.clone(),
+            registry,
+            w.feed.clone(),
+            settings.clone(),
             w.cancel.clone(),
-        ));
+        );
+        tokio::spawn(web::serve(listener, Arc::new(server)));
     }
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(watchdog(period, beats, w.cancel.clone()));
@@ -298,7 +333,7 @@ async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError
     }
     let listener = match cfg.metrics {
         Some(addr) => Some(
-            metrics::bind(addr)
+            web::bind(addr)
                 .await
                 .map_err(|source| DaemonError::MetricsBind { addr, source })?,
         ),
@@ -306,11 +341,15 @@ async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError
     };
     let linger = cfg.shutdown_timeout();
     let hb = Heartbeat::new("zmq-events");
+    let settings = PublisherSettings {
+        queue: e.queue,
+        linger,
+        feed: w.feed.clone(),
+    };
     let (events, join) = bus::spawn_publisher(
         "events",
         events_sock,
-        e.queue,
-        linger,
+        settings,
         w.metrics.clone(),
         hb.clone(),
     )?;
@@ -318,9 +357,13 @@ async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError
     let tap = match tap_sock {
         Some(sock) => {
             let hb = Heartbeat::new("zmq-audio_tap");
-            let q = cfg.audio_tap.queue;
+            let settings = PublisherSettings {
+                queue: cfg.audio_tap.queue,
+                linger,
+                feed: None,
+            };
             let (h, join) =
-                bus::spawn_publisher("audio_tap", sock, q, linger, w.metrics.clone(), hb.clone())?;
+                bus::spawn_publisher("audio_tap", sock, settings, w.metrics.clone(), hb.clone())?;
             w.thread("zmq-audio_tap", join, hb);
             Some(h)
         }
@@ -370,6 +413,7 @@ fn start_inference(
             max_failed_batches: inf.max_failed_batches,
             fatal: fatal.clone(),
         },
+        Tracker::new(cfg.escalation.clone()),
     )
     .map_err(|e| DaemonError::Thread("model-worker", e))?;
     w.thread("model-worker", join, hb);
@@ -389,7 +433,10 @@ impl DaemonError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            DaemonError::Attach(_) | DaemonError::Model(_) | DaemonError::Vision(_)
+            DaemonError::Attach(_)
+                | DaemonError::Model(_)
+                | DaemonError::Vision(_)
+                | DaemonError::Signals(..)
         )
     }
 }

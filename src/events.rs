@@ -3,9 +3,11 @@
 //! Every message is multipart `[topic, JSON]` (the tap adds a third frame of PCM). Topics:
 //! - `emotion.<stream>`: one [`EmotionEvent`] per utterance;
 //! - `lifecycle.<stream>`: `stream.up` / `stream.down` / `stream.error` ([`LifecycleEvent`]);
-//! - `lifecycle.daemon`: `daemon.up` once initialised, `daemon.stopping` when draining.
+//! - `lifecycle.daemon`: `daemon.up` once initialised, `daemon.stopping` when draining;
+//! - `signal.<stream>`: `escalation` / `deescalation` of one speaker ([`SignalEvent`]).
 //!
-//! A subscriber that wants everything about one stream subscribes to both of its prefixes.
+//! A subscriber that wants everything about one stream subscribes to its three prefixes.
+//! [`Event::parse`] reads any of them back (for `summerd report` and `summerd tail`).
 
 use std::collections::BTreeMap;
 
@@ -71,6 +73,131 @@ pub struct EmotionEvent {
     /// separate from the model's), on streams whose video the vision stage watches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub face: Option<FaceEvent>,
+    /// The speaker's smoothed state after this utterance (`[escalation]` on, final events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoothed: Option<Smoothed>,
+}
+
+/// A speaker's state over their recent utterances: an exponentially weighted mix of the
+/// label probabilities (`escalation.alpha` is the newest utterance's weight).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Smoothed {
+    /// The mix's most probable class.
+    pub label: String,
+    /// The mix's share of the negative classes (`escalation.negative`).
+    pub negative: f32,
+    /// Whether the speaker is in an escalation episode.
+    pub escalated: bool,
+}
+
+/// Call-level signal kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Signal {
+    /// A speaker's negative share stayed above `escalation.on` for `escalation.sustain`
+    /// utterances in a row: once per episode.
+    #[serde(rename = "escalation")]
+    Escalation,
+    /// The episode ended: the share stayed below `escalation.off` for `escalation.release`
+    /// utterances, or the stream was detached.
+    #[serde(rename = "deescalation")]
+    Deescalation,
+}
+
+/// An escalation or de-escalation of one speaker of one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalEvent {
+    /// Always 1.
+    pub v: u32,
+    /// Which signal.
+    #[serde(rename = "type")]
+    pub kind: Signal,
+    /// Stream id.
+    pub stream: String,
+    /// Speaker label.
+    pub speaker: String,
+    /// The seq of the utterance that decided it.
+    pub seq: u64,
+    /// Media time the episode began (start of its first utterance above `escalation.on`).
+    pub start: f64,
+    /// Media time it was decided (end of the deciding utterance).
+    pub end: f64,
+    /// The smoothed negative share when it was decided.
+    pub level: f32,
+    /// The highest smoothed negative share of the episode.
+    pub peak: f32,
+    /// The negative class with the most weight in the mix when it was decided.
+    pub label: String,
+    /// Why, where it was not the speaker's own utterances (`detached`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339 UTC time of publication.
+    pub emitted_at: String,
+}
+
+impl SignalEvent {
+    /// The multipart message.
+    pub fn to_message(&self) -> Multipart {
+        vec![
+            format!("signal.{}", self.stream).into_bytes(),
+            to_json(self),
+        ]
+    }
+}
+
+/// Any published event, read back from its JSON (as `summerd tail --json` prints it and
+/// `summerd replay` writes it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `type: "emotion"`.
+    Emotion(Box<EmotionEvent>),
+    /// `type: "daemon.*"` or `"stream.*"`.
+    Lifecycle(LifecycleEvent),
+    /// `type: "escalation"` or `"deescalation"`.
+    Signal(SignalEvent),
+}
+
+impl Event {
+    /// Read one event, by its `type`.
+    pub fn parse(json: &[u8]) -> Result<Event, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Kind {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let k: Kind = serde_json::from_slice(json)?;
+        Ok(match k.kind.as_str() {
+            "emotion" => Event::Emotion(Box::new(serde_json::from_slice(json)?)),
+            "escalation" | "deescalation" => Event::Signal(serde_json::from_slice(json)?),
+            _ => Event::Lifecycle(serde_json::from_slice(json)?),
+        })
+    }
+
+    /// The stream it is about (None for the daemon's own lifecycle).
+    pub fn stream(&self) -> Option<&str> {
+        match self {
+            Event::Emotion(e) => Some(&e.stream),
+            Event::Lifecycle(e) => e.stream.as_deref(),
+            Event::Signal(e) => Some(&e.stream),
+        }
+    }
+
+    /// Its JSON, one line.
+    pub fn to_json(&self) -> Vec<u8> {
+        match self {
+            Event::Emotion(e) => to_json(e),
+            Event::Lifecycle(e) => to_json(e),
+            Event::Signal(e) => to_json(e),
+        }
+    }
+
+    /// The multipart message it was published as.
+    pub fn to_message(&self) -> Multipart {
+        match self {
+            Event::Emotion(e) => e.to_message(),
+            Event::Lifecycle(e) => e.to_message(),
+            Event::Signal(e) => e.to_message(),
+        }
+    }
 }
 
 /// The facial expression of an utterance's span (FER2013's 7 classes).
@@ -300,6 +427,7 @@ mod tests {
             provisional: false,
             text: None,
             face: None,
+            smoothed: None,
         };
         let m = e.to_message();
         assert_eq!(m[0], b"emotion.call-42");

@@ -1,8 +1,9 @@
 //! The `summerd` command line.
 //!
 //! The daemon and what works beside it: `run` (until SIGTERM or SIGINT, then drain),
-//! `validate` (a config file), `version`, `keygen` (a CURVE keypair), `tail` (a running
-//! daemon's events), `replay` (a recorded call through the daemon's stages). Offline:
+//! `validate` (a config file), `version`, `keygen` (a CURVE keypair), `token` (a bearer token
+//! for the live page), `tail` (a running daemon's events), `replay` (a recorded call through the daemon's stages), `report` (a
+//! picture of a whole call from its events). Offline:
 //! `features audio|video|text` (what the extractors compute), `dataset meld|emodb` (training
 //! data in the native format), `train`, `train-default` (the default model), `eval` (a model
 //! on a split), `loso` (leave one group out), `ablate` (variants over seeds).
@@ -179,6 +180,15 @@ enum Command {
     /// (any format GStreamer decodes) and its transcript segments (JSONL, one transcript
     /// message a line); writes the emotion events as JSONL.
     Replay(cli::live::ReplayArgs),
+    /// Draw a whole call from its events (`replay --out` or `tail --json`): a timeline per
+    /// stream and per-speaker summaries, as HTML or SVG.
+    Report {
+        /// The events (JSONL, one event a line).
+        events: PathBuf,
+        /// Output file: .html (or .htm) for a page with summaries, .svg for the timeline only.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Subscribe to a daemon's events and show them, a line each, as they come.
     Tail {
         /// Config whose `events.endpoint` to connect to.
@@ -206,6 +216,8 @@ enum Command {
         #[arg(long, default_value = "server")]
         name: String,
     },
+    /// Print a new random bearer token for `[web] token` (the live page off loopback).
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -318,7 +330,13 @@ fn dispatch(command: Command) -> ExitCode {
         Command::Validate { config } => cli::validate(&config),
         Command::Version { json } => cli::version(json),
         Command::Keygen { dir, name } => report(cli::live::keygen(&dir, &name)),
+        Command::Token => report(
+            summerd::web::new_token()
+                .map(|t| println!("{t}"))
+                .map_err(anyhow::Error::from),
+        ),
         Command::Replay(args) => report(cli::live::replay(args)),
+        Command::Report { events, out } => report(cli::call_report::run(&events, &out)),
         Command::Tail {
             config,
             endpoint,

@@ -17,13 +17,12 @@
 //! - vision: `summerd_vision_frame_seconds`, `summerd_vision_faces_total`,
 //!   `summerd_vision_errors_total`
 //!
-//! The HTTP side answers `GET /metrics` (text format 0.0.4) and `GET /healthz` (200 while every
-//! worker thread's heartbeat is fresh, else 503 naming the stale one); anything else is 404.
-//! Requests are capped in size and time so that a stuck client cannot hold a task.
+//! The HTTP listener ([`crate::web`]) serves them at `GET /metrics` (text format 0.0.4), and
+//! `GET /healthz` from the heartbeats ([`stale`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
@@ -34,9 +33,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +47,8 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// `IP:PORT` to listen on (`GET /metrics`).
     pub listen: String,
-    /// Allow a non-loopback listen address (metrics carry no secrets but reveal stream ids).
+    /// Allow a non-loopback listen address without a `[web]` token (metrics carry no secrets
+    /// but reveal stream ids). The live page is never served off loopback without a token.
     pub insecure: bool,
 }
 
@@ -66,18 +63,19 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// Check the table; the address to listen on when enabled and usable.
-    pub fn check(&self, c: &mut Checker) -> Option<SocketAddr> {
+    /// Check the table; the address to listen on when enabled and usable. `token`: whether
+    /// `[web]` sets a bearer token (then every path but `/healthz` needs it).
+    pub fn check(&self, c: &mut Checker, token: bool) -> Option<SocketAddr> {
         if !self.enabled {
             return None;
         }
         match self.listen.parse::<SocketAddr>() {
             Ok(addr) => {
-                if !addr.ip().is_loopback() && !self.insecure {
+                if !addr.ip().is_loopback() && !self.insecure && !token {
                     c.bad(
                         "metrics.listen",
                         format!("'{addr}' is reachable from other hosts"),
-                        "a loopback address, or metrics.insecure = true",
+                        "a loopback address, a bearer token (web.token), or metrics.insecure = true",
                     );
                 }
                 Some(addr)
@@ -541,106 +539,3 @@ pub fn stale(beats: &[Heartbeat], max_age: Duration) -> Option<&Heartbeat> {
 
 /// Longest a worker thread may go without a heartbeat before it counts as stuck.
 pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(5);
-const MAX_REQUEST: usize = 8192;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Bind the metrics listener (separate from serving, so that "address in use" is reported
-/// at start-up, naming the address).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-/// Serve metrics until `cancel` fires.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    beats: Arc<Vec<Heartbeat>>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let conn = tokio::select! {
-            _ = cancel.cancelled() => return,
-            c = listener.accept() => c,
-        };
-        match conn {
-            Ok((stream, _)) => {
-                let (m, b) = (metrics.clone(), beats.clone());
-                tokio::spawn(async move {
-                    if tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &m, &b))
-                        .await
-                        .is_err()
-                    {
-                        tracing::debug!("Metrics request timed out");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Accepting a metrics connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn handle(mut stream: TcpStream, metrics: &Metrics, beats: &[Heartbeat]) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > MAX_REQUEST {
-            let _ = respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "",
-            )
-            .await;
-            return;
-        }
-    }
-    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        ("GET", "/healthz") => match stale(beats, HEARTBEAT_MAX_AGE) {
-            None => ("200 OK", "text/plain", "ok\n".to_string()),
-            Some(h) => (
-                "503 Service Unavailable",
-                "text/plain",
-                format!("thread {} has not reported for {:?}\n", h.name(), h.age()),
-            ),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics or /healthz\n".into(),
-        ),
-        _ => ("405 Method Not Allowed", "text/plain", String::new()),
-    };
-    let _ = respond(&mut stream, status, ctype, &body).await;
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    ctype: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}

@@ -5,9 +5,9 @@
 //! ```
 //! Per emotion event: time, stream, speaker, label, confidence as a bar, the next two classes,
 //! the modalities used (T text, A audio, V visual), the latency, and the text when published.
-//! Lifecycle events get a line of their own.
+//! Lifecycle events and escalation signals get a line of their own.
 
-use crate::events::{EmotionEvent, LifecycleEvent};
+use crate::events::{EmotionEvent, LifecycleEvent, Signal, SignalEvent};
 
 const BAR: usize = 20;
 
@@ -92,8 +92,37 @@ pub fn lifecycle_line(e: &LifecycleEvent) -> String {
     line
 }
 
+/// One line for an escalation signal.
+pub fn signal_line(e: &SignalEvent) -> String {
+    let kind = match e.kind {
+        Signal::Escalation => "ESCALATION",
+        Signal::Deescalation => "deescalation",
+    };
+    let mut line = format!(
+        "{} {} {:<10} {kind} {} level {:.2} (peak {:.2}) media {:.1}-{:.1} s",
+        clock(&e.emitted_at),
+        e.stream,
+        e.speaker,
+        e.label,
+        e.level,
+        e.peak,
+        e.start,
+        e.end
+    );
+    if let Some(r) = &e.reason {
+        line.push_str(&format!(": {r}"));
+    }
+    line
+}
+
 /// The line for a message `[topic, json]`, or why it could not be read.
 pub fn render(topic: &[u8], json: &[u8]) -> String {
+    if topic.starts_with(b"signal.") {
+        return match serde_json::from_slice::<SignalEvent>(json) {
+            Ok(e) => signal_line(&e),
+            Err(err) => format!("(unreadable signal: {err})"),
+        };
+    }
     if topic.starts_with(b"emotion.") {
         match serde_json::from_slice::<EmotionEvent>(json) {
             Ok(e) => emotion_line(&e),
@@ -165,5 +194,17 @@ mod tests {
             "10:15:02.113 s1 stream.down: end of stream (media 4.2 s)"
         );
         assert!(render(b"emotion.x", b"nope").starts_with("(unreadable"));
+        assert!(render(b"signal.x", b"{}").starts_with("(unreadable"));
+    }
+
+    #[test]
+    fn an_escalation_stands_out() {
+        let json = br#"{"v":1,"type":"escalation","stream":"call-42","speaker":"customer","seq":9,
+            "start":61.2,"end":80.5,"level":0.71,"peak":0.71,"label":"anger",
+            "emitted_at":"2026-11-28T10:15:02.113Z"}"#;
+        assert_eq!(
+            render(b"signal.call-42", json),
+            "10:15:02.113 call-42 customer   ESCALATION anger level 0.71 (peak 0.71) media 61.2-80.5 s"
+        );
     }
 }

@@ -23,21 +23,8 @@ fn summerd() -> Command {
     c
 }
 
-/// Config with the default model and the repository's templates; with `events_port`, the
-/// events endpoint too (a daemon's config; replay needs none).
 fn config(events_port: Option<u16>) -> String {
-    let r = repo();
-    let endpoint = events_port
-        .map(|p| format!("endpoint = \"tcp://127.0.0.1:{p}\"\n"))
-        .unwrap_or_default();
-    format!(
-        "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
-         [pipelines]\ndir = \"{}\"\n[events]\n{endpoint}publish_text = true\n{}",
-        r.join("models/summer-default").display(),
-        r.join("models/third_party/all-minilm-l6-v2").display(),
-        r.join("pipelines").display(),
-        vision()
-    )
+    common::model_config(events_port)
 }
 
 /// The `[vision]` table naming the repository's converted weights.

@@ -29,6 +29,8 @@ debs=(
   python3-venv
   # the demo and the end-to-end tests: generated speech (two voices) for the sample call
   espeak-ng sox
+  # the live page's test: a real browser, headless
+  chromium
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -118,15 +118,13 @@ fn through_the_daemon(streams: Arc<Registry>, lines: &[String]) -> (Vec<Value>, 
     sub.set_subscribe(b"emotion.").unwrap();
     sub.set_rcvtimeo(100).unwrap();
     let hb = summerd::health::Heartbeat::new("events");
-    let (events, publishing) = summerd::bus::spawn_publisher(
-        "events",
-        publisher,
-        64,
-        Duration::from_secs(1),
-        metrics.clone(),
-        hb,
-    )
-    .unwrap();
+    let settings = summerd::bus::PublisherSettings {
+        queue: 64,
+        linger: Duration::from_secs(1),
+        feed: None,
+    };
+    let (events, publishing) =
+        summerd::bus::spawn_publisher("events", publisher, settings, metrics.clone(), hb).unwrap();
     let cfg = InferenceConfig::default();
     let (wtx, wrx) = std::sync::mpsc::sync_channel(cfg.queue);
     let worker = infer::spawn_worker(
@@ -141,6 +139,7 @@ fn through_the_daemon(streams: Arc<Registry>, lines: &[String]) -> (Vec<Value>, 
             max_failed_batches: cfg.max_failed_batches,
             fatal: Default::default(),
         },
+        summerd::signals::Tracker::new(Default::default()),
     )
     .unwrap();
     let limits = Limits::from(&TranscriptsConfig::default());

@@ -129,9 +129,11 @@ pub fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     };
     let (events, stats) =
         summerd::infer::replay::replay(&mut engine, media, &jsonl, spec, &opts, vision)?;
+    let published = summerd::infer::replay::with_signals(events, &cfg.escalation);
+    let signals = published.len() - stats.events;
     let mut text = String::new();
-    for e in &events {
-        text.push_str(&serde_json::to_string(e)?);
+    for e in &published {
+        text.push_str(&String::from_utf8_lossy(&e.to_json()));
         text.push('\n');
     }
     match out {
@@ -144,10 +146,11 @@ pub fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         eprintln!("{}:{line}: rejected: {why}", transcript.display());
     }
     eprintln!(
-        "replayed {:.1} s of media, {} segment(s) -> {} event(s) with {} (audio {:.2} s, vision {:.2} s, inference {:.2} s)",
+        "replayed {:.1} s of media, {} segment(s) -> {} event(s) and {} signal(s) with {} (audio {:.2} s, vision {:.2} s, inference {:.2} s)",
         stats.media_seconds,
         stats.lines,
         stats.events,
+        signals,
         engine.name(),
         stats.audio_seconds,
         stats.vision_seconds,
@@ -179,6 +182,7 @@ pub fn tail(
         Some(s) => {
             sub.set_subscribe(format!("emotion.{s}").as_bytes())?;
             sub.set_subscribe(format!("lifecycle.{s}").as_bytes())?;
+            sub.set_subscribe(format!("signal.{s}").as_bytes())?;
         }
         None => sub.set_subscribe(b"")?,
     }

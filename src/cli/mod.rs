@@ -1,6 +1,7 @@
 //! What the commands share: the exit code of a result, logging, the shared data's directory,
 //! and the two commands that only read (`validate`, `version`).
 
+pub mod call_report;
 pub mod eval;
 pub mod features;
 pub mod live;

@@ -521,6 +521,7 @@ impl Engine {
                     provisional: u.provisional,
                     text: u.publish_text.then(|| u.text.clone()),
                     face: u.face.as_ref().map(Into::into),
+                    smoothed: None,
                 }
             })
             .collect())

@@ -32,9 +32,11 @@ use tokio::sync::mpsc;
 
 use self::core::{Core, Job, Outcome};
 use crate::bus::PublisherHandle;
+use crate::events::EmotionEvent;
 use crate::health::{Fatal, Heartbeat};
 use crate::metrics::Metrics;
 use crate::settings::{Checker, HumanDuration};
+use crate::signals::Tracker;
 use crate::streams::Registry;
 use crate::transcripts::Transcript;
 use engine::{Engine, Utterance};
@@ -164,6 +166,9 @@ impl Failpoint {
 
 /// Start the model worker thread. It ends when every sender is gone, after finishing what
 /// was sent, or after raising `policy.fatal` (a panic, or too many failed passes in a row).
+///
+/// Every final event goes through `signals` (its speaker's smoothed state, escalation
+/// signals) before it is published.
 pub fn spawn_worker(
     engine: Engine,
     rx: Receiver<WorkerMsg>,
@@ -171,6 +176,7 @@ pub fn spawn_worker(
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
     policy: WorkerPolicy,
+    signals: Tracker,
 ) -> std::io::Result<JoinHandle<()>> {
     let failpoint = Failpoint::from_env();
     if failpoint != Failpoint::None {
@@ -180,10 +186,13 @@ pub fn spawn_worker(
         .name("model-worker".into())
         .spawn(move || {
             let fatal = policy.fatal.clone();
+            let mut out = Output {
+                events,
+                metrics,
+                signals,
+            };
             let run = std::panic::AssertUnwindSafe(|| {
-                work(
-                    engine, rx, &events, &metrics, &heartbeat, &policy, failpoint,
-                )
+                work(engine, rx, &mut out, &heartbeat, &policy, failpoint)
             });
             let reason = match std::panic::catch_unwind(run) {
                 Ok(None) => return,
@@ -202,12 +211,41 @@ pub fn spawn_worker(
         })
 }
 
+/// Where the model worker's results go.
+struct Output {
+    events: PublisherHandle,
+    metrics: Arc<Metrics>,
+    signals: Tracker,
+}
+
+impl Output {
+    /// Publish a scored event, and the signal it decides.
+    fn publish(&mut self, mut e: EmotionEvent) {
+        for o in Outcome::of_event(&e) {
+            self.metrics.utterance(o.label());
+        }
+        self.metrics.event_latency(e.latency_ms / 1e3);
+        let signal = self.signals.observe(&mut e);
+        self.events.publish(e.to_message());
+        if let Some(s) = signal {
+            tracing::info!(stream = %s.stream, speaker = %s.speaker, kind = ?s.kind, level = s.level, "Call signal");
+            self.events.publish(s.to_message());
+        }
+    }
+
+    /// A stream's conversation is gone: end its open episodes.
+    fn forget(&mut self, stream: &str) {
+        for s in self.signals.forget(stream) {
+            self.events.publish(s.to_message());
+        }
+    }
+}
+
 /// The worker's loop. None: every sender is gone; Some: why it gave up.
 fn work(
     mut engine: Engine,
     rx: Receiver<WorkerMsg>,
-    events: &PublisherHandle,
-    metrics: &Metrics,
+    out: &mut Output,
     heartbeat: &Heartbeat,
     policy: &WorkerPolicy,
     failpoint: Failpoint,
@@ -222,13 +260,13 @@ fn work(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return None,
         };
-        take(&mut engine, &mut jobs, first, metrics);
+        take(&mut engine, &mut jobs, first, out);
         let mut open = true;
         let deadline = Instant::now() + max_wait;
         while jobs.len() < max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(m) => take(&mut engine, &mut jobs, m, metrics),
+                Ok(m) => take(&mut engine, &mut jobs, m, out),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     open = false;
@@ -240,7 +278,7 @@ fn work(
             if failpoint == Failpoint::Panic {
                 panic!("SUMMERD_FAILPOINT=model-worker-panic");
             }
-            let ok = run_batch(&mut engine, &mut jobs, events, metrics, failpoint);
+            let ok = run_batch(&mut engine, &mut jobs, out, failpoint);
             failed = if ok { 0 } else { failed + 1 };
             if failed >= policy.max_failed_batches {
                 return Some(format!(
@@ -256,16 +294,17 @@ fn work(
 
 /// Queue a job (reading its audio span and face now), or apply a forget (dropping the
 /// stream's jobs not yet run, counted as forgotten).
-fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg, metrics: &Metrics) {
+fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg, out: &mut Output) {
     match msg {
         WorkerMsg::Job(j) => jobs.push(j.resolve()),
         WorkerMsg::Forget(stream) => {
             let before = jobs.len();
             jobs.retain(|u| u.stream != stream);
             for _ in jobs.len()..before {
-                metrics.utterance(Outcome::Forgotten.label());
+                out.metrics.utterance(Outcome::Forgotten.label());
             }
             engine.forget(&stream);
+            out.forget(&stream);
         }
     }
 }
@@ -274,10 +313,10 @@ fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg, metrics:
 fn run_batch(
     engine: &mut Engine,
     jobs: &mut Vec<Utterance>,
-    events: &PublisherHandle,
-    metrics: &Metrics,
+    out: &mut Output,
     failpoint: Failpoint,
 ) -> bool {
+    let metrics = out.metrics.clone();
     let t0 = Instant::now();
     let result = if failpoint == Failpoint::Error {
         Err(engine::EngineError::Failpoint)
@@ -289,11 +328,7 @@ fn run_batch(
     match result {
         Ok(evs) => {
             for e in evs {
-                for o in Outcome::of_event(&e) {
-                    metrics.utterance(o.label());
-                }
-                metrics.event_latency(e.latency_ms / 1e3);
-                events.publish(e.to_message());
+                out.publish(e);
             }
         }
         Err(e) => {

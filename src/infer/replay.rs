@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use super::core::{self, Core, Outcome};
 use super::engine::{Engine, EngineError, Utterance};
-use crate::events::EmotionEvent;
+use crate::events::{EmotionEvent, Event};
+use crate::signals::{EscalationConfig, Tracker};
 use crate::streams::features::AudioFeatures;
 use crate::streams::{Registry, Stream, StreamSpec};
 use crate::transcripts::{Clock, Limits, validate};
@@ -222,6 +223,19 @@ pub fn replay_lines(
         *out.outcomes.entry(o.label()).or_default() += 1;
     }
     Ok(out)
+}
+
+/// Scored events as the daemon publishes them: each through the call-level signal
+/// [`Tracker`] (its speaker's smoothed state), followed by the signal it decides.
+pub fn with_signals(events: Vec<EmotionEvent>, cfg: &EscalationConfig) -> Vec<Event> {
+    let mut tracker = Tracker::new(cfg.clone());
+    let mut out = Vec::with_capacity(events.len());
+    for mut e in events {
+        let signal = tracker.observe(&mut e);
+        out.push(Event::Emotion(Box::new(e)));
+        out.extend(signal.map(Event::Signal));
+    }
+    out
 }
 
 /// The `stream` and `end` fields of a line, where it has them.

@@ -75,6 +75,26 @@ pub fn short_call(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap()
 }
 
+/// Config with the default model, its text encoder, the vision stage and the repository's
+/// templates, text published; with `events_port`, the events endpoint too (a daemon's config;
+/// replay needs none).
+pub fn model_config(events_port: Option<u16>) -> String {
+    let r = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let endpoint = events_port
+        .map(|p| format!("endpoint = \"tcp://127.0.0.1:{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[model]\npath = \"{}\"\ndevice = \"cpu\"\n[text_encoder]\ndir = \"{}\"\n\
+         [pipelines]\ndir = \"{}\"\n[events]\n{endpoint}publish_text = true\n\
+         [vision]\nmtcnn_dir = \"{}\"\nexpression_file = \"{}\"\n",
+        r.join("models/summer-default").display(),
+        r.join("models/third_party/all-minilm-l6-v2").display(),
+        r.join("pipelines").display(),
+        r.join(summerd::vision::MTCNN_DIR).display(),
+        r.join(summerd::vision::EXPRESSION_FILE).display()
+    )
+}
+
 /// A peer script under tests/peers.
 pub fn peer(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -91,7 +111,10 @@ pub struct Daemon {
     pub transcripts: String,
     pub events: String,
     pub tap: String,
+    /// The HTTP listener, reachable from here.
     pub metrics: String,
+    /// The `[web]` bearer token, where the config sets one.
+    pub token: Option<String>,
 }
 
 impl Daemon {
@@ -146,7 +169,23 @@ impl Daemon {
         if !has("audio_tap") {
             cfg += &format!("[audio_tap]\nendpoint = \"tcp://127.0.0.1:{a}\"\n");
         }
-        cfg += &format!("[metrics]\nlisten = \"127.0.0.1:{m}\"\n");
+        // With its own [metrics], the listener is where it says (reached over loopback).
+        let metrics = match extra
+            .split("[metrics]\nlisten = \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        {
+            Some(listen) => listen.replace("0.0.0.0", "127.0.0.1"),
+            None => {
+                cfg += &format!("[metrics]\nlisten = \"127.0.0.1:{m}\"\n");
+                format!("127.0.0.1:{m}")
+            }
+        };
+        let token = extra
+            .split("[web]\ntoken = \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(str::to_string);
         if !has("pipelines") {
             cfg += "[pipelines]\ndir = \"pipelines\"\n";
         }
@@ -186,7 +225,8 @@ impl Daemon {
             transcripts: format!("tcp://127.0.0.1:{t}"),
             events: format!("tcp://127.0.0.1:{e}"),
             tap: format!("tcp://127.0.0.1:{a}"),
-            metrics: format!("127.0.0.1:{m}"),
+            metrics,
+            token,
         };
         d.wait_ready();
         d
@@ -198,7 +238,7 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("summerd exited early with {status}:\n{}", self.log());
             }
-            if let Ok((_, body)) = http_get(&self.metrics, "/metrics")
+            if let Ok((_, body)) = http_get_with(&self.metrics, "/metrics", self.token.as_deref())
                 && metric(&body, "summerd_ready") == Some(1.0)
             {
                 return;
@@ -237,7 +277,7 @@ impl Daemon {
 
     /// The current metrics text.
     pub fn scrape(&self) -> String {
-        http_get(&self.metrics, "/metrics")
+        http_get_with(&self.metrics, "/metrics", self.token.as_deref())
             .expect("scrape metrics")
             .1
     }
@@ -277,9 +317,21 @@ impl Drop for Daemon {
 
 /// GET over plain HTTP/1.1; returns (status code, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, path, None)
+}
+
+/// GET with a bearer token, if given.
+pub fn http_get_with(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let code = resp

@@ -1,0 +1,537 @@
+//! The HTTP listener (`[metrics] listen`, loopback by default): Prometheus metrics, health,
+//! and the live page of every stream with its event feed.
+//!
+//! | path | what | token |
+//! |---|---|---|
+//! | `GET /metrics` | Prometheus text format 0.0.4 | yes |
+//! | `GET /healthz` | 200 while every worker thread's heartbeat is fresh, else 503 | no |
+//! | `GET /` | the live page (`[web] enabled`) | yes |
+//! | `GET /app.js`, `/style.css`, `/labels.css` | the page's code and style, in the binary | no |
+//! | `GET /api/streams` | the streams as JSON: state, media time, restarts, faces seen | yes |
+//! | `GET /events` | server-sent events: every published event, kept ones first | yes |
+//!
+//! With a token (`web.token` or `web.token_file`), the paths marked "yes" need
+//! `Authorization: Bearer <token>` or `?token=<token>` (what a browser can send), else 401;
+//! off loopback the page is refused at start without one. The feed carries exactly what the
+//! events socket publishes, so a stream's text is there only where its `publish_text` is on.
+//!
+//! Requests are capped in size and in the time to send them; a feed reader that takes longer
+//! than [`WRITE_TIMEOUT`] to take a write is dropped, and at most `web.max_clients` feeds are
+//! open at once (then 503). The feed is filled by the events publisher thread and read here,
+//! on the runtime: no page can slow the inference path.
+
+mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::feed::{Feed, Item};
+use crate::health::Heartbeat;
+use crate::metrics::{self, HEARTBEAT_MAX_AGE, Metrics};
+use crate::settings::Checker;
+use crate::streams::Registry;
+use http::{Request, Response};
+
+/// `[web]`: the live page on the metrics listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the page and its feed.
+    pub enabled: bool,
+    /// Bearer token for everything but `/healthz` (16 or more of `A-Z a-z 0-9 - _ . ~`).
+    /// Needed off loopback.
+    pub token: Option<String>,
+    /// A file holding the token instead (its first line; keep it mode 0600).
+    pub token_file: Option<PathBuf>,
+    /// Published events kept for a page opened mid-call (or a reconnecting one).
+    pub history: usize,
+    /// Event feeds open at once.
+    pub max_clients: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: None,
+            token_file: None,
+            history: 5000,
+            max_clients: 16,
+        }
+    }
+}
+
+/// The checked `[web]` table, for a daemon that has an HTTP listener.
+#[derive(Clone, PartialEq)]
+pub struct WebSettings {
+    /// Serve the page and its feed.
+    pub page: bool,
+    /// The bearer token, if any.
+    pub token: Option<String>,
+    /// Events kept.
+    pub history: usize,
+    /// Feeds open at once.
+    pub max_clients: usize,
+}
+
+impl std::fmt::Debug for WebSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSettings")
+            .field("page", &self.page)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("history", &self.history)
+            .field("max_clients", &self.max_clients)
+            .finish()
+    }
+}
+
+const MIN_TOKEN: usize = 16;
+
+impl WebConfig {
+    /// Whether a token is configured (checked by [`WebConfig::check`]).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
+    }
+
+    /// Check the table against the listener's address (None: no listener, nothing served).
+    pub fn check(&self, c: &mut Checker, listen: Option<SocketAddr>) -> Option<WebSettings> {
+        c.range("web.history", self.history, 0, 1_000_000);
+        c.range("web.max_clients", self.max_clients, 1, 10_000);
+        let token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                c.bad(
+                    "web.token_file",
+                    "is set as well as web.token",
+                    "one of web.token and web.token_file",
+                );
+                None
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(p)) => {
+                let path = c.resolve(p);
+                match std::fs::read_to_string(&path) {
+                    Ok(s) => Some(s.lines().next().unwrap_or("").trim().to_string()),
+                    Err(e) => {
+                        c.bad(
+                            "web.token_file",
+                            format!("cannot read {}: {e}", path.display()),
+                            "a readable file holding the token",
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(t) = &token {
+            let key = if self.token.is_some() {
+                "web.token"
+            } else {
+                "web.token_file"
+            };
+            if t.len() < MIN_TOKEN || !t.bytes().all(token_byte) {
+                c.bad(
+                    key,
+                    format!(
+                        "the token is {} characters of which some may not be allowed",
+                        t.len()
+                    ),
+                    "16 or more of A-Z a-z 0-9 - _ . ~ (`summerd token` prints one)",
+                );
+            }
+        }
+        let addr = listen?;
+        if self.enabled && !addr.ip().is_loopback() && token.is_none() && !self.has_token() {
+            c.bad(
+                "web.token",
+                format!("the live page and its event feed would be served to other hosts on {addr} without a token"),
+                "a bearer token (web.token or web.token_file), web.enabled = false, or a loopback metrics.listen",
+            );
+        }
+        Some(WebSettings {
+            page: self.enabled,
+            token,
+            history: self.history,
+            max_clients: self.max_clients,
+        })
+    }
+}
+
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.~".contains(&b)
+}
+
+/// A new random token (for `summerd token`): 32 URL-safe characters from the kernel's
+/// random source.
+pub fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect())
+}
+
+/// The longest a feed reader may take to accept one write.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle feed gets a comment line (keeps proxies and the browser's connection up).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// What the listener serves from.
+pub struct Server {
+    /// The daemon's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Worker heartbeats for `/healthz`.
+    pub beats: Arc<Vec<Heartbeat>>,
+    /// The attached streams.
+    pub streams: Arc<Registry>,
+    /// The event feed (None: no page).
+    pub feed: Option<Arc<Feed>>,
+    /// `[web]`.
+    pub settings: WebSettings,
+    /// Ends every connection when the daemon stops.
+    pub cancel: CancellationToken,
+    feeds_open: AtomicUsize,
+}
+
+impl Server {
+    /// A server over the daemon's parts.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        beats: Arc<Vec<Heartbeat>>,
+        streams: Arc<Registry>,
+        feed: Option<Arc<Feed>>,
+        settings: WebSettings,
+        cancel: CancellationToken,
+    ) -> Server {
+        Server {
+            metrics,
+            beats,
+            streams,
+            feed,
+            settings,
+            cancel,
+            feeds_open: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Bind the listener (separate from serving, so that "address in use" is reported at
+/// start-up, naming the address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve until the server's `cancel` fires.
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    loop {
+        let conn = tokio::select! {
+            _ = server.cancel.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let s = server.clone();
+                tokio::spawn(async move { handle(stream, &s).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Accepting an HTTP connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, server: &Server) {
+    let req = match http::read_request(&mut stream).await {
+        Ok(r) => r,
+        Err(Some(resp)) => {
+            let _ = resp.send(&mut stream).await;
+            return;
+        }
+        Err(None) => return,
+    };
+    if req.method != "GET" {
+        let _ = Response::text("405 Method Not Allowed", "GET only\n")
+            .send(&mut stream)
+            .await;
+        return;
+    }
+    let protected = !matches!(
+        req.path.as_str(),
+        "/healthz" | "/app.js" | "/style.css" | "/labels.css"
+    );
+    if protected && !authorised(&req, server.settings.token.as_deref()) {
+        let _ = Response::text("401 Unauthorized", "a bearer token is needed\n")
+            .header("WWW-Authenticate", "Bearer")
+            .send(&mut stream)
+            .await;
+        return;
+    }
+    if let (true, "/events", Some(feed)) = (server.settings.page, req.path.as_str(), &server.feed) {
+        serve_feed(stream, &req, feed, server).await;
+        return;
+    }
+    let _ = route(&req, server).send(&mut stream).await;
+}
+
+fn route(req: &Request, server: &Server) -> Response {
+    let page = server.settings.page;
+    match req.path.as_str() {
+        "/metrics" => Response::new(
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            server.metrics.render(),
+        ),
+        "/healthz" => match metrics::stale(&server.beats, HEARTBEAT_MAX_AGE) {
+            None => Response::text("200 OK", "ok\n"),
+            Some(h) => Response::text(
+                "503 Service Unavailable",
+                &format!("thread {} has not reported for {:?}\n", h.name(), h.age()),
+            ),
+        },
+        "/" | "/index.html" if page => Response::asset("text/html; charset=utf-8", INDEX),
+        "/app.js" if page => Response::asset("text/javascript; charset=utf-8", APP_JS),
+        "/style.css" if page => Response::asset("text/css; charset=utf-8", STYLE_CSS),
+        "/labels.css" if page => Response::asset("text/css; charset=utf-8", LABELS_CSS),
+        "/api/streams" if page => {
+            Response::new("200 OK", "application/json", streams_json(&server.streams))
+                .header("Cache-Control", "no-store")
+        }
+        _ => Response::text(
+            "404 Not Found",
+            if page {
+                "try /, /metrics or /healthz\n"
+            } else {
+                "try /metrics or /healthz\n"
+            },
+        ),
+    }
+}
+
+/// The page's files, in the binary.
+const INDEX: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+/// The label colours, shared with `summerd report`.
+pub const LABELS_CSS: &str = include_str!("assets/labels.css");
+
+/// A stream as the page shows it (no URI: it may hold credentials).
+#[derive(Serialize)]
+struct StreamRow {
+    id: String,
+    state: crate::streams::StreamState,
+    media_time: f64,
+    restarts: u64,
+    /// Whether the vision stage watches it and saw a face in the last 5 s (None: no video).
+    faces: Option<bool>,
+    publish_text: Option<bool>,
+    speakers: std::collections::BTreeMap<String, String>,
+}
+
+fn streams_json(streams: &Registry) -> String {
+    let rows: Vec<StreamRow> = streams
+        .list()
+        .into_iter()
+        .map(|i| {
+            let faces = streams.view(&i.spec.id).and_then(|v| {
+                let visual = v.visual?;
+                Some(
+                    visual
+                        .pool((i.media_time - 5.0).max(0.0), i.media_time)
+                        .present,
+                )
+            });
+            StreamRow {
+                id: i.spec.id,
+                state: i.state,
+                media_time: i.media_time,
+                restarts: i.restarts,
+                faces,
+                publish_text: i.spec.publish_text,
+                speakers: i.spec.speakers,
+            }
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn authorised(req: &Request, token: Option<&str>) -> bool {
+    let Some(want) = token else {
+        return true;
+    };
+    let given = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .or_else(|| req.query("token"));
+    given.is_some_and(|g| same(g.trim().as_bytes(), want.as_bytes()))
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Releases a feed slot when the feed ends, however it ends.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Server-sent events: the kept items after `Last-Event-ID` (or `?after=`), then every new
+/// one, until the client goes, falls [`WRITE_TIMEOUT`] behind, or the daemon stops.
+async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &Server) {
+    let open = server.feeds_open.fetch_add(1, Ordering::AcqRel) + 1;
+    let _slot = Slot(&server.feeds_open);
+    if open > server.settings.max_clients {
+        let _ = Response::text(
+            "503 Service Unavailable",
+            "too many open feeds (web.max_clients)\n",
+        )
+        .send(&mut stream)
+        .await;
+        return;
+    }
+    let after = req
+        .header("last-event-id")
+        .or_else(|| req.query("after"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0u64);
+    let sub = feed.subscribe(after);
+    let mut live = sub.live;
+    let mut out = String::from(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
+         X-Accel-Buffering: no\r\nConnection: close\r\n\r\nretry: 2000\n\n",
+    );
+    for item in &sub.backlog {
+        sse(&mut out, item);
+    }
+    if !write(&mut stream, &out).await {
+        return;
+    }
+    loop {
+        out.clear();
+        tokio::select! {
+            _ = server.cancel.cancelled() => return,
+            _ = tokio::time::sleep(KEEPALIVE) => out.push_str(": keep-alive\n\n"),
+            r = live.recv() => match r {
+                Ok(item) => {
+                    sse(&mut out, &item);
+                    // Whatever else is already there goes in the same write.
+                    while let Ok(more) = live.try_recv() {
+                        sse(&mut out, &more);
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    out.push_str(&format!("event: lagged\ndata: {n}\n\n"));
+                }
+                Err(RecvError::Closed) => return,
+            },
+        }
+        if !write(&mut stream, &out).await {
+            return;
+        }
+    }
+}
+
+fn sse(out: &mut String, item: &Item) {
+    // The JSON is one line (serde_json's compact form), as an SSE data field must be.
+    out.push_str(&format!(
+        "id: {}\nevent: {}\ndata: {}\n\n",
+        item.id,
+        item.kind,
+        item.json.replace('\n', " ")
+    ));
+}
+
+async fn write(stream: &mut TcpStream, s: &str) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(s.as_bytes())).await,
+        Ok(Ok(()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(cfg: &WebConfig, listen: &str) -> Vec<String> {
+        let mut c = Checker::new(PathBuf::new());
+        cfg.check(&mut c, Some(listen.parse().unwrap()));
+        c.into_problems().iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn off_loopback_the_page_needs_a_token() {
+        let open = WebConfig::default();
+        assert!(check(&open, "127.0.0.1:9187").is_empty());
+        let p = check(&open, "0.0.0.0:9187");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("web.token"), "{p:?}");
+        let with = WebConfig {
+            token: Some("abcdefghijklmnop-123".into()),
+            ..Default::default()
+        };
+        assert!(check(&with, "0.0.0.0:9187").is_empty());
+        let no_page = WebConfig {
+            enabled: false,
+            ..Default::default()
+        };
+        assert!(check(&no_page, "0.0.0.0:9187").is_empty());
+    }
+
+    #[test]
+    fn weak_or_doubled_tokens_are_refused() {
+        for t in ["short", "has a space in it ok", "quote\"quote\"quote\"q"] {
+            let cfg = WebConfig {
+                token: Some(t.into()),
+                ..Default::default()
+            };
+            assert_eq!(check(&cfg, "127.0.0.1:1").len(), 1, "{t}");
+        }
+        let both = WebConfig {
+            token: Some("abcdefghijklmnop".into()),
+            token_file: Some("/nonexistent".into()),
+            ..Default::default()
+        };
+        assert!(check(&both, "127.0.0.1:1")[0].contains("web.token_file"));
+        let missing = WebConfig {
+            token_file: Some("/nonexistent/token".into()),
+            ..Default::default()
+        };
+        assert!(check(&missing, "127.0.0.1:1")[0].contains("cannot read"));
+    }
+
+    #[test]
+    fn new_tokens_pass_the_check_and_differ() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_ne!(a, b);
+        let cfg = WebConfig {
+            token: Some(a),
+            ..Default::default()
+        };
+        assert!(check(&cfg, "0.0.0.0:1").is_empty());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+        assert!(!same(b"", b"a"));
+    }
+}
