@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-vision bench-capacity soak fuzz ablate bench-table
+.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-e2e-page bench-vision bench-capacity soak fuzz ablate bench-table
 
 # The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
 # default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
@@ -64,6 +64,10 @@ default-model:
 # and written to target/bench/e2e.json (~2 minutes).
 bench-e2e:
 	bash tests/setup.sh cargo bench --locked --bench e2e
+
+# The same with 4 readers holding the live page's event feed open; target/bench/e2e-page.json.
+bench-e2e-page:
+	SUMMERD_BENCH_PAGE=4 bash tests/setup.sh cargo bench --locked --bench e2e
 
 # The vision stage: MTCNN parity against facenet-pytorch and the expression net against a
 # numpy forward pass (tests/vision.rs), then throughput vs the Python reference (1 and 2

@@ -114,7 +114,7 @@ def main():
 
     # Utterance core.
     box(A, 430, 2 * WA + 30, 70, "tokio tasks beside it",
-        ["metrics HTTP: /metrics, /healthz", "systemd watchdog (heartbeats)"], "task")
+        ["HTTP: /metrics, /healthz, live page + feed", "systemd watchdog (heartbeats)"], "task")
     box(C, 430, D + WD - C, 70, "consumer task (tokio)",
         ["Core::offer: speaker policy · unix clock → media · assembler",
          "Core::poll: jobs when descriptors cover the span or feature_wait ends"], "task")

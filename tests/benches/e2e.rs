@@ -9,19 +9,27 @@
 //! segment's arrival to the event's publication. Figures are printed and written to
 //! target/bench/e2e.json. Run with `make bench-e2e`. SUMMERD_BENCH_THREADS,
 //! SUMMERD_BENCH_TEXT_PRECISION and SUMMERD_BENCH_CONFIG (extra TOML tables for the daemon)
-//! vary the settings.
+//! vary the settings, SUMMERD_BENCH_STREAMS the number of streams (8).
+//!
+//! With SUMMERD_BENCH_PAGE=N, N readers hold the live page's event feed open
+//! (`GET /events`, server-sent events, as a browser's EventSource does) for the whole run, and
+//! each must receive every emotion event; the figures go to target/bench/e2e-page.json
+//! (`make bench-e2e-page`); with other than 8 streams the file names end in `-N`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, metric, percentile, process_cpu};
 use serde_json::{Value, json};
 
-const STREAMS: usize = 8;
 const ROUNDS: usize = 2;
 const ASR_DELAY: f64 = 0.6;
 
@@ -29,7 +37,40 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A reader of the live page's event feed: the emotion events it received, when stopped.
+fn feed_reader(addr: String, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the page's feed");
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let (mut buf, mut carry, mut emotions) = (vec![0u8; 65536], String::new(), 0);
+        while !stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    carry.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    // Whole SSE messages only; the rest waits for the next read.
+                    if let Some(end) = carry.rfind("\n\n") {
+                        emotions += carry[..end].matches("event: emotion\n").count();
+                        carry.drain(..end + 2);
+                    }
+                }
+                Err(_) => continue,
+            }
+        }
+        emotions
+    })
+}
+
 fn main() {
+    let streams: usize = std::env::var("SUMMERD_BENCH_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let readers: usize = std::env::var("SUMMERD_BENCH_PAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let dir = repo().join("target/bench/e2e-call");
     if !dir.join("call.json").is_file() {
         let ok = std::process::Command::new(common::python())
@@ -82,6 +123,10 @@ fn main() {
     let push = ctx.socket(zmq::PUSH).unwrap();
     push.connect(&d.transcripts).unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeds: Vec<JoinHandle<usize>> = (0..readers)
+        .map(|_| feed_reader(d.metrics.clone(), stop.clone()))
+        .collect();
 
     let cpu0 = process_cpu(d.child.id());
     let t_run = Instant::now();
@@ -89,15 +134,15 @@ fn main() {
     let mut audio_present = 0;
     let mut per_stream: HashMap<String, usize> = HashMap::new();
     for round in 0..ROUNDS {
-        let ids: Vec<String> = (0..STREAMS).map(|i| format!("live-{i}")).collect();
+        let ids: Vec<String> = (0..streams).map(|i| format!("live-{i}")).collect();
         let mut pending: Vec<(Instant, String)> = Vec::new();
         let mut next_attach = 0;
         let t0 = Instant::now();
-        let want = STREAMS * lines.len();
+        let want = streams * lines.len();
         let mut got = 0;
         let deadline = t0 + Duration::from_secs(call["seconds"].as_f64().unwrap() as u64 + 30);
         while got < want && Instant::now() < deadline {
-            if next_attach < STREAMS
+            if next_attach < streams
                 && t0.elapsed() >= Duration::from_millis(500 * next_attach as u64)
             {
                 let reply = d.control(json!({"cmd": "attach", "id": ids[next_attach],
@@ -154,6 +199,12 @@ fn main() {
     }
     let wall = t_run.elapsed().as_secs_f64();
     let cpu = process_cpu(d.child.id()) - cpu0;
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let fed: Vec<usize> = feeds.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, f) in fed.iter().enumerate() {
+        assert_eq!(*f, latencies.len(), "feed reader {i} missed events");
+    }
     let m = d.scrape();
     let expired = metric(
         &m,
@@ -178,28 +229,34 @@ fn main() {
     let max = latencies.last().copied().unwrap_or(f64::NAN);
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
     println!(
-        "e2e: {STREAMS} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU, {threads} inference thread(s), text {matmul:?}): \
+        "e2e: {streams} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU, {threads} inference thread(s), text {matmul:?}): \
          latency p50 {p50:.1} ms, p90 {p90:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms; \
          audio present {audio_present}/{n}; feature_wait expired {expired}; \
          engine {engine_ms:.1} ms a batch of {batch:.2} on average; \
-         daemon CPU {:.2} cores over {wall:.0} s",
+         daemon CPU {:.2} cores over {wall:.0} s; {readers} page feed reader(s), each got {fed:?} emotion events",
         cpu / wall
     );
     let out = json!({
-        "streams": STREAMS, "rounds": ROUNDS, "inference_threads": threads, "text_matmul": format!("{matmul:?}"), "events": n, "cores": cores, "device": "cpu",
+        "streams": streams, "rounds": ROUNDS, "inference_threads": threads, "text_matmul": format!("{matmul:?}"), "events": n, "cores": cores, "device": "cpu",
         "asr_delay_s": ASR_DELAY,
         "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max, "mean": mean},
         "audio_present": audio_present, "feature_wait_expired": expired,
         "engine_ms_per_batch": engine_ms, "mean_batch": batch,
         "daemon_cpu_cores": cpu / wall, "wall_s": wall,
         "per_stream_events": per_stream,
+        "page_feed_readers": readers, "page_feed_events": fed,
         "goal": {"p50_ms": 15.0, "p99_ms": 50.0},
     });
     std::fs::create_dir_all(repo().join("target/bench")).unwrap();
+    // e2e.json; -page with feed readers; -N with other than 8 streams.
+    let mut name = String::from(if readers > 0 { "e2e-page" } else { "e2e" });
+    if streams != 8 {
+        name.push_str(&format!("-{streams}"));
+    }
     std::fs::write(
-        repo().join("target/bench/e2e.json"),
+        repo().join(format!("target/bench/{name}.json")),
         serde_json::to_string_pretty(&out).unwrap() + "\n",
     )
     .unwrap();
-    println!("wrote target/bench/e2e.json");
+    println!("wrote target/bench/{name}.json");
 }
