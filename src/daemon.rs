@@ -79,6 +79,9 @@ pub enum DaemonError {
 /// What a running daemon exposes to its embedder (tests use it; `run` drives it).
 pub struct Running {
     cancel: CancellationToken,
+    /// Stops the HTTP listener, after the events publisher (whose last messages the page's
+    /// feeds still send).
+    web_stopped: CancellationToken,
     fatal: Fatal,
     metrics: Arc<Metrics>,
     events: PublisherHandle,
@@ -252,6 +255,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         &fatal,
     )?;
     let beats = Arc::new(std::mem::take(&mut w.beats));
+    let web_stopped = CancellationToken::new();
     if let (Some(listener), Some(settings)) = (listener, &cfg.web) {
         let server = web::Server::new(
             w.metrics.clone(),
@@ -259,7 +263,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             registry,
             w.feed.clone(),
             settings.clone(),
-            w.cancel.clone(),
+            web_stopped.clone(),
         );
         tokio::spawn(web::serve(listener, Arc::new(server)));
     }
@@ -270,6 +274,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     w.metrics.set_ready(true);
     Ok(Running {
         cancel: w.cancel,
+        web_stopped,
         fatal,
         metrics: w.metrics,
         events,
@@ -466,6 +471,7 @@ impl Running {
     pub async fn stop(self, reason: &str) -> Result<(), DaemonError> {
         let Running {
             cancel,
+            web_stopped,
             fatal: _,
             metrics,
             events,
@@ -531,6 +537,8 @@ impl Running {
                 return Err(DaemonError::DrainTimeout(shutdown_timeout, name));
             }
         }
+        // The publishers have stopped: the page's feeds send what they still hold and end.
+        web_stopped.cancel();
         // Terminating the context flushes queued messages (up to linger) and ends the ZAP
         // thread, whose socket then reports ETERM.
         let term = tokio::task::spawn_blocking(move || ctx.destroy());

@@ -4,7 +4,7 @@
 //!
 //! The publisher thread pushes; pushing never blocks on a reader: live readers get a
 //! `tokio::sync::broadcast` channel, and one that falls more than its capacity behind is told
-//! how many it lost (it can reload from the history). Memory is bounded by the history length
+//! how many it lost and catches up from the history. Memory is bounded by the history length
 //! and the channel's capacity.
 
 use std::collections::VecDeque;
@@ -34,6 +34,7 @@ struct History {
 
 /// The feed. Shared as `Arc<Feed>` by the publisher and the web server.
 pub struct Feed {
+    epoch: u64,
     history: Mutex<History>,
     keep: usize,
     tx: broadcast::Sender<Arc<Item>>,
@@ -52,7 +53,11 @@ impl Feed {
     /// A feed that keeps the last `keep` items and lets a live reader fall `lag` behind.
     pub fn new(keep: usize, lag: usize) -> Feed {
         let (tx, _) = broadcast::channel(lag.max(1));
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Feed {
+            epoch,
             history: Mutex::new(History {
                 next: 1,
                 items: VecDeque::with_capacity(keep.min(1 << 16)),
@@ -94,6 +99,12 @@ impl Feed {
         let live = self.tx.subscribe();
         let backlog = h.items.iter().filter(|i| i.id > after).cloned().collect();
         Subscription { backlog, live }
+    }
+
+    /// This feed's epoch (its creation time, Unix milliseconds): item numbers restart with a
+    /// new daemon, so a reader's resume point is only good in the epoch it was given in.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Readers connected now.

@@ -110,8 +110,10 @@ struct Speaker {
     mix: Vec<(String, f32)>,
     /// Utterances in a row on the far side of the threshold that would change the state.
     run: u32,
-    /// Start (media time) of the current run of utterances at or above `on`.
+    /// Start (media time) of the current run of utterances at or above `on`, and its highest
+    /// share.
     run_start: f64,
+    run_peak: f32,
     /// The open episode: its start and peak.
     episode: Option<(f64, f32)>,
     /// End (media time) of the speaker's last utterance.
@@ -139,9 +141,12 @@ impl Tracker {
     }
 
     /// Count a published emotion event: set its `smoothed` state, and return the signal it
-    /// decides, if any. Provisional events (and everything when disabled) pass untouched.
+    /// decides, if any. Provisional events, events with a probability that is not a finite
+    /// number in 0..=1 (they would poison the mix for the rest of the call), and everything
+    /// when disabled, pass untouched.
     pub fn observe(&mut self, e: &mut EmotionEvent) -> Option<SignalEvent> {
-        if !self.cfg.enabled || e.provisional {
+        let sane = e.probs.values().all(|p| (0.0..=1.0).contains(p));
+        if !self.cfg.enabled || e.provisional || !sane {
             return None;
         }
         let cfg = &self.cfg;
@@ -176,13 +181,15 @@ impl Tracker {
                 if negative >= cfg.on {
                     if s.run == 0 {
                         s.run_start = e.start;
+                        s.run_peak = negative;
                     }
                     s.run += 1;
+                    s.run_peak = s.run_peak.max(negative);
                 } else {
                     s.run = 0;
                 }
                 (s.run >= cfg.sustain).then(|| {
-                    s.episode = Some((s.run_start, negative));
+                    s.episode = Some((s.run_start, s.run_peak));
                     s.run = 0;
                     Signal::Escalation
                 })
@@ -436,6 +443,30 @@ mod tests {
         assert_eq!(ended[0].reason.as_deref(), Some("detached"));
         assert_eq!(ended[0].end, 15.5, "the end of the last utterance");
         assert!(t.forget("call").is_empty());
+    }
+
+    #[test]
+    fn the_peak_counts_the_whole_run_and_a_nan_changes_nothing() {
+        let mut t = Tracker::new(EscalationConfig {
+            alpha: 1.0,
+            ..Default::default()
+        });
+        // Shares 0.975, 0.85, 0.775: the escalation's peak is the first.
+        let mut fired = None;
+        for (seq, p) in [(1, 0.95), (2, 0.70), (3, 0.55)] {
+            let mut e = utt("customer", seq, "anger", p);
+            fired = fired.or(t.observe(&mut e));
+        }
+        let s = fired.expect("escalation");
+        assert!((s.peak - s.level).abs() > 0.15, "{s:?}");
+        assert!(s.peak > 0.95, "{s:?}");
+        let mut bad = utt("customer", 4, "anger", 0.9);
+        bad.probs.insert("joy".into(), f32::NAN);
+        assert!(t.observe(&mut bad).is_none());
+        assert!(bad.smoothed.is_none());
+        let mut next = utt("customer", 5, "neutral", 0.9);
+        t.observe(&mut next);
+        assert!(next.smoothed.unwrap().negative.is_finite());
     }
 
     #[test]

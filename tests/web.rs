@@ -64,6 +64,30 @@ fn get(addr: &str, path: &str) -> String {
     }
 }
 
+/// A GET with extra header lines; what arrives within a moment (the feed stays open).
+fn raw_get(addr: &str, path: &str, headers: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\n{headers}\r\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) if !got.is_empty() => break,
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn status(r: &str) -> &str {
+    r.split(' ').nth(1).unwrap_or("")
+}
+
 /// Headless Chromium with one page, driven over the DevTools protocol.
 struct Browser {
     child: Child,
@@ -268,7 +292,10 @@ fn the_live_page_shows_every_event_of_a_call_as_it_plays() {
     let call = short_call(dir.path());
     let media = call["media"].as_str().unwrap().to_string();
     let wav = Path::new(&media).with_file_name("call.wav");
-    let d = Daemon::start_custom(|_, p| model_config(Some(p.1)), &[], false);
+    // A hair-trigger escalation rule, so that the call's one customer line (an angry one)
+    // starts an episode whatever the model's exact probabilities: the page must show it.
+    let sensitive = "[escalation]\non = 0.05\noff = 0.01\nsustain = 1\nrelease = 1\n";
+    let d = Daemon::start_custom(|_, p| model_config(Some(p.1)) + sensitive, &[], false);
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).unwrap();
     sub.set_subscribe(b"").unwrap();
@@ -394,6 +421,34 @@ fn the_live_page_shows_every_event_of_a_call_as_it_plays() {
             .count();
         assert_eq!(marks.as_u64(), Some(with_time as u64), "{id}");
     }
+    // Every escalation signal is listed and drawn; an open episode is in the attention box.
+    for id in ["call", "quiet"] {
+        let signals: Vec<&Value> = published
+            .iter()
+            .filter(|(t, _)| *t == format!("signal.{id}"))
+            .map(|(_, e)| e)
+            .collect();
+        let escalations = signals.iter().filter(|e| e["type"] == "escalation").count();
+        let customer = signals
+            .iter()
+            .any(|e| e["type"] == "escalation" && e["speaker"] == "customer");
+        assert!(
+            customer,
+            "{id}: the angry customer line escalates: {signals:?}"
+        );
+        let listed = b.eval(&format!(
+            "document.querySelectorAll('article[data-stream=\"{id}\"] li.signal').length"
+        ));
+        assert_eq!(listed.as_u64(), Some(signals.len() as u64), "{id}");
+        let bands = b.eval(&format!(
+            "document.querySelectorAll('article[data-stream=\"{id}\"] rect.episode').length"
+        ));
+        assert_eq!(bands.as_u64(), Some(escalations as u64), "{id}");
+        let attention = b.eval(&format!(
+            "document.querySelectorAll('#escalated li[data-stream=\"{id}\"][data-speaker=\"customer\"]').length"
+        ));
+        assert_eq!(attention.as_u64(), Some(1), "{id}");
+    }
     // The latest lines as `summerd tail` shows them; text only where the stream publishes it.
     let lines = |b: &mut Browser, id: &str| -> Vec<String> {
         let v = b.eval(&format!(
@@ -425,6 +480,16 @@ fn the_live_page_shows_every_event_of_a_call_as_it_plays() {
     eprintln!("screenshot: {}", shot.display());
     let errors = b.errors();
     assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
+
+    // What the daemon publishes while it drains still reaches the page, to the last event.
+    d.signal("TERM");
+    let stopping = eventually(Duration::from_secs(15), || {
+        (b.eval(
+            "document.querySelectorAll('#daemon-events li[data-kind=\"daemon.stopping\"]').length",
+        ) == 1)
+            .then_some(())
+    });
+    assert!(stopping.is_some(), "daemon.stopping never reached the page");
 }
 
 #[test]
@@ -446,30 +511,12 @@ fn off_loopback_the_page_and_its_feed_need_the_token() {
         "[metrics]\nlisten = \"0.0.0.0:{port}\"\n[web]\ntoken = \"{token}\"\n"
     ));
     let head = |path: &str, auth: Option<&str>| -> String {
-        let mut s = TcpStream::connect(&d.metrics).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut got = Vec::new();
-        // The feed stays open: read what comes within a moment.
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(_) => break,
-            }
-            if got.windows(4).any(|w| w == b"\n\n\n\n") {
-                break;
-            }
-        }
-        String::from_utf8_lossy(&got).into_owned()
+        raw_get(&d.metrics, path, &format!("Host: x\r\n{auth}"))
     };
     let bearer = format!("Bearer {token}");
-    let status = |r: &str| r.split(' ').nth(1).unwrap_or("").to_string();
     assert_eq!(status(&head("/", None)), "401");
     assert_eq!(
         status(&head("/", Some("Bearer wrong-token-0123456789"))),
@@ -483,6 +530,7 @@ fn off_loopback_the_page_and_its_feed_need_the_token() {
     assert_eq!(status(&page), "200");
     assert!(page.contains("<title>summerd"), "{page}");
     assert!(page.contains("Content-Security-Policy"), "{page}");
+    assert_eq!(status(&head("/", Some(&format!("bearer {token}")))), "200");
     assert_eq!(status(&head(&format!("/?token={token}"), None)), "200");
     assert_eq!(status(&head("/app.js", None)), "200");
     let streams = head("/api/streams", Some(&bearer));
@@ -499,6 +547,53 @@ fn off_loopback_the_page_and_its_feed_need_the_token() {
         "the kept events come first: {feed}"
     );
     assert!(d.scrape().contains("summerd_ready 1"));
+
+    // A reconnecting page resumes after the last id it saw; one from a daemon that has
+    // restarted since (another epoch) is told to start over and gets everything kept.
+    let ids: Vec<&str> = feed
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert!(ids.len() >= 3, "{feed}");
+    let (epoch, _) = ids[0].split_once('-').unwrap();
+    let resumed = head(&format!("/events?token={token}&after={}", ids[1]), None);
+    assert!(!resumed.contains(&format!("id: {}\n", ids[0])), "{resumed}");
+    assert!(!resumed.contains(&format!("id: {}\n", ids[1])), "{resumed}");
+    assert!(resumed.contains(&format!("id: {}\n", ids[2])), "{resumed}");
+    let stale = head(
+        &format!("/events?token={token}&after=1-{}", ids.len()),
+        None,
+    );
+    assert!(stale.contains("event: reset"), "{stale}");
+    assert!(stale.contains(&format!("id: {epoch}-1\n")), "{stale}");
+}
+
+#[test]
+fn without_a_token_only_loopback_origins_read_the_page() {
+    let d = Daemon::start("");
+    let evil = raw_get(&d.metrics, "/events", "Host: evil.example:9187\r\n");
+    assert_eq!(
+        status(&evil),
+        "403",
+        "a re-pointed name must not read the feed: {evil}"
+    );
+    assert_eq!(
+        status(&raw_get(
+            &d.metrics,
+            "/api/streams",
+            "Host: evil.example\r\n"
+        )),
+        "403"
+    );
+    for host in ["127.0.0.1:9187", "localhost:9187", "[::1]:9187"] {
+        let r = raw_get(&d.metrics, "/api/streams", &format!("Host: {host}\r\n"));
+        assert_eq!(status(&r), "200", "{host}: {r}");
+    }
+    // The health check answers whatever the Host.
+    assert_eq!(
+        status(&raw_get(&d.metrics, "/healthz", "Host: evil.example\r\n")),
+        "200"
+    );
 }
 
 #[test]

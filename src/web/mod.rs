@@ -31,6 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -187,6 +188,8 @@ pub fn new_token() -> std::io::Result<String> {
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle feed gets a comment line (keeps proxies and the browser's connection up).
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Connections beyond the feeds that may be open at once (page loads, scrapes).
+const EXTRA_CONNECTIONS: usize = 64;
 
 /// What the listener serves from.
 pub struct Server {
@@ -200,9 +203,11 @@ pub struct Server {
     pub feed: Option<Arc<Feed>>,
     /// `[web]`.
     pub settings: WebSettings,
-    /// Ends every connection when the daemon stops.
-    pub cancel: CancellationToken,
+    /// Stops accepting connections and ends every feed, after what was published while
+    /// draining has been fed: cancelled once the events publisher has stopped.
+    pub stopped: CancellationToken,
     feeds_open: AtomicUsize,
+    connections: Arc<Semaphore>,
 }
 
 impl Server {
@@ -213,16 +218,18 @@ impl Server {
         streams: Arc<Registry>,
         feed: Option<Arc<Feed>>,
         settings: WebSettings,
-        cancel: CancellationToken,
+        stopped: CancellationToken,
     ) -> Server {
+        let connections = Arc::new(Semaphore::new(settings.max_clients + EXTRA_CONNECTIONS));
         Server {
             metrics,
             beats,
             streams,
             feed,
             settings,
-            cancel,
+            stopped,
             feeds_open: AtomicUsize::new(0),
+            connections,
         }
     }
 }
@@ -233,17 +240,27 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve until the server's `cancel` fires.
+/// Serve until the server's `stopped` fires.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    let loopback = listener.local_addr().map_or(true, |a| a.ip().is_loopback());
     loop {
         let conn = tokio::select! {
-            _ = server.cancel.cancelled() => return,
+            _ = server.stopped.cancelled() => return,
             c = listener.accept() => c,
         };
         match conn {
             Ok((stream, _)) => {
+                // Connections open at once are bounded (each holds a descriptor the media
+                // and sockets share); beyond that, new ones are closed at once.
+                let Ok(permit) = server.connections.clone().try_acquire_owned() else {
+                    tracing::debug!("Too many HTTP connections; one was closed");
+                    continue;
+                };
                 let s = server.clone();
-                tokio::spawn(async move { handle(stream, &s).await });
+                tokio::spawn(async move {
+                    handle(stream, &s, loopback).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Accepting an HTTP connection failed");
@@ -253,7 +270,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, server: &Server) {
+async fn handle(mut stream: TcpStream, server: &Server, loopback: bool) {
     let req = match http::read_request(&mut stream).await {
         Ok(r) => r,
         Err(Some(resp)) => {
@@ -272,6 +289,17 @@ async fn handle(mut stream: TcpStream, server: &Server) {
         req.path.as_str(),
         "/healthz" | "/app.js" | "/style.css" | "/labels.css"
     );
+    // Without a token only loopback is served, and only to pages of loopback origins: a site
+    // whose name was re-pointed at 127.0.0.1 (DNS rebinding) must not read the feed.
+    if protected && server.settings.token.is_none() && loopback && !local_host(&req) {
+        let _ = Response::text(
+            "403 Forbidden",
+            "the Host header names another site: open http://127.0.0.1:PORT/, or set web.token\n",
+        )
+        .send(&mut stream)
+        .await;
+        return;
+    }
     if protected && !authorised(&req, server.settings.token.as_deref()) {
         let _ = Response::text("401 Unauthorized", "a bearer token is needed\n")
             .header("WWW-Authenticate", "Bearer")
@@ -373,9 +401,28 @@ fn authorised(req: &Request, token: Option<&str>) -> bool {
     };
     let given = req
         .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| {
+            let (scheme, value) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(value)
+        })
         .or_else(|| req.query("token"));
     given.is_some_and(|g| same(g.trim().as_bytes(), want.as_bytes()))
+}
+
+/// Whether the request's `Host` is a loopback name or address (or absent, as from HTTP/1.0
+/// tools: a browser always sends one).
+fn local_host(req: &Request) -> bool {
+    let Some(host) = req.header("host") else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Equal, in time that does not depend on where they differ.
@@ -392,8 +439,22 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Server-sent events: the kept items after `Last-Event-ID` (or `?after=`), then every new
-/// one, until the client goes, falls [`WRITE_TIMEOUT`] behind, or the daemon stops.
+/// Where a reader resumes: `Last-Event-ID` (or `?after=`) as `<epoch>-<n>`. An id of another
+/// epoch (a daemon that has restarted since) or none: from the oldest kept item, and a reader
+/// that had an id is told to start afresh (`reset`).
+fn resume_point(req: &Request, epoch: u64) -> (u64, bool) {
+    let Some(last) = req.header("last-event-id").or_else(|| req.query("after")) else {
+        return (0, false);
+    };
+    match last.trim().split_once('-') {
+        Some((e, n)) if e.parse() == Ok(epoch) => n.parse().map_or((0, true), |n| (n, false)),
+        _ => (0, true),
+    }
+}
+
+/// Server-sent events: the kept items after the resume point, then every new one, until the
+/// client goes, stops taking writes for [`WRITE_TIMEOUT`], or the daemon has stopped (what it
+/// published while draining included).
 async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &Server) {
     let open = server.feeds_open.fetch_add(1, Ordering::AcqRel) + 1;
     let _slot = Slot(&server.feeds_open);
@@ -402,67 +463,139 @@ async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &
             "503 Service Unavailable",
             "too many open feeds (web.max_clients)\n",
         )
+        .header("Retry-After", "5")
         .send(&mut stream)
         .await;
         return;
     }
-    let after = req
-        .header("last-event-id")
-        .or_else(|| req.query("after"))
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0u64);
-    let sub = feed.subscribe(after);
-    let mut live = sub.live;
+    // A reader that vanished without closing (a laptop asleep) leaves keep-alives unacked:
+    // the kernel drops the connection after this, and the slot is freed.
+    user_timeout(&stream, KEEPALIVE * 2);
+    let (after, reset) = resume_point(req, feed.epoch());
+    let (mut rd, mut wr) = stream.split();
     let mut out = String::from(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
          X-Accel-Buffering: no\r\nConnection: close\r\n\r\nretry: 2000\n\n",
     );
-    for item in &sub.backlog {
-        sse(&mut out, item);
+    if reset {
+        out.push_str("event: reset\ndata: the daemon has restarted\n\n");
     }
-    if !write(&mut stream, &out).await {
+    let sub = feed.subscribe(after);
+    let mut live = sub.live;
+    let mut last = after;
+    if !send_items(&mut wr, &mut out, &sub.backlog, &mut last, feed.epoch()).await {
         return;
     }
+    let mut scratch = [0u8; 512];
     loop {
-        out.clear();
+        let mut ended = false;
         tokio::select! {
-            _ = server.cancel.cancelled() => return,
+            _ = server.stopped.cancelled() => ended = true,
+            // The request is all a reader sends: end of input (or an error) is a reader gone.
+            r = tokio::io::AsyncReadExt::read(&mut rd, &mut scratch) => {
+                if matches!(r, Ok(0) | Err(_)) {
+                    return;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(KEEPALIVE) => out.push_str(": keep-alive\n\n"),
             r = live.recv() => match r {
-                Ok(item) => {
-                    sse(&mut out, &item);
-                    // Whatever else is already there goes in the same write.
-                    while let Ok(more) = live.try_recv() {
-                        sse(&mut out, &more);
+                Ok(item) => out.push_str(&sse(&item, feed.epoch())),
+                Err(RecvError::Lagged(_)) => {
+                    // Fallen behind the live channel: catch up from the kept items.
+                    let again = feed.subscribe(last);
+                    live = again.live;
+                    if !send_items(&mut wr, &mut out, &again.backlog, &mut last, feed.epoch()).await {
+                        return;
                     }
+                    continue;
                 }
-                Err(RecvError::Lagged(n)) => {
-                    out.push_str(&format!("event: lagged\ndata: {n}\n\n"));
-                }
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => ended = true,
             },
         }
-        if !write(&mut stream, &out).await {
+        // Whatever else is already there goes in the same write (and, once the daemon has
+        // stopped, everything it published while draining).
+        while let Ok(item) = live.try_recv() {
+            if item.id > last {
+                last = item.id;
+                out.push_str(&sse(&item, feed.epoch()));
+            }
+        }
+        if !write(&mut wr, &out).await || ended {
             return;
         }
+        out.clear();
     }
 }
 
-fn sse(out: &mut String, item: &Item) {
-    // The JSON is one line (serde_json's compact form), as an SSE data field must be.
-    out.push_str(&format!(
-        "id: {}\nevent: {}\ndata: {}\n\n",
-        item.id,
-        item.kind,
-        item.json.replace('\n', " ")
-    ));
+/// Write `items` after `out` (the ids above `last`), in pieces of at most 64 kB, each within
+/// [`WRITE_TIMEOUT`]; a gap before the first says how many were lost (`event: lagged`).
+async fn send_items(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    out: &mut String,
+    items: &[Arc<Item>],
+    last: &mut u64,
+    epoch: u64,
+) -> bool {
+    if let Some(first) = items.first()
+        && *last > 0
+        && first.id > *last + 1
+    {
+        out.push_str(&format!(
+            "event: lagged\ndata: {}\n\n",
+            first.id - *last - 1
+        ));
+    }
+    let from = *last;
+    for item in items.iter().filter(|i| i.id > from) {
+        out.push_str(&sse(item, epoch));
+        *last = item.id;
+        if out.len() >= 64 * 1024 {
+            if !write(wr, out).await {
+                return false;
+            }
+            out.clear();
+        }
+    }
+    let ok = write(wr, out).await;
+    out.clear();
+    ok
 }
 
-async fn write(stream: &mut TcpStream, s: &str) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(s.as_bytes())).await,
-        Ok(Ok(()))
+fn sse(item: &Item, epoch: u64) -> String {
+    // The JSON is one line (serde_json's compact form), as an SSE data field must be.
+    format!(
+        "id: {epoch}-{}\nevent: {}\ndata: {}\n\n",
+        item.id,
+        item.kind,
+        item.json.replace(['\n', '\r'], " ")
     )
+}
+
+async fn write(wr: &mut (impl AsyncWriteExt + Unpin), s: &str) -> bool {
+    s.is_empty()
+        || matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(s.as_bytes())).await,
+            Ok(Ok(()))
+        )
+}
+
+/// `TCP_USER_TIMEOUT`: how long written data may stay unacknowledged before the kernel drops
+/// the connection. Best effort (a failure leaves the kernel's default, about 15 minutes).
+fn user_timeout(stream: &TcpStream, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let ms: libc::c_uint = limit.as_millis().min(u32::MAX as u128) as libc::c_uint;
+    // SAFETY: the descriptor is a connected TCP socket owned by `stream` for this call, and the
+    // option value is an unsigned int of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -525,6 +658,46 @@ mod tests {
             ..Default::default()
         };
         assert!(check(&cfg, "0.0.0.0:1").is_empty());
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_local() {
+        let host = |h: &str| Request::parse(&format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n"));
+        for h in [
+            "127.0.0.1:9187",
+            "localhost:9187",
+            "LOCALHOST",
+            "[::1]:9187",
+            "127.0.0.2",
+        ] {
+            assert!(local_host(&host(h)), "{h}");
+        }
+        for h in [
+            "evil.example:9187",
+            "evil.example",
+            "10.0.0.1:9187",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(!local_host(&host(h)), "{h}");
+        }
+        assert!(local_host(&Request::parse("GET / HTTP/1.0\r\n\r\n")));
+    }
+
+    #[test]
+    fn a_reader_resumes_in_its_own_epoch_only() {
+        let req = |id: &str| {
+            Request::parse(&format!(
+                "GET /events HTTP/1.1\r\nLast-Event-ID: {id}\r\n\r\n"
+            ))
+        };
+        assert_eq!(
+            resume_point(&Request::parse("GET /events HTTP/1.1\r\n\r\n"), 7),
+            (0, false)
+        );
+        assert_eq!(resume_point(&req("7-42"), 7), (42, false));
+        assert_eq!(resume_point(&req("6-42"), 7), (0, true));
+        assert_eq!(resume_point(&req("42"), 7), (0, true));
+        assert_eq!(resume_point(&req("7-x"), 7), (0, true));
     }
 
     #[test]

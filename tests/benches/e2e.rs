@@ -41,7 +41,8 @@ fn repo() -> PathBuf {
 fn feed_reader(addr: String, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
     std::thread::spawn(move || {
         let mut s = std::net::TcpStream::connect(&addr).expect("connect to the page's feed");
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
         let (mut buf, mut carry, mut emotions) = (vec![0u8; 65536], String::new(), 0);
         while !stop.load(Ordering::Relaxed) {

@@ -43,6 +43,8 @@
     return '█'.repeat(Math.floor(eighths / 8)) + (eighths % 8 ? ' ▏▎▍▌▋▊▉'[eighths % 8] : '');
   };
   const pad = (s, n) => String(s).padEnd(n);
+  // A number as text, whatever arrives (a field a newer daemon dropped, a null).
+  const fx = (v, d) => (Number.isFinite(v) ? v.toFixed(d) : '-');
   const runnersUp = (e) =>
     Object.entries(e.probs || {})
       .filter(([k]) => k !== e.label)
@@ -50,25 +52,25 @@
 
   // One line as `summerd tail` prints it.
   function emotionLine(e) {
-    const rest = runnersUp(e).slice(0, 2).map(([k, p]) => `${k} ${bar(p, 4)} ${p.toFixed(2)}`);
+    const rest = runnersUp(e).slice(0, 2).map(([k, p]) => `${k} ${bar(p, 4)} ${fx(p, 2)}`);
     const m = e.modalities || {};
     const flags = `[${m.text ? 'T' : '-'} ${m.audio ? 'A' : '-'} ${m.visual ? 'V' : '-'}]`;
-    let line = `${clock(e.emitted_at)} ${pad(e.speaker, 10)} ${pad(e.label, 8)} ${e.confidence.toFixed(2)} ` +
-      `${pad(bar(e.confidence, 20), 20)} ${rest.join('  ')}  ${flags} ${e.latency_ms.toFixed(1)} ms`;
+    let line = `${clock(e.emitted_at)} ${pad(e.speaker, 10)} ${pad(e.label, 8)} ${fx(e.confidence, 2)} ` +
+      `${pad(bar(e.confidence, 20), 20)} ${rest.join('  ')}  ${flags} ${fx(e.latency_ms, 1)} ms`;
     if (e.provisional) line += ' (provisional)';
-    if (e.face) line += e.face.label ? `  face ${e.face.label} ${e.face.confidence.toFixed(2)}` : '  face -';
+    if (e.face) line += e.face.label ? `  face ${e.face.label} ${fx(e.face.confidence, 2)}` : '  face -';
     if (typeof e.text === 'string') line += `  "${e.text}"`;
     return line;
   }
   function lifecycleLine(e) {
     let line = `${clock(e.emitted_at)} ${e.stream || 'daemon'} ${e.type}`;
     if (e.reason) line += `: ${e.reason}`;
-    if (typeof e.media_time === 'number') line += ` (media ${e.media_time.toFixed(1)} s)`;
+    if (typeof e.media_time === 'number') line += ` (media ${fx(e.media_time, 1)} s)`;
     return line;
   }
   function signalLine(e) {
     return `${clock(e.emitted_at)} ${e.speaker} ${e.type.toUpperCase()} ${e.label} ` +
-      `level ${e.level.toFixed(2)} (peak ${e.peak.toFixed(2)}) ${mmss(e.start)}-${mmss(e.end)}` +
+      `level ${fx(e.level, 2)} (peak ${fx(e.peak, 2)}) ${mmss(e.start)}-${mmss(e.end)}` +
       (e.reason ? `: ${e.reason}` : '');
   }
   function addLine(list, cls, text, attrs) {
@@ -129,7 +131,7 @@
       }
       addLine(this.lines, 'signal', signalLine(e), { 'data-kind': e.type });
       this.touch();
-      renderAttention();
+      scheduleTable();
     }
     openEpisodes() {
       return this.episodes.filter((p) => p.end === null);
@@ -188,11 +190,11 @@
         const r = sv('rect', {
           class: `utt ${labelClass(u.label)}${u.provisional ? ' provisional' : ''}`,
           'data-stream': this.id, 'data-seq': u.seq, 'data-label': u.label, 'data-speaker': u.speaker,
-          'data-confidence': u.confidence.toFixed(2),
+          'data-confidence': fx(u.confidence, 2),
           x: x(u.start), y: rowY(u.speaker) + 4, width: Math.max(2, x(u.end) - x(u.start)), height: ROW - 8,
-          'fill-opacity': (0.25 + 0.75 * u.confidence).toFixed(2),
+          'fill-opacity': fx(0.25 + 0.75 * (Number.isFinite(u.confidence) ? u.confidence : 0), 2),
         });
-        let tip = `${u.speaker} #${u.seq}: ${u.label} ${u.confidence.toFixed(2)}, runner-up ${ru} ${rp.toFixed(2)}`;
+        let tip = `${u.speaker} #${u.seq}: ${u.label} ${fx(u.confidence, 2)}, runner-up ${ru} ${fx(rp, 2)}`;
         if (typeof u.text === 'string') tip += `\n"${u.text}"`;
         r.appendChild(sv('title', {}, tip));
         g.appendChild(r);
@@ -201,7 +203,10 @@
         if (typeof l.media_time !== 'number') continue;
         const m = sv('g', { class: 'life', 'data-stream': this.id, 'data-kind': l.type });
         m.appendChild(sv('line', { x1: x(l.media_time), x2: x(l.media_time), y1: AXIS - 2, y2: h }));
-        m.appendChild(sv('text', { x: x(l.media_time) + 2, y: h - 2 }, l.type.replace('stream.', '')));
+        const lx = x(l.media_time);
+        const nearEnd = lx > w - 48;
+        m.appendChild(sv('text', { x: nearEnd ? lx - 2 : lx + 2, y: h - 2, 'text-anchor': nearEnd ? 'end' : 'start' },
+          l.type.replace('stream.', '')));
         m.appendChild(sv('title', {}, lifecycleLine(l)));
         g.appendChild(m);
       }
@@ -228,14 +233,36 @@
   function renderAttention() {
     const list = document.getElementById('escalated');
     const items = [];
-    for (const c of calls.values()) {
+    for (const c of [...calls.values()].sort((a, b) => (a.id < b.id ? -1 : 1))) {
       for (const p of c.openEpisodes()) items.push([c.id, p]);
     }
     list.replaceChildren(...items.map(([id, p]) =>
       el('li', { 'data-stream': id, 'data-speaker': p.speaker },
-        `${id} · ${p.speaker} · ${p.label} since ${mmss(p.start)} (level ${p.since.level.toFixed(2)})`)));
+        `${id} · ${p.speaker} · ${p.label} since ${mmss(p.start)} (level ${fx(p.since.level, 2)})`)));
     document.getElementById('attention').hidden = items.length === 0;
     renderTable();
+  }
+
+  // A daemon that restarted numbers its events afresh: start the page over.
+  function reset() {
+    for (const c of calls.values()) c.node.remove();
+    calls.clear();
+    states.clear();
+    received = 0;
+    document.getElementById('daemon-events').replaceChildren();
+    scheduleTable();
+  }
+
+  // The table and the attention box are redrawn at most once a frame, however many events
+  // arrive (a page opened mid-call gets the kept ones in one burst).
+  let tableQueued = false;
+  function scheduleTable() {
+    if (tableQueued) return;
+    tableQueued = true;
+    requestAnimationFrame(() => {
+      tableQueued = false;
+      renderAttention();
+    });
   }
 
   function renderTable() {
@@ -271,7 +298,7 @@
           seen.add(s.id);
         }
         for (const [id, s] of states) if (!seen.has(id)) s.state = 'detached';
-        renderTable();
+        scheduleTable();
         for (const c of calls.values()) c.touch();
       }
     } catch (err) {
@@ -294,22 +321,38 @@
     else if (kind === 'signal') call(e.stream).signal(e);
     else if (e.stream) call(e.stream).lifecycle(e);
     else addLine(document.getElementById('daemon-events'), 'life', lifecycleLine(e), { 'data-kind': e.type });
-    renderTable();
+    scheduleTable();
   }
 
+  let retry = 1000;
+  let lastId = '';
   function connect() {
     const conn = document.getElementById('conn');
-    const es = new EventSource(withToken('/events'));
+    // A new connection resumes after the last event seen (the browser's own reconnects send
+    // it as Last-Event-ID).
+    const es = new EventSource(withToken(lastId ? '/events?after=' + encodeURIComponent(lastId) : '/events'));
     es.onopen = () => {
+      retry = 1000;
       conn.dataset.state = 'live';
       conn.textContent = 'live';
     };
     es.onerror = () => {
       conn.dataset.state = 'lost';
       conn.textContent = 'reconnecting';
+      // The browser retries by itself after a dropped connection, not after a refusal (a
+      // full listener's 503): then start again, backing off.
+      if (es.readyState === EventSource.CLOSED) {
+        es.close();
+        setTimeout(connect, retry);
+        retry = Math.min(retry * 2, 30000);
+      }
     };
+    es.addEventListener('reset', reset);
     for (const kind of ['emotion', 'lifecycle', 'signal']) {
-      es.addEventListener(kind, (ev) => handle(kind, ev.data));
+      es.addEventListener(kind, (ev) => {
+        lastId = ev.lastEventId;
+        handle(kind, ev.data);
+      });
     }
     es.addEventListener('lagged', (ev) => {
       addLine(document.getElementById('daemon-events'), 'life', `this page missed ${ev.data} event(s): it fell behind`);
