@@ -16,6 +16,9 @@
 //!   `summerd_inference_seconds`, `summerd_inference_queue`, `summerd_event_latency_seconds`
 //! - vision: `summerd_vision_frame_seconds`, `summerd_vision_faces_total`,
 //!   `summerd_vision_errors_total`
+//! - call signals and the live page: `summerd_signals_total{kind}` (escalation,
+//!   deescalation), `summerd_page_feeds` (event feeds open), `summerd_page_feed_lagged_total`
+//!   (times a feed fell behind and caught up from the kept events)
 //!
 //! The HTTP listener ([`crate::web`]) serves them at `GET /metrics` (text format 0.0.4), and
 //! `GET /healthz` from the heartbeats ([`stale`]).
@@ -116,6 +119,9 @@ pub struct Metrics {
     inference_seconds: Histogram,
     inference_queue: Gauge<i64, AtomicI64>,
     vision_seconds: Histogram,
+    signals: Family<Labels, Counter>,
+    page_feeds: Gauge<i64, AtomicI64>,
+    page_lagged: Counter,
     vision_faces: Counter,
     vision_errors: Counter,
     // Handles into the families above, created once, so that counting on a hot path neither
@@ -183,6 +189,9 @@ impl Metrics {
             vision_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             vision_faces: Counter::default(),
             vision_errors: Counter::default(),
+            signals: Family::default(),
+            page_feeds: Gauge::default(),
+            page_lagged: Counter::default(),
             by_reason: HashMap::new(),
             by_outcome: HashMap::new(),
             by_socket: HashMap::new(),
@@ -203,6 +212,9 @@ impl Metrics {
                 .get_or_create(&vec![("outcome", outcome.to_string())])
                 .clone();
             m.by_outcome.insert(outcome, c);
+        }
+        for kind in ["escalation", "deescalation"] {
+            let _ = m.signals.get_or_create(&vec![("kind", kind.to_string())]);
         }
         for socket in SOCKETS {
             let l = vec![("socket", socket.to_string())];
@@ -326,6 +338,38 @@ impl Metrics {
             "Frames the vision stage could not process (dropped, the stream goes on)",
             self.vision_errors.clone(),
         );
+        r.register(
+            "signals",
+            "Call-level signals published, by kind (escalation, deescalation)",
+            self.signals.clone(),
+        );
+        r.register(
+            "page_feeds",
+            "Live page event feeds open now",
+            self.page_feeds.clone(),
+        );
+        r.register(
+            "page_feed_lagged",
+            "Times a page's event feed fell behind the live channel and caught up from the kept events",
+            self.page_lagged.clone(),
+        );
+    }
+
+    /// A call-level signal was published (`escalation` or `deescalation`).
+    pub fn signal(&self, kind: &str) {
+        self.signals
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// A page's event feed opened (+1) or closed (-1).
+    pub fn page_feed(&self, delta: i64) {
+        self.page_feeds.inc_by(delta);
+    }
+
+    /// A page's event feed fell behind and caught up.
+    pub fn page_feed_lagged(&self) {
+        self.page_lagged.inc();
     }
 
     fn count(&self, socket: &'static str, kind: Kind) {

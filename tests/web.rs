@@ -481,6 +481,18 @@ fn the_live_page_shows_every_event_of_a_call_as_it_plays() {
     let errors = b.errors();
     assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
 
+    // The signals are counted, and the page's open feed shows in the metrics.
+    let m = d.scrape();
+    let escalations = published
+        .iter()
+        .filter(|(t, e)| t.starts_with("signal.") && e["type"] == "escalation")
+        .count();
+    assert_eq!(
+        common::metric(&m, "summerd_signals_total{kind=\"escalation\"}"),
+        Some(escalations as f64)
+    );
+    assert_eq!(common::metric(&m, "summerd_page_feeds"), Some(1.0));
+
     // What the daemon publishes while it drains still reaches the page, to the last event.
     d.signal("TERM");
     let stopping = eventually(Duration::from_secs(15), || {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use self::core::{Core, Job, Outcome};
 use crate::bus::PublisherHandle;
-use crate::events::EmotionEvent;
+use crate::events::{EmotionEvent, Signal, SignalEvent};
 use crate::health::{Fatal, Heartbeat};
 use crate::metrics::Metrics;
 use crate::settings::{Checker, HumanDuration};
@@ -228,15 +228,24 @@ impl Output {
         let signal = self.signals.observe(&mut e);
         self.events.publish(e.to_message());
         if let Some(s) = signal {
-            tracing::info!(stream = %s.stream, speaker = %s.speaker, kind = ?s.kind, level = s.level, "Call signal");
-            self.events.publish(s.to_message());
+            self.signal(&s);
         }
+    }
+
+    fn signal(&self, s: &SignalEvent) {
+        let kind = match s.kind {
+            Signal::Escalation => "escalation",
+            Signal::Deescalation => "deescalation",
+        };
+        tracing::info!(stream = %s.stream, speaker = %s.speaker, kind, level = s.level, "Call signal");
+        self.metrics.signal(kind);
+        self.events.publish(s.to_message());
     }
 
     /// A stream's conversation is gone: end its open episodes.
     fn forget(&mut self, stream: &str) {
         for s in self.signals.forget(stream) {
-            self.events.publish(s.to_message());
+            self.signal(&s);
         }
     }
 }

@@ -431,11 +431,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Releases a feed slot when the feed ends, however it ends.
-struct Slot<'a>(&'a AtomicUsize);
+struct Slot<'a>(&'a AtomicUsize, &'a Metrics);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.page_feed(-1);
     }
 }
 
@@ -457,7 +458,8 @@ fn resume_point(req: &Request, epoch: u64) -> (u64, bool) {
 /// published while draining included).
 async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &Server) {
     let open = server.feeds_open.fetch_add(1, Ordering::AcqRel) + 1;
-    let _slot = Slot(&server.feeds_open);
+    server.metrics.page_feed(1);
+    let _slot = Slot(&server.feeds_open, &server.metrics);
     if open > server.settings.max_clients {
         let _ = Response::text(
             "503 Service Unavailable",
@@ -500,9 +502,15 @@ async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &
             }
             _ = tokio::time::sleep(KEEPALIVE) => out.push_str(": keep-alive\n\n"),
             r = live.recv() => match r {
-                Ok(item) => out.push_str(&sse(&item, feed.epoch())),
+                Ok(item) => {
+                    if item.id > last {
+                        last = item.id;
+                        out.push_str(&sse(&item, feed.epoch()));
+                    }
+                }
                 Err(RecvError::Lagged(_)) => {
                     // Fallen behind the live channel: catch up from the kept items.
+                    server.metrics.page_feed_lagged();
                     let again = feed.subscribe(last);
                     live = again.live;
                     if !send_items(&mut wr, &mut out, &again.backlog, &mut last, feed.epoch()).await {
@@ -601,6 +609,7 @@ fn user_timeout(stream: &TcpStream, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn check(cfg: &WebConfig, listen: &str) -> Vec<String> {
         let mut c = Checker::new(PathBuf::new());
@@ -698,6 +707,78 @@ mod tests {
         assert_eq!(resume_point(&req("6-42"), 7), (0, true));
         assert_eq!(resume_point(&req("42"), 7), (0, true));
         assert_eq!(resume_point(&req("7-x"), 7), (0, true));
+    }
+
+    /// A feed reader that fell behind the live channel gets every item once, in order.
+    #[test]
+    fn a_lagging_reader_catches_up_from_the_kept_items() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let metrics = Arc::new(Metrics::new(
+                &crate::version::VersionInfo::libraries(),
+                metrics::LabelSets {
+                    reject_reasons: &[],
+                    utterance_outcomes: &[],
+                },
+            ));
+            let feed = Arc::new(Feed::new(1000, 4));
+            let settings = WebSettings {
+                page: true,
+                token: None,
+                history: 1000,
+                max_clients: 4,
+            };
+            let server = Arc::new(Server::new(
+                metrics.clone(),
+                Arc::new(Vec::new()),
+                Arc::new(Registry::new()),
+                Some(feed.clone()),
+                settings,
+                CancellationToken::new(),
+            ));
+            let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener, server.clone()));
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .await
+                .unwrap();
+            while feed.readers() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // 100 items without yielding: the server's receiver (capacity 4) lags by 96.
+            for n in 0..100 {
+                feed.push(&vec![
+                    b"emotion.s".to_vec(),
+                    format!("{{\"n\":{n}}}").into_bytes(),
+                ]);
+            }
+            let mut got = String::new();
+            let mut buf = vec![0u8; 65536];
+            while got.matches("event: emotion").count() < 100 {
+                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                    .await
+                    .expect("the feed goes on")
+                    .unwrap();
+                assert!(n > 0, "the feed ended: {got}");
+                got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            let ns: Vec<u64> = got
+                .lines()
+                .filter_map(|l| l.strip_prefix("id: "))
+                .map(|id| id.split_once('-').unwrap().1.parse().unwrap())
+                .collect();
+            assert_eq!(ns, (1..=100).collect::<Vec<u64>>());
+            assert!(!got.contains("event: lagged"), "nothing was lost");
+            assert!(
+                metrics
+                    .render()
+                    .contains("summerd_page_feed_lagged_total 1")
+            );
+        });
     }
 
     #[test]

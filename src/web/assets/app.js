@@ -199,6 +199,14 @@
         r.appendChild(sv('title', {}, tip));
         g.appendChild(r);
       }
+      // Each speaker's smoothed negative share (where events carry it), as the report draws it.
+      for (const sp of this.speakers) {
+        const pts = [...this.utts.values()]
+          .filter((u) => u.speaker === sp && u.smoothed && Number.isFinite(u.smoothed.negative))
+          .sort((a, b) => a.end - b.end)
+          .map((u) => `${fx(x(u.end), 1)},${fx(rowY(sp) + ROW - 3 - u.smoothed.negative * (ROW - 6), 1)}`);
+        if (pts.length > 1) g.appendChild(sv('polyline', { class: 'negline', 'data-speaker': sp, points: pts.join(' ') }));
+      }
       for (const l of this.life) {
         if (typeof l.media_time !== 'number') continue;
         const m = sv('g', { class: 'life', 'data-stream': this.id, 'data-kind': l.type });
