@@ -107,6 +107,11 @@ impl Feed {
         self.epoch
     }
 
+    /// The number of the newest item pushed (0: none yet).
+    pub fn newest(&self) -> u64 {
+        self.history.lock().unwrap_or_else(|e| e.into_inner()).next - 1
+    }
+
     /// Readers connected now.
     pub fn readers(&self) -> usize {
         self.tx.receiver_count()
@@ -144,6 +149,7 @@ mod tests {
         let ids: Vec<u64> = again.backlog.iter().map(|i| i.id).collect();
         assert_eq!(ids, vec![5, 6]);
         assert_eq!(feed.readers(), 2);
+        assert_eq!(feed.newest(), 6);
     }
 
     #[test]

@@ -689,3 +689,45 @@ fn report_draws_every_event_of_a_replayed_call() {
         }
     }
 }
+
+#[test]
+fn one_peer_cannot_take_the_listener_from_the_others() {
+    let d = Daemon::start("");
+    // 40 connections from 127.0.0.1 that send half a request and wait: 32 are held (each for
+    // at most 5 s), the rest closed at once.
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(&d.metrics).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let closed = idle
+        .into_iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 16];
+            // Held: nothing to read yet; closed: end of input or a reset.
+            !matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert_eq!(closed, 8, "32 held, 8 closed");
+    // Meanwhile another peer (127.0.0.2 is loopback too) is served.
+    let port = d.metrics.rsplit(':').next().unwrap();
+    let script = format!(
+        "import socket\ns = socket.socket()\ns.bind(('127.0.0.2', 0))\n\
+         s.connect(('127.0.0.1', {port}))\ns.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n')\n\
+         print(s.recv(100).split(b' ')[1].decode())"
+    );
+    let out = Command::new(common::python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

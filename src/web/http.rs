@@ -62,6 +62,11 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// How many times a header is present (name in lower case).
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(k, _)| k == name).count()
+    }
+
     /// A query parameter's value, as sent (not percent-decoded: the values read here are
     /// tokens and numbers, whose characters need no encoding).
     pub fn query(&self, name: &str) -> Option<&str> {

@@ -188,8 +188,13 @@ pub fn new_token() -> std::io::Result<String> {
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle feed gets a comment line (keeps proxies and the browser's connection up).
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Connections beyond the feeds that may be open at once (page loads, scrapes).
-const EXTRA_CONNECTIONS: usize = 64;
+/// Connections beyond the feeds that may be open at once (page loads, scrapes, and clients
+/// still sending their request, each for at most 5 s).
+const EXTRA_CONNECTIONS: usize = 1024;
+/// Connections one peer address may hold open at once: a single host cannot fill the
+/// listener (and take `/healthz` away from the supervisor) by opening connections and
+/// sending nothing.
+const PER_PEER: usize = 32;
 
 /// What the listener serves from.
 pub struct Server {
@@ -208,6 +213,7 @@ pub struct Server {
     pub stopped: CancellationToken,
     feeds_open: AtomicUsize,
     connections: Arc<Semaphore>,
+    peers: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl Server {
@@ -230,6 +236,7 @@ impl Server {
             stopped,
             feeds_open: AtomicUsize::new(0),
             connections,
+            peers: Default::default(),
         }
     }
 }
@@ -249,16 +256,21 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
             c = listener.accept() => c,
         };
         match conn {
-            Ok((stream, _)) => {
-                // Connections open at once are bounded (each holds a descriptor the media
-                // and sockets share); beyond that, new ones are closed at once.
+            Ok((stream, peer)) => {
+                // Connections open at once are bounded, in all and per peer (each holds a
+                // descriptor the media and sockets share); beyond that, new ones are closed.
                 let Ok(permit) = server.connections.clone().try_acquire_owned() else {
                     tracing::debug!("Too many HTTP connections; one was closed");
+                    continue;
+                };
+                let Some(peer) = PeerSlot::take(&server, peer.ip()) else {
+                    tracing::debug!(peer = %peer.ip(), "Too many HTTP connections from one peer; one was closed");
                     continue;
                 };
                 let s = server.clone();
                 tokio::spawn(async move {
                     handle(stream, &s, loopback).await;
+                    drop(peer);
                     drop(permit);
                 });
             }
@@ -412,13 +424,30 @@ fn authorised(req: &Request, token: Option<&str>) -> bool {
 /// Whether the request's `Host` is a loopback name or address (or absent, as from HTTP/1.0
 /// tools: a browser always sends one).
 fn local_host(req: &Request) -> bool {
-    let Some(host) = req.header("host") else {
-        return true;
+    match req.header_count("host") {
+        0 => return true,
+        1 => {}
+        _ => return false,
+    }
+    let host = req.header("host").unwrap_or("");
+    // `name` or `name:port`, where an IPv6 name is bracketed; the port, when given, digits.
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((name, "")) => (name, None),
+            Some((name, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (name, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
     };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
-    };
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
     name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
@@ -428,6 +457,39 @@ fn local_host(req: &Request) -> bool {
 /// Equal, in time that does not depend on where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One of a peer's [`PER_PEER`] connections, given back when dropped.
+struct PeerSlot {
+    server: Arc<Server>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn take(server: &Arc<Server>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut peers = server.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = peers.entry(ip).or_default();
+        if *n >= PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            server: server.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.server.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Releases a feed slot when the feed ends, however it ends.
@@ -458,9 +520,8 @@ fn resume_point(req: &Request, epoch: u64) -> (u64, bool) {
 /// published while draining included).
 async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &Server) {
     let open = server.feeds_open.fetch_add(1, Ordering::AcqRel) + 1;
-    server.metrics.page_feed(1);
-    let _slot = Slot(&server.feeds_open, &server.metrics);
     if open > server.settings.max_clients {
+        server.feeds_open.fetch_sub(1, Ordering::AcqRel);
         let _ = Response::text(
             "503 Service Unavailable",
             "too many open feeds (web.max_clients)\n",
@@ -470,10 +531,16 @@ async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &
         .await;
         return;
     }
+    server.metrics.page_feed(1);
+    let _slot = Slot(&server.feeds_open, &server.metrics);
     // A reader that vanished without closing (a laptop asleep) leaves keep-alives unacked:
     // the kernel drops the connection after this, and the slot is freed.
     user_timeout(&stream, KEEPALIVE * 2);
-    let (after, reset) = resume_point(req, feed.epoch());
+    let (mut after, mut reset) = resume_point(req, feed.epoch());
+    if after > feed.newest() {
+        // An id this daemon never gave: start over.
+        (after, reset) = (0, true);
+    }
     let (mut rd, mut wr) = stream.split();
     let mut out = String::from(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
@@ -686,9 +753,20 @@ mod tests {
             "evil.example",
             "10.0.0.1:9187",
             "[2001:db8::1]:80",
+            "[::1",
+            "[::1]evil.example",
+            "[::1]@evil.example",
+            "127.0.0.1:evil",
+            "localhost:",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "::1",
+            "",
         ] {
             assert!(!local_host(&host(h)), "{h}");
         }
+        let two = Request::parse("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n");
+        assert!(!local_host(&two), "two Host headers");
         assert!(local_host(&Request::parse("GET / HTTP/1.0\r\n\r\n")));
     }
 
