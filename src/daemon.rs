@@ -199,6 +199,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
     let labels = metrics::LabelSets {
         reject_reasons: &transcripts::Reject::REASONS,
         utterance_outcomes: infer::core::Outcome::LABELS,
+        signal_kinds: &crate::events::Signal::NAMES,
     };
     let mut w = Wiring {
         ctx: zmq::Context::new(),

@@ -103,6 +103,19 @@ pub enum Signal {
     Deescalation,
 }
 
+impl Signal {
+    /// Every kind's name, as its `type` (and `summerd_signals_total{kind}`) says it.
+    pub const NAMES: [&'static str; 2] = ["escalation", "deescalation"];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Escalation => Self::NAMES[0],
+            Signal::Deescalation => Self::NAMES[1],
+        }
+    }
+}
+
 /// An escalation or de-escalation of one speaker of one stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignalEvent {

@@ -74,12 +74,16 @@ impl Feed {
         };
         let topic = String::from_utf8_lossy(topic);
         let (kind, stream) = topic.split_once('.').unwrap_or((&topic, ""));
+        let (kind, stream) = (kind.to_string(), stream.to_string());
+        // One line, as a server-sent event's data must be (serde_json's compact form is;
+        // anything else is made so here, once, not per reader).
+        let json = String::from_utf8_lossy(json).replace(['\n', '\r'], " ");
         let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let item = Arc::new(Item {
             id: h.next,
-            kind: kind.to_string(),
-            stream: stream.to_string(),
-            json: String::from_utf8_lossy(json).into_owned(),
+            kind,
+            stream,
+            json,
         });
         h.next += 1;
         if self.keep > 0 {

@@ -148,6 +148,8 @@ pub struct LabelSets {
     pub reject_reasons: &'static [&'static str],
     /// What became of an utterance (`summerd_utterances_total{outcome}`).
     pub utterance_outcomes: &'static [&'static str],
+    /// Call-level signal kinds (`summerd_signals_total{kind}`).
+    pub signal_kinds: &'static [&'static str],
 }
 
 impl Metrics {
@@ -213,7 +215,7 @@ impl Metrics {
                 .clone();
             m.by_outcome.insert(outcome, c);
         }
-        for kind in ["escalation", "deescalation"] {
+        for &kind in labels.signal_kinds {
             let _ = m.signals.get_or_create(&vec![("kind", kind.to_string())]);
         }
         for socket in SOCKETS {

@@ -82,6 +82,19 @@ pub struct Episode {
 }
 
 impl Episode {
+    /// An open episode as signal `s` tells of it (an escalation, or a de-escalation whose
+    /// escalation the log does not have).
+    fn opened_by(s: &SignalEvent) -> Episode {
+        Episode {
+            speaker: s.speaker.clone(),
+            start: s.start,
+            end: None,
+            peak: s.peak,
+            label: s.label.clone(),
+            reason: None,
+        }
+    }
+
     /// Its end, or `extent` (the end of the media) where it never ended.
     pub fn until(&self, extent: f64) -> f64 {
         self.end.unwrap_or(extent).max(self.start)
@@ -180,26 +193,12 @@ impl StreamCall {
                         prev.end = Some(s.start.max(prev.start));
                         done.push(prev);
                     }
-                    open.push(Episode {
-                        speaker: s.speaker.clone(),
-                        start: s.start,
-                        end: None,
-                        peak: s.peak,
-                        label: s.label.clone(),
-                        reason: None,
-                    });
+                    open.push(Episode::opened_by(s));
                 }
                 Signal::Deescalation => {
                     let mut e = match current {
                         Some(i) => open.remove(i),
-                        None => Episode {
-                            speaker: s.speaker.clone(),
-                            start: s.start,
-                            end: None,
-                            peak: s.peak,
-                            label: s.label.clone(),
-                            reason: None,
-                        },
+                        None => Episode::opened_by(s),
                     };
                     e.end = Some(s.end.max(e.start));
                     e.peak = e.peak.max(s.peak);

@@ -120,6 +120,27 @@ struct Speaker {
     last_end: f64,
 }
 
+impl Speaker {
+    /// The mix's share of the `negative` classes.
+    fn negative_share(&self, negative: &[String]) -> f32 {
+        self.mix
+            .iter()
+            .filter(|(k, _)| negative.contains(k))
+            .map(|(_, m)| m)
+            .sum()
+    }
+
+    /// The mix's most probable class among those `among` keeps.
+    fn top(&self, among: impl Fn(&String) -> bool) -> String {
+        self.mix
+            .iter()
+            .filter(|(k, _)| among(k))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The signal tracker of every stream and speaker.
 pub struct Tracker {
     cfg: EscalationConfig,
@@ -133,11 +154,6 @@ impl Tracker {
             cfg,
             speakers: HashMap::new(),
         }
-    }
-
-    /// Whether it does anything (`escalation.enabled`).
-    pub fn enabled(&self) -> bool {
-        self.cfg.enabled
     }
 
     /// Count a published emotion event: set its `smoothed` state, and return the signal it
@@ -163,19 +179,7 @@ impl Tracker {
                 *m = cfg.alpha * p + (1.0 - cfg.alpha) * *m;
             }
         }
-        let negative: f32 = s
-            .mix
-            .iter()
-            .filter(|(k, _)| cfg.negative.contains(k))
-            .map(|(_, m)| m)
-            .sum();
-        let top = |mix: &[(String, f32)], only_negative: bool| {
-            mix.iter()
-                .filter(|(k, _)| !only_negative || cfg.negative.contains(k))
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(k, _)| k.clone())
-                .unwrap_or_default()
-        };
+        let negative = s.negative_share(&cfg.negative);
         let signal = match s.episode {
             None => {
                 if negative >= cfg.on {
@@ -216,13 +220,13 @@ impl Tracker {
                 end: e.end,
                 level: negative,
                 peak,
-                label: top(&s.mix, true),
+                label: s.top(|k| cfg.negative.contains(k)),
                 reason: None,
                 emitted_at: now_rfc3339(),
             }
         });
         e.smoothed = Some(Smoothed {
-            label: top(&s.mix, false),
+            label: s.top(|_| true),
             negative,
             escalated: s.episode.is_some(),
         });
@@ -240,19 +244,6 @@ impl Tracker {
                 return true;
             }
             if let Some((start, peak)) = s.episode {
-                let level: f32 = s
-                    .mix
-                    .iter()
-                    .filter(|(k, _)| negative.contains(k))
-                    .map(|(_, m)| m)
-                    .sum();
-                let label = s
-                    .mix
-                    .iter()
-                    .filter(|(k, _)| negative.contains(k))
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .map(|(k, _)| k.clone())
-                    .unwrap_or_default();
                 out.push(SignalEvent {
                     v: V,
                     kind: Signal::Deescalation,
@@ -261,9 +252,9 @@ impl Tracker {
                     seq: 0,
                     start,
                     end: s.last_end.max(start),
-                    level,
+                    level: s.negative_share(negative),
                     peak,
-                    label,
+                    label: s.top(|k| negative.contains(k)),
                     reason: Some("detached".into()),
                     emitted_at: now_rfc3339(),
                 });

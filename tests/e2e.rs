@@ -5,23 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, eventually, metric, python, short_call};
+use common::{
+    Daemon, call_segments, eventually, metric, python, replay, repo, short_call, summerd,
+};
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The binary, run from the repository root (its default paths are relative to it).
-fn summerd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_summerd"));
-    c.current_dir(repo());
-    c
-}
 
 fn config(events_port: Option<u16>) -> String {
     common::model_config(events_port)
@@ -163,32 +154,6 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
     );
 }
 
-/// `summerd replay MEDIA --transcript SEGMENTS -c CONFIG`.
-fn replay(media: &str, segments: &Path, config: &Path) -> std::process::Output {
-    summerd()
-        .args(["replay", media, "--transcript"])
-        .arg(segments)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap()
-}
-
-/// Segments of `call` for stream `id`, as JSON lines.
-fn segments(call: &Value, id: &str) -> Vec<String> {
-    call["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(k, l)| {
-            json!({"v": 1, "stream": id, "seq": k + 1, "start": l["start"], "end": l["end"],
-                   "speaker": l["speaker"], "text": l["text"], "final": true})
-            .to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,7 +185,7 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
     }
     let mut all = Vec::new();
     for id in ["a", "b", "c"] {
-        all.extend(segments(&call, id));
+        all.extend(call_segments(&call, id));
     }
     common::push_segments(&d.transcripts, &all);
     let want = 1 + 3 + 3;
@@ -270,10 +235,10 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
 
     // The same call through `summerd replay` gives the same estimates as stream b.
     let seg_file = dir.path().join("b.jsonl");
-    std::fs::write(&seg_file, segments(&call, "b").join("\n") + "\n").unwrap();
+    std::fs::write(&seg_file, call_segments(&call, "b").join("\n") + "\n").unwrap();
     let cfg = dir.path().join("replay.toml");
     std::fs::write(&cfg, config(None)).unwrap();
-    let out = replay(&media, &seg_file, &cfg);
+    let out = replay(&media, &seg_file, &cfg).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -331,13 +296,15 @@ fn bad_transcripts_and_a_missing_model_get_clear_errors() {
 
     // A replay with a malformed line: the good lines still give events, the bad one is named.
     let call = short_call(dir.path());
-    let mut lines = segments(&call, "x");
+    let mut lines = call_segments(&call, "x");
     lines.insert(1, "{\"v\": 1, \"stream\": \"x\", \"seq\": \"two\"}".into());
     let seg = dir.path().join("x.jsonl");
     std::fs::write(&seg, lines.join("\n")).unwrap();
     let rcfg = dir.path().join("replay.toml");
     std::fs::write(&rcfg, config(None)).unwrap();
-    let out = replay(call["media"].as_str().unwrap(), &seg, &rcfg);
+    let out = replay(call["media"].as_str().unwrap(), &seg, &rcfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("x.jsonl:2: rejected"), "{err}");

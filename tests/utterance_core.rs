@@ -105,6 +105,7 @@ fn through_the_daemon(streams: Arc<Registry>, lines: &[String]) -> (Vec<Value>, 
     let labels = summerd::metrics::LabelSets {
         reject_reasons: &summerd::transcripts::Reject::REASONS,
         utterance_outcomes: Outcome::LABELS,
+        signal_kinds: &summerd::events::Signal::NAMES,
     };
     let metrics = Arc::new(summerd::metrics::Metrics::new(
         &summerd::version::VersionInfo::libraries(),

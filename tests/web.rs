@@ -13,19 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{Daemon, eventually, model_config, short_call};
+use common::{Daemon, call_segments, eventually, model_config, replay, repo, short_call, summerd};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn summerd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_summerd"));
-    c.current_dir(repo());
-    c
-}
 
 /// Debian's Chromium, if installed.
 fn chromium() -> Option<PathBuf> {
@@ -248,21 +238,6 @@ impl Drop for Browser {
     }
 }
 
-/// Segments of `call` for stream `id`, as JSON lines.
-fn segments(call: &Value, id: &str) -> Vec<(f64, String)> {
-    call["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(k, l)| {
-            let line = json!({"v": 1, "stream": id, "seq": k + 1, "start": l["start"],
-                "end": l["end"], "speaker": l["speaker"], "text": l["text"], "final": true});
-            (l["end"].as_f64().unwrap(), line.to_string())
-        })
-        .collect()
-}
-
 fn media_time(d: &Daemon, id: &str) -> f64 {
     let r = d.control(json!({"cmd": "list"}));
     r["streams"]
@@ -323,8 +298,16 @@ fn the_live_page_shows_every_event_of_a_call_as_it_plays() {
     }
     let mut published = Vec::new();
     // Each line goes to the daemon once its stream has played it, as a live ASR's would.
-    let mut pending: Vec<(f64, String)> = segments(&call, "call");
-    pending.extend(segments(&call, "quiet"));
+    let ends: Vec<f64> = call["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["end"].as_f64().unwrap())
+        .collect();
+    let mut pending: Vec<(f64, String)> = Vec::new();
+    for id in ["call", "quiet"] {
+        pending.extend(ends.iter().copied().zip(call_segments(&call, id)));
+    }
     let deadline = Instant::now() + Duration::from_secs(90);
     while !pending.is_empty() && Instant::now() < deadline {
         let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(end, line)| {
@@ -614,19 +597,12 @@ fn report_draws_every_event_of_a_replayed_call() {
     let call = short_call(dir.path());
     let media = call["media"].as_str().unwrap();
     let seg = dir.path().join("call.jsonl");
-    let lines: Vec<String> = segments(&call, "call")
-        .into_iter()
-        .map(|(_, l)| l)
-        .collect();
+    let lines = call_segments(&call, "call");
     std::fs::write(&seg, lines.join("\n") + "\n").unwrap();
     let cfg = dir.path().join("replay.toml");
     std::fs::write(&cfg, model_config(None)).unwrap();
     let events = dir.path().join("events.jsonl");
-    let out = summerd()
-        .args(["replay", media, "--transcript"])
-        .arg(&seg)
-        .arg("-c")
-        .arg(&cfg)
+    let out = replay(media, &seg, &cfg)
         .arg("--out")
         .arg(&events)
         .output()

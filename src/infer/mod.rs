@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use self::core::{Core, Job, Outcome};
 use crate::bus::PublisherHandle;
-use crate::events::{EmotionEvent, Signal, SignalEvent};
+use crate::events::{EmotionEvent, SignalEvent};
 use crate::health::{Fatal, Heartbeat};
 use crate::metrics::Metrics;
 use crate::settings::{Checker, HumanDuration};
@@ -233,10 +233,7 @@ impl Output {
     }
 
     fn signal(&self, s: &SignalEvent) {
-        let kind = match s.kind {
-            Signal::Escalation => "escalation",
-            Signal::Deescalation => "deescalation",
-        };
+        let kind = s.kind.name();
         tracing::info!(stream = %s.stream, speaker = %s.speaker, kind, level = s.level, "Call signal");
         self.metrics.signal(kind);
         self.events.publish(s.to_message());

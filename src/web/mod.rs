@@ -151,7 +151,8 @@ impl WebConfig {
             }
         }
         let addr = listen?;
-        if self.enabled && !addr.ip().is_loopback() && token.is_none() && !self.has_token() {
+        // (A token file that cannot be read has been reported above.)
+        if self.enabled && !addr.ip().is_loopback() && !self.has_token() {
             c.bad(
                 "web.token",
                 format!("the live page and its event feed would be served to other hosts on {addr} without a token"),
@@ -385,13 +386,11 @@ fn streams_json(streams: &Registry) -> String {
         .list()
         .into_iter()
         .map(|i| {
-            let faces = streams.view(&i.spec.id).and_then(|v| {
-                let visual = v.visual?;
-                Some(
-                    visual
-                        .pool((i.media_time - 5.0).max(0.0), i.media_time)
-                        .present,
-                )
+            let faces = streams.get(&i.spec.id).and_then(|s| {
+                let recent = s
+                    .visual()?
+                    .pool((i.media_time - 5.0).max(0.0), i.media_time);
+                Some(recent.present)
             });
             StreamRow {
                 id: i.spec.id,
@@ -569,12 +568,7 @@ async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &
             }
             _ = tokio::time::sleep(KEEPALIVE) => out.push_str(": keep-alive\n\n"),
             r = live.recv() => match r {
-                Ok(item) => {
-                    if item.id > last {
-                        last = item.id;
-                        out.push_str(&sse(&item, feed.epoch()));
-                    }
-                }
+                Ok(item) => append(&mut out, &item, &mut last, feed.epoch()),
                 Err(RecvError::Lagged(_)) => {
                     // Fallen behind the live channel: catch up from the kept items.
                     server.metrics.page_feed_lagged();
@@ -591,10 +585,7 @@ async fn serve_feed(mut stream: TcpStream, req: &Request, feed: &Feed, server: &
         // Whatever else is already there goes in the same write (and, once the daemon has
         // stopped, everything it published while draining).
         while let Ok(item) = live.try_recv() {
-            if item.id > last {
-                last = item.id;
-                out.push_str(&sse(&item, feed.epoch()));
-            }
+            append(&mut out, &item, &mut last, feed.epoch());
         }
         if !write(&mut wr, &out).await || ended {
             return;
@@ -621,10 +612,8 @@ async fn send_items(
             first.id - *last - 1
         ));
     }
-    let from = *last;
-    for item in items.iter().filter(|i| i.id > from) {
-        out.push_str(&sse(item, epoch));
-        *last = item.id;
+    for item in items {
+        append(out, item, last, epoch);
         if out.len() >= 64 * 1024 {
             if !write(wr, out).await {
                 return false;
@@ -637,14 +626,20 @@ async fn send_items(
     ok
 }
 
-fn sse(item: &Item, epoch: u64) -> String {
-    // The JSON is one line (serde_json's compact form), as an SSE data field must be.
-    format!(
+/// Add `item` as an SSE message to `out` unless it was sent already (its number is not above
+/// `last`, which it then becomes).
+fn append(out: &mut String, item: &Item, last: &mut u64, epoch: u64) {
+    use std::fmt::Write as _;
+    if item.id <= *last {
+        return;
+    }
+    *last = item.id;
+    // The feed keeps each JSON on one line, as an SSE data field must be.
+    let _ = write!(
+        out,
         "id: {epoch}-{}\nevent: {}\ndata: {}\n\n",
-        item.id,
-        item.kind,
-        item.json.replace(['\n', '\r'], " ")
-    )
+        item.id, item.kind, item.json
+    );
 }
 
 async fn write(wr: &mut (impl AsyncWriteExt + Unpin), s: &str) -> bool {
@@ -800,6 +795,7 @@ mod tests {
                 metrics::LabelSets {
                     reject_reasons: &[],
                     utterance_outcomes: &[],
+                    signal_kinds: &[],
                 },
             ));
             let feed = Arc::new(Feed::new(1000, 4));

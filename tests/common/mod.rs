@@ -95,6 +95,44 @@ pub fn model_config(events_port: Option<u16>) -> String {
     )
 }
 
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary, run from the repository root (its default paths are relative to it).
+pub fn summerd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_summerd"));
+    c.current_dir(repo());
+    c
+}
+
+/// `summerd replay MEDIA --transcript SEGMENTS -c CONFIG`, to add arguments to and run.
+pub fn replay(media: &str, segments: &Path, config: &Path) -> Command {
+    let mut c = summerd();
+    c.args(["replay", media, "--transcript"])
+        .arg(segments)
+        .arg("-c")
+        .arg(config);
+    c
+}
+
+/// The transcript segments of a call made by demo/make_call.py (its call.json) for stream
+/// `id`, as JSON lines.
+pub fn call_segments(call: &serde_json::Value, id: &str) -> Vec<String> {
+    call["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            serde_json::json!({"v": 1, "stream": id, "seq": k + 1, "start": l["start"],
+                "end": l["end"], "speaker": l["speaker"], "text": l["text"], "final": true})
+            .to_string()
+        })
+        .collect()
+}
+
 /// A peer script under tests/peers.
 pub fn peer(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
