@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-e2e-page bench-vision bench-capacity soak fuzz ablate bench-table
+.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-e2e-page bench-asr bench-vision bench-capacity soak fuzz ablate bench-table
 
 # The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
 # default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
@@ -85,6 +85,12 @@ ablate:
 	    --test target/data/meld-test.safetensors --out target/bench/ablation-$$set; done'
 
 # Rewrite the measured tables in docs/ from target/bench/*.json (absent JSON: recorded text kept).
+# The reference ASR worker: the demo call's WER, then 323 spoken MELD utterances on 8 live
+# streams (WER, speaker labels, WF1 on ASR vs gold text, end of speech -> segment, CPU); needs
+# ../shared; target/bench/asr.json (~7 minutes).
+bench-asr:
+	bash tests/setup.sh cargo bench --locked --bench asr
+
 bench-table:
 	python3 scripts/bench-table
 

@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
-"""summerd's reference ASR worker: the template for plugging any ASR into summerd.
+"""summerd's reference ASR worker: Whisper on the CPU, with speaker labels.
 
 It subscribes to the daemon's audio tap (ZeroMQ SUB: [stream, header JSON, S16LE PCM] at
-16 kHz), finds speech with silero-vad, recognises each speech segment with PocketSphinx (an
-offline English recogniser from PyPI), and PUSHes one final transcript segment per speech
+16 kHz), finds speech per stream with silero-vad (segmenter.py), transcribes each speech
+segment with Whisper tiny.en on CTranslate2 (recogniser.py), labels its speaker by online
+clustering of d-vectors (speakers.py), and PUSHes one final transcript segment per speech
 segment to the daemon, on the media clock of the tap (INTERFACES.md, "Transcripts in").
 
-To plug in another recogniser (Whisper, Riva, a cloud API, ...), replace `Recogniser`: it is
-handed the 16 kHz float samples of one speech segment and returns its text. Everything else
-(the tap, segmentation, timing, seq numbers, the message format, reconnection) stays.
+One process serves every stream on the tap. The tap is read and segmented on the main thread
+(silero-vad is cheap); segments wait in a bounded queue for the recogniser thread, which takes
+up to --batch of them at a time and decodes them as one batch. When the queue grows past a
+batch the recogniser decodes greedily (beam 1) until it has caught up; when it is full
+(--max-pending segments), the oldest waiting segment is sent without text (the daemon still
+reads its voice) and counted. Segments the daemon does not take are kept (at most --max-outbox)
+and offered again with growing back-off, in order. Memory is therefore bounded by
+--max-pending x --max-segment-s of audio, whatever the tap sends; a stream silent for
+--forget-after-s loses its VAD state and speakers (its segment numbers go on).
 
-There is no diarisation here: every segment carries the speaker label given with --speaker
-(default "speaker"). A real deployment labels speakers (by channel, by diarisation, or from
-the meeting platform) and maps the labels to roles in the daemon's stream config.
+With --speaker LABEL every segment carries that label (a stream that is one speaker, or a
+channel mapped to one); otherwise each stream's voices become spk1, spk2, ... in order of
+first appearance.
 
 Usage:
   reference_worker.py [--tap tcp://127.0.0.1:5557] [--transcripts tcp://127.0.0.1:5555]
@@ -22,163 +29,335 @@ Usage:
 import argparse
 import collections
 import json
+import os
 import signal
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
 import zmq
 
 RATE = 16000
-WINDOW = 512  # silero-vad's window at 16 kHz (32 ms)
+ROOT = Path(__file__).resolve().parent.parent
+WHISPER_DIR = ROOT / "models/third_party/whisper-tiny-en"
+EMBEDDER = ROOT / "models/third_party/voice-embedder/embedder.int8.onnx"
+STREAM_IDLE_S = 1.0  # a stream whose audio stopped this long ago ends its segment in progress
+MAX_STREAMS = 100_000  # streams whose segment numbers are remembered (least recent forgotten)
+MAX_SKIPPED = 4096  # overflowed segments (d-vector and times, about 1.3 kB each) awaiting sending
 
 
-class Recogniser:
-    """PocketSphinx, US English, whole-utterance decoding."""
-
-    def __init__(self):
-        from pocketsphinx import Decoder
-
-        self.decoder = Decoder(samprate=RATE, loglevel="FATAL")
-
-    def __call__(self, samples: np.ndarray) -> str:
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-        self.decoder.start_utt()
-        self.decoder.process_raw(pcm, full_utt=True)
-        self.decoder.end_utt()
-        hyp = self.decoder.hyp()
-        return hyp.hypstr.strip() if hyp is not None else ""
+def log(msg):
+    print(f"[asr] {msg}", file=sys.stderr, flush=True)
 
 
-class Segmenter:
-    """silero-vad on one stream: speech start/end on the stream's media clock."""
+class Job:
+    """One speech segment on its way to the daemon."""
 
-    def __init__(self, model, threshold, min_silence_ms, pad_ms, max_segment_s):
-        from silero_vad import VADIterator
+    __slots__ = ("stream", "start", "end", "samples", "seconds", "vector", "cut_at", "text", "speaker")
 
-        self.vad = VADIterator(
-            model,
-            threshold=threshold,
-            sampling_rate=RATE,
-            min_silence_duration_ms=min_silence_ms,
-            speech_pad_ms=pad_ms,
-        )
-        self.max_segment = int(max_segment_s * RATE)
-        self.pending = np.zeros(0, dtype=np.float32)
-        self.t_pending = None  # media time of pending[0]
-        self.base = None
-        self.audio = collections.deque()  # (t, samples) kept while in speech
-        self.start = None
-
-    def push(self, t, samples):
-        """Feed samples starting at media time t; yield (start, end, speech samples)."""
-        if self.t_pending is None or abs(self.t_pending + len(self.pending) / RATE - t) > 0.05:
-            # First audio, or a discontinuity (a reconnect): start over at t.
-            self.pending = np.zeros(0, dtype=np.float32)
-            self.t_pending = t
-            self.base = t  # media time of the VAD's sample 0 (it counts from its reset)
-            self.vad.reset_states()
-            self.start = None
-            self.audio.clear()
-        self.pending = np.concatenate([self.pending, samples])
-        while len(self.pending) >= WINDOW:
-            win, self.pending = self.pending[:WINDOW], self.pending[WINDOW:]
-            t_win = self.t_pending
-            self.t_pending += WINDOW / RATE
-            self.audio.append((t_win, win))
-            ev = self.vad(torch.from_numpy(win), return_seconds=False)
-            if ev and "start" in ev:
-                self.start = self.base + ev["start"] / RATE
-            if ev and "end" in ev and self.start is not None:
-                end = self.base + ev["end"] / RATE
-                yield self.cut(self.start, end)
-                self.start = None
-            elif self.start is not None and (t_win - self.start) * RATE > self.max_segment:
-                end = t_win + WINDOW / RATE
-                yield self.cut(self.start, end)
-                self.start = end
-            # Keep only what a segment in progress (plus padding) can need.
-            horizon = (self.start if self.start is not None else self.t_pending) - 1.0
-            while self.audio and self.audio[0][0] + WINDOW / RATE < horizon:
-                self.audio.popleft()
-
-    def cut(self, start, end):
-        parts = [(t, w) for t, w in self.audio if t + WINDOW / RATE > start and t < end]
-        if not parts:
-            return start, end, np.zeros(0, dtype=np.float32)
-        t0 = parts[0][0]
-        x = np.concatenate([w for _, w in parts])
-        a = max(0, int(round((start - t0) * RATE)))
-        b = max(a, int(round((end - t0) * RATE)))
-        return start, end, x[a:b]
+    def __init__(self, stream, start, end, samples):
+        self.stream, self.start, self.end, self.samples = stream, start, end, samples
+        self.seconds = len(samples) / RATE
+        self.vector = None  # the speaker d-vector, where taken before the audio was let go
+        self.cut_at = time.time()
+        self.text = None
+        self.speaker = None
 
 
-def main():
+class Pending:
+    """The bounded queue between the tap thread and the recogniser."""
+
+    def __init__(self, limit, embed=None):
+        self.limit = limit
+        self.embed = embed
+        self.jobs = collections.deque()
+        self.skipped = collections.deque()  # overflowed jobs: sent without text, audio released
+        self.cond = threading.Condition()
+        self.closed = False
+        self.overflowed = 0
+        self.lost = 0
+
+    def put(self, job):
+        with self.cond:
+            self.jobs.append(job)
+            over = [self.jobs.popleft() for _ in range(len(self.jobs) - self.limit)]
+            self.cond.notify()
+        for old in over:
+            # Its voice is kept as a d-vector (1 kB), its audio let go.
+            if self.embed is not None and old.seconds > 0.2:
+                old.vector = self.embed(old.samples)
+            old.samples, old.text = None, ""
+        with self.cond:
+            self.skipped.extend(over)
+            self.overflowed += len(over)
+            while len(self.skipped) > MAX_SKIPPED:
+                self.skipped.popleft()
+                self.lost += 1
+            self.cond.notify()
+
+    def take(self, batch, timeout):
+        """Up to `batch` jobs in arrival order (overflowed ones first), and the backlog left."""
+        with self.cond:
+            if not self.jobs and not self.skipped and not self.closed:
+                self.cond.wait(timeout)
+            out = list(self.skipped)
+            self.skipped.clear()
+            out += [self.jobs.popleft() for _ in range(min(batch, len(self.jobs)))]
+            return out, len(self.jobs)
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+    def done(self):
+        with self.cond:
+            return self.closed and not self.jobs and not self.skipped
+
+
+class Outbox:
+    """Segments for the daemon, in order; held and offered again while it does not take them."""
+
+    def __init__(self, push, limit):
+        self.push, self.limit = push, limit
+        self.queue = collections.deque()
+        self.retry_at, self.backoff = 0.0, 0.05
+        self.dropped = 0
+        self.sent = 0
+
+    def add(self, msg):
+        self.queue.append(msg)
+        while len(self.queue) > self.limit:
+            self.queue.popleft()
+            self.dropped += 1
+            log(f"the daemon has not taken transcripts for a while; {self.dropped} segments dropped")
+
+    def flush(self):
+        if not self.queue or time.monotonic() < self.retry_at:
+            return
+        while self.queue:
+            try:
+                self.push.send_string(self.queue[0], zmq.NOBLOCK)
+            except zmq.Again:
+                self.retry_at = time.monotonic() + self.backoff
+                self.backoff = min(self.backoff * 2, 2.0)
+                return
+            self.queue.popleft()
+            self.sent += 1
+            self.backoff = 0.05
+
+
+def recogniser_loop(args, pending, recognise, embed, push, journal):
+    """The recogniser thread: text, speaker and the message for each job, in order."""
+    from speakers import Speakers
+
+    outbox = Outbox(push, args.max_outbox)
+    speakers, used, seqs = {}, {}, collections.OrderedDict()
+    busy, pruned, total = 0.0, time.monotonic(), 0
+    while True:
+        jobs, backlog = pending.take(args.batch, 0.1)
+        if time.monotonic() - pruned > 10.0:
+            pruned = forget_idle(speakers, used, args.forget_after_s)
+        if not jobs:
+            outbox.flush()
+            if pending.done():
+                break
+            continue
+        t0 = time.monotonic()
+        todo = [j for j in jobs if j.text is None and j.seconds > 0]
+        beam = args.beam if backlog <= args.batch else 1
+        recognise.beam = beam
+        for j, text in zip(todo, recognise([j.samples for j in todo])):
+            j.text = text
+        for j in jobs:
+            j.text = j.text or ""
+            if args.speaker:
+                j.speaker = args.speaker
+            else:
+                clusters = speakers.setdefault(
+                    j.stream, Speakers(args.speaker_threshold, args.max_speakers, args.min_enrol_s)
+                )
+                if j.seconds > 0.2:
+                    vector = j.vector if j.vector is not None else embed(j.samples)
+                    j.speaker = clusters.assign(vector, j.seconds)
+                else:
+                    j.speaker = clusters.labels[-1] if clusters.labels else "spk1"
+            used[j.stream] = time.monotonic()
+            total += 1
+            seqs[j.stream] = seqs.pop(j.stream, 0) + 1
+            while len(seqs) > MAX_STREAMS:
+                seqs.popitem(last=False)
+            msg = {"v": 1, "stream": j.stream, "seq": seqs[j.stream], "start": round(j.start, 3),
+                   "end": round(j.end, 3), "speaker": j.speaker, "text": j.text,
+                   "final": True, "lang": "en", "clock": "media"}
+            outbox.add(json.dumps(msg))
+            j.samples = None
+        outbox.flush()
+        busy += time.monotonic() - t0
+        now = time.time()
+        for j in jobs:
+            log(f"{j.stream} #{seqs[j.stream]} {j.speaker} [{j.start:.2f}, {j.end:.2f}] {j.text!r}")
+            if journal:
+                journal.write(json.dumps({"stream": j.stream, "seq": seqs[j.stream], "start": j.start,
+                                          "end": j.end, "speaker": j.speaker, "text": j.text,
+                                          "cut": j.cut_at, "sent": now, "beam": beam}) + "\n")
+                journal.flush()
+    deadline = time.monotonic() + 5.0
+    while outbox.queue and time.monotonic() < deadline:
+        time.sleep(0.05)
+        outbox.flush()
+    log(f"done: {total} segments, {pending.overflowed} sent without text (queue full), "
+        f"{pending.lost} lost (queue full while the recogniser was stuck), "
+        f"{outbox.dropped} dropped (daemon not taking), {len(outbox.queue)} unsent; recogniser busy {busy:.1f} s")
+
+
+def forget_idle(state, last_used, after_s):
+    """Drop the per-stream `state` of streams unused for `after_s` seconds; the time now."""
+    now = time.monotonic()
+    for sid in [sid for sid, t in last_used.items() if now - t > after_s]:
+        state.pop(sid, None)
+        del last_used[sid]
+    return now
+
+
+def tap_header(parts, refused):
+    """The tap message's header if this worker can read its audio, else None (a line the first
+    time a stream's audio is refused, with the reason)."""
+    try:
+        header = json.loads(parts[1])
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        return None
+    sid, pts = header.get("stream"), header.get("pts")
+    why = None
+    if header.get("v") != 1 or header.get("rate") != RATE or header.get("format") != "S16LE":
+        why = "not version 1, 16 kHz S16LE"
+    elif header.get("channels", 1) != 1:
+        why = f"{header.get('channels')} channels (this worker reads mono taps)"
+    elif not isinstance(sid, str) or not sid:
+        why = "no stream id"
+    elif not isinstance(pts, (int, float)) or not np.isfinite(pts) or pts < 0:
+        why = "no media time"
+    elif len(parts[2]) % 2:
+        why = "odd PCM length"
+    if why is None:
+        return header
+    key = (sid if isinstance(sid, str) else "?", why)
+    if key not in refused and len(refused) < 1000:
+        refused.add(key)
+        log(f"tap audio of stream {key[0]!r} ignored: {why}")
+    return None
+
+
+def load_models(args):
+    """The three models, or a clear error and exit status 2."""
+    from recogniser import ModelError, Recogniser
+    from speakers import Embedder
+
+    from segmenter import Vad
+
+    try:
+        recognise = Recogniser(args.whisper, threads=args.threads, beam=args.beam)
+        embed = None if args.speaker else Embedder(args.embedder)
+        vad = Vad()
+    except (ModelError, FileNotFoundError, ValueError) as e:
+        log(f"error: {e}")
+        sys.exit(2)
+    return recognise, embed, vad
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tap", default="tcp://127.0.0.1:5557")
     ap.add_argument("--transcripts", default="tcp://127.0.0.1:5555")
     ap.add_argument("--stream", action="append", default=[], help="only these streams")
-    ap.add_argument("--speaker", default="speaker")
-    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--speaker", default="", help="label every segment so (no clustering)")
+    ap.add_argument("--whisper", default=str(WHISPER_DIR), help="Whisper model (CTranslate2)")
+    ap.add_argument("--embedder", default=str(EMBEDDER), help="speaker d-vector ONNX model")
+    ap.add_argument("--threads", type=int, default=1, help="recogniser threads")
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=4, help="segments decoded together")
+    ap.add_argument("--max-pending", type=int, default=32, help="segments waiting for the recogniser")
+    ap.add_argument("--max-outbox", type=int, default=256, help="segments waiting for the daemon")
+    ap.add_argument("--speaker-threshold", type=float, default=0.8)
+    ap.add_argument("--max-speakers", type=int, default=8)
+    ap.add_argument("--min-enrol-s", type=float, default=1.0)
+    ap.add_argument("--threshold", type=float, default=0.5, help="silero-vad speech threshold")
     ap.add_argument("--min-silence-ms", type=int, default=400)
     ap.add_argument("--pad-ms", type=int, default=30)
     ap.add_argument("--max-segment-s", type=float, default=15.0)
+    ap.add_argument("--forget-after-s", type=float, default=600.0,
+                    help="a stream silent this long loses its VAD state and speakers")
+    ap.add_argument("--journal", default="", help="append each sent segment, with times, as JSON lines")
     ap.add_argument("--exit-after-idle", type=float, default=0.0,
                     help="exit when no audio came for this long after some did (0: never)")
     args = ap.parse_args()
+    if not 0 < args.max_segment_s <= 30 or args.batch < 1 or args.max_pending < 1 or args.beam < 1:
+        ap.error("--max-segment-s must be in (0, 30], --batch, --max-pending and --beam at least 1")
+    return args
 
-    from silero_vad import load_silero_vad
 
-    torch.set_num_threads(1)
-    model = load_silero_vad()
-    recognise = Recogniser()
+def main():
+    args = parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from segmenter import Segmenter
 
+    recognise, embed, vad = load_models(args)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 10000)
     for s in args.stream or [""]:
         sub.setsockopt(zmq.SUBSCRIBE, s.encode())
     sub.connect(args.tap)
     push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDTIMEO, 5000)
     push.setsockopt(zmq.LINGER, 2000)
     push.connect(args.transcripts)
+    journal = open(args.journal, "a") if args.journal else None
 
+    pending = Pending(args.max_pending, embed)
+    worker = threading.Thread(target=recogniser_loop, args=(args, pending, recognise, embed, push, journal))
+    worker.start()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    streams, seqs = {}, {}
-    last_audio = None
-    print(f"[asr] listening to {args.tap}, sending to {args.transcripts}", file=sys.stderr, flush=True)
+    streams, heard, seen, refused = {}, {}, {}, set()
+    last_audio, pruned = None, time.monotonic()
+    log(f"listening to {args.tap}, sending to {args.transcripts}")
     while not stop:
-        if not sub.poll(200):
-            if args.exit_after_idle and last_audio and time.monotonic() - last_audio > args.exit_after_idle:
-                break
+        now = time.monotonic()
+        for sid, t in list(heard.items()):
+            if now - t > STREAM_IDLE_S:
+                cut = streams[sid].flush()
+                if cut is not None and len(cut[2]):
+                    pending.put(Job(sid, *cut))
+                del heard[sid]
+        if now - pruned > 10.0:
+            pruned = forget_idle(streams, seen, args.forget_after_s)
+        if args.exit_after_idle and last_audio and not heard and now - last_audio > args.exit_after_idle:
+            break
+        if not sub.poll(100):
             continue
         parts = sub.recv_multipart()
         if len(parts) != 3:
             continue
-        header = json.loads(parts[1])
-        if header.get("v") != 1 or header.get("rate") != RATE or header.get("format") != "S16LE":
+        header = tap_header(parts, refused)
+        if header is None:
             continue
-        last_audio = time.monotonic()
         sid = header["stream"]
+        last_audio = heard[sid] = seen[sid] = time.monotonic()
         samples = np.frombuffer(parts[2], dtype="<i2").astype(np.float32) / 32768.0
         seg = streams.get(sid)
         if seg is None:
-            seg = streams[sid] = Segmenter(model, args.threshold, args.min_silence_ms,
+            seg = streams[sid] = Segmenter(vad, args.threshold, args.min_silence_ms,
                                            args.pad_ms, args.max_segment_s)
         for start, end, speech in seg.push(header["pts"], samples):
-            text = recognise(speech) if len(speech) else ""
-            seqs[sid] = seqs.get(sid, 0) + 1
-            msg = {"v": 1, "stream": sid, "seq": seqs[sid], "start": round(start, 3),
-                   "end": round(end, 3), "speaker": args.speaker, "text": text,
-                   "final": True, "lang": "en", "clock": "media"}
-            try:
-                push.send_string(json.dumps(msg))
-            except zmq.Again:
-                print("[asr] the daemon does not take transcripts; segment dropped", file=sys.stderr)
-            print(f"[asr] {sid} #{seqs[sid]} [{start:.2f}, {end:.2f}] {text!r}", file=sys.stderr, flush=True)
+            if len(speech):
+                pending.put(Job(sid, start, end, speech))
+    pending.close()
+    worker.join()
     push.close()
     sub.close()
     ctx.term()

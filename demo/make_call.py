@@ -35,7 +35,7 @@ SCRIPT = [
 SHORT = [
     ("agent", "neutral", "Good morning, how can I help you"),
     ("customer", "anger", "My order never arrived and I am really angry about it"),
-    ("agent", "joy", "Great news, I have sent you a new one today"),
+    ("agent", "sadness", "I am so sorry, I have sent you a new one today"),
 ]
 # espeak-ng voice and prosody per speaker and emotion: speed (wpm), pitch (0-99), amplitude.
 VOICES = {"agent": "en-us+m3", "customer": "en-gb+f3"}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo (`make run`): make the sample call if it is not there yet, then run summerd on it as
 # on a live call: the daemon ingests the call in real time, the reference ASR worker
-# (silero-vad + PocketSphinx) listens to the audio tap and sends transcript segments, and
+# (silero-vad, Whisper, speaker labels) listens to the audio tap and sends transcript segments, and
 # `summerd tail` shows each emotion event as it is published, and the daemon's live page shows
 # the call's timeline in a browser. Exits when the call is over, leaving a report of the whole
 # call (`summerd report`) beside it.

@@ -65,6 +65,19 @@ fn play(path: &Path, desc: &str) -> Result<(gst::Pipeline, gst_app::AppSink), De
     Ok((pipeline, sink))
 }
 
+/// What [`next_sample`] and [`stop`] say when the file has no stream of the kind the pipeline
+/// decodes (decodebin found nothing its branch links to: GStreamer's `not-linked`).
+const NOT_LINKED: &str = "no stream of that kind";
+
+/// GStreamer's error in words, or [`NOT_LINKED`].
+fn error_text(e: &gst::message::Error) -> String {
+    if e.debug().is_some_and(|d| d.contains("not-linked")) {
+        NOT_LINKED.to_string()
+    } else {
+        e.error().to_string()
+    }
+}
+
 /// The next sample; `Ok(None)` at the end; `Err` with GStreamer's message when the pipeline
 /// fails (a file no decoder takes posts an error and never ends, so the bus is watched too).
 fn next_sample(
@@ -83,7 +96,7 @@ fn next_sample(
             .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
             && let gst::MessageView::Error(e) = msg.view()
         {
-            return Err(e.error().to_string());
+            return Err(error_text(e));
         }
     }
 }
@@ -92,7 +105,7 @@ fn next_sample(
 fn stop(pipeline: &gst::Pipeline) -> Option<String> {
     let error = pipeline.bus().and_then(|bus| {
         bus.iter().find_map(|msg| match msg.view() {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            gst::MessageView::Error(e) => Some(error_text(e)),
             _ => None,
         })
     });
@@ -113,9 +126,16 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
     )?;
     let mut rate = 0u32;
     let mut samples = Vec::new();
+    let no_audio = |e: String| {
+        fail(if e == NOT_LINKED {
+            "no audio stream".into()
+        } else {
+            e
+        })
+    };
     while let Some(sample) = next_sample(&pipeline, &sink).map_err(|e| {
         let _ = pipeline.set_state(gst::State::Null);
-        fail(e)
+        no_audio(e)
     })? {
         if let Some(r) = sample
             .caps()
@@ -134,7 +154,7 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
         }
     }
     if let Some(e) = stop(&pipeline) {
-        return Err(fail(e));
+        return Err(no_audio(e));
     }
     if rate == 0 {
         return Err(fail("no audio stream".into()));
@@ -224,7 +244,11 @@ pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, Decode
         }
     }
     if let Some(e) = stop(&pipeline).or(bad) {
-        return Err(fail(e));
+        return Err(fail(if e == NOT_LINKED {
+            "no video stream".into()
+        } else {
+            e
+        }));
     }
     if frames.is_empty() {
         return Err(fail("no video stream".into()));

@@ -1,5 +1,5 @@
 //! End to end with real parts: a call made by espeak-ng and GStreamer (demo/make_call.py), the
-//! daemon with the shipped default model, the reference ASR worker (silero-vad + PocketSphinx)
+//! daemon with the shipped default model, the reference ASR worker (silero-vad, Whisper and speaker d-vectors)
 //! on the audio tap, a pyzmq ASR stand-in for three streams at once, events read off the bus,
 //! and `summerd replay` on the same call.
 
@@ -100,7 +100,7 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
     );
     // Real time: the call lasts about 10 s.
     let n = lines.len();
-    let events = collect(&sub, Duration::from_secs(90), |g| g.len() > n);
+    let events = collect(&sub, Duration::from_secs(90), |g| g.len() >= n);
     let waited = Instant::now();
     while asr.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
@@ -147,6 +147,27 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
             e["text"]
         );
     }
+    // Two voices, told apart by the worker: the agent's lines share a label, the customer's
+    // differs.
+    let who: Vec<&str> = events
+        .iter()
+        .map(|e| e["speaker"].as_str().unwrap())
+        .collect();
+    assert!(
+        who[0] == who[2] && who[0] != who[1],
+        "speakers {who:?}\nASR: {asr_said}"
+    );
+    // Whisper's words: at most 15 % word errors against the script.
+    let script: Vec<String> = lines
+        .iter()
+        .flat_map(|l| common::words(l["text"].as_str().unwrap()))
+        .collect();
+    let heard: Vec<String> = events
+        .iter()
+        .flat_map(|e| common::words(e["text"].as_str().unwrap()))
+        .collect();
+    let wer = common::word_errors(&script, &heard) as f64 / script.len() as f64;
+    assert!(wer <= 0.15, "WER {wer:.2}: {heard:?}\nASR: {asr_said}");
     let m = d.scrape();
     assert_eq!(
         metric(&m, "summerd_utterances_total{outcome=\"published\"}"),

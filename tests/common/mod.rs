@@ -616,3 +616,38 @@ pub fn bench_config() -> String {
         .map(|c| format!("\n{c}\n"))
         .unwrap_or_default()
 }
+
+/// The words of a transcript for scoring: lower case, typographic apostrophes made plain,
+/// hyphens and every other punctuation mark a word break.
+pub fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .replace(['\u{2019}', '\u{2018}'], "'")
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Word edit distance (substitutions, deletions, insertions) of `hyp` against `reference`.
+pub fn word_errors(reference: &[String], hyp: &[String]) -> usize {
+    let mut row: Vec<usize> = (0..=hyp.len()).collect();
+    for (i, r) in reference.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, h) in hyp.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(r != h));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[hyp.len()]
+}
+
+/// Seconds two [start, end] spans (JSON objects with `start` and `end`) have in common.
+pub fn overlap(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    (f(a, "end").min(f(b, "end")) - f(a, "start").max(f(b, "start"))).max(0.0)
+}

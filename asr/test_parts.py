@@ -1,0 +1,136 @@
+"""Unit tests of the reference worker's pure parts (run by tests/asr.rs, or
+`python -m unittest discover -s asr`): speaker clustering, the bounded queue, the outbox, tap
+header checks and the embedder's features."""
+
+import json
+import os
+import sys
+import unittest
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import reference_worker as rw  # noqa: E402
+import speakers  # noqa: E402
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+class SpeakersTest(unittest.TestCase):
+    def test_voices_get_labels_in_order_and_keep_them(self):
+        s = speakers.Speakers(threshold=0.8, cap=8, min_enrol_s=1.0)
+        a, b = unit([1, 0, 0]), unit([0, 1, 0])
+        self.assertEqual(s.assign(a, 2.0), "spk1")
+        self.assertEqual(s.assign(b, 2.0), "spk2")
+        self.assertEqual(s.assign(unit([0.95, 0.1, 0]), 2.0), "spk1")
+        self.assertEqual(s.assign(unit([0.1, 0.95, 0]), 0.5), "spk2")
+
+    def test_a_short_segment_never_starts_a_speaker(self):
+        s = speakers.Speakers(threshold=0.8, cap=8, min_enrol_s=1.0)
+        s.assign(unit([1, 0, 0]), 2.0)
+        self.assertEqual(s.assign(unit([0, 1, 0]), 0.5), "spk1")
+        self.assertEqual(s.labels, ["spk1"])
+
+    def test_the_cap_holds(self):
+        s = speakers.Speakers(threshold=0.99, cap=3, min_enrol_s=1.0)
+        labels = {s.assign(unit(np.eye(6)[i]), 2.0) for i in range(6)}
+        self.assertEqual(labels, {"spk1", "spk2", "spk3"})
+
+    def test_log_mel_has_the_embedders_shape(self):
+        x = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+        f = speakers.log_mel(x)
+        self.assertEqual(f.shape, (1 + (16000 - 512) // 160, 40))
+        self.assertTrue(np.isfinite(f).all())
+        self.assertTrue(np.isfinite(speakers.log_mel(np.zeros(100, np.float32))).all())
+
+
+def job(stream, n=16000):
+    return rw.Job(stream, 0.0, n / rw.RATE, np.zeros(n, dtype=np.float32))
+
+
+class PendingTest(unittest.TestCase):
+    def test_overflow_sends_the_oldest_without_text_and_bounds_everything(self):
+        p = rw.Pending(limit=2)
+        for _ in range(5):
+            p.put(job("a", n=16000 * 10))
+        jobs, backlog = p.take(batch=4, timeout=0)
+        self.assertEqual(backlog, 0)
+        self.assertEqual(len(jobs), 5)
+        self.assertEqual([j.text for j in jobs], ["", "", "", None, None])
+        self.assertTrue(all(j.samples is None for j in jobs[:3]))
+        self.assertEqual(p.overflowed, 3)
+        for _ in range(rw.MAX_SKIPPED + 10):
+            p.put(job("a", n=100))
+        self.assertLessEqual(len(p.skipped), rw.MAX_SKIPPED)
+        self.assertEqual(p.lost, 8)
+
+    def test_an_overflowed_segment_keeps_its_voice(self):
+        p = rw.Pending(limit=1, embed=lambda x: np.ones(4, np.float32))
+        p.put(job("a"))
+        p.put(job("a"))
+        jobs, _ = p.take(batch=4, timeout=0)
+        self.assertEqual(jobs[0].text, "")
+        self.assertEqual(list(jobs[0].vector), [1, 1, 1, 1])
+        self.assertIsNone(jobs[1].vector)
+
+    def test_take_gives_at_most_a_batch_in_order(self):
+        p = rw.Pending(limit=10)
+        for i in range(5):
+            j = job("a")
+            j.start = float(i)
+            p.put(j)
+        jobs, backlog = p.take(batch=2, timeout=0)
+        self.assertEqual([j.start for j in jobs], [0.0, 1.0])
+        self.assertEqual(backlog, 3)
+
+
+class FakePush:
+    def __init__(self, accept):
+        self.accept, self.got = accept, []
+
+    def send_string(self, s, flags=0):
+        if not self.accept:
+            raise zmq.Again()
+        self.got.append(s)
+
+
+class OutboxTest(unittest.TestCase):
+    def test_held_while_refused_then_sent_in_order(self):
+        push = FakePush(accept=False)
+        o = rw.Outbox(push, limit=3)
+        for i in range(5):
+            o.add(str(i))
+        o.flush()
+        self.assertEqual(push.got, [])
+        self.assertEqual(o.dropped, 2)
+        push.accept, o.retry_at = True, 0.0
+        o.flush()
+        self.assertEqual(push.got, ["2", "3", "4"])
+
+
+class TapHeaderTest(unittest.TestCase):
+    def parts(self, **h):
+        header = {"v": 1, "stream": "s", "pts": 1.0, "rate": 16000, "channels": 1, "format": "S16LE"}
+        header.update(h)
+        return [b"s", json.dumps(header).encode(), b"\0\0" * 10]
+
+    def test_good_and_bad_headers(self):
+        refused = set()
+        self.assertIsNotNone(rw.tap_header(self.parts(), refused))
+        for bad in ({"rate": 8000}, {"channels": 2}, {"stream": ""}, {"pts": None}, {"pts": -1},
+                    {"v": 2}):
+            self.assertIsNone(rw.tap_header(self.parts(**bad), refused), bad)
+        self.assertIsNone(rw.tap_header([b"s", b"not json", b""], refused))
+        self.assertIsNone(rw.tap_header([b"s", b"[1]", b""], refused))
+        odd = self.parts()
+        odd[2] = b"\0"
+        self.assertIsNone(rw.tap_header(odd, refused))
+
+
+if __name__ == "__main__":
+    unittest.main()
