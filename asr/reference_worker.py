@@ -45,6 +45,7 @@ WHISPER_DIR = ROOT / "models/third_party/whisper-tiny-en"
 EMBEDDER = ROOT / "models/third_party/voice-embedder/embedder.int8.onnx"
 STREAM_IDLE_S = 1.0  # a stream whose audio stopped this long ago ends its segment in progress
 MAX_STREAMS = 100_000  # streams whose segment numbers are remembered (least recent forgotten)
+MAX_PTS = 1e9  # seconds (31 years): beyond, a 32 ms step no longer moves a float's time
 MAX_SKIPPED = 4096  # overflowed segments (d-vector and times, about 1.3 kB each) awaiting sending
 
 
@@ -55,7 +56,8 @@ def log(msg):
 class Job:
     """One speech segment on its way to the daemon."""
 
-    __slots__ = ("stream", "start", "end", "samples", "seconds", "vector", "cut_at", "text", "speaker")
+    __slots__ = ("stream", "start", "end", "samples", "seconds", "vector", "cut_at", "text", "speaker",
+                 "seq")
 
     def __init__(self, stream, start, end, samples):
         self.stream, self.start, self.end, self.samples = stream, start, end, samples
@@ -64,6 +66,7 @@ class Job:
         self.cut_at = time.time()
         self.text = None
         self.speaker = None
+        self.seq = None
 
 
 class Pending:
@@ -82,16 +85,15 @@ class Pending:
     def put(self, job):
         with self.cond:
             self.jobs.append(job)
-            over = [self.jobs.popleft() for _ in range(len(self.jobs) - self.limit)]
-            self.cond.notify()
-        for old in over:
-            # Its voice is kept as a d-vector (1 kB), its audio let go.
-            if self.embed is not None and old.seconds > 0.2:
-                old.vector = self.embed(old.samples)
-            old.samples, old.text = None, ""
-        with self.cond:
-            self.skipped.extend(over)
-            self.overflowed += len(over)
+            while len(self.jobs) > self.limit:
+                old = self.jobs.popleft()
+                # Its voice is kept as a d-vector (1 kB), its audio let go. Under the lock: the
+                # recogniser must not take a newer job before this one is in `skipped`.
+                if self.embed is not None and old.seconds > 0.2:
+                    old.vector = self.embed(old.samples)
+                old.samples, old.text = None, ""
+                self.skipped.append(old)
+                self.overflowed += 1
             while len(self.skipped) > MAX_SKIPPED:
                 self.skipped.popleft()
                 self.lost += 1
@@ -186,10 +188,10 @@ def recogniser_loop(args, pending, recognise, embed, push, journal):
                     j.speaker = clusters.labels[-1] if clusters.labels else "spk1"
             used[j.stream] = time.monotonic()
             total += 1
-            seqs[j.stream] = seqs.pop(j.stream, 0) + 1
+            j.seq = seqs[j.stream] = seqs.pop(j.stream, 0) + 1
             while len(seqs) > MAX_STREAMS:
                 seqs.popitem(last=False)
-            msg = {"v": 1, "stream": j.stream, "seq": seqs[j.stream], "start": round(j.start, 3),
+            msg = {"v": 1, "stream": j.stream, "seq": j.seq, "start": round(j.start, 3),
                    "end": round(j.end, 3), "speaker": j.speaker, "text": j.text,
                    "final": True, "lang": "en", "clock": "media"}
             outbox.add(json.dumps(msg))
@@ -198,9 +200,9 @@ def recogniser_loop(args, pending, recognise, embed, push, journal):
         busy += time.monotonic() - t0
         now = time.time()
         for j in jobs:
-            log(f"{j.stream} #{seqs[j.stream]} {j.speaker} [{j.start:.2f}, {j.end:.2f}] {j.text!r}")
+            log(f"{j.stream} #{j.seq} {j.speaker} [{j.start:.2f}, {j.end:.2f}] {j.text!r}")
             if journal:
-                journal.write(json.dumps({"stream": j.stream, "seq": seqs[j.stream], "start": j.start,
+                journal.write(json.dumps({"stream": j.stream, "seq": j.seq, "start": j.start,
                                           "end": j.end, "speaker": j.speaker, "text": j.text,
                                           "cut": j.cut_at, "sent": now, "beam": beam}) + "\n")
                 journal.flush()
@@ -227,7 +229,7 @@ def tap_header(parts, refused):
     time a stream's audio is refused, with the reason)."""
     try:
         header = json.loads(parts[1])
-    except ValueError:
+    except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict):
         return None
@@ -239,8 +241,8 @@ def tap_header(parts, refused):
         why = f"{header.get('channels')} channels (this worker reads mono taps)"
     elif not isinstance(sid, str) or not sid:
         why = "no stream id"
-    elif not isinstance(pts, (int, float)) or not np.isfinite(pts) or pts < 0:
-        why = "no media time"
+    elif isinstance(pts, bool) or not isinstance(pts, (int, float)) or not 0 <= pts < MAX_PTS:
+        why = f"no media time in [0, {MAX_PTS:g}) s"
     elif len(parts[2]) % 2:
         why = "odd PCM length"
     if why is None:
@@ -291,24 +293,99 @@ def parse_args():
     ap.add_argument("--max-segment-s", type=float, default=15.0)
     ap.add_argument("--forget-after-s", type=float, default=600.0,
                     help="a stream silent this long loses its VAD state and speakers")
+    ap.add_argument("--max-streams", type=int, default=256, help="streams served at once")
     ap.add_argument("--journal", default="", help="append each sent segment, with times, as JSON lines")
     ap.add_argument("--exit-after-idle", type=float, default=0.0,
                     help="exit when no audio came for this long after some did (0: never)")
     args = ap.parse_args()
     if not 0 < args.max_segment_s <= 30 or args.batch < 1 or args.max_pending < 1 or args.beam < 1:
         ap.error("--max-segment-s must be in (0, 30], --batch, --max-pending and --beam at least 1")
+    if args.forget_after_s < 10 or args.max_streams < 1:
+        ap.error("--forget-after-s must be at least 10, --max-streams at least 1")
     return args
+
+
+class Tap:
+    """The main thread's side: the tap's audio, per stream through its segmenter into `pending`."""
+
+    def __init__(self, args, vad, pending):
+        from segmenter import Segmenter
+
+        self.args, self.vad, self.pending, self.new = args, vad, pending, Segmenter
+        self.wanted = set(args.stream)
+        self.streams, self.heard, self.seen, self.refused = {}, {}, {}, set()
+        self.last_audio = None
+
+    def audio(self, parts):
+        """One tap message."""
+        header = tap_header(parts, self.refused)
+        if header is None:
+            return
+        sid = header["stream"]
+        if self.wanted and sid not in self.wanted:
+            return  # SUBSCRIBE matches prefixes: call-1 also brings call-10
+        seg = self.streams.get(sid)
+        if seg is None:
+            if len(self.streams) >= self.args.max_streams:
+                key = (sid, "too many streams")
+                if key not in self.refused and len(self.refused) < 1000:
+                    self.refused.add(key)
+                    log(f"stream {sid!r} ignored: already {len(self.streams)} streams (--max-streams)")
+                return
+            a = self.args
+            seg = self.streams[sid] = self.new(self.vad, a.threshold, a.min_silence_ms, a.pad_ms,
+                                               a.max_segment_s)
+        self.last_audio = self.heard[sid] = self.seen[sid] = time.monotonic()
+        samples = np.frombuffer(parts[2], dtype="<i2").astype(np.float32) / 32768.0
+        for start, end, speech in seg.push(header["pts"], samples):
+            self.pending.put(Job(sid, start, end, speech))
+
+    def flush(self, idle_s):
+        """End the segments in progress of streams unheard for `idle_s` seconds."""
+        now = time.monotonic()
+        for sid in [sid for sid, t in self.heard.items() if now - t >= idle_s]:
+            cut = self.streams[sid].flush()
+            if cut is not None:
+                self.pending.put(Job(sid, *cut))
+            del self.heard[sid]
+
+    def forget(self):
+        forget_idle(self.streams, self.seen, self.args.forget_after_s)
+
+    def idle_for(self):
+        """Seconds since the last audio, when every stream has gone quiet (else 0)."""
+        if self.last_audio is None or self.heard:
+            return 0.0
+        return time.monotonic() - self.last_audio
+
+
+def listen(args, sub, tap, stop, worker):
+    """The tap loop, until a signal, --exit-after-idle, or the recogniser's death."""
+    scanned = pruned = time.monotonic()
+    while not stop and worker.is_alive():
+        now = time.monotonic()
+        if now - scanned > 0.2:
+            tap.flush(STREAM_IDLE_S)
+            scanned = now
+        if now - pruned > 10.0:
+            tap.forget()
+            pruned = now
+        if args.exit_after_idle and tap.idle_for() > args.exit_after_idle:
+            return
+        if sub.poll(100):
+            parts = sub.recv_multipart()
+            if len(parts) == 3:
+                tap.audio(parts)
 
 
 def main():
     args = parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from segmenter import Segmenter
-
     recognise, embed, vad = load_models(args)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 10000)
+    sub.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
     for s in args.stream or [""]:
         sub.setsockopt(zmq.SUBSCRIBE, s.encode())
     sub.connect(args.tap)
@@ -318,49 +395,36 @@ def main():
     journal = open(args.journal, "a") if args.journal else None
 
     pending = Pending(args.max_pending, embed)
-    worker = threading.Thread(target=recogniser_loop, args=(args, pending, recognise, embed, push, journal))
+    failed = []
+
+    def recogniser():
+        try:
+            recogniser_loop(args, pending, recognise, embed, push, journal)
+        except Exception as e:  # noqa: BLE001 - any failure ends the worker, said once
+            failed.append(e)
+            log(f"error: the recogniser failed: {e!r}")
+
+    worker = threading.Thread(target=recogniser, daemon=True)
     worker.start()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    streams, heard, seen, refused = {}, {}, {}, set()
-    last_audio, pruned = None, time.monotonic()
+    tap = Tap(args, vad, pending)
     log(f"listening to {args.tap}, sending to {args.transcripts}")
-    while not stop:
-        now = time.monotonic()
-        for sid, t in list(heard.items()):
-            if now - t > STREAM_IDLE_S:
-                cut = streams[sid].flush()
-                if cut is not None and len(cut[2]):
-                    pending.put(Job(sid, *cut))
-                del heard[sid]
-        if now - pruned > 10.0:
-            pruned = forget_idle(streams, seen, args.forget_after_s)
-        if args.exit_after_idle and last_audio and not heard and now - last_audio > args.exit_after_idle:
-            break
-        if not sub.poll(100):
-            continue
-        parts = sub.recv_multipart()
-        if len(parts) != 3:
-            continue
-        header = tap_header(parts, refused)
-        if header is None:
-            continue
-        sid = header["stream"]
-        last_audio = heard[sid] = seen[sid] = time.monotonic()
-        samples = np.frombuffer(parts[2], dtype="<i2").astype(np.float32) / 32768.0
-        seg = streams.get(sid)
-        if seg is None:
-            seg = streams[sid] = Segmenter(vad, args.threshold, args.min_silence_ms,
-                                           args.pad_ms, args.max_segment_s)
-        for start, end, speech in seg.push(header["pts"], samples):
-            if len(speech):
-                pending.put(Job(sid, start, end, speech))
-    pending.close()
-    worker.join()
-    push.close()
-    sub.close()
-    ctx.term()
+    try:
+        listen(args, sub, tap, stop, worker)
+        tap.flush(0.0)  # the speech in progress is a segment too
+    finally:
+        pending.close()
+        worker.join(timeout=60.0)
+        if worker.is_alive():
+            log("error: the recogniser did not finish its queue within 60 s")
+            os._exit(1)
+        push.close(linger=2000)
+        sub.close()
+        ctx.term()
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -74,12 +74,27 @@ class Segmenter:
         self.state = self.vad.state()
         self.start = None  # media time the segment in progress started
         self.quiet_since = None  # media time its silence began
+        self.voiced = False  # whether a window of the segment in progress is speech
         self.audio.clear()
+
+    def _end(self, end):
+        """The segment in progress up to `end`, or None if none of it was speech."""
+        start, voiced = self.start, self.voiced
+        self.start = self.quiet_since = None
+        self.voiced = False
+        if not voiced or end <= start:
+            return None
+        return self.cut(start, end)
 
     def push(self, t, samples):
         """Feed samples starting at media time t; yield (start, end, speech samples)."""
         if self.t_pending is None or abs(self.t_pending + len(self.pending) / RATE - t) > 0.05:
-            # First audio, or a discontinuity (a reconnect): start over at t.
+            # First audio, or a discontinuity (a reconnect, lost audio): what was heard so far
+            # is a segment, and the VAD starts over at t.
+            if self.start is not None:
+                done = self._end(self.t_pending)
+                if done is not None:
+                    yield done
             self.pending = np.zeros(0, dtype=np.float32)
             self.t_pending = t
             self.reset()
@@ -92,17 +107,22 @@ class Segmenter:
             p, self.state = self.vad(self.state, win)
             if p >= self.threshold:
                 self.quiet_since = None
+                self.voiced = True
                 if self.start is None:
                     self.start = max(t_win - self.pad, self.audio[0][0])
             elif self.start is not None and p < self.threshold - 0.15:
                 if self.quiet_since is None:
                     self.quiet_since = t_win
                 if (self.t_pending - self.quiet_since) * RATE - WINDOW >= self.min_silence:
-                    yield self.cut(self.start, self.quiet_since + self.pad)
-                    self.start = self.quiet_since = None
+                    done = self._end(self.quiet_since + self.pad)
+                    if done is not None:
+                        yield done
             if self.start is not None and (self.t_pending - self.start) * RATE > self.max_segment:
-                yield self.cut(self.start, self.t_pending)
-                self.start, self.quiet_since = self.t_pending, None
+                # Too long: cut here and go on; the rest is a segment only if speech follows.
+                done = self._end(self.t_pending)
+                self.start, self.voiced = self.t_pending, False
+                if done is not None:
+                    yield done
             # Keep only what a segment in progress (plus padding) can need.
             horizon = (self.start if self.start is not None else self.t_pending) - 1.0
             while self.audio and self.audio[0][0] + WINDOW / RATE < horizon:
@@ -111,7 +131,7 @@ class Segmenter:
     def cut(self, start, end):
         parts = [(t, w) for t, w in self.audio if t + WINDOW / RATE > start and t < end]
         if not parts:
-            return start, end, np.zeros(0, dtype=np.float32)
+            return None
         t0 = parts[0][0]
         x = np.concatenate([w for _, w in parts])
         a = max(0, int(round((start - t0) * RATE)))
@@ -122,8 +142,7 @@ class Segmenter:
         """End the segment in progress (the stream's audio stopped): its speech so far, or None."""
         if self.start is None or self.t_pending is None:
             return None
-        start, end = self.start, self.t_pending
-        out = self.cut(start, end) if self.audio else None
+        out = self._end(self.t_pending)
         self.t_pending, self.pending = None, np.zeros(0, dtype=np.float32)
         self.reset()
         return out

@@ -13,6 +13,7 @@ import zmq
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import reference_worker as rw  # noqa: E402
+import segmenter  # noqa: E402
 import speakers  # noqa: E402
 
 
@@ -123,13 +124,103 @@ class TapHeaderTest(unittest.TestCase):
         refused = set()
         self.assertIsNotNone(rw.tap_header(self.parts(), refused))
         for bad in ({"rate": 8000}, {"channels": 2}, {"stream": ""}, {"pts": None}, {"pts": -1},
-                    {"v": 2}):
+                    {"v": 2}, {"pts": 1e20}, {"pts": 10**20}, {"pts": True}, {"stream": 7}):
             self.assertIsNone(rw.tap_header(self.parts(**bad), refused), bad)
         self.assertIsNone(rw.tap_header([b"s", b"not json", b""], refused))
         self.assertIsNone(rw.tap_header([b"s", b"[1]", b""], refused))
+        self.assertIsNone(rw.tap_header([b"s", b"[" * 100000 + b"]" * 100000, b""], refused))
         odd = self.parts()
         odd[2] = b"\0"
         self.assertIsNone(rw.tap_header(odd, refused))
+
+
+class ScriptedVad:
+    """A VAD whose speech probability per window is given by a function of the window's index."""
+
+    def __init__(self, prob):
+        self.prob, self.n = prob, 0
+
+    def state(self):
+        return None
+
+    def __call__(self, state, window):
+        self.n += 1
+        return self.prob(self.n - 1), state
+
+
+W = segmenter.WINDOW / segmenter.RATE  # 32 ms
+
+
+def feed(seg, seconds, t0=0.0, chunk=1600):
+    """Push `seconds` of audio from media time t0 in 100 ms chunks; the segments yielded."""
+    n = int(seconds * segmenter.RATE)
+    out = []
+    for i in range(0, n, chunk):
+        out += list(seg.push(t0 + i / segmenter.RATE, np.full(min(chunk, n - i), 0.1, np.float32)))
+    return out
+
+
+class SegmenterTest(unittest.TestCase):
+    def seg(self, prob, max_segment_s=15.0):
+        return segmenter.Segmenter(ScriptedVad(prob), 0.5, 400, 30, max_segment_s)
+
+    def test_speech_between_silences_is_one_segment_padded(self):
+        # Windows 10..49 are speech (0.32 s .. 1.6 s).
+        out = feed(self.seg(lambda i: 0.9 if 10 <= i < 50 else 0.0), 3.0)
+        self.assertEqual(len(out), 1)
+        start, end, x = out[0]
+        self.assertAlmostEqual(start, 10 * W - 0.03, places=3)
+        self.assertAlmostEqual(end, 50 * W + 0.03, places=3)
+        self.assertEqual(len(x), round((end - start) * segmenter.RATE))
+
+    def test_a_cut_long_segment_leaves_no_sliver_of_silence(self):
+        # Speech for 2 s then silence, cut at 1 s: two segments, nothing after.
+        out = feed(self.seg(lambda i: 0.9 if i < 62 else 0.0, max_segment_s=1.0), 5.0)
+        self.assertEqual(len(out), 2, [(a, b) for a, b, _ in out])
+        self.assertAlmostEqual(out[0][1], out[1][0], places=6)
+        self.assertTrue(all(b - a > 0.5 for a, b, _ in out))
+
+    def test_a_gap_in_the_media_time_ends_the_speech_heard(self):
+        s = self.seg(lambda i: 0.9)
+        self.assertEqual(feed(s, 1.0), [])
+        out = feed(s, 1.0, t0=5.0)  # the tap jumps: the first second is a segment
+        self.assertEqual(len(out), 1)
+        self.assertLessEqual(out[0][1], 1.0 + 1e-6)
+
+    def test_flush_ends_speech_in_progress_and_nothing_else(self):
+        s = self.seg(lambda i: 0.9 if i >= 10 else 0.0)
+        feed(s, 1.0)
+        start, end, _ = s.flush()
+        self.assertAlmostEqual(start, 10 * W - 0.03, places=3)
+        self.assertIsNone(s.flush())
+        quiet = self.seg(lambda i: 0.0)
+        feed(quiet, 1.0)
+        self.assertIsNone(quiet.flush())
+
+
+class TapTest(unittest.TestCase):
+    def test_only_the_streams_asked_for(self):
+        import argparse
+
+        args = argparse.Namespace(stream=["call-1"], max_streams=2, threshold=0.5, min_silence_ms=400,
+                                  pad_ms=30, max_segment_s=15.0, forget_after_s=600.0)
+        tap = rw.Tap(args, ScriptedVad(lambda i: 0.0), rw.Pending(4))
+        for sid in ("call-1", "call-10"):
+            header = {"v": 1, "stream": sid, "pts": 0.0, "rate": 16000, "channels": 1, "format": "S16LE"}
+            tap.audio([sid.encode(), json.dumps(header).encode(), b"\0\0" * 1600])
+        self.assertEqual(list(tap.streams), ["call-1"])
+
+    def test_at_most_max_streams(self):
+        import argparse
+
+        args = argparse.Namespace(stream=[], max_streams=2, threshold=0.5, min_silence_ms=400,
+                                  pad_ms=30, max_segment_s=15.0, forget_after_s=600.0)
+        tap = rw.Tap(args, ScriptedVad(lambda i: 0.0), rw.Pending(4))
+        for k in range(5):
+            header = {"v": 1, "stream": f"s{k}", "pts": 0.0, "rate": 16000, "channels": 1,
+                      "format": "S16LE"}
+            tap.audio([b"s", json.dumps(header).encode(), b"\0\0" * 1600])
+        self.assertEqual(len(tap.streams), 2)
 
 
 if __name__ == "__main__":

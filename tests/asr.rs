@@ -241,6 +241,11 @@ fn a_burst_from_8_streams_is_worked_off_in_bounded_memory() {
             (1..=segs.len() as u64).collect::<Vec<_>>(),
             "{id}: in order"
         );
+        let starts: Vec<f64> = segs.iter().map(|s| s["start"].as_f64().unwrap()).collect();
+        assert!(
+            starts.windows(2).all(|w| w[0] <= w[1]),
+            "{id}: in time order: {starts:?}"
+        );
         assert!(segs.len() >= expected, "{id}: {} < {expected}", segs.len());
         for s in segs.iter() {
             let (a, b) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());

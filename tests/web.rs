@@ -688,7 +688,10 @@ fn one_peer_cannot_take_the_listener_from_the_others() {
             !matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         })
         .count();
-    assert_eq!(closed, 8, "32 held, 8 closed");
+    // At most 32 held; the readiness probe's own connection from 127.0.0.1 may still hold a
+    // slot for a moment, so one more may be closed.
+    let held = 40 - closed;
+    assert!((31..=32).contains(&held), "{held} held, {closed} closed");
     // Meanwhile another peer (127.0.0.2 is loopback too) is served.
     let port = d.metrics.rsplit(':').next().unwrap();
     let script = format!(

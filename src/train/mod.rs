@@ -111,6 +111,12 @@ impl Recipe {
                 r.text.lora_alpha
             )));
         }
+        if !(0.0..=1.0).contains(&r.text.exclamation_to_period) {
+            return Err(TrainError::Recipe(format!(
+                "`text.exclamation_to_period` {} must be within 0..=1",
+                r.text.exclamation_to_period
+            )));
+        }
         if !(r.text.lr.is_finite() && r.text.lr > 0.0) {
             return Err(TrainError::Recipe(format!(
                 "`text.lr` {} must be positive",

@@ -109,6 +109,18 @@ pub fn build(
     };
     let t0 = Instant::now();
     let classes = meld[0].meta.classes.len();
+    // ASR-like punctuation on part of the training text (`text.exclamation_to_period`).
+    let asr_train;
+    let meld = if recipe.text.exclamation_to_period > 0.0 {
+        asr_train = super::tune::asr_punctuation(
+            meld[0],
+            recipe.text.exclamation_to_period,
+            recipe.train.seed as u64,
+        );
+        [&asr_train, meld[1], meld[2]]
+    } else {
+        meld
+    };
 
     tracing::info!("Teacher: MELD text");
     let mut teacher_recipe = recipe.clone();
