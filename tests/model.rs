@@ -796,3 +796,30 @@ fn incremental_step_equals_the_full_forward() {
         }
     }
 }
+
+#[test]
+fn asr_punctuation_rewrites_a_share_of_the_texts_and_nothing_else() {
+    let mut ds = synthetic(40, 3);
+    let n = ds.len();
+    ds.meta.texts = (0..n).map(|i| format!("Line {i}! Really?")).collect();
+    let none = train::tune::asr_punctuation(&ds, 0.0, 1);
+    assert_eq!(none.meta.texts, ds.meta.texts);
+    let all = train::tune::asr_punctuation(&ds, 1.0, 1);
+    assert!(
+        all.meta
+            .texts
+            .iter()
+            .all(|t| !t.contains('!') && t.ends_with(". Really?"))
+    );
+    let half = train::tune::asr_punctuation(&ds, 0.5, 1);
+    let changed = half.meta.texts.iter().filter(|t| !t.contains('!')).count();
+    assert!(n / 4 < changed && changed < 3 * n / 4, "{changed} of {n}");
+    assert_eq!(
+        half.meta.texts,
+        train::tune::asr_punctuation(&ds, 0.5, 1).meta.texts
+    );
+    // Rows, labels and dialogues as they were.
+    assert_eq!(half.len(), n);
+    assert_eq!(half.offsets, ds.offsets);
+    assert!(half.label.equal(&ds.label));
+}

@@ -80,7 +80,7 @@ impl Default for TextConfig {
 /// `ds` with every `!` made `.` in a share `p` of its utterances, drawn with `seed` (see
 /// [`TextConfig::exclamation_to_period`]).
 pub fn asr_punctuation(ds: &Dataset, p: f64, seed: u64) -> Dataset {
-    let mut out = ds.subset(&(0..ds.len()).collect::<Vec<_>>());
+    let mut out = ds.subset(&(0..ds.dialogues()).collect::<Vec<_>>());
     let mut rng = super::mix::Rng::new(seed);
     for t in &mut out.meta.texts {
         if rng.unit() < p {
