@@ -104,16 +104,6 @@ fn a_missing_or_corrupt_model_is_a_clear_error_at_start() {
     assert!(said.contains("is missing"), "{said}");
 }
 
-/// A process's resident set, MiB (NaN when it is gone).
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// Publish `seconds` of the call's speech on 8 streams `prefix-1..8` as fast as possible.
 fn burst(tap: &str, wav: &Path, prefix: &str, seconds: f64) -> std::process::Child {
     Command::new(python())
@@ -147,7 +137,7 @@ fn receive(
     let mut quiet = Instant::now();
     while Instant::now() < deadline && (until(segments) || quiet.elapsed() < Duration::from_secs(2))
     {
-        peak = peak.max(rss_mib(pid));
+        peak = peak.max(common::proc_mib(pid, "VmRSS"));
         if let Ok(m) = pull.recv_bytes(0) {
             let v: Value = serde_json::from_slice(&m).unwrap();
             segments

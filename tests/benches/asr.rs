@@ -70,21 +70,6 @@ fn calls(meld: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("calls.json")).unwrap()).unwrap()
 }
 
-/// The demo's sample call (demo/make_call.py, made once): its call.json.
-fn demo_call() -> Value {
-    let dir = repo().join("target/bench/e2e-call");
-    if !dir.join("call.json").is_file() {
-        let ok = Command::new(common::python())
-            .arg(repo().join("demo/make_call.py"))
-            .arg(&dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "demo/make_call.py failed");
-    }
-    serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap()
-}
-
 /// A SUB socket's messages on a thread until `stop`: (wall time, parts).
 fn listen(
     endpoint: &str,
@@ -143,16 +128,6 @@ fn start_worker(d: &Daemon, journal: &Path, log: &Path) -> Child {
     child
 }
 
-/// Peak RSS of a process, MiB.
-fn peak_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 struct Live {
     events: Vec<Value>,
     journal: Vec<Value>,
@@ -196,7 +171,7 @@ fn live(calls: &Value, scratch: &Path) -> Live {
         process_cpu(worker.id()) - w0,
         process_cpu(d.child.id()) - d0,
     );
-    let worker_peak_mib = peak_mib(worker.id());
+    let worker_peak_mib = common::proc_mib(worker.id(), "VmHWM");
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
     let _ = worker.wait();
@@ -426,7 +401,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(scratch.join("demo")).unwrap();
     // The demo call alone first: its WER and speakers (the README's demo).
-    let demo = json!({"sample-call": demo_call()});
+    let demo = json!({"sample-call": common::demo_call()});
     let demo_live = live(&demo, &scratch.join("demo"));
     let (demo_wer, demo_words) = wer(&demo, &demo_live.journal);
     let (demo_spk, _) = speaker_accuracy(&demo, &demo_live.journal);

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, free_port, metric, percentile, process_cpu};
+use common::{Daemon, free_port, metric, percentile, proc_mib, process_cpu};
 use serde_json::{Value, json};
 
 /// Seconds after a segment's end (media clock) that the ASR stand-in sends it;
@@ -49,30 +49,10 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A /proc/PID/status field in MiB (VmRSS, VmHWM).
-fn proc_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// The demo call (made once) and its 720p version.
 fn call() -> (Value, PathBuf, PathBuf) {
     let dir = repo().join("target/bench/e2e-call");
-    if !dir.join("call.json").is_file() {
-        let ok = Command::new(common::python())
-            .arg(repo().join("demo/make_call.py"))
-            .arg(&dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "demo/make_call.py failed");
-    }
-    let call: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap();
+    let call = common::demo_call();
     let media = PathBuf::from(call["media"].as_str().unwrap());
     let hd = dir.join("call-720p-i420.mp4");
     if !hd.is_file() {

@@ -72,18 +72,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let dir = repo().join("target/bench/e2e-call");
-    if !dir.join("call.json").is_file() {
-        let ok = std::process::Command::new(common::python())
-            .arg(repo().join("demo/make_call.py"))
-            .arg(&dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "demo/make_call.py failed");
-    }
-    let call: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap();
+    let call = common::demo_call();
     let lines = call["lines"].as_array().unwrap().clone();
     let media = call["media"].as_str().unwrap().to_string();
     let r = repo();

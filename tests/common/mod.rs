@@ -651,3 +651,29 @@ pub fn overlap(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     (f(a, "end").min(f(b, "end")) - f(a, "start").max(f(b, "start"))).max(0.0)
 }
+
+/// The demo's sample call (demo/make_call.py, made once in target/bench/e2e-call): its
+/// call.json.
+pub fn demo_call() -> serde_json::Value {
+    let dir = repo().join("target/bench/e2e-call");
+    if !dir.join("call.json").is_file() {
+        let ok = Command::new(python())
+            .arg(repo().join("demo/make_call.py"))
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "demo/make_call.py failed");
+    }
+    serde_json::from_str(&std::fs::read_to_string(dir.join("call.json")).unwrap()).unwrap()
+}
+
+/// A /proc/PID/status field (VmRSS, VmHWM) in MiB; NaN when the process is gone.
+pub fn proc_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
