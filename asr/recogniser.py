@@ -56,8 +56,9 @@ class Recogniser:
         f = f[:, : self.frames]
         return np.pad(f, ((0, 0), (0, self.frames - f.shape[1])))
 
-    def __call__(self, segments):
-        """The text of each segment (a list of float32 arrays), decoded as one batch."""
+    def __call__(self, segments, beam=None):
+        """The text of each segment (a list of float32 arrays), decoded as one batch with `beam`
+        (default: the recogniser's)."""
         import ctranslate2
 
         if not segments:
@@ -67,7 +68,7 @@ class Recogniser:
         results = self.model.generate(
             enc,
             [self.prompt] * len(segments),
-            beam_size=self.beam,
+            beam_size=beam or self.beam,
             max_length=MAX_TOKENS,
             return_scores=True,
             return_no_speech_prob=True,

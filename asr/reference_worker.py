@@ -127,7 +127,6 @@ class Outbox:
         self.queue = collections.deque()
         self.retry_at, self.backoff = 0.0, 0.05
         self.dropped = 0
-        self.sent = 0
 
     def add(self, msg):
         self.queue.append(msg)
@@ -147,8 +146,16 @@ class Outbox:
                 self.backoff = min(self.backoff * 2, 2.0)
                 return
             self.queue.popleft()
-            self.sent += 1
             self.backoff = 0.05
+
+
+def speaker_of(job, clusters, embed):
+    """The job's speaker label in its stream's `clusters` (a segment under 0.2 s takes the
+    stream's latest label)."""
+    if job.seconds <= 0.2:
+        return clusters.labels[-1] if clusters.labels else "spk1"
+    vector = job.vector if job.vector is not None else embed(job.samples)
+    return clusters.assign(vector, job.seconds)
 
 
 def recogniser_loop(args, pending, recognise, embed, push, journal):
@@ -170,8 +177,7 @@ def recogniser_loop(args, pending, recognise, embed, push, journal):
         t0 = time.monotonic()
         todo = [j for j in jobs if j.text is None and j.seconds > 0]
         beam = args.beam if backlog <= args.batch else 1
-        recognise.beam = beam
-        for j, text in zip(todo, recognise([j.samples for j in todo])):
+        for j, text in zip(todo, recognise([j.samples for j in todo], beam)):
             j.text = text
         for j in jobs:
             j.text = j.text or ""
@@ -181,11 +187,7 @@ def recogniser_loop(args, pending, recognise, embed, push, journal):
                 clusters = speakers.setdefault(
                     j.stream, Speakers(args.speaker_threshold, args.max_speakers, args.min_enrol_s)
                 )
-                if j.seconds > 0.2:
-                    vector = j.vector if j.vector is not None else embed(j.samples)
-                    j.speaker = clusters.assign(vector, j.seconds)
-                else:
-                    j.speaker = clusters.labels[-1] if clusters.labels else "spk1"
+                j.speaker = speaker_of(j, clusters, embed)
             used[j.stream] = time.monotonic()
             total += 1
             j.seq = seqs[j.stream] = seqs.pop(j.stream, 0) + 1

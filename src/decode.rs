@@ -78,6 +78,15 @@ fn error_text(e: &gst::message::Error) -> String {
     }
 }
 
+/// `message`, or "no KIND stream" where it is [`NOT_LINKED`].
+fn no_stream(message: String, kind: &str) -> String {
+    if message == NOT_LINKED {
+        format!("no {kind} stream")
+    } else {
+        message
+    }
+}
+
 /// The next sample; `Ok(None)` at the end; `Err` with GStreamer's message when the pipeline
 /// fails (a file no decoder takes posts an error and never ends, so the bus is watched too).
 fn next_sample(
@@ -117,7 +126,7 @@ fn stop(pipeline: &gst::Pipeline) -> Option<String> {
 pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
     let fail = |message: String| DecodeError::Gst {
         path: path.display().to_string(),
-        message,
+        message: no_stream(message, "audio"),
     };
     let (pipeline, sink) = play(
         path,
@@ -126,16 +135,9 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
     )?;
     let mut rate = 0u32;
     let mut samples = Vec::new();
-    let no_audio = |e: String| {
-        fail(if e == NOT_LINKED {
-            "no audio stream".into()
-        } else {
-            e
-        })
-    };
     while let Some(sample) = next_sample(&pipeline, &sink).map_err(|e| {
         let _ = pipeline.set_state(gst::State::Null);
-        no_audio(e)
+        fail(e)
     })? {
         if let Some(r) = sample
             .caps()
@@ -154,7 +156,7 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
         }
     }
     if let Some(e) = stop(&pipeline) {
-        return Err(no_audio(e));
+        return Err(fail(e));
     }
     if rate == 0 {
         return Err(fail("no audio stream".into()));
@@ -179,7 +181,7 @@ pub struct VideoRequest {
 pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, DecodeError> {
     let fail = |message: String| DecodeError::Gst {
         path: path.display().to_string(),
-        message,
+        message: no_stream(message, "video"),
     };
     let rate = req
         .fps
@@ -244,11 +246,7 @@ pub fn decode_video(path: &Path, req: VideoRequest) -> Result<Vec<Frame>, Decode
         }
     }
     if let Some(e) = stop(&pipeline).or(bad) {
-        return Err(fail(if e == NOT_LINKED {
-            "no video stream".into()
-        } else {
-            e
-        }));
+        return Err(fail(e));
     }
     if frames.is_empty() {
         return Err(fail("no video stream".into()));

@@ -316,16 +316,7 @@ fn the_features_audio_verb_prints_functionals_and_llds() {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("tone.wav");
     write_wav(&wav, 22_050);
-    let out = summerd()
-        .args(["features", "audio", "--json"])
-        .arg(&wav)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::succeed(summerd().args(["features", "audio", "--json"]).arg(&wav));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rate"], 22_050);
     let funcs = v["functionals"].as_object().unwrap();

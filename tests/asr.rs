@@ -166,25 +166,7 @@ fn a_burst_from_8_streams_is_worked_off_in_bounded_memory() {
     pull.set_rcvtimeo(200).unwrap();
     pull.bind(&transcripts).unwrap();
     let log = dir.path().join("worker.log");
-    let mut w = worker()
-        .args([
-            "--tap",
-            &tap,
-            "--transcripts",
-            &transcripts,
-            "--max-pending",
-            "4",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let up = common::eventually(Duration::from_secs(120), || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|l| l.contains("listening"))
-    });
-    assert!(up.is_some(), "{}", std::fs::read_to_string(&log).unwrap());
+    let mut w = common::start_worker(&tap, &transcripts, &["--max-pending", "4"], &log);
     let due = |prefix: &'static str, seconds: f64| {
         let n = (seconds / call_s).floor() as usize * lines_per_call;
         move |s: &BTreeMap<String, Vec<Value>>| {

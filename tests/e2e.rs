@@ -6,12 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    Daemon, call_segments, eventually, metric, python, replay, repo, short_call, summerd,
-};
+use common::{Daemon, call_segments, eventually, metric, replay, repo, short_call, summerd};
 use serde_json::{Value, json};
 
 fn config(events_port: Option<u16>) -> String {
@@ -74,23 +72,11 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
     let (_ctx, sub) = subscribe(&d);
     // The reference ASR worker, listening before the call starts.
     let asr_log = dir.path().join("asr.log");
-    let mut asr = Command::new(python())
-        .arg(repo().join("asr/reference_worker.py"))
-        .args(["--tap", &d.tap, "--transcripts", &d.transcripts])
-        .args(["--exit-after-idle", "2", "--min-silence-ms", "500"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&asr_log).unwrap())
-        .spawn()
-        .expect("start the reference ASR worker");
-    let listening = eventually(Duration::from_secs(60), || {
-        std::fs::read_to_string(&asr_log)
-            .ok()
-            .filter(|l| l.contains("listening"))
-    });
-    assert!(
-        listening.is_some(),
-        "ASR worker did not start:\n{}",
-        std::fs::read_to_string(&asr_log).unwrap_or_default()
+    let mut asr = common::start_worker(
+        &d.tap,
+        &d.transcripts,
+        &["--exit-after-idle", "2", "--min-silence-ms", "500"],
+        &asr_log,
     );
     std::thread::sleep(Duration::from_millis(500));
     let media = call["media"].as_str().unwrap();
@@ -259,12 +245,7 @@ fn three_streams_at_once_one_audio_only_with_roles_honoured_and_replay_agreeing(
     std::fs::write(&seg_file, call_segments(&call, "b").join("\n") + "\n").unwrap();
     let cfg = dir.path().join("replay.toml");
     std::fs::write(&cfg, config(None)).unwrap();
-    let out = replay(&media, &seg_file, &cfg).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::succeed(&mut replay(&media, &seg_file, &cfg));
     let replayed: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -383,16 +364,7 @@ fn eval_runs_the_shipped_model_on_labelled_wavs_and_on_a_meld_csv() {
          5,What?!,Chandler,surprise,positive,1,1\n",
     )
     .unwrap();
-    let out = summerd()
-        .args(["eval", "--meld-csv"])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::succeed(summerd().args(["eval", "--meld-csv"]).arg(&csv));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["metrics"]["n"], 5, "{v}");
 }

@@ -602,16 +602,7 @@ fn report_draws_every_event_of_a_replayed_call() {
     let cfg = dir.path().join("replay.toml");
     std::fs::write(&cfg, model_config(None)).unwrap();
     let events = dir.path().join("events.jsonl");
-    let out = replay(media, &seg, &cfg)
-        .arg("--out")
-        .arg(&events)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeed(replay(media, &seg, &cfg).arg("--out").arg(&events));
     let replayed: Vec<Value> = std::fs::read_to_string(&events)
         .unwrap()
         .lines()
@@ -627,18 +618,7 @@ fn report_draws_every_event_of_a_replayed_call() {
     for ext in ["html", "svg"] {
         let pic = repo().join(format!("target/web/report.{ext}"));
         std::fs::create_dir_all(pic.parent().unwrap()).unwrap();
-        let out = summerd()
-            .arg("report")
-            .arg(&events)
-            .arg("--out")
-            .arg(&pic)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::succeed(summerd().arg("report").arg(&events).arg("--out").arg(&pic));
         let text = std::fs::read_to_string(&pic).unwrap();
         // Each utterance is one rect: <rect class="utt l-LABEL" ... data-seq="N" ... data-label="L">
         let mut drawn: Vec<String> = text

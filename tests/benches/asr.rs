@@ -34,7 +34,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -108,26 +108,6 @@ fn tap_times(tap: &[(f64, Vec<Vec<u8>>)]) -> HashMap<String, Vec<(f64, f64)>> {
     out
 }
 
-fn start_worker(d: &Daemon, journal: &Path, log: &Path) -> Child {
-    let child = Command::new(common::python())
-        .arg(repo().join("asr/reference_worker.py"))
-        .args(["--tap", &d.tap, "--transcripts", &d.transcripts])
-        .arg("--journal")
-        .arg(journal)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start the reference worker");
-    let up = common::eventually(Duration::from_secs(120), || {
-        std::fs::read_to_string(log)
-            .ok()
-            .filter(|l| l.contains("listening") || l.contains("error"))
-    });
-    let said = up.unwrap_or_default();
-    assert!(said.contains("listening"), "worker did not start: {said}");
-    child
-}
-
 struct Live {
     events: Vec<Value>,
     journal: Vec<Value>,
@@ -146,7 +126,12 @@ fn live(calls: &Value, scratch: &Path) -> Live {
     let tap = listen(&d.tap, b"", stop.clone());
     let events = listen(&d.events, b"emotion.", stop.clone());
     let (journal, log) = (scratch.join("journal.jsonl"), scratch.join("worker.log"));
-    let mut worker = start_worker(&d, &journal, &log);
+    let mut worker = common::start_worker(
+        &d.tap,
+        &d.transcripts,
+        &["--journal", journal.to_str().unwrap()],
+        &log,
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (w0, d0, t0) = (
         process_cpu(worker.id()),
@@ -233,27 +218,17 @@ fn gold(calls: &Value, scratch: &Path, how: GoldText) -> HashMap<String, Vec<Val
     let mut out = HashMap::new();
     for (id, c) in calls.as_object().unwrap() {
         let segs = scratch.join(format!("{id}.gold.jsonl"));
-        let lines: Vec<String> = c["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-            .map(|(k, l)| {
-                json!({"v": 1, "stream": id, "seq": k + 1, "start": l["start"], "end": l["end"],
-                    "speaker": l["speaker"], "text": how.apply(l["text"].as_str().unwrap()),
-                    "final": true})
-                .to_string()
-            })
-            .collect();
+        let mut told = c.clone();
+        for l in told["lines"].as_array_mut().unwrap() {
+            l["text"] = json!(how.apply(l["text"].as_str().unwrap()));
+        }
+        let lines = common::call_segments(&told, id);
         std::fs::write(&segs, lines.join("\n") + "\n").unwrap();
-        let o = common::replay(c["media"].as_str().unwrap(), &segs, &cfg)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "replay {id}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = common::succeed(&mut common::replay(
+            c["media"].as_str().unwrap(),
+            &segs,
+            &cfg,
+        ));
         let ev: Vec<Value> = String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -292,10 +267,13 @@ fn wer(calls: &Value, journal: &[Value]) -> (f64, usize) {
     (100.0 * errors as f64 / n as f64, n)
 }
 
-/// The gold line a span overlaps most, if any.
-fn best_line<'a>(lines: &'a [Value], span: &Value) -> Option<&'a Value> {
-    lines
-        .iter()
+/// Of `spans`, the one `span` overlaps most, if any.
+fn most_overlapped<'a>(
+    spans: impl IntoIterator<Item = &'a Value>,
+    span: &Value,
+) -> Option<&'a Value> {
+    spans
+        .into_iter()
         .map(|l| (overlap(l, span), l))
         .filter(|(o, _)| *o > 0.0)
         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -311,7 +289,7 @@ fn speaker_accuracy(calls: &Value, journal: &[Value]) -> (f64, usize) {
             .iter()
             .filter(|j| j["stream"] == id.as_str())
             .filter_map(|j| {
-                let l = best_line(lines, j)?;
+                let l = most_overlapped(lines, j)?;
                 Some((
                     j["speaker"].as_str()?.to_string(),
                     l["speaker"].as_str()?.to_string(),
@@ -349,12 +327,8 @@ fn wf1(calls: &Value, events: &[Value], gold: &HashMap<String, Vec<Value>>) -> (
             .collect();
         for (k, l) in c["lines"].as_array().unwrap().iter().enumerate() {
             truth.push(class(&l["emotion"]));
-            let live = mine
-                .iter()
-                .map(|e| (overlap(l, e), e))
-                .filter(|(o, _)| *o > 0.0)
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            asr.push(live.map_or(CLASSES.len() as i64, |(_, e)| class(&e["label"])));
+            let live = most_overlapped(mine.iter().copied(), l);
+            asr.push(live.map_or(CLASSES.len() as i64, |e| class(&e["label"])));
             let g = gold[id].iter().find(|e| e["seq"] == k as u64 + 1);
             with_gold.push(g.map_or(CLASSES.len() as i64, |e| class(&e["label"])));
         }
@@ -372,7 +346,7 @@ fn delays(calls: &Value, live: &Live) -> (Vec<f64>, Vec<f64>) {
         let (Some(c), Some(tap)) = (calls.get(id), live.tap.get(id)) else {
             continue;
         };
-        let Some(l) = best_line(c["lines"].as_array().unwrap(), j) else {
+        let Some(l) = most_overlapped(c["lines"].as_array().unwrap(), j) else {
             continue;
         };
         // Only the segment that ends the line: its end is past the line's speech.

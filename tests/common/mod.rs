@@ -575,16 +575,11 @@ pub fn push_segments(endpoint: &str, lines: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("segments.jsonl");
     std::fs::write(&f, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(python())
-        .arg(peer("push_segments.py"))
-        .arg(endpoint)
-        .stdin(std::fs::File::open(&f).unwrap())
-        .output()
-        .expect("push_segments.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(python())
+            .arg(peer("push_segments.py"))
+            .arg(endpoint)
+            .stdin(std::fs::File::open(&f).unwrap()),
     );
 }
 
@@ -676,4 +671,40 @@ pub fn proc_mib(pid: u32, field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Run `cmd` to the end; its output, after asserting that it succeeded (its stderr shown if not).
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The reference ASR worker (asr/reference_worker.py) on `tap` and `transcripts` with `args`,
+/// its stderr in `log`, once it says it is listening (or what it said instead).
+pub fn start_worker(tap: &str, transcripts: &str, args: &[&str], log: &Path) -> Child {
+    let child = Command::new(python())
+        .arg(repo().join("asr/reference_worker.py"))
+        .args(["--tap", tap, "--transcripts", transcripts])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start the reference ASR worker");
+    let said = eventually(Duration::from_secs(120), || {
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|l| l.contains("listening") || l.contains("error:"))
+    })
+    .unwrap_or_default();
+    assert!(
+        said.contains("listening"),
+        "the ASR worker did not start:\n{said}"
+    );
+    child
 }
