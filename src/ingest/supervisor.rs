@@ -204,10 +204,10 @@ impl Supervisor {
             self.settings.config.decoder_threads,
             self.settings.config.nice,
         );
-        if let Some(v) = bin
+        let video_sink = bin
             .by_name("video")
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        {
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
+        if let Some(v) = &video_sink {
             v.set_callbacks(video_callbacks(self.shared.clone(), video.clone()));
         }
         self.shared.touch();
@@ -223,12 +223,18 @@ impl Supervisor {
                 return self.fail(reason);
             }
         };
-        let outcome = self.watch(&pipeline, live);
+        let video_sink = video_sink.map(|v| v.upcast::<gst::Element>());
+        let outcome = self.watch(&pipeline, live, video_sink.as_ref());
         let _ = pipeline.set_state(gst::State::Null);
         outcome
     }
 
-    fn watch(&self, pipeline: &gst::Element, mut live: bool) -> Outcome {
+    fn watch(
+        &self,
+        pipeline: &gst::Element,
+        mut live: bool,
+        video: Option<&gst::Element>,
+    ) -> Outcome {
         let bus = pipeline.bus().expect("a pipeline has a bus");
         // An undeclared source that prerolled may still be live (a decodebin in front of a
         // network source returns ASYNC): ask the pipeline once media flows.
@@ -263,8 +269,13 @@ impl Supervisor {
             if declared.is_none() && !live && sh.attempt_up.load(Ordering::Relaxed) {
                 declared = duration();
             }
+            // The video branch is done at its EOS, or when no frame came and nothing feeds it
+            // (the media has no video stream: its decodebin linked no pad to the branch).
+            // Not merely when no frame came yet: a file's audio can end before its first
+            // decoded frame.
             let branches_done = sh.audio_eos.load(Ordering::Relaxed)
-                && (!sh.video_seen.load(Ordering::Relaxed) || sh.video_eos.load(Ordering::Relaxed));
+                && (sh.video_eos.load(Ordering::Relaxed)
+                    || (!sh.video_seen.load(Ordering::Relaxed) && !video.is_some_and(fed)));
             let eos = matches!(
                 msg.as_ref().map(|m| m.view()),
                 Some(gst::MessageView::Eos(_))
@@ -418,4 +429,20 @@ fn describe(error: gst::glib::Error, src: Option<&gst::Object>) -> String {
         Some(s) => format!("{error} ({})", s.path_string()),
         None => error.to_string(),
     }
+}
+
+/// Whether a chain of linked sink pads leads from `element` up to a source (an element without
+/// sink pads, such as a `uridecodebin`): false for a branch whose head was never linked.
+fn fed(element: &gst::Element) -> bool {
+    fn up(element: &gst::Element, depth: u32) -> bool {
+        let sinks = element.sink_pads();
+        sinks.is_empty()
+            || (depth < 64
+                && sinks.iter().any(|p| {
+                    p.peer()
+                        .and_then(|peer| peer.parent_element())
+                        .is_some_and(|e| up(&e, depth + 1))
+                }))
+    }
+    up(element, 0)
 }
