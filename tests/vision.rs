@@ -414,3 +414,91 @@ fn fifty_faces_in_one_frame_are_all_found_in_bounded_time() {
     }
     assert!(faces.len() <= 60, "{}", faces.len());
 }
+
+/// The square of `img` of side `side` about (cx, cy), resampled to `out` x `out` (nearest
+/// pixel; outside the picture is black).
+fn square_crop(img: &RgbImage, (cx, cy): (f32, f32), side: f32, out: u32) -> RgbImage {
+    let mut data = vec![0u8; (out * out * 3) as usize];
+    for y in 0..out {
+        for x in 0..out {
+            let sx = cx - side / 2.0 + (x as f32 + 0.5) * side / out as f32;
+            let sy = cy - side / 2.0 + (y as f32 + 0.5) * side / out as f32;
+            if sx < 0.0 || sy < 0.0 || sx >= img.width as f32 || sy >= img.height as f32 {
+                continue;
+            }
+            let s = ((sy as u32 * img.width + sx as u32) * 3) as usize;
+            let d = ((y * out + x) * 3) as usize;
+            data[d..d + 3].copy_from_slice(&img.data[s..s + 3]);
+        }
+    }
+    RgbImage::new(out, out, data).unwrap()
+}
+
+/// A face that fills a webcam close-up: held boxes stay inside the frame and near the last
+/// detection (no detection on every frame), and the expression read there is the one read on
+/// the same face at video-call size.
+#[test]
+fn a_frame_filling_face_keeps_a_plausible_box_between_detections() {
+    let Some(astro) = media("astronaut.png") else {
+        return;
+    };
+    let photo = all_frames(&astro, 1).remove(0).image;
+    let models = VisionModels::load_default(
+        &root(),
+        MtcnnSettings {
+            min_face: 40.0,
+            ..Default::default()
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let face = models
+        .detector
+        .detect(&[&photo])
+        .unwrap()
+        .remove(0)
+        .remove(0);
+    let (_, call_size) = models
+        .expressions(&photo, std::slice::from_ref(&face))
+        .remove(0);
+    let (w, h) = face.size();
+    let happy = 3;
+    // The face box as wide as the frame, and 1.2 times wider (the face overflows it).
+    for fill in [1.0f32, 1.2] {
+        let frame = square_crop(&photo, face.centre(), w.max(h) / fill, 192);
+        let mut stage = VisionStage::new(
+            models.fork(),
+            Cadence {
+                every: 5,
+                tracked: 15,
+            },
+            TrackSettings::default(),
+        );
+        let mut detections = 0;
+        let mut first = None;
+        for i in 0..30 {
+            let r = stage.process(f64::from(i) * 0.2, &frame).unwrap();
+            detections += usize::from(r.detected);
+            assert_eq!(r.faces.len(), 1, "fill {fill}, frame {i}");
+            let b = r.faces[0].face.bbox;
+            assert!(
+                b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= 192.0 && b[3] <= 192.0,
+                "fill {fill}, frame {i}: {b:?} leaves the frame"
+            );
+            let anchor = *first.get_or_insert(b);
+            assert!(
+                summerd::vision::track::plausible(&b, &anchor),
+                "fill {fill}, frame {i}: {b:?} strayed from {anchor:?}"
+            );
+            let p = r.expression.unwrap().probs;
+            assert!(
+                (p[happy] - call_size[happy]).abs() < 0.2,
+                "fill {fill}, frame {i}: happy {:.2} here, {:.2} at call size",
+                p[happy],
+                call_size[happy]
+            );
+        }
+        eprintln!("fill {fill}: {detections} detections in 30 frames");
+        assert!(detections <= 3, "fill {fill}: {detections} detections");
+    }
+}

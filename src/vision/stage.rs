@@ -3,7 +3,9 @@
 //! Every frame (at `ingest.video_fps`): full MTCNN detection on some frames ([`Cadence`]); on
 //! the frames between, O-Net on each live track's box, or R-Net and O-Net on nine windows
 //! around it when the face moved ([`Mtcnn::refine`]: finds the face again, refines box and
-//! landmarks, drops a face that is gone). Detection runs every `detect_every` frames while nothing is tracked or a track lost
+//! landmarks, drops a face that is gone). Boxes are clipped to the frame, and a held box that
+//! strays from its track's last detected box ([`super::track::plausible`]) makes the stage
+//! detect again on that frame. Detection runs every `detect_every` frames while nothing is tracked or a track lost
 //! its face on some frame since the last detection, and every `detect_every_tracked` frames
 //! while every live track was found again on every frame. A face therefore appears within
 //! `detect_every` frames of an empty picture, or within `detect_every_tracked` frames (3 s at
@@ -27,7 +29,7 @@ use crate::settings::{Checker, first_problem};
 use super::align::{CropGeometry, crops};
 use super::expression::{CLASSES, EMBED_DIM, Expression, INPUT};
 use super::mtcnn::{Mtcnn, MtcnnSettings};
-use super::track::{TrackSettings, Tracker};
+use super::track::{TrackSettings, Tracker, clip, plausible};
 use super::{EXPRESSION_FILE, Face, FaceDetector, MTCNN_DIR, RgbImage, VisionError, to_vec};
 
 /// The vision stage's settings (`[vision]` in the config).
@@ -304,33 +306,43 @@ impl VisionStage {
         } else {
             self.cadence.every
         };
-        let detected = self.since_detect.is_none_or(|n| n >= interval);
-        let faces: Vec<Face> = if detected {
-            self.models
+        let (w, h) = (frame.width, frame.height);
+        let mut detected = self.since_detect.is_none_or(|n| n >= interval);
+        let mut faces: Vec<Face> = Vec::new();
+        if !detected && !self.tracker.tracks().is_empty() {
+            let tracks = self.tracker.tracks();
+            let boxes: Vec<[f32; 4]> = tracks.iter().map(|t| t.face.bbox).collect();
+            let refined = self.models.detector.refine(frame, &boxes);
+            for (t, f) in tracks.iter().zip(refined) {
+                let Some(f) = f.map(|f| clip(&f, w, h)) else {
+                    continue;
+                };
+                if plausible(&f.bbox, &t.anchor) {
+                    faces.push(f);
+                } else {
+                    // A held box that drifted from its face: find the faces again now.
+                    detected = true;
+                }
+            }
+        }
+        if detected {
+            faces = self
+                .models
                 .detector
                 .detect(&[frame])?
                 .pop()
                 .unwrap_or_default()
-        } else {
-            let boxes: Vec<[f32; 4]> = self.tracker.tracks().iter().map(|t| t.face.bbox).collect();
-            if boxes.is_empty() {
-                Vec::new()
-            } else {
-                self.models
-                    .detector
-                    .refine(frame, &boxes)
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            }
-        };
+                .iter()
+                .map(|f| clip(f, w, h))
+                .collect();
+        }
         // Counted once the frame's faces are in: a detection that failed is retried next frame.
         self.since_detect = Some(if detected {
             1
         } else {
             self.since_detect.unwrap_or(0) + 1
         });
-        let ids = self.tracker.update(&faces, frame.width, frame.height);
+        let ids = self.tracker.update(&faces, w, h, detected);
         // A detection starts a new period; any track without its face in this frame ends
         // the long cadence until the next detection.
         let all_found = self.tracker.tracks().iter().all(|t| t.missed == 0);

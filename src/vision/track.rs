@@ -13,6 +13,14 @@
 //! times higher (no flicker between two similar faces).
 //! Not done (noted): choosing, among several faces, the one whose mouth moves while the
 //! current speaker talks.
+//!
+//! Held boxes: between full detections a track's face is found again on its last box
+//! ([`super::mtcnn::Mtcnn::refine`]), so a box that O-Net grows a little on every frame would
+//! grow without bound (a face that fills the frame does: its box left the frame within a few
+//! frames). Every box is therefore clipped to the frame ([`clip`]), and a held box must stay
+//! near the track's last detected box ([`plausible`]: size within [`HELD_MAX_SCALE`] times,
+//! centre within [`HELD_MAX_SHIFT`] of its side); otherwise the stage detects again on that
+//! frame.
 
 use super::{Face, iou};
 use crate::settings::Checker;
@@ -53,6 +61,39 @@ impl Default for TrackSettings {
     }
 }
 
+/// Most a held box's side may differ from the track's last detected box, as a ratio.
+pub const HELD_MAX_SCALE: f32 = 1.3;
+/// Most a held box's centre may move from the track's last detected box, in that box's sides.
+pub const HELD_MAX_SHIFT: f32 = 0.5;
+
+/// `face` with its box clipped to a `w` x `h` frame (landmarks as they are).
+pub fn clip(face: &Face, w: u32, h: u32) -> Face {
+    let (w, h) = (w as f32, h as f32);
+    let b = face.bbox;
+    let x1 = b[0].clamp(0.0, w);
+    let y1 = b[1].clamp(0.0, h);
+    Face {
+        bbox: [x1, y1, b[2].clamp(x1, w), b[3].clamp(y1, h)],
+        ..face.clone()
+    }
+}
+
+/// Whether a held (refined) box is still the face last detected at `anchor` (both clipped):
+/// its side (square root of the area) within [`HELD_MAX_SCALE`] times the anchor's, and its
+/// centre within [`HELD_MAX_SHIFT`] anchor sides of the anchor's.
+pub fn plausible(held: &[f32; 4], anchor: &[f32; 4]) -> bool {
+    let side = |b: &[f32; 4]| ((b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0)).sqrt();
+    let (s, a) = (side(held), side(anchor));
+    if !(s > 0.0 && a > 0.0) {
+        return false;
+    }
+    let ratio = s / a;
+    let centre = |b: &[f32; 4]| ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+    let ((x, y), (ax, ay)) = (centre(held), centre(anchor));
+    let shift = ((x - ax).powi(2) + (y - ay).powi(2)).sqrt() / a;
+    (1.0 / HELD_MAX_SCALE..=HELD_MAX_SCALE).contains(&ratio) && shift <= HELD_MAX_SHIFT
+}
+
 /// A live track.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Track {
@@ -64,6 +105,8 @@ pub struct Track {
     pub hits: u32,
     /// Consecutive frames without one.
     pub missed: u32,
+    /// The box of its face at the last full detection that found it.
+    pub anchor: [f32; 4],
 }
 
 /// The tracker of one stream.
@@ -110,8 +153,15 @@ impl Tracker {
         self.main
     }
 
-    /// Link a frame's faces; returns each face's track id (same order as `faces`).
-    pub fn update(&mut self, faces: &[Face], frame_w: u32, frame_h: u32) -> Vec<u64> {
+    /// Link a frame's faces (`detected`: found by a full detection, which sets the tracks'
+    /// anchors); returns each face's track id (same order as `faces`).
+    pub fn update(
+        &mut self,
+        faces: &[Face],
+        frame_w: u32,
+        frame_h: u32,
+        detected: bool,
+    ) -> Vec<u64> {
         let mut pairs = Vec::new();
         for (t, track) in self.tracks.iter().enumerate() {
             for (f, face) in faces.iter().enumerate() {
@@ -141,6 +191,9 @@ impl Tracker {
                 Some(t) => {
                     let tr = &mut self.tracks[t];
                     tr.face = face.clone();
+                    if detected {
+                        tr.anchor = face.bbox;
+                    }
                     tr.hits += 1;
                     tr.missed = 0;
                     ids.push(tr.id);
@@ -153,6 +206,7 @@ impl Tracker {
                         face: face.clone(),
                         hits: 1,
                         missed: 0,
+                        anchor: face.bbox,
                     });
                     ids.push(id);
                 }
@@ -230,6 +284,7 @@ mod tests {
             &[face(100.0, 100.0, 80.0), face(400.0, 100.0, 60.0)],
             640,
             360,
+            true,
         );
         assert_eq!(ids, vec![1, 2]);
         // Both move a little; listed in the other order.
@@ -237,6 +292,7 @@ mod tests {
             &[face(405.0, 102.0, 60.0), face(104.0, 98.0, 82.0)],
             640,
             360,
+            true,
         );
         assert_eq!(ids, vec![2, 1]);
         // A third appears far away.
@@ -248,6 +304,7 @@ mod tests {
             ],
             640,
             360,
+            true,
         );
         assert_eq!(ids, vec![1, 2, 3]);
     }
@@ -258,16 +315,22 @@ mod tests {
             max_missed: 2,
             ..Default::default()
         });
-        t.update(&[face(100.0, 100.0, 80.0)], 640, 360);
-        t.update(&[], 640, 360);
-        t.update(&[], 640, 360);
-        assert_eq!(t.update(&[face(101.0, 100.0, 80.0)], 640, 360), vec![1]);
+        t.update(&[face(100.0, 100.0, 80.0)], 640, 360, true);
+        t.update(&[], 640, 360, true);
+        t.update(&[], 640, 360, true);
+        assert_eq!(
+            t.update(&[face(101.0, 100.0, 80.0)], 640, 360, true),
+            vec![1]
+        );
         for _ in 0..3 {
-            t.update(&[], 640, 360);
+            t.update(&[], 640, 360, true);
         }
         assert!(t.tracks().is_empty());
         assert_eq!(t.main(), None);
-        assert_eq!(t.update(&[face(101.0, 100.0, 80.0)], 640, 360), vec![2]);
+        assert_eq!(
+            t.update(&[face(101.0, 100.0, 80.0)], 640, 360, true),
+            vec![2]
+        );
     }
 
     #[test]
@@ -277,25 +340,46 @@ mod tests {
         let central = face(240.0, 100.0, 150.0);
         let corner = face(10.0, 10.0, 50.0);
         for _ in 0..5 {
-            t.update(&[corner.clone(), central.clone()], 640, 360);
+            t.update(&[corner.clone(), central.clone()], 640, 360, true);
         }
         assert_eq!(t.main(), Some(2));
         // A somewhat better-placed rival (scoring 1.13x) does not take over...
         let central = face(240.0, 105.0, 150.0);
         let mut t = Tracker::new(TrackSettings::default());
         for _ in 0..5 {
-            t.update(std::slice::from_ref(&central), 640, 360);
+            t.update(std::slice::from_ref(&central), 640, 360, true);
         }
         for _ in 0..10 {
-            t.update(&[central.clone(), face(280.0, 80.0, 200.0)], 640, 360);
+            t.update(&[central.clone(), face(280.0, 80.0, 200.0)], 640, 360, true);
         }
         assert_eq!(t.main(), Some(1));
         // ... a much better one (a large face in the middle) does.
         let mut ids = Vec::new();
         for _ in 0..5 {
-            ids = t.update(&[central.clone(), face(170.0, 20.0, 300.0)], 640, 360);
+            ids = t.update(&[central.clone(), face(170.0, 20.0, 300.0)], 640, 360, true);
         }
         assert_ne!(ids[1], 1);
         assert_eq!(t.main(), Some(ids[1]));
+    }
+
+    #[test]
+    fn held_boxes_are_clipped_and_must_stay_near_the_last_detection() {
+        let f = face(-20.0, 150.0, 300.0);
+        assert_eq!(clip(&f, 192, 192).bbox, [0.0, 150.0, 192.0, 192.0]);
+        let anchor = [10.0, 10.0, 110.0, 110.0];
+        assert!(plausible(&anchor, &anchor));
+        assert!(plausible(&[20.0, 5.0, 130.0, 115.0], &anchor));
+        // Grown past 1.3x, shrunk below 1/1.3, moved more than half a side, or empty.
+        assert!(!plausible(&[0.0, 0.0, 140.0, 140.0], &anchor));
+        assert!(!plausible(&[30.0, 30.0, 100.0, 100.0], &anchor));
+        assert!(!plausible(&[70.0, 10.0, 170.0, 110.0], &anchor));
+        assert!(!plausible(&[50.0, 50.0, 50.0, 90.0], &anchor));
+        // The anchor moves with detections only.
+        let mut t = Tracker::new(TrackSettings::default());
+        t.update(&[face(100.0, 100.0, 80.0)], 640, 360, true);
+        t.update(&[face(104.0, 100.0, 84.0)], 640, 360, false);
+        assert_eq!(t.tracks()[0].anchor, [100.0, 100.0, 180.0, 180.0]);
+        t.update(&[face(106.0, 100.0, 84.0)], 640, 360, true);
+        assert_eq!(t.tracks()[0].anchor, [106.0, 100.0, 190.0, 184.0]);
     }
 }
