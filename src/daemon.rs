@@ -158,6 +158,13 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, DaemonError> {
         }
         None => None,
     };
+    if engine.uses_visual() && vision.is_none() {
+        tracing::warn!(
+            model = engine.name(),
+            "The model reads faces but the vision stage is off ([vision] enabled = false): \
+             every utterance is scored with its face absent"
+        );
+    }
     Ok(Loaded {
         engine: Some(engine),
         vision,

@@ -10,6 +10,7 @@ use summerd::infer::engine::{Engine, Utterance, daemon_features};
 use summerd::model::norm::SpeakerNorm;
 use summerd::model::{Batch, Features, Model, ModelConfig, NetKind};
 use summerd::text::Precision;
+use summerd::vision::stage::VisualVector;
 use tch::{Device, Kind, Tensor};
 
 fn encoder_dir() -> PathBuf {
@@ -60,6 +61,26 @@ fn model(layers: i64) -> (tempfile::TempDir, SpeakerNorm) {
 
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A pooled face seen on `fraction` of the span's frames, random values (the caller holds RNG).
+fn face(fraction: f32) -> VisualVector {
+    let e = Tensor::randn([128], (Kind::Float, Device::Cpu));
+    let p = Tensor::randn([7], (Kind::Float, Device::Cpu)).softmax(0, Kind::Float);
+    let mut probs = [0f32; 7];
+    probs.copy_from_slice(&Vec::<f32>::try_from(&p).unwrap());
+    VisualVector {
+        present: true,
+        face_fraction: fraction,
+        frames: 10,
+        probs,
+        embedding: Vec::<f32>::try_from(&e).unwrap(),
+    }
+}
+
+/// What the model reads of an utterance's face.
+fn seen(u: &Utterance) -> Option<Vec<f32>> {
+    u.face.as_ref().and_then(VisualVector::model_input)
+}
+
 fn conversation(n: usize) -> Vec<Utterance> {
     let _g = RNG.lock().unwrap();
     tch::manual_seed(11);
@@ -79,7 +100,9 @@ fn conversation(n: usize) -> Vec<Utterance> {
                 embedding: Some(Vec::<f32>::try_from(&e).unwrap()),
                 // Every fourth utterance without audio.
                 audio: (i % 4 != 3).then(|| Vec::<f32>::try_from(&a).unwrap()),
-                face: None,
+                // A face on most utterances; seen too briefly on every fifth (the model reads
+                // none); no video on every third.
+                face: (i % 3 != 2).then(|| face(if i % 5 == 4 { 0.3 } else { 1.0 })),
                 provisional: false,
                 publish_text: false,
                 arrival: Instant::now(),
@@ -95,6 +118,7 @@ fn reference(dir: &std::path::Path, norm: &SpeakerNorm, conv: &[Utterance]) -> V
     let mut stats = std::collections::HashMap::new();
     let mut ids = std::collections::HashMap::new();
     let (mut text, mut audio, mut present, mut speaker) = (vec![], vec![], vec![], vec![]);
+    let mut visual = vec![];
     for u in conv {
         text.extend(u.embedding.clone().unwrap());
         match &u.audio {
@@ -106,7 +130,9 @@ fn reference(dir: &std::path::Path, norm: &SpeakerNorm, conv: &[Utterance]) -> V
             }
             None => audio.extend(vec![0.0; 88]),
         }
-        present.extend([1u8, u8::from(u.audio.is_some()), 0]);
+        let v = seen(u);
+        present.extend([1u8, u8::from(u.audio.is_some()), u8::from(v.is_some())]);
+        visual.extend(v.unwrap_or_else(|| vec![0.0; 135]));
         let next = ids.len() as i64;
         speaker.push((*ids.entry(u.speaker.clone()).or_insert(next)).min(1));
     }
@@ -114,7 +140,7 @@ fn reference(dir: &std::path::Path, norm: &SpeakerNorm, conv: &[Utterance]) -> V
         features: [
             Tensor::from_slice(&text).view([1, n, 384]),
             Tensor::from_slice(&audio).view([1, n, 88]),
-            Tensor::zeros([1, n, 0], (Kind::Float, Device::Cpu)),
+            Tensor::from_slice(&visual).view([1, n, 135]),
         ],
         present: Tensor::from_slice(&present)
             .view([1, n, 3])
@@ -159,7 +185,8 @@ fn streaming_one_by_one_or_in_batches_equals_the_whole_conversation() {
                 want[i]
             );
             assert_eq!(e[0].modalities.audio, u.audio.is_some());
-            assert!(e[0].modalities.text && !e[0].modalities.visual);
+            assert_eq!(e[0].modalities.visual, seen(u).is_some());
+            assert!(e[0].modalities.text);
         }
         // All at once (one forward pass) and in uneven chunks: the same.
         let mut all =
@@ -291,6 +318,97 @@ fn a_model_that_reads_other_features_is_refused_by_name() {
     f.audio.as_mut().unwrap().extractor = "egemaps-v02/opensmile".into();
     let err = refusal(f, true);
     assert!(err.contains("egemaps-v02/opensmile"), "{err}");
+}
+
+/// A model that reads faces: a face changes the answer and says so (`visual`); no face, or one
+/// seen on too few of the span's frames, leaves every bit of the other modalities' answer as
+/// it is; a model without a visual input ignores faces.
+#[test]
+fn a_face_changes_the_answer_and_a_missing_face_changes_no_bit() {
+    let (dir, _) = model(1);
+    let cl = classes();
+    let faceless: Vec<Utterance> = conversation(6)
+        .into_iter()
+        .map(|u| Utterance { face: None, ..u })
+        .collect();
+    let run = |dir: &std::path::Path, conv: &[Utterance]| {
+        let mut e = Engine::load(dir, &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+        assert!(e.uses_visual() == daemon_reads_faces(dir));
+        conv.iter()
+            .map(|u| e.infer(std::slice::from_ref(u)).unwrap().remove(0))
+            .collect::<Vec<_>>()
+    };
+    let base = run(dir.path(), &faceless);
+    let glimpsed: Vec<Utterance> = {
+        let _g = RNG.lock().unwrap();
+        faceless
+            .iter()
+            .map(|u| Utterance {
+                face: Some(face(0.3)),
+                ..u.clone()
+            })
+            .collect()
+    };
+    let mut one_face = faceless.clone();
+    one_face[2].face = Some({
+        let _g = RNG.lock().unwrap();
+        face(1.0)
+    });
+    let brief = run(dir.path(), &glimpsed);
+    let with = run(dir.path(), &one_face);
+    for i in 0..faceless.len() {
+        assert!(!base[i].modalities.visual && !brief[i].modalities.visual);
+        assert_eq!(probs(&brief[i], &cl), probs(&base[i], &cl), "glimpse, {i}");
+        assert_eq!(with[i].modalities.visual, i == 2);
+        if i < 2 {
+            assert_eq!(
+                probs(&with[i], &cl),
+                probs(&base[i], &cl),
+                "before the face, {i}"
+            );
+        }
+    }
+    assert_ne!(probs(&with[2], &cl), probs(&base[2], &cl));
+    // A model without a visual input loads and ignores faces.
+    let mut text_audio = daemon_features(384, false);
+    text_audio.visual = None;
+    let plain = {
+        let _g = RNG.lock().unwrap();
+        tch::manual_seed(3);
+        let mut m = Model::new(
+            NetKind::Fused,
+            text_audio,
+            classes(),
+            &ModelConfig {
+                d_model: 16,
+                heads: 2,
+                ffn_hidden: 16,
+                expert_hidden: 8,
+                experts: 2,
+                window: 3,
+                ..ModelConfig::default()
+            },
+            Device::Cpu,
+        );
+        let d = tempfile::tempdir().unwrap();
+        m.save(d.path()).unwrap();
+        d
+    };
+    let a = run(plain.path(), &faceless);
+    let b = run(plain.path(), &one_face);
+    for i in 0..faceless.len() {
+        assert!(!b[i].modalities.visual);
+        assert_eq!(probs(&a[i], &cl), probs(&b[i], &cl), "no visual input, {i}");
+    }
+}
+
+fn daemon_reads_faces(dir: &std::path::Path) -> bool {
+    Model::load(dir, Device::Cpu)
+        .unwrap()
+        .manifest
+        .features
+        .visual
+        .is_some()
 }
 
 #[test]

@@ -22,7 +22,8 @@ use tch::{Device, Kind, Tensor};
 use crate::events::{EmotionEvent, Modalities, V, now_rfc3339};
 use crate::model::norm::{SpeakerNorm, SpeakerStats};
 use crate::model::{
-    AUDIO_EXTRACTOR, FeatureSpec, Features, Model, StepInput, StepPool, TEXT_EXTRACTOR,
+    AUDIO_EXTRACTOR, FeatureSpec, Features, Model, StepInput, StepPool, TEXT_EXTRACTOR, VISUAL_DIM,
+    VISUAL_EXTRACTOR,
 };
 use crate::settings::Checker;
 use crate::text::TextEncoder;
@@ -209,6 +210,7 @@ struct Row {
     speaker: i64,
     text: Option<Vec<f32>>,
     audio: Option<Vec<f32>>,
+    visual: Option<Vec<f32>>,
     provisional: bool,
 }
 
@@ -280,7 +282,10 @@ pub fn daemon_features(text_dim: i64, tuned: bool) -> Features {
             extractor: AUDIO_EXTRACTOR.into(),
             dim: 88,
         }),
-        visual: None,
+        visual: Some(FeatureSpec {
+            extractor: VISUAL_EXTRACTOR.into(),
+            dim: VISUAL_DIM,
+        }),
     }
 }
 
@@ -464,6 +469,11 @@ impl Engine {
                 speaker: spk,
                 text: t,
                 audio: audio.filter(|_| self.dims[1] > 0),
+                visual: u
+                    .face
+                    .as_ref()
+                    .and_then(|f| f.model_input())
+                    .filter(|_| self.dims[2] > 0),
                 provisional: u.provisional,
             });
             if !u.provisional {
@@ -513,7 +523,7 @@ impl Engine {
                     modalities: Modalities {
                         text: last.text.is_some(),
                         audio: last.audio.is_some(),
-                        visual: false,
+                        visual: last.visual.is_some(),
                     },
                     model: self.name.clone(),
                     latency_ms: 0.0,
@@ -555,6 +565,7 @@ impl Engine {
         let b = rows.len() as i64;
         let [dt, da, dv] = self.dims;
         let (mut text, mut audio) = (vec![0f32; (b * dt) as usize], vec![0f32; (b * da) as usize]);
+        let mut visual = vec![0f32; (b * dv) as usize];
         let mut present = vec![0u8; (b * 3) as usize];
         for (r, row) in rows.iter().enumerate() {
             if let Some(v) = &row.text {
@@ -564,6 +575,10 @@ impl Engine {
             if let Some(v) = &row.audio {
                 audio[r * da as usize..(r + 1) * da as usize].copy_from_slice(v);
                 present[r * 3 + 1] = 1;
+            }
+            if let Some(v) = &row.visual {
+                visual[r * dv as usize..(r + 1) * dv as usize].copy_from_slice(v);
+                present[r * 3 + 2] = 1;
             }
         }
         let dev = self.device;
@@ -576,7 +591,7 @@ impl Engine {
             features: [
                 Tensor::from_slice(&text).view([b, dt]).to_device(dev),
                 Tensor::from_slice(&audio).view([b, da]).to_device(dev),
-                Tensor::zeros([b, dv], (Kind::Float, dev)),
+                Tensor::from_slice(&visual).view([b, dv]).to_device(dev),
             ],
             present: Tensor::from_slice(&present)
                 .view([b, 3])

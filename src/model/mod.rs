@@ -39,6 +39,12 @@ pub fn tuned_extractor(base: &str) -> String {
 /// recording (79 of 88). A model trained on an earlier version's features is refused, not
 /// silently fed a different distribution.
 pub const AUDIO_EXTRACTOR: &str = "egemaps-v02/summerd/3";
+/// The visual extractor summerd runs: the main face's mini-Xception embedding (128) and class
+/// probabilities (7, FER2013's order), each averaged over the utterance's frames that had a
+/// main face ([`crate::vision::stage::VisualVector::model_input`]).
+pub const VISUAL_EXTRACTOR: &str = "fer-mini-xception/main-face-mean/1";
+/// Length of the visual vector.
+pub const VISUAL_DIM: i64 = 135;
 
 /// Errors loading or saving a model.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,13 @@
 //! its class probabilities over the frames in the span that had a main face (whichever track
 //! was main at that frame); `present` says whether there was any, `face_fraction` is the share
 //! of the span's frames that had one. No face: `present` false, zeros, nothing invented.
+//!
+//! The model's visual input ([`VisualVector::model_input`]) is the pooled embedding followed by
+//! the pooled probabilities, present only when a main face was seen on at least
+//! [`MIN_FACE_FRACTION`] of the span's frames: a face glimpsed on one frame of a long utterance
+//! is not evidence of how the speaker looked while speaking. A pre-cropped face (a picture
+//! that is all face: `summerd features face`, the training faces) is one frame with a face,
+//! cropped as a detected face is ([`VisionModels::expression_of_crop`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -193,20 +200,37 @@ impl VisionModels {
 
     /// Expression of faces of one frame: (embeddings, probabilities), one per face.
     pub fn expressions(&self, frame: &RgbImage, faces: &[Face]) -> Vec<(Vec<f32>, [f32; 7])> {
-        if faces.is_empty() {
+        let geo: Vec<CropGeometry> = faces.iter().map(CropGeometry::of).collect();
+        self.expressions_of(frame, &geo)
+    }
+
+    /// Expression of a pre-cropped face, a picture that is all face (no detection): the
+    /// square of side max(width, height) about the picture's centre, level, through the same
+    /// crop sampling, grey conversion and network as a detected face.
+    pub fn expression_of_crop(&self, face: &RgbImage) -> (Vec<f32>, [f32; 7]) {
+        let (w, h) = (face.width as f32, face.height as f32);
+        let geo = CropGeometry {
+            cx: (w - 1.0) / 2.0,
+            cy: (h - 1.0) / 2.0,
+            side: w.max(h),
+            angle: 0.0,
+        };
+        self.expressions_of(face, &[geo])
+            .pop()
+            .expect("one crop, one result")
+    }
+
+    fn expressions_of(&self, frame: &RgbImage, geo: &[CropGeometry]) -> Vec<(Vec<f32>, [f32; 7])> {
+        if geo.is_empty() {
             return Vec::new();
         }
         let _g = tch::no_grad_guard();
-        let geo: Vec<CropGeometry> = faces.iter().map(CropGeometry::of).collect();
-        let out = self.expression.forward(&crops(
-            frame,
-            &geo,
-            INPUT as usize,
-            self.expression.device(),
-        ));
+        let out =
+            self.expression
+                .forward(&crops(frame, geo, INPUT as usize, self.expression.device()));
         let emb = to_vec(&out.embedding);
         let probs = to_vec(&out.probs);
-        (0..faces.len())
+        (0..geo.len())
             .map(|i| {
                 let mut p = [0f32; 7];
                 p.copy_from_slice(&probs[7 * i..7 * i + 7]);
@@ -390,7 +414,37 @@ pub struct VisualVector {
     pub embedding: Vec<f32>,
 }
 
+/// Least share of an utterance's frames with a main face for the model to read the face.
+pub const MIN_FACE_FRACTION: f32 = 0.5;
+
 impl VisualVector {
+    /// A pre-cropped face: one frame, with a face.
+    pub fn of_crop((embedding, probs): (Vec<f32>, [f32; 7])) -> VisualVector {
+        VisualVector {
+            present: true,
+            face_fraction: 1.0,
+            frames: 1,
+            probs,
+            embedding,
+        }
+    }
+
+    /// The model's visual input ([`crate::model::VISUAL_EXTRACTOR`]): the pooled embedding
+    /// then the pooled probabilities; None (absent) unless a main face was seen on at least
+    /// [`MIN_FACE_FRACTION`] of the span's frames.
+    pub fn model_input(&self) -> Option<Vec<f32>> {
+        if !self.present
+            || self.face_fraction < MIN_FACE_FRACTION
+            || self.embedding.len() != EMBED_DIM
+        {
+            return None;
+        }
+        let mut v = Vec::with_capacity(crate::model::VISUAL_DIM as usize);
+        v.extend_from_slice(&self.embedding);
+        v.extend_from_slice(&self.probs);
+        Some(v)
+    }
+
     /// The most probable class and its probability, when a face was seen.
     pub fn top(&self) -> Option<(&'static str, f32)> {
         if !self.present {
