@@ -111,7 +111,7 @@ enum Command {
     },
     /// Evaluate a model directory on a split: metrics as JSON on stdout (and with --out, a
     /// report.json and a picture there).
-    #[command(group(clap::ArgGroup::new("input").required(true).args(["data", "wavs", "meld_csv"])))]
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["data", "wavs", "meld_csv", "faces"])))]
     Eval {
         /// Model directory (manifest.json + weights).
         #[arg(long, default_value = "models/summer-default")]
@@ -131,6 +131,11 @@ enum Command {
         /// dialogues as conversations, text only.
         #[arg(long)]
         meld_csv: Option<PathBuf>,
+        /// A folder of labelled face pictures, DIR/<class>/*.{jpg,png} (classes in FER's or
+        /// MELD's words), each a pre-cropped face: the model's visual branch alone, and beside
+        /// it the expression network's own answers on the same pictures.
+        #[arg(long)]
+        faces: Option<PathBuf>,
         /// Directory for report.json and report.svg.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -241,6 +246,16 @@ enum DatasetCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Labelled face pictures, DIR/<class>/*.{jpg,png} (e.g. $SUMMERD_ASSETS/data/fer/train):
+    /// each picture's visual vector as the daemon makes it, with its label.
+    Faces {
+        /// The folder of class folders.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,6 +301,17 @@ enum Features {
         max_frames: usize,
         /// The video or image.
         file: PathBuf,
+    },
+    /// The expression of pre-cropped face pictures (no detection: the picture is the face),
+    /// through the daemon's crop normalisation and expression network: per picture the
+    /// network's answer, or with --json its probabilities and the model's visual vector.
+    Face {
+        /// One JSON object per picture (a line each) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Pictures (any format GStreamer decodes).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Sentence embeddings of TEXTs (or of each line of stdin): one JSON object a line.
     Text {
@@ -379,11 +405,12 @@ fn dispatch(command: Command) -> ExitCode {
             wavs,
             labels,
             meld_csv,
+            faces,
             out,
             text_precision,
         } => report(cli::eval::eval(
             &model,
-            cli::eval::input(data, wavs.zip(labels), meld_csv),
+            cli::eval::input(data, wavs.zip(labels), meld_csv, faces),
             out.as_deref(),
             text_precision,
         )),
@@ -426,6 +453,7 @@ fn features(what: Features) -> anyhow::Result<()> {
             texts,
         } => cli::features::text(&dir, max_tokens, ids, texts),
         Features::Audio { json, lld, files } => cli::features::audio(&files, json, lld),
+        Features::Face { json, files } => cli::features::face(&files, json),
         Features::Video {
             json,
             fps,
@@ -458,5 +486,6 @@ fn dataset(what: DatasetCmd) -> anyhow::Result<()> {
             encoder,
         } => cli::train::dataset_meld(&split, &out, &encoder),
         DatasetCmd::Emodb { out } => cli::train::dataset_emodb(&out),
+        DatasetCmd::Faces { dir, out } => cli::train::dataset_faces(&dir, &out),
     }
 }

@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 use summerd::text::Precision;
 use summerd::train::eval::{self, EvalInput};
 
-/// The input clap let through: exactly one of `--data`, `--wavs` with `--labels`, `--meld-csv`.
+/// The input clap let through: exactly one of `--data`, `--wavs` with `--labels`,
+/// `--meld-csv`, `--faces`.
 pub fn input(
     data: Option<PathBuf>,
     wavs: Option<(PathBuf, PathBuf)>,
     meld: Option<PathBuf>,
+    faces: Option<PathBuf>,
 ) -> EvalInput {
-    match (data, wavs, meld) {
-        (Some(d), _, _) => EvalInput::Native(d),
-        (_, Some((w, l)), _) => EvalInput::Wavs(w, l),
-        (_, _, Some(m)) => EvalInput::Meld(m),
+    match (data, wavs, meld, faces) {
+        (Some(d), ..) => EvalInput::Native(d),
+        (_, Some((w, l)), ..) => EvalInput::Wavs(w, l),
+        (_, _, Some(m), _) => EvalInput::Meld(m),
+        (.., Some(f)) => EvalInput::Faces(f),
         _ => unreachable!("clap requires one input"),
     }
 }

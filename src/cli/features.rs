@@ -203,3 +203,50 @@ pub fn text(dir: &Path, max_tokens: usize, ids: bool, texts: Vec<String>) -> any
     }
     Ok(())
 }
+
+/// `summerd features face`: each pre-cropped face picture's expression (a table line, or a
+/// JSON object a line with the probabilities and the model's visual vector); pictures that do
+/// not decode are named and counted.
+pub fn face(files: &[PathBuf], json: bool) -> anyhow::Result<()> {
+    let models = VisionModels::load_default(Path::new("."), Default::default(), tch::Device::Cpu)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = 0;
+    for path in files {
+        let vector = match summerd::train::faces::vector_of(path, &models) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("summerd: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        let probs = &vector[vector.len() - CLASSES.len()..];
+        let (best, p) = probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap_or((0, &0.0));
+        if json {
+            let named: serde_json::Map<String, serde_json::Value> = CLASSES
+                .iter()
+                .zip(probs)
+                .map(|(c, p)| (c.to_string(), serde_json::json!(p)))
+                .collect();
+            let obj = serde_json::json!({
+                "file": path.display().to_string(),
+                "label": CLASSES[best],
+                "confidence": p,
+                "probs": named,
+                "visual": vector,
+            });
+            writeln!(out, "{obj}")?;
+        } else {
+            writeln!(out, "{}: {} {p:.2}", path.display(), CLASSES[best])?;
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} picture(s) could not be read", files.len());
+    }
+    Ok(())
+}

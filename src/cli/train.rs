@@ -42,6 +42,24 @@ pub fn dataset_emodb(out: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// `summerd dataset faces`: labelled face pictures as visual vectors.
+pub fn dataset_faces(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let models = summerd::vision::stage::VisionModels::load_default(
+        Path::new("."),
+        Default::default(),
+        tch::Device::Cpu,
+    )?;
+    let faces = summerd::train::faces::Faces::read(dir, &models)?;
+    let net = faces.network_metrics();
+    eprintln!(
+        "{}: the expression network's own answers: accuracy {:.1} %, macro F1 {:.1}",
+        dir.display(),
+        net.wa,
+        net.macro_f1()
+    );
+    save(&faces.as_dataset(&summerd::model::Features::default()), out)
+}
+
 fn save(ds: &Dataset, out: &Path) -> anyhow::Result<()> {
     ds.save(out)?;
     println!(
@@ -98,9 +116,19 @@ pub fn train_default(
     folds: &Folds,
 ) -> anyhow::Result<()> {
     let recipe = read_recipe(recipe)?;
-    let ([tr, dv, te], emodb) = summer_default::load_splits(data)?;
+    let ([tr, dv, te], emodb, faces) =
+        summer_default::load_splits(data, recipe.mix.face_probability > 0.0)?;
     let device = tch::Device::cuda_if_available();
-    let r = summer_default::build(&recipe, [&tr, &dv, &te], &emodb, out, work, folds, device)?;
+    let r = summer_default::build(
+        &recipe,
+        [&tr, &dv, &te],
+        &emodb,
+        faces.as_ref(),
+        out,
+        work,
+        folds,
+        device,
+    )?;
     let test = |t: &TrainReport, teacher: bool| {
         let p = if teacher { &t.teacher } else { &t.student };
         p.as_ref()
@@ -123,6 +151,28 @@ pub fn train_default(
             "EmoDB LOSO pooled (6 classes, text absent): accuracy {:.1} %, UAR {:.1}; MELD test + held-out voices: WF1 {:.1}",
             a.wa, a.uar, f.wf1
         );
+    }
+    if let Some(f) = &r.faces {
+        println!(
+            "Faces: {} training pictures (network accuracy {:.1} %, confidence {:.2}), {} kept \
+             (accuracy {:.1} %); {} held out (network accuracy {:.1} %, confidence {:.2})",
+            f.train.0, f.train.1, f.train.2, f.kept.0, f.kept.1, f.test.0, f.test.1, f.test.2
+        );
+        for (k, m) in &f.fused {
+            println!(
+                "MELD test + held-out voice + held-out face, {k}: WF1 {:.1}",
+                m.wf1
+            );
+        }
+        if let Some(m) = &f.face_alone {
+            println!(
+                "Held-out faces alone: accuracy {:.1} %, macro F1 {:.1} (the expression network: {:.1} %, {:.1})",
+                m.wa,
+                m.macro_f1(),
+                f.network.wa,
+                f.network.macro_f1()
+            );
+        }
     }
     println!("{:.0} s; wrote {}", r.seconds, out.display());
     Ok(())

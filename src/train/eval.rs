@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use tch::Device;
 
 use super::data::{DataError, Dataset};
+use super::faces::Faces;
 use super::metrics::{self, Metrics};
 use super::{mix, tune, writers};
 use crate::model::{Model, ModelError};
 use crate::text::{self, Precision, TextEncoder, TextError};
+use crate::vision::stage::VisionModels;
 
 /// What is evaluated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,15 +25,18 @@ pub enum EvalInput {
     Wavs(PathBuf, PathBuf),
     /// A MELD-format CSV.
     Meld(PathBuf),
+    /// Labelled face pictures (`DIR/<class>/*.{jpg,png}`): the visual branch alone.
+    Faces(PathBuf),
 }
 
 impl EvalInput {
     /// The data's name in messages and titles: its file or folder.
     pub fn describe(&self) -> String {
         match self {
-            EvalInput::Native(p) | EvalInput::Meld(p) | EvalInput::Wavs(p, _) => {
-                p.display().to_string()
-            }
+            EvalInput::Native(p)
+            | EvalInput::Meld(p)
+            | EvalInput::Wavs(p, _)
+            | EvalInput::Faces(p) => p.display().to_string(),
         }
     }
 }
@@ -65,16 +70,26 @@ pub struct EvalReport {
     pub active_experts: Vec<(String, f64)>,
     /// Class names, in label order.
     pub classes: Vec<String>,
+    /// For face pictures: the expression network's own answers (its argmax) on them.
+    pub network: Option<Metrics>,
 }
 
 impl EvalReport {
     /// The report as `summerd eval` prints it and writes it to `report.json`.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "metrics": self.metrics,
+            "macro_f1": self.metrics.macro_f1(),
             "active_experts": self.active_experts,
             "classes": self.classes,
-        })
+        });
+        if let Some(n) = &self.network {
+            j["expression_network"] = serde_json::json!({
+                "metrics": n,
+                "macro_f1": n.macro_f1(),
+            });
+        }
+        j
     }
 
     /// `out/report.json` and `out/report.svg` (a picture titled `title`).
@@ -101,13 +116,34 @@ pub fn run(
     note: &mut dyn FnMut(String),
 ) -> Result<EvalReport, EvalError> {
     let m = Model::load(model_dir, device)?;
-    let ds = dataset(&m, model_dir, input, device, precision, note)?;
+    let mut network = None;
+    let ds = if let EvalInput::Faces(dir) = input {
+        if m.manifest.features.visual.is_none() {
+            return Err(EvalError::Mismatch(format!(
+                "{} reads no faces (its manifest has no visual input)",
+                model_dir.display()
+            )));
+        }
+        let models = VisionModels::load_default(Path::new("."), Default::default(), device)
+            .map_err(|e| EvalError::Mismatch(e.to_string()))?;
+        let faces = Faces::read(dir, &models)?;
+        network = Some(faces.network_metrics());
+        faces.as_dataset(&m.manifest.features)
+    } else {
+        let ds = dataset(&m, model_dir, input, device, precision, note)?;
+        if m.manifest.features.visual.is_some() && ds.meta.features.visual.is_none() {
+            mix::visual_absent(&ds)
+        } else {
+            ds
+        }
+    };
     let ds = as_model_reads(&m, model_dir, ds, &input.describe(), device)?;
     let (metrics, active) = super::evaluate(&m.net, &ds, device, 64);
     Ok(EvalReport {
         metrics,
         active_experts: active,
         classes: ds.meta.classes,
+        network,
     })
 }
 
@@ -122,6 +158,9 @@ pub fn dataset(
 ) -> Result<Dataset, EvalError> {
     match input {
         EvalInput::Native(p) => Ok(Dataset::load(p)?),
+        EvalInput::Faces(_) => Err(EvalError::Mismatch(
+            "face pictures are read by `run`, with the vision networks".into(),
+        )),
         EvalInput::Wavs(dir, labels) => {
             let norm = m.manifest.speaker_norm.as_ref().ok_or_else(|| {
                 EvalError::Mismatch(

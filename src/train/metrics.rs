@@ -20,6 +20,24 @@ pub struct Metrics {
     pub confusion: Vec<Vec<usize>>,
 }
 
+impl Metrics {
+    /// F1 averaged over classes with support, unweighted (macro F1), 0-100.
+    pub fn macro_f1(&self) -> f64 {
+        let with: Vec<f64> = self
+            .f1
+            .iter()
+            .zip(&self.confusion)
+            .filter(|(_, row)| row.iter().sum::<usize>() > 0)
+            .map(|(f, _)| *f)
+            .collect();
+        if with.is_empty() {
+            0.0
+        } else {
+            with.iter().sum::<f64>() / with.len() as f64
+        }
+    }
+}
+
 /// Metrics of predictions against truths (class indices below `classes`).
 pub fn compute(truth: &[i64], pred: &[i64], classes: usize) -> Metrics {
     let mut confusion = vec![vec![0usize; classes]; classes];

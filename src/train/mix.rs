@@ -12,6 +12,13 @@
 //! - **EmoDB sequences.** Each training speaker's clips, in `sequences_per_speaker` random
 //!   orders, as one "dialogue" each, text absent. Boredom (not a MELD class) stays in the
 //!   sequence unlabelled: the speaker's statistics and the context still see it.
+//! - **Faces** (when the recipe gives `face_probability` > 0 and the build has labelled faces,
+//!   [`super::faces`]): with probability `face_probability`, independently of the voice, an
+//!   utterance of a MELD dialogue gets a face picture of its own emotion, drawn at random from
+//!   the training faces; otherwise its face is absent. Every class gets faces at the same rate,
+//!   so the presence of a face says nothing about the label. The faces are drawn from their own
+//!   random stream, so the voices an utterance gets are the same with or without faces. The
+//!   EmoDB sequences get no faces.
 //! - **Per-speaker normalisation**, online ([`crate::model::norm`]): every audio vector is
 //!   standardised by the running statistics of its speaker in its dialogue, utterance by
 //!   utterance in order, with the prior from the training speakers, exactly as the daemon
@@ -28,8 +35,9 @@ use tch::{Device, Kind, Tensor};
 use super::classes::meld_names;
 use super::clips::Clips;
 use super::data::{Dataset, FORMAT, Sidecar};
+use super::faces::Faces;
 use crate::model::norm::SpeakerNorm;
-use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
+use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features, VISUAL_DIM};
 
 /// The `[mix]` table of a recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +51,11 @@ pub struct MixConfig {
     pub prior_weight: f64,
     /// Seed of the pairing and the orders.
     pub seed: u64,
+    /// Chance that a MELD utterance gets a face of its emotion (0: a model without faces).
+    pub face_probability: f64,
+    /// Thin the training faces so that the expression network is no more accurate on them
+    /// than on the held-out faces ([`super::faces::Faces::calibrated`]).
+    pub calibrate_faces: bool,
 }
 
 impl Default for MixConfig {
@@ -52,6 +65,8 @@ impl Default for MixConfig {
             sequences_per_speaker: 6,
             prior_weight: 8.0,
             seed: 7,
+            face_probability: 0.0,
+            calibrate_faces: true,
         }
     }
 }
@@ -89,15 +104,74 @@ impl Rng {
     }
 }
 
-/// A mix's features: the text column named as its source's, the audio column summerd's.
-fn features(text: Option<FeatureSpec>) -> Features {
+/// A mix's features: the text column named as its source's, the audio column summerd's, and
+/// the visual column summerd's when `visual`.
+fn features(text: Option<FeatureSpec>, visual: bool) -> Features {
     Features {
         text,
         audio: Some(FeatureSpec {
             extractor: AUDIO_EXTRACTOR.into(),
             dim: 88,
         }),
-        visual: None,
+        visual: visual.then(super::faces::visual_spec),
+    }
+}
+
+/// `ds` with an absent visual column of summerd's kind (a split without faces, as a model that
+/// reads faces takes it); unchanged if it has one.
+pub fn visual_absent(ds: &Dataset) -> Dataset {
+    let n = ds.len() as i64;
+    let mut meta = ds.meta.clone();
+    if meta.features.visual.is_none() {
+        meta.features.visual = Some(super::faces::visual_spec());
+    }
+    let visual = if ds.features[2].size()[1] == VISUAL_DIM {
+        ds.features[2].shallow_clone()
+    } else {
+        Tensor::zeros([n, VISUAL_DIM], (Kind::Float, Device::Cpu))
+    };
+    let present = if ds.features[2].size()[1] == VISUAL_DIM {
+        ds.present.shallow_clone()
+    } else {
+        Tensor::stack(
+            &[
+                ds.present.select(1, 0),
+                ds.present.select(1, 1),
+                Tensor::zeros([n], (Kind::Bool, Device::Cpu)),
+            ],
+            1,
+        )
+    };
+    Dataset {
+        meta,
+        offsets: ds.offsets.clone(),
+        features: [
+            ds.features[0].shallow_clone(),
+            ds.features[1].shallow_clone(),
+            visual,
+        ],
+        present,
+        speaker: ds.speaker.shallow_clone(),
+        label: ds.label.shallow_clone(),
+    }
+}
+
+/// `ds` with only the modalities in `keep` (text, audio, visual) present.
+pub fn only(ds: &Dataset, keep: [bool; 3]) -> Dataset {
+    let mask = Tensor::from_slice(&keep.map(u8::from))
+        .to_kind(Kind::Bool)
+        .unsqueeze(0);
+    Dataset {
+        meta: ds.meta.clone(),
+        offsets: ds.offsets.clone(),
+        features: [
+            ds.features[0].shallow_clone(),
+            ds.features[1].shallow_clone(),
+            ds.features[2].shallow_clone(),
+        ],
+        present: ds.present.logical_and(&mask),
+        speaker: ds.speaker.shallow_clone(),
+        label: ds.label.shallow_clone(),
     }
 }
 
@@ -107,6 +181,8 @@ struct Builder {
     text_dim: i64,
     text: Vec<f32>,
     audio: Vec<f32>,
+    /// Empty and unused without a visual column.
+    visual: Option<Vec<f32>>,
     present: Vec<u8>,
     speaker: Vec<i64>,
     label: Vec<i64>,
@@ -117,12 +193,13 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(text_spec: Option<FeatureSpec>) -> Builder {
+    fn new(text_spec: Option<FeatureSpec>, visual: bool) -> Builder {
         Builder {
             text_dim: text_spec.as_ref().map_or(0, |t| t.dim),
             text_spec,
             text: Vec::new(),
             audio: Vec::new(),
+            visual: visual.then(Vec::new),
             present: Vec::new(),
             speaker: Vec::new(),
             label: Vec::new(),
@@ -133,7 +210,7 @@ impl Builder {
         }
     }
 
-    fn row(&mut self, text: Option<&[f32]>, audio: Option<&[f32]>, speaker: i64, label: i64) {
+    fn row(&mut self, [text, audio, face]: [Option<&[f32]>; 3], speaker: i64, label: i64) {
         match text {
             Some(t) => self.text.extend_from_slice(t),
             None => self
@@ -144,8 +221,22 @@ impl Builder {
             Some(a) => self.audio.extend_from_slice(a),
             None => self.audio.extend(std::iter::repeat_n(0.0, 88)),
         }
-        self.present
-            .extend([u8::from(text.is_some()), u8::from(audio.is_some()), 0]);
+        let seen = match (&mut self.visual, face) {
+            (Some(v), Some(f)) => {
+                v.extend_from_slice(f);
+                true
+            }
+            (Some(v), None) => {
+                v.extend(std::iter::repeat_n(0.0, VISUAL_DIM as usize));
+                false
+            }
+            (None, _) => false,
+        };
+        self.present.extend([
+            u8::from(text.is_some()),
+            u8::from(audio.is_some()),
+            u8::from(seen),
+        ]);
         self.speaker.push(speaker);
         self.label.push(label);
     }
@@ -158,11 +249,15 @@ impl Builder {
 
     fn finish(self, source: String) -> Dataset {
         let n = self.label.len() as i64;
+        let visual = match &self.visual {
+            Some(v) => Tensor::from_slice(v).view([n, VISUAL_DIM]),
+            None => Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+        };
         Dataset {
             meta: Sidecar {
                 format: FORMAT.into(),
                 classes: meld_names(),
-                features: features(self.text_spec),
+                features: features(self.text_spec, self.visual.is_some()),
                 dialogues: self.dialogues,
                 groups: self.groups,
                 source,
@@ -172,7 +267,7 @@ impl Builder {
             features: [
                 Tensor::from_slice(&self.text).view([n, self.text_dim]),
                 Tensor::from_slice(&self.audio).view([n, 88]),
-                Tensor::zeros([n, 0], (Kind::Float, Device::Cpu)),
+                visual,
             ],
             present: Tensor::from_slice(&self.present)
                 .view([n, 3])
@@ -183,15 +278,21 @@ impl Builder {
     }
 }
 
-/// MELD dialogues with voices from `speakers` attached under the pairing scheme (module docs).
+/// MELD dialogues with voices from `speakers` and, with `faces`, face pictures attached under
+/// the pairing scheme (module docs).
 pub fn pair_meld(
     meld: &Dataset,
     clips: &Clips,
     speakers: &[String],
     norm: &SpeakerNorm,
+    faces: Option<&Faces>,
     cfg: &MixConfig,
 ) -> Dataset {
     let mut rng = Rng::new(cfg.seed);
+    let mut face_rng = Rng::new(cfg.seed ^ 0xFACE);
+    let by_label: Vec<Vec<usize>> = (0..meld.meta.classes.len())
+        .map(|c| faces.map_or(Vec::new(), |f| f.of_label(c)))
+        .collect();
     let text_dim = meld.features[0].size()[1];
     let spec = meld.meta.features.text.clone();
     assert_eq!(
@@ -204,7 +305,7 @@ pub fn pair_meld(
     let lab = Vec::<i64>::try_from(&meld.label).expect("i64");
     let by_voice: BTreeMap<&str, Vec<usize>> =
         speakers.iter().map(|s| (s.as_str(), clips.of(s))).collect();
-    let mut b = Builder::new(spec);
+    let mut b = Builder::new(spec, faces.is_some());
     b.texts = meld.meta.texts.clone();
     for d in 0..meld.dialogues() {
         let mut voices: Vec<&str> = speakers.iter().map(String::as_str).collect();
@@ -228,12 +329,26 @@ pub fn pair_meld(
                     audio = Some(norm.apply(s, &clips.audio[c]));
                 }
             }
-            b.row(Some(t), audio.as_deref(), spk[r], lab[r]);
+            let face = faces.and_then(|f| {
+                let pool = by_label.get(usize::try_from(lab[r]).ok()?)?;
+                if pool.is_empty() || face_rng.unit() >= cfg.face_probability {
+                    return None;
+                }
+                Some(&f.vectors[pool[face_rng.below(pool.len())]][..])
+            });
+            b.row([Some(t), audio.as_deref(), face], spk[r], lab[r]);
         }
         b.end_dialogue(meld.meta.dialogues[d].clone(), meld.meta.groups[d].clone());
     }
+    let with_faces = faces.map_or(String::new(), |f| {
+        format!(
+            " and faces from {} pictures (p = {})",
+            f.len(),
+            cfg.face_probability
+        )
+    });
     b.finish(format!(
-        "{} with EmoDB voices of speakers {} (p = {})",
+        "{} with EmoDB voices of speakers {} (p = {}){with_faces}",
         meld.meta.source,
         speakers.join(","),
         cfg.pair_probability
@@ -245,7 +360,7 @@ pub fn pair_meld(
 pub fn audio_absent(ds: &Dataset) -> Dataset {
     let n = ds.len() as i64;
     let mut meta = ds.meta.clone();
-    meta.features = features(ds.meta.features.text.clone());
+    meta.features = features(ds.meta.features.text.clone(), false);
     Dataset {
         meta,
         offsets: ds.offsets.clone(),
@@ -272,7 +387,7 @@ pub fn speaker_sequences(
     seed: u64,
 ) -> Dataset {
     let mut rng = Rng::new(seed);
-    let mut b = Builder::new(text.cloned());
+    let mut b = Builder::new(text.cloned(), false);
     for s in speakers {
         for o in 0..orders {
             let mut idx = clips.of(s);
@@ -281,7 +396,7 @@ pub fn speaker_sequences(
             for c in idx {
                 let a = norm.apply(&mut st, &clips.audio[c]);
                 let label = clips.label[c].map_or(-1, |l| l as i64);
-                b.row(None, Some(&a), 0, label);
+                b.row([None, Some(&a), None], 0, label);
             }
             b.end_dialogue(format!("emodb-{s}-{o}"), s.clone());
         }
@@ -401,7 +516,7 @@ mod tests {
             pair_probability: 1.0,
             ..MixConfig::default()
         };
-        let ds = pair_meld(&meld(), &c, &sp, &norm, &cfg);
+        let ds = pair_meld(&meld(), &c, &sp, &norm, None, &cfg);
         let present = Vec::<u8>::try_from(ds.present.to_kind(Kind::Uint8).view([-1])).unwrap();
         // Every utterance has text and audio.
         assert_eq!(present, vec![1, 1, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0]);
@@ -414,6 +529,7 @@ mod tests {
             &c,
             &sp,
             &norm,
+            None,
             &MixConfig {
                 pair_probability: 0.0,
                 ..cfg
@@ -430,7 +546,7 @@ mod tests {
         let mut tuned = meld();
         tuned.meta.features.mark_text_tuned();
         for d in [
-            pair_meld(&tuned, &c, &sp, &norm, &cfg),
+            pair_meld(&tuned, &c, &sp, &norm, None, &cfg),
             audio_absent(&tuned),
         ] {
             assert_eq!(d.meta.features.text, tuned.meta.features.text);
@@ -458,5 +574,54 @@ mod tests {
         let both = concat(&[&ds, &ds]);
         assert_eq!(both.dialogues(), 6);
         assert_eq!(both.offsets.last(), Some(&18));
+    }
+
+    #[test]
+    fn faces_of_the_utterance_emotion_join_without_changing_the_voices() {
+        let c = clips();
+        let sp = c.speakers();
+        let norm = c.prior(&sp, 8.0);
+        // One face per class, its vector filled with its class index.
+        let mut faces = Faces::default();
+        for l in 0..7 {
+            faces.vectors.push(vec![l as f32; VISUAL_DIM as usize]);
+            faces.label.push(l);
+            faces.names.push(format!("{l}.png"));
+        }
+        let cfg = MixConfig {
+            pair_probability: 0.5,
+            face_probability: 1.0,
+            ..MixConfig::default()
+        };
+        let with = pair_meld(&meld(), &c, &sp, &norm, Some(&faces), &cfg);
+        let without = pair_meld(&meld(), &c, &sp, &norm, None, &cfg);
+        assert_eq!(
+            with.meta.features.visual,
+            Some(super::super::faces::visual_spec())
+        );
+        assert!(with.features[1].equal(&without.features[1]));
+        assert!(
+            with.present
+                .narrow(1, 0, 2)
+                .equal(&without.present.narrow(1, 0, 2))
+        );
+        let labels = Vec::<i64>::try_from(&with.label).unwrap();
+        for (r, l) in labels.iter().enumerate() {
+            let seen = with.present.get(r as i64).get(2).int64_value(&[]) == 1;
+            // Labelled utterances get a face of their class; the unlabelled one none.
+            assert_eq!(seen, *l >= 0, "row {r}");
+            if seen {
+                assert_eq!(
+                    with.features[2].get(r as i64).get(0).double_value(&[]),
+                    *l as f64
+                );
+            }
+        }
+        // A split without faces, as a model with faces reads it; and one modality kept.
+        let wide = visual_absent(&without);
+        assert!(wide.meta.features.visual.is_some());
+        assert_eq!(wide.features[2].size(), vec![4, VISUAL_DIM]);
+        let face_only = only(&with, [false, false, true]);
+        assert_eq!(face_only.present.select(1, 0).any().int64_value(&[]), 0);
     }
 }

@@ -6,6 +6,7 @@ pub mod classes;
 pub mod clips;
 pub mod data;
 pub mod eval;
+pub mod faces;
 pub mod metrics;
 pub mod mix;
 pub mod summer_default;
@@ -370,19 +371,47 @@ fn fit(
 
 /// Hide text (with probability p/2) or audio (p/2) where both are present.
 fn drop_modality(present: &Tensor, p: f64) -> Tensor {
-    let (text, audio) = (present.select(2, 0), present.select(2, 1));
-    let both = text.logical_and(&audio);
-    let u = Tensor::rand(text.size(), (Kind::Float, present.device()));
-    let drop_text = both.logical_and(&u.lt(p / 2.0));
-    let drop_audio = both.logical_and(&u.ge(p / 2.0)).logical_and(&u.lt(p));
-    Tensor::stack(
-        &[
-            text.logical_and(&drop_text.logical_not()),
-            audio.logical_and(&drop_audio.logical_not()),
-            present.select(2, 2),
-        ],
-        2,
+    let dev = present.device();
+    let size = present.size();
+    let flags = Vec::<u8>::try_from(
+        present
+            .to_kind(Kind::Uint8)
+            .to_device(Device::Cpu)
+            .view([-1]),
     )
+    .expect("u8");
+    let u = Vec::<f32>::try_from(
+        Tensor::rand([size[0] * size[1]], (Kind::Float, dev)).to_device(Device::Cpu),
+    )
+    .expect("f32");
+    let kept: Vec<u8> = flags
+        .chunks(3)
+        .zip(u)
+        .flat_map(|(row, u)| keep_after_dropout([row[0], row[1], row[2]], f64::from(u), p))
+        .collect();
+    Tensor::from_slice(&kept)
+        .view([size[0], size[1], 3])
+        .to_kind(Kind::Bool)
+        .to_device(dev)
+}
+
+/// Modality dropout of one utterance: with probability `p` (`u` uniform in [0, 1)), of the
+/// modalities present (two or more) only one proper non-empty subset is kept, each subset as
+/// likely. For text and audio: text hidden when u < p/2, audio when p/2 <= u < p.
+fn keep_after_dropout(present: [u8; 3], u: f64, p: f64) -> [u8; 3] {
+    let on: Vec<usize> = (0..3).filter(|m| present[*m] != 0).collect();
+    if on.len() < 2 || u >= p {
+        return present;
+    }
+    // Bit i of a mask keeps on[i]; from the highest mask down, so that with two modalities
+    // the first subset keeps the second alone.
+    let masks: Vec<u32> = (1..(1u32 << on.len()) - 1).rev().collect();
+    let mask = masks[((u / p) * masks.len() as f64) as usize % masks.len()];
+    let mut out = [0u8; 3];
+    for (bit, m) in on.iter().enumerate() {
+        out[*m] = u8::from(mask & (1 << bit) != 0);
+    }
+    out
 }
 
 fn normalise(model: &mut Model, train: &Dataset) {
@@ -1029,4 +1058,27 @@ pub fn ablate(
     )?;
     std::fs::write(out.join("ablation.md"), &md)?;
     Ok((rows, md))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn modality_dropout_keeps_proper_subsets_as_text_and_audio_always_did() {
+        use super::keep_after_dropout as keep;
+        // Text and audio: text hidden below p/2, audio from p/2 to p, nothing from p on.
+        assert_eq!(keep([1, 1, 0], 0.1, 0.3), [0, 1, 0]);
+        assert_eq!(keep([1, 1, 0], 0.2, 0.3), [1, 0, 0]);
+        assert_eq!(keep([1, 1, 0], 0.3, 0.3), [1, 1, 0]);
+        // One modality is never hidden.
+        assert_eq!(keep([0, 0, 1], 0.0, 0.3), [0, 0, 1]);
+        // All three: each of the six proper subsets in turn, over [0, p).
+        let seen: std::collections::BTreeSet<[u8; 3]> = (0..6)
+            .map(|k| keep([1, 1, 1], (k as f64 + 0.5) * 0.05, 0.3))
+            .collect();
+        assert_eq!(seen.len(), 6);
+        assert!(!seen.contains(&[1, 1, 1]) && !seen.contains(&[0, 0, 0]));
+        // Text and face: the face hidden like audio.
+        assert_eq!(keep([1, 0, 1], 0.1, 0.3), [0, 0, 1]);
+        assert_eq!(keep([1, 0, 1], 0.2, 0.3), [1, 0, 0]);
+    }
 }

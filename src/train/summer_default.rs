@@ -9,6 +9,14 @@
 //!    with MELD.
 //! 3. The shipped student on the mix of all speakers, tested once on MELD test (audio absent),
 //!    saved with the normalisation prior in its manifest.
+//!
+//! With faces (`mix.face_probability` > 0, and labelled face splits `fer-{train,test}` made by
+//! `summerd dataset faces`): the training faces, thinned to the expression network's accuracy
+//! on the held-out faces ([`Faces::calibrated`]), join the MELD dialogues ([`mix`]); each fold
+//! also scores MELD test with the held-out voice and a held-out face of the utterance's label
+//! on every utterance, under every combination of modalities (pooled over folds); and the
+//! shipped student is scored on the held-out faces alone, beside the expression network's own
+//! answers on them.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,8 +24,11 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::Device;
 
+use std::collections::BTreeMap;
+
 use super::clips::Clips;
 use super::data::Dataset;
+use super::faces::Faces;
 use super::metrics::{self, Metrics};
 use super::mix;
 use super::{Recipe, TrainError, TrainReport, predict, run, run_with};
@@ -48,6 +59,36 @@ pub struct Fold {
     pub fused_meld_wf1: f64,
 }
 
+/// The modalities' combinations, by their initials (text, audio, visual).
+pub const COMBINATIONS: [(&str, [bool; 3]); 7] = [
+    ("T", [true, false, false]),
+    ("A", [false, true, false]),
+    ("V", [false, false, true]),
+    ("TA", [true, true, false]),
+    ("TV", [true, false, true]),
+    ("AV", [false, true, true]),
+    ("TAV", [true, true, true]),
+];
+
+/// What the build did with faces and what they gave.
+#[derive(Debug, Clone, Serialize)]
+pub struct FacesReport {
+    /// Training faces read, and the expression network's accuracy (%) and mean confidence on
+    /// them.
+    pub train: (usize, f64, f64),
+    /// The same on the held-out faces.
+    pub test: (usize, f64, f64),
+    /// The training faces kept ([`Faces::calibrated`]), and the network's accuracy on them.
+    pub kept: (usize, f64),
+    /// Pooled over folds: MELD test with the held-out voice and a held-out face of the
+    /// utterance's label on every utterance, under each combination of modalities.
+    pub fused: BTreeMap<String, Metrics>,
+    /// The shipped student on the held-out faces alone.
+    pub face_alone: Option<Metrics>,
+    /// The expression network's own answers on the held-out faces.
+    pub network: Metrics,
+}
+
 /// Everything `train-default` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct DefaultReport {
@@ -65,6 +106,8 @@ pub struct DefaultReport {
     pub emodb_loso: Option<Metrics>,
     /// Pooled over folds: MELD test with held-out voices attached.
     pub fused_loso: Option<Metrics>,
+    /// With faces: what they gave.
+    pub faces: Option<FacesReport>,
     /// Wall seconds.
     pub seconds: f64,
 }
@@ -78,25 +121,50 @@ fn pooled(parts: &[(Vec<i64>, Vec<i64>)], classes: usize) -> Metrics {
     metrics::compute(&t, &p, classes)
 }
 
+/// Labelled faces for training and for held-out figures.
+pub struct FaceSplits {
+    /// The training faces.
+    pub train: Faces,
+    /// The held-out faces.
+    pub test: Faces,
+}
+
 /// The splits `summerd train-default` reads from `dir`, as `summerd dataset` writes them:
-/// MELD [train, dev, test] (`meld-{train,dev,test}.safetensors`) and EmoDB
-/// (`emodb.safetensors`).
-pub fn load_splits(dir: &Path) -> Result<([Dataset; 3], Dataset), TrainError> {
+/// MELD [train, dev, test] (`meld-{train,dev,test}.safetensors`), EmoDB
+/// (`emodb.safetensors`) and, when `faces`, the labelled faces (`fer-{train,test}.safetensors`).
+pub fn load_splits(
+    dir: &Path,
+    faces: bool,
+) -> Result<([Dataset; 3], Dataset, Option<FaceSplits>), TrainError> {
     let split = |name: &str| Dataset::load(&dir.join(format!("{name}.safetensors")));
     let meld = [
         split("meld-train")?,
         split("meld-dev")?,
         split("meld-test")?,
     ];
-    Ok((meld, split("emodb")?))
+    let face = |name: &str| {
+        Faces::from_dataset(&split(name)?)
+            .map_err(|e| TrainError::Recipe(format!("{}: {e}", dir.join(name).display())))
+    };
+    let faces = if faces {
+        Some(FaceSplits {
+            train: face("fer-train")?,
+            test: face("fer-test")?,
+        })
+    } else {
+        None
+    };
+    Ok((meld, split("emodb")?, faces))
 }
 
 /// Train the default model into `out` (scratch in `work`) with the `folds` asked for; `meld`
 /// is [train, dev, test] as `summerd dataset meld` writes them.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     recipe: &Recipe,
     meld: [&Dataset; 3],
     emodb: &Dataset,
+    faces: Option<&FaceSplits>,
     out: &Path,
     work: &Path,
     folds: &Folds,
@@ -151,22 +219,55 @@ pub fn build(
         Some([train, dev, test]) => [train, dev, test],
         None => meld,
     };
-    let students = Students::new(recipe, teacher_dir, tuned, meld, emodb, device);
+    // The training faces, thinned to what faces never seen deserve.
+    let kept = faces.map(|f| {
+        let target = f.test.network_metrics().wa / 100.0;
+        if recipe.mix.calibrate_faces {
+            f.train.calibrated(target, recipe.mix.seed)
+        } else {
+            f.train.clone()
+        }
+    });
+    let mut faces_report = faces.zip(kept.as_ref()).map(|(f, k)| {
+        let of = |x: &Faces| (x.len(), x.network_metrics().wa, x.network_confidence());
+        let r = FacesReport {
+            train: of(&f.train),
+            test: of(&f.test),
+            kept: (k.len(), k.network_metrics().wa),
+            fused: BTreeMap::new(),
+            face_alone: None,
+            network: f.test.network_metrics(),
+        };
+        tracing::info!(train = ?r.train, test = ?r.test, kept = ?r.kept, "Faces (pictures, network accuracy %, confidence)");
+        r
+    });
+    let face_sets = kept.as_ref().zip(faces.map(|f| &f.test));
+    let students = Students::new(recipe, teacher_dir, tuned, meld, emodb, face_sets, device);
     let all = students.clips.speakers();
     let norm_all = students.clips.prior(&all, recipe.mix.prior_weight);
 
     let mut folds = Vec::new();
     let (mut audio_parts, mut fused_parts) = (Vec::new(), Vec::new());
+    let mut combos: BTreeMap<String, Vec<(Vec<i64>, Vec<i64>)>> = BTreeMap::new();
     if loso {
         for s in all.iter().filter(|s| only.is_empty() || only.contains(s)) {
-            let (fold, audio, fused) = students.fold(s, &all, work, classes)?;
+            let (fold, audio, fused, by_combo) = students.fold(s, &all, work, classes)?;
             folds.push(fold);
             audio_parts.push(audio);
             fused_parts.push(fused);
+            for (k, v) in by_combo {
+                combos.entry(k).or_default().push(v);
+            }
         }
     }
+    if let Some(r) = faces_report.as_mut() {
+        r.fused = combos
+            .iter()
+            .map(|(k, parts)| (k.clone(), pooled(parts, classes)))
+            .collect();
+    }
 
-    let summary = |folds: Vec<Fold>, student: TrainReport, shipped| DefaultReport {
+    let summary = |folds: Vec<Fold>, student: TrainReport, shipped, faces| DefaultReport {
         recipe: recipe.clone(),
         teacher: teacher.clone(),
         student,
@@ -174,6 +275,7 @@ pub fn build(
         folds,
         emodb_loso: loso.then(|| pooled(&audio_parts, classes)),
         fused_loso: loso.then(|| pooled(&fused_parts, classes)),
+        faces,
         seconds: t0.elapsed().as_secs_f64(),
     };
     if !only.is_empty() {
@@ -184,7 +286,7 @@ pub fn build(
             teacher: None,
             student: None,
         };
-        let r = summary(folds, empty, None);
+        let r = summary(folds, empty, None, faces_report);
         std::fs::create_dir_all(work)?;
         std::fs::write(
             work.join("trial.json"),
@@ -192,8 +294,11 @@ pub fn build(
         )?;
         return Ok(r);
     }
-    let (student, shipped_test) = students.ship(&all, norm_all, out, classes)?;
-    let report = summary(folds, student, Some(shipped_test));
+    let (student, shipped_test, face_alone) = students.ship(&all, norm_all, out, classes)?;
+    if let Some(r) = faces_report.as_mut() {
+        r.face_alone = face_alone;
+    }
+    let report = summary(folds, student, Some(shipped_test), faces_report);
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&report).expect("plain struct") + "\n",
@@ -231,6 +336,8 @@ struct Students<'a> {
     clips: Clips,
     train: &'a Dataset,
     test: &'a Dataset,
+    /// The training faces (as kept) and the held-out faces.
+    faces: Option<(&'a Faces, &'a Faces)>,
     /// MELD dev, audio absent (early stopping).
     dev_wide: Dataset,
     /// MELD test, audio absent.
@@ -238,9 +345,13 @@ struct Students<'a> {
     device: Device,
 }
 
-/// One fold's outcome: its figures, then (truths, predictions) of the held-out speaker's clips
-/// and of MELD test with that voice attached.
-type FoldRun = (Fold, (Vec<i64>, Vec<i64>), (Vec<i64>, Vec<i64>));
+/// (truths, predictions).
+type Answers = (Vec<i64>, Vec<i64>);
+
+/// One fold's outcome: its figures, then the answers on the held-out speaker's clips, on MELD
+/// test with that voice attached, and, with faces, on MELD test with that voice and held-out
+/// faces under each combination of modalities.
+type FoldRun = (Fold, Answers, Answers, Vec<(String, Answers)>);
 
 impl<'a> Students<'a> {
     fn new(
@@ -249,10 +360,19 @@ impl<'a> Students<'a> {
         tuned: Option<TunedText>,
         [train, dev, test]: [&'a Dataset; 3],
         emodb: &Dataset,
+        faces: Option<(&'a Faces, &'a Faces)>,
         device: Device,
     ) -> Students<'a> {
         let mut student_recipe = recipe.clone();
         student_recipe.text.tune_layers = 0;
+        let wide = |d: &Dataset| {
+            let d = mix::audio_absent(d);
+            if faces.is_some() {
+                mix::visual_absent(&d)
+            } else {
+                d
+            }
+        };
         Students {
             recipe: student_recipe,
             teacher_dir,
@@ -260,9 +380,19 @@ impl<'a> Students<'a> {
             clips: Clips::from_emodb(emodb),
             train,
             test,
-            dev_wide: mix::audio_absent(dev),
-            test_wide: mix::audio_absent(test),
+            faces,
+            dev_wide: wide(dev),
+            test_wide: wide(test),
             device,
+        }
+    }
+
+    /// `ds` with an absent visual column when the students read faces.
+    fn widen(&self, ds: Dataset) -> Dataset {
+        if self.faces.is_some() {
+            mix::visual_absent(&ds)
+        } else {
+            ds
         }
     }
 
@@ -281,15 +411,22 @@ impl<'a> Students<'a> {
     fn mixed(&self, speakers: &[String], norm: &SpeakerNorm) -> Dataset {
         let cfg = &self.recipe.mix;
         mix::concat(&[
-            &mix::pair_meld(self.train, &self.clips, speakers, norm, cfg),
-            &mix::speaker_sequences(
+            &mix::pair_meld(
+                self.train,
+                &self.clips,
+                speakers,
+                norm,
+                self.faces.map(|f| f.0),
+                cfg,
+            ),
+            &self.widen(mix::speaker_sequences(
                 &self.clips,
                 speakers,
                 norm,
                 self.text(),
                 cfg.sequences_per_speaker,
                 cfg.seed,
-            ),
+            )),
         ])
     }
 
@@ -331,16 +468,53 @@ impl<'a> Students<'a> {
         self.ship_text(&mut student, &fold_dir)?;
         student.save(&fold_dir)?;
         let held = &[s.to_string()][..];
-        let seq = mix::speaker_sequences(&self.clips, held, &norm, self.text(), 1, cfg.seed + 1);
+        let seq = self.widen(mix::speaker_sequences(
+            &self.clips,
+            held,
+            &norm,
+            self.text(),
+            1,
+            cfg.seed + 1,
+        ));
         let (t, p, _) = predict(&student.net, &seq, device, 64);
         let acc = metrics::compute(&t, &p, classes).wa;
         let voiced = mix::MixConfig {
             pair_probability: 1.0,
             ..cfg.clone()
         };
-        let fused = mix::pair_meld(self.test, &self.clips, held, &norm, &voiced);
+        let fused = self.widen(mix::pair_meld(
+            self.test,
+            &self.clips,
+            held,
+            &norm,
+            None,
+            &voiced,
+        ));
         let (ft, fp, _) = predict(&student.net, &fused, device, 64);
         let fm = metrics::compute(&ft, &fp, classes);
+        // MELD test with the held-out voice and a held-out face on every utterance.
+        let mut by_combo = Vec::new();
+        if let Some((_, held_faces)) = self.faces {
+            let all_three = mix::MixConfig {
+                pair_probability: 1.0,
+                face_probability: 1.0,
+                ..cfg.clone()
+            };
+            let full = mix::pair_meld(
+                self.test,
+                &self.clips,
+                held,
+                &norm,
+                Some(held_faces),
+                &all_three,
+            );
+            for (name, keep) in COMBINATIONS {
+                let (ct, cp, _) = predict(&student.net, &mix::only(&full, keep), device, 64);
+                let m = metrics::compute(&ct, &cp, classes);
+                tracing::info!(speaker = %s, combination = name, wf1 = m.wf1, "fused");
+                by_combo.push((name.to_string(), (ct, cp)));
+            }
+        }
         tracing::info!(speaker = %s, audio_accuracy = acc, fused_meld_wf1 = fm.wf1, "fold");
         let fold = Fold {
             speaker: s.to_string(),
@@ -348,19 +522,20 @@ impl<'a> Students<'a> {
             clips: t.len(),
             fused_meld_wf1: fm.wf1,
         };
-        Ok((fold, (t, p), (ft, fp)))
+        Ok((fold, (t, p), (ft, fp), by_combo))
     }
 
     /// The shipped student on every speaker's mix, saved in `out` (f16 weights, the
     /// normalisation prior `norm`, the tuned text delta), checked as the daemon will load it
-    /// and tested once on MELD test (audio absent) with the shipped weights.
+    /// and tested once on MELD test (audio absent) with the shipped weights, and with faces on
+    /// the held-out faces alone.
     fn ship(
         &self,
         all: &[String],
         norm: SpeakerNorm,
         out: &Path,
         classes: usize,
-    ) -> Result<(TrainReport, Metrics), TrainError> {
+    ) -> Result<(TrainReport, Metrics, Option<Metrics>), TrainError> {
         let (cfg, device) = (&self.recipe.mix, self.device);
         tracing::info!("Student: every EmoDB speaker");
         let student = run_with(
@@ -377,9 +552,16 @@ impl<'a> Students<'a> {
         self.ship_text(&mut model, out)?;
         // Half-precision storage keeps the shipped file near 10 MB (the network computes in f32).
         model.manifest.weights_dtype = "f16".into();
+        let faces = self.faces.map_or(String::new(), |(f, _)| {
+            format!(
+                "; faces of the utterance's emotion from {} labelled pictures (p = {})",
+                f.len(),
+                cfg.face_probability
+            )
+        });
         model.manifest.trained_on = format!(
             "MELD train (text) with EmoDB voices of speakers {} attached (p = {}), and those \
-             speakers' clips as sequences; per-speaker online normalisation (prior weight {})",
+             speakers' clips as sequences; per-speaker online normalisation (prior weight {}){faces}",
             all.join(","),
             cfg.pair_probability,
             cfg.prior_weight
@@ -397,6 +579,15 @@ impl<'a> Students<'a> {
             .check_against(&daemon)
             .map_err(|e| TrainError::Recipe(format!("the daemon would refuse the model: {e}")))?;
         let (t, p, _) = predict(&shipped.net, &self.test_wide, device, 64);
-        Ok((student, metrics::compute(&t, &p, classes)))
+        let face_alone = self.faces.map(|(_, held)| {
+            let (ft, fp, _) = predict(
+                &shipped.net,
+                &held.as_dataset(&shipped.manifest.features),
+                device,
+                64,
+            );
+            metrics::compute(&ft, &fp, classes)
+        });
+        Ok((student, metrics::compute(&t, &p, classes), face_alone))
     }
 }
