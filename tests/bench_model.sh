@@ -19,6 +19,13 @@ done
 extractor=$(grep -o '"egemaps-v02/[^"]*"' src/model/mod.rs | head -1)
 grep -qF "$extractor" "$data/emodb.safetensors.json" 2>/dev/null ||
   "$bin" dataset emodb --out "$data/emodb.safetensors"
+# Labelled faces (the visual vectors of models/recipes/summer-faces.toml), rebuilt when the
+# visual extractor changed.
+visual=$(grep -o '"fer-mini-xception/[^"]*"' src/model/mod.rs | head -1)
+for s in train test; do
+  grep -qF "$visual" "$data/fer-$s.safetensors.json" 2>/dev/null ||
+    "$bin" dataset faces --dir "${SUMMERD_ASSETS:-../shared}/data/fer/$s" --out "$data/fer-$s.safetensors"
+done
 [ "${1:-}" = datasets ] && exit 0
 meld=(--train "$data/meld-train.safetensors" --dev "$data/meld-dev.safetensors" --test "$data/meld-test.safetensors")
 "$bin" train --recipe models/recipes/meld-text-lora.toml "${meld[@]}" --out "$out/meld-causal"

@@ -502,3 +502,131 @@ fn a_frame_filling_face_keeps_a_plausible_box_between_detections() {
         assert!(detections <= 3, "fill {fill}: {detections} detections");
     }
 }
+
+/// Faces without video: `summerd features face` on pre-cropped pictures, and `summerd eval
+/// --faces` with a model that reads faces: its visual branch alone, and beside it the
+/// expression network's own answers, which are those `features face` gives.
+#[test]
+fn faces_without_video_through_features_face_and_eval_faces() {
+    let Some(shared) = summerd::assets::dir().map(|d| d.join("data/fer/test")) else {
+        eprintln!("SKIPPED: ../shared (or $SUMMERD_ASSETS) is absent; no data/fer");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let faces = tmp.path().join("faces");
+    // Two pictures a class, the folders named in FER's words and in MELD's.
+    let folders = [
+        ("angry", "angry"),
+        ("disgust", "disgust"),
+        ("fear", "fear"),
+        ("happy", "joy"),
+        ("neutral", "neutral"),
+        ("sad", "sadness"),
+        ("surprise", "surprise"),
+    ];
+    let mut pictures = Vec::new();
+    for (k, (fer, meld)) in folders.iter().enumerate() {
+        let name = if k % 2 == 0 { fer } else { meld };
+        std::fs::create_dir_all(faces.join(name)).unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(shared.join(fer))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(2) {
+            let to = faces.join(name).join(f.file_name().unwrap());
+            std::fs::copy(f, &to).unwrap();
+            pictures.push((fer.to_string(), to));
+        }
+    }
+    let out = common::succeed(
+        common::summerd()
+            .args(["features", "face", "--json"])
+            .args(pictures.iter().map(|p| &p.1)),
+    );
+    let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 14);
+    let mut right = 0;
+    for ((fer, _), a) in pictures.iter().zip(&answers) {
+        assert_eq!(a["visual"].as_array().unwrap().len(), 135);
+        right += usize::from(a["label"] == fer.as_str());
+    }
+    // A model that reads faces (small, untrained).
+    let model = tmp.path().join("model");
+    tch::manual_seed(5);
+    let mut m = summerd::model::Model::new(
+        summerd::model::NetKind::Fused,
+        summerd::infer::engine::daemon_features(384, false),
+        summerd::train::writers::MELD_CLASSES
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        &summerd::model::ModelConfig {
+            d_model: 16,
+            heads: 2,
+            ffn_hidden: 16,
+            expert_hidden: 8,
+            experts: 2,
+            ..Default::default()
+        },
+        Device::Cpu,
+    );
+    m.save(&model).unwrap();
+    let out = common::succeed(
+        common::summerd()
+            .args(["eval", "--model"])
+            .arg(&model)
+            .arg("--faces")
+            .arg(&faces),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metrics"]["n"], 14, "{v}");
+    let net = &v["expression_network"];
+    assert_eq!(net["metrics"]["n"], 14, "{v}");
+    let wa = net["metrics"]["wa"].as_f64().unwrap();
+    assert!(
+        (wa - 100.0 * right as f64 / 14.0).abs() < 1e-9,
+        "the network's accuracy {wa} is not that of `features face` ({right} of 14)"
+    );
+    assert!(v["macro_f1"].is_number() && net["macro_f1"].is_number());
+    // The shipped model reads no faces: a clear refusal, as is a folder that is not a class.
+    let out = common::summerd()
+        .args(["eval", "--faces"])
+        .arg(&faces)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("reads no faces"),
+        "{err}"
+    );
+    std::fs::create_dir_all(faces.join("contempt")).unwrap();
+    let out = common::summerd()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--faces")
+        .arg(&faces)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("'contempt' is not a class"),
+        "{err}"
+    );
+    // A picture that is not there is named, and the others still answered.
+    let out = common::summerd()
+        .args(["features", "face"])
+        .arg(&pictures[0].1)
+        .arg(tmp.path().join("missing.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("missing.png"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}

@@ -47,6 +47,24 @@ impl CropGeometry {
         }
     }
 
+    /// The crop of `face` in a `w` x `h` frame: as [`CropGeometry::of`], but a square that
+    /// would reach past the frame shrinks towards the face box's own longer side (never
+    /// below it), so that a face filling the frame is read without a black border. The
+    /// expression network reads a face cropped tighter than its training pictures nearly as
+    /// well, and one with a border about it much worse (14 of 18 whole FER faces read right
+    /// whole, 11-13 cropped to 0.7-0.9 of the picture, 4 with a black border of 5 %).
+    pub fn of_in(face: &Face, w: u32, h: u32) -> Self {
+        let mut g = Self::of(face);
+        let (bw, bh) = face.size();
+        let room = 2.0
+            * (g.cx + 0.5)
+                .min(w as f32 - 0.5 - g.cx)
+                .min(g.cy + 0.5)
+                .min(h as f32 - 0.5 - g.cy);
+        g.side = g.side.min(room.max(bw.max(bh)).max(1.0));
+        g
+    }
+
     /// The 2x3 matrix mapping output coordinates in [-1, 1] to the frame's normalised
     /// coordinates (`affine_grid` convention, align_corners = false, pixel i's centre at i).
     fn theta(&self, w: u32, h: u32) -> [f32; 6] {
@@ -216,5 +234,20 @@ mod tests {
         assert_eq!(ours.size(), want.size());
         let d = (ours - want).abs().max().double_value(&[]);
         assert!(d < 1e-2, "largest difference {d} (of 255)");
+    }
+
+    #[test]
+    fn a_crop_shrinks_inside_the_frame_but_not_below_the_face_box() {
+        // A box in the middle of a large frame: the full 1.15x square.
+        let f = face([30.0, 35.0], [50.0, 35.0]);
+        assert_eq!(CropGeometry::of_in(&f, 1000, 1000), CropGeometry::of(&f));
+        // A frame-filling box: the square stays inside the frame.
+        let mut big = f.clone();
+        big.bbox = [0.0, 0.0, 192.0, 192.0];
+        let g = CropGeometry::of_in(&big, 192, 192);
+        assert!((g.side - 192.0).abs() < 1e-3, "{g:?}");
+        // Near an edge: no smaller than the box.
+        big.bbox = [0.0, 40.0, 100.0, 140.0];
+        assert!((CropGeometry::of_in(&big, 400, 400).side - 101.0).abs() < 1e-3);
     }
 }

@@ -200,7 +200,10 @@ impl VisionModels {
 
     /// Expression of faces of one frame: (embeddings, probabilities), one per face.
     pub fn expressions(&self, frame: &RgbImage, faces: &[Face]) -> Vec<(Vec<f32>, [f32; 7])> {
-        let geo: Vec<CropGeometry> = faces.iter().map(CropGeometry::of).collect();
+        let geo: Vec<CropGeometry> = faces
+            .iter()
+            .map(|f| CropGeometry::of_in(f, frame.width, frame.height))
+            .collect();
         self.expressions_of(frame, &geo)
     }
 
