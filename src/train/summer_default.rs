@@ -248,7 +248,7 @@ pub fn build(
 
     let mut folds = Vec::new();
     let (mut audio_parts, mut fused_parts) = (Vec::new(), Vec::new());
-    let mut combos: BTreeMap<String, Vec<(Vec<i64>, Vec<i64>)>> = BTreeMap::new();
+    let mut combos: BTreeMap<String, Vec<Answers>> = BTreeMap::new();
     if loso {
         for s in all.iter().filter(|s| only.is_empty() || only.contains(s)) {
             let (fold, audio, fused, by_combo) = students.fold(s, &all, work, classes)?;
