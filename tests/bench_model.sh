@@ -20,11 +20,13 @@ extractor=$(grep -o '"egemaps-v02/[^"]*"' src/model/mod.rs | head -1)
 grep -qF "$extractor" "$data/emodb.safetensors.json" 2>/dev/null ||
   "$bin" dataset emodb --out "$data/emodb.safetensors"
 # Labelled faces (the visual vectors of models/recipes/summer-faces.toml), rebuilt when the
-# visual extractor changed.
+# visual extractor changed; skipped without the faces (the default recipe reads none).
 visual=$(grep -o '"fer-mini-xception/[^"]*"' src/model/mod.rs | head -1)
+fer=${SUMMERD_ASSETS:-../shared}/data/fer
 for s in train test; do
+  [ -d "$fer/$s" ] || continue
   grep -qF "$visual" "$data/fer-$s.safetensors.json" 2>/dev/null ||
-    "$bin" dataset faces --dir "${SUMMERD_ASSETS:-../shared}/data/fer/$s" --out "$data/fer-$s.safetensors"
+    "$bin" dataset faces --dir "$fer/$s" --out "$data/fer-$s.safetensors"
 done
 [ "${1:-}" = datasets ] && exit 0
 meld=(--train "$data/meld-train.safetensors" --dev "$data/meld-dev.safetensors" --test "$data/meld-test.safetensors")

@@ -630,3 +630,47 @@ fn faces_without_video_through_features_face_and_eval_faces() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
+
+/// A face partly out of the frame: its held box (clipped to the frame) still matches the face
+/// O-Net finds on it, so it is held between detections as a face inside the frame is.
+#[test]
+fn a_face_half_out_of_the_frame_is_held_between_detections() {
+    let Some(astro) = media("astronaut.png") else {
+        return;
+    };
+    let photo = all_frames(&astro, 1).remove(0).image;
+    let models =
+        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap();
+    let face = models
+        .detector
+        .detect(&[&photo])
+        .unwrap()
+        .remove(0)
+        .remove(0);
+    let (w, h) = face.size();
+    let (cx, cy) = face.centre();
+    // A 320x320 view in which the face's centre sits 0.35 of its width inside the left edge:
+    // 15 % of the face is out of the frame.
+    let side = 2.0 * w.max(h);
+    let frame = square_crop(&photo, (cx - 0.35 * w + side / 2.0, cy), side, 320);
+    let mut stage = VisionStage::new(
+        models.fork(),
+        Cadence {
+            every: 5,
+            tracked: 15,
+        },
+        TrackSettings::default(),
+    );
+    let mut detections = 0;
+    for i in 0..30 {
+        let r = stage.process(f64::from(i) * 0.2, &frame).unwrap();
+        detections += usize::from(r.detected);
+        assert_eq!(r.faces.len(), 1, "frame {i}");
+        assert_eq!(
+            r.faces[0].face.bbox[0], 0.0,
+            "frame {i}: clipped at the left edge"
+        );
+        assert!(r.expression.is_some(), "frame {i}");
+    }
+    assert!(detections <= 3, "{detections} detections in 30 frames");
+}

@@ -59,6 +59,9 @@ pub enum EvalError {
     /// The data does not fit the model.
     #[error("{0}")]
     Mismatch(String),
+    /// The vision networks (for face pictures) did not load.
+    #[error(transparent)]
+    Vision(#[from] crate::vision::VisionError),
 }
 
 /// The figures of one evaluation.
@@ -124,8 +127,7 @@ pub fn run(
                 model_dir.display()
             )));
         }
-        let models = VisionModels::load_default(Path::new("."), Default::default(), device)
-            .map_err(|e| EvalError::Mismatch(e.to_string()))?;
+        let models = VisionModels::load_default(Path::new("."), Default::default(), device)?;
         let faces = Faces::read(dir, &models)?;
         network = Some(faces.network_metrics());
         faces.as_dataset(&m.manifest.features)

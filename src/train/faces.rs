@@ -242,6 +242,15 @@ impl Faces {
         let flat = Vec::<f32>::try_from(ds.features[2].contiguous().view([-1]))
             .map_err(|e| e.to_string())?;
         let labels = Vec::<i64>::try_from(&ds.label).map_err(|e| e.to_string())?;
+        if let Some(l) = labels
+            .iter()
+            .find(|l| !(0..MELD_CLASSES.len() as i64).contains(*l))
+        {
+            return Err(format!("label {l} is not one of MELD's 7 classes"));
+        }
+        if ds.meta.classes != meld_names() {
+            return Err(format!("classes {:?} are not MELD's", ds.meta.classes));
+        }
         Ok(Faces {
             vectors: flat
                 .chunks(VISUAL_DIM as usize)

@@ -18,7 +18,8 @@
 //!   the training faces; otherwise its face is absent. Every class gets faces at the same rate,
 //!   so the presence of a face says nothing about the label. The faces are drawn from their own
 //!   random stream, so the voices an utterance gets are the same with or without faces. The
-//!   EmoDB sequences get no faces.
+//!   EmoDB sequences get no faces. `train-default` refuses training faces that leave a class
+//!   without any.
 //! - **Per-speaker normalisation**, online ([`crate::model::norm`]): every audio vector is
 //!   standardised by the running statistics of its speaker in its dialogue, utterance by
 //!   utterance in order, with the prior from the training speakers, exactly as the daemon
@@ -360,7 +361,10 @@ pub fn pair_meld(
 pub fn audio_absent(ds: &Dataset) -> Dataset {
     let n = ds.len() as i64;
     let mut meta = ds.meta.clone();
-    meta.features = features(ds.meta.features.text.clone(), false);
+    meta.features = Features {
+        visual: ds.meta.features.visual.clone(),
+        ..features(ds.meta.features.text.clone(), false)
+    };
     Dataset {
         meta,
         offsets: ds.offsets.clone(),

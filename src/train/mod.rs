@@ -64,8 +64,9 @@ pub struct TrainConfig {
     pub threads: i32,
     /// Train the fused student after the teacher (false: the teacher is the result).
     pub student: bool,
-    /// Chance, per utterance with text and audio, of hiding one of them from the student
-    /// (each with half of it), so that it learns each alone.
+    /// Chance, per utterance with two or more modalities, of hiding all but one proper subset
+    /// of them from the student (each subset as likely: with text and audio, each hidden with
+    /// half of it), so that it learns each alone.
     pub modality_dropout: f64,
 }
 
@@ -369,7 +370,7 @@ fn fit(
     Ok((epochs, best_epoch, m, curve))
 }
 
-/// Hide text (with probability p/2) or audio (p/2) where both are present.
+/// Modality dropout over a batch's presence mask ([`keep_after_dropout`] per utterance).
 fn drop_modality(present: &Tensor, p: f64) -> Tensor {
     let dev = present.device();
     let size = present.size();
@@ -1063,7 +1064,7 @@ pub fn ablate(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn modality_dropout_keeps_proper_subsets_as_text_and_audio_always_did() {
+    fn modality_dropout_keeps_one_proper_subset_of_what_is_present() {
         use super::keep_after_dropout as keep;
         // Text and audio: text hidden below p/2, audio from p/2 to p, nothing from p on.
         assert_eq!(keep([1, 1, 0], 0.1, 0.3), [0, 1, 0]);

@@ -228,6 +228,17 @@ pub fn build(
             f.train.clone()
         }
     });
+    // A class without faces would make a missing face a hint at the label.
+    if let Some(k) = &kept {
+        let names = &meld[0].meta.classes;
+        if let Some(c) = (0..names.len()).find(|c| k.of_label(*c).is_empty()) {
+            return Err(TrainError::Recipe(format!(
+                "no training faces of class '{}' (after calibration): every class needs faces, \
+                 or a missing face tells the label",
+                names[c]
+            )));
+        }
+    }
     let mut faces_report = faces.zip(kept.as_ref()).map(|(f, k)| {
         let of = |x: &Faces| (x.len(), x.network_metrics().wa, x.network_confidence());
         let r = FacesReport {

@@ -52,7 +52,7 @@ impl CropGeometry {
     /// below it), so that a face filling the frame is read without a black border. The
     /// expression network reads a face cropped tighter than its training pictures nearly as
     /// well, and one with a border about it much worse (14 of 18 whole FER faces read right
-    /// whole, 11-13 cropped to 0.7-0.9 of the picture, 4 with a black border of 5 %).
+    /// whole, 11-13 cropped to 0.7-1.0 of the picture, 4 with a black border of 5 %).
     pub fn of_in(face: &Face, w: u32, h: u32) -> Self {
         let mut g = Self::of(face);
         let (bw, bh) = face.size();

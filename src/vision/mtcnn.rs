@@ -603,6 +603,17 @@ impl Mtcnn {
     pub fn refine(&self, frame: &RgbImage, boxes: &[[f32; 4]]) -> Vec<Option<Face>> {
         let _g = tch::no_grad_guard();
         let mut out: Vec<Option<Face>> = vec![None; boxes.len()];
+        // Held boxes are clipped to the frame; a face found past its edge is compared with them
+        // as clipped too (a face half out of the frame still matches its own box).
+        let (fw, fh) = (frame.width as f32, frame.height as f32);
+        let inside = |b: &[f32; 4]| {
+            [
+                b[0].clamp(0.0, fw),
+                b[1].clamp(0.0, fh),
+                b[2].clamp(0.0, fw),
+                b[3].clamp(0.0, fh),
+            ]
+        };
         let direct = boxes
             .iter()
             .map(|b| Cand {
@@ -615,7 +626,7 @@ impl Mtcnn {
         let direct = self.stage3(&[frame], direct);
         for i in nms_face_indices(direct.iter().map(|(_, f)| (0, f))) {
             let (k, f) = &direct[i];
-            if super::iou(&boxes[*k], &f.bbox) >= DIRECT_IOU {
+            if super::iou(&boxes[*k], &inside(&f.bbox)) >= DIRECT_IOU {
                 out[*k] = Some(f.clone());
             }
         }
@@ -656,7 +667,7 @@ impl Mtcnn {
             let f = found[i].clone();
             let best = rest
                 .iter()
-                .map(|&k| (k, super::iou(&boxes[k], &f.bbox)))
+                .map(|&k| (k, super::iou(&boxes[k], &inside(&f.bbox))))
                 .max_by(|x, y| x.1.total_cmp(&y.1));
             if let Some((k, o)) = best
                 && o >= 0.3

@@ -16,8 +16,8 @@
 //!
 //! Held boxes: between full detections a track's face is found again on its last box
 //! ([`super::mtcnn::Mtcnn::refine`]), so a box that O-Net grows a little on every frame would
-//! grow without bound (a face that fills the frame does: its box left the frame within a few
-//! frames). Every box is therefore clipped to the frame ([`clip`]), and a held box must stay
+//! grow without bound (as it does on a face that fills the frame). Every box is therefore
+//! clipped to the frame ([`clip`]), and a held box must stay
 //! near the track's last detected box ([`plausible`]: size within [`HELD_MAX_SCALE`] times,
 //! centre within [`HELD_MAX_SHIFT`] of its side); otherwise the stage detects again on that
 //! frame.

@@ -9,7 +9,10 @@
 //! segment's arrival to the event's publication. Figures are printed and written to
 //! target/bench/e2e.json. Run with `make bench-e2e`. SUMMERD_BENCH_THREADS,
 //! SUMMERD_BENCH_TEXT_PRECISION and SUMMERD_BENCH_CONFIG (extra TOML tables for the daemon)
-//! vary the settings, SUMMERD_BENCH_STREAMS the number of streams (8).
+//! vary the settings, SUMMERD_BENCH_STREAMS the number of streams (8), SUMMERD_BENCH_MODEL
+//! the model directory (default models/summer-default; another model's figures go to
+//! `e2e-model.json` (`e2e-page-model.json` with readers), with the count of events that read
+//! a face).
 //!
 //! With SUMMERD_BENCH_PAGE=N, N readers hold the live page's event feed open
 //! (`GET /events`, server-sent events, as a browser's EventSource does) for the whole run, and
@@ -86,6 +89,11 @@ fn main() {
     let matmul = <summerd::text::Precision as clap::ValueEnum>::from_str(&precision, true)
         .expect("SUMMERD_BENCH_TEXT_PRECISION: f32, bf16 or auto")
         .kind(tch::Device::Cpu);
+    // Another model (SUMMERD_BENCH_MODEL), e.g. one that reads faces.
+    let model_env = std::env::var("SUMMERD_BENCH_MODEL").ok();
+    let model = model_env
+        .as_ref()
+        .map_or_else(|| r.join("models/summer-default"), |p| r.join(p));
     let d = Daemon::start_custom(
         |_, p| {
             format!(
@@ -93,7 +101,7 @@ fn main() {
                  [pipelines]\ndir = \"{}\"\n[events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
                  sndhwm = 100000\n[inference]\nthreads = {threads}\n\
                  [vision]\nmtcnn_dir = \"{}\"\nexpression_file = \"{}\"\n{}",
-                r.join("models/summer-default").display(),
+                model.display(),
                 r.join("models/third_party/all-minilm-l6-v2").display(),
                 r.join("pipelines").display(),
                 p.1,
@@ -122,6 +130,7 @@ fn main() {
     let t_run = Instant::now();
     let mut latencies = Vec::new();
     let mut audio_present = 0;
+    let mut visual_present = 0;
     let mut per_stream: HashMap<String, usize> = HashMap::new();
     for round in 0..ROUNDS {
         let ids: Vec<String> = (0..streams).map(|i| format!("live-{i}")).collect();
@@ -170,6 +179,9 @@ fn main() {
                 latencies.push(body["latency_ms"].as_f64().unwrap());
                 if body["modalities"]["audio"] == true {
                     audio_present += 1;
+                }
+                if body["modalities"]["visual"] == true {
+                    visual_present += 1;
                 }
                 *per_stream
                     .entry(body["stream"].as_str().unwrap().to_string())
@@ -221,7 +233,7 @@ fn main() {
     println!(
         "e2e: {streams} live streams x {ROUNDS} rounds, {n} events on {cores} cores (CPU, {threads} inference thread(s), text {matmul:?}): \
          latency p50 {p50:.1} ms, p90 {p90:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, mean {mean:.1} ms; \
-         audio present {audio_present}/{n}; feature_wait expired {expired}; \
+         audio present {audio_present}/{n}, face read {visual_present}/{n}; feature_wait expired {expired}; \
          engine {engine_ms:.1} ms a batch of {batch:.2} on average; \
          daemon CPU {:.2} cores over {wall:.0} s; {readers} page feed reader(s), each got {fed:?} emotion events",
         cpu / wall
@@ -230,7 +242,8 @@ fn main() {
         "streams": streams, "rounds": ROUNDS, "inference_threads": threads, "text_matmul": format!("{matmul:?}"), "events": n, "cores": cores, "device": "cpu",
         "asr_delay_s": ASR_DELAY,
         "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max, "mean": mean},
-        "audio_present": audio_present, "feature_wait_expired": expired,
+        "audio_present": audio_present, "visual_present": visual_present, "feature_wait_expired": expired,
+        "model": model.display().to_string(),
         "engine_ms_per_batch": engine_ms, "mean_batch": batch,
         "daemon_cpu_cores": cpu / wall, "wall_s": wall,
         "per_stream_events": per_stream,
@@ -238,8 +251,12 @@ fn main() {
         "goal": {"p50_ms": 15.0, "p99_ms": 50.0},
     });
     std::fs::create_dir_all(repo().join("target/bench")).unwrap();
-    // e2e.json; -page with feed readers; -N with other than 8 streams.
+    // e2e.json; -page with feed readers; -model with another model; -N with other than 8
+    // streams.
     let mut name = String::from(if readers > 0 { "e2e-page" } else { "e2e" });
+    if model_env.is_some() {
+        name.push_str("-model");
+    }
     if streams != 8 {
         name.push_str(&format!("-{streams}"));
     }
