@@ -280,9 +280,11 @@ fn many_streams_grow_the_cache_and_reuse_freed_slots() {
     assert_eq!(e.streams().len(), 40);
 }
 
-/// Why the engine refuses a small untrained model with these features and causality.
-fn refusal(features: Features, causal: bool) -> String {
+/// A small untrained model with these features and causality (window 3), saved to a
+/// temporary directory.
+fn small_model(features: Features, causal: bool) -> tempfile::TempDir {
     let _g = RNG.lock().unwrap();
+    tch::manual_seed(3);
     let mut m = Model::new(
         NetKind::Fused,
         features,
@@ -293,6 +295,7 @@ fn refusal(features: Features, causal: bool) -> String {
             ffn_hidden: 16,
             expert_hidden: 8,
             experts: 2,
+            window: 3,
             causal,
             ..ModelConfig::default()
         },
@@ -300,6 +303,12 @@ fn refusal(features: Features, causal: bool) -> String {
     );
     let dir = tempfile::tempdir().unwrap();
     m.save(dir.path()).unwrap();
+    dir
+}
+
+/// Why the engine refuses a small untrained model with these features and causality.
+fn refusal(features: Features, causal: bool) -> String {
+    let dir = small_model(features, causal);
     Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu)
         .err()
         .expect("must be refused")
@@ -381,28 +390,7 @@ fn a_face_changes_the_answer_and_a_missing_face_changes_no_bit() {
     // A model without a visual input loads and ignores faces.
     let mut text_audio = daemon_features(384, false);
     text_audio.visual = None;
-    let plain = {
-        let _g = RNG.lock().unwrap();
-        tch::manual_seed(3);
-        let mut m = Model::new(
-            NetKind::Fused,
-            text_audio,
-            classes(),
-            &ModelConfig {
-                d_model: 16,
-                heads: 2,
-                ffn_hidden: 16,
-                expert_hidden: 8,
-                experts: 2,
-                window: 3,
-                ..ModelConfig::default()
-            },
-            Device::Cpu,
-        );
-        let d = tempfile::tempdir().unwrap();
-        m.save(d.path()).unwrap();
-        d
-    };
+    let plain = small_model(text_audio, true);
     assert!(
         !Engine::load(
             plain.path(),

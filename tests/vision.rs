@@ -434,6 +434,18 @@ fn square_crop(img: &RgbImage, (cx, cy): (f32, f32), side: f32, out: u32) -> Rgb
     RgbImage::new(out, out, data).unwrap()
 }
 
+/// A stage on its own handles to `models`, at the daemon's detection cadence.
+fn call_stage(models: &VisionModels) -> VisionStage {
+    VisionStage::new(
+        models.fork(),
+        Cadence {
+            every: 5,
+            tracked: 15,
+        },
+        TrackSettings::default(),
+    )
+}
+
 /// A face that fills a webcam close-up: held boxes stay inside the frame and near the last
 /// detection (no detection on every frame), and the expression read there is the one read on
 /// the same face at video-call size.
@@ -466,14 +478,7 @@ fn a_frame_filling_face_keeps_a_plausible_box_between_detections() {
     // The face box as wide as the frame, and 1.2 times wider (the face overflows it).
     for fill in [1.0f32, 1.2] {
         let frame = square_crop(&photo, face.centre(), w.max(h) / fill, 192);
-        let mut stage = VisionStage::new(
-            models.fork(),
-            Cadence {
-                every: 5,
-                tracked: 15,
-            },
-            TrackSettings::default(),
-        );
+        let mut stage = call_stage(&models);
         let mut detections = 0;
         let mut first = None;
         for i in 0..30 {
@@ -653,14 +658,7 @@ fn a_face_half_out_of_the_frame_is_held_between_detections() {
     // 15 % of the face is out of the frame.
     let side = 2.0 * w.max(h);
     let frame = square_crop(&photo, (cx - 0.35 * w + side / 2.0, cy), side, 320);
-    let mut stage = VisionStage::new(
-        models.fork(),
-        Cadence {
-            every: 5,
-            tracked: 15,
-        },
-        TrackSettings::default(),
-    );
+    let mut stage = call_stage(&models);
     let mut detections = 0;
     for i in 0..30 {
         let r = stage.process(f64::from(i) * 0.2, &frame).unwrap();

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod faces;
 pub mod metrics;
 pub mod mix;
+mod rng;
 pub mod summer_default;
 pub mod tune;
 pub mod writers;

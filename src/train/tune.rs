@@ -81,7 +81,7 @@ impl Default for TextConfig {
 /// [`TextConfig::exclamation_to_period`]).
 pub fn asr_punctuation(ds: &Dataset, p: f64, seed: u64) -> Dataset {
     let mut out = ds.subset(&(0..ds.dialogues()).collect::<Vec<_>>());
-    let mut rng = super::mix::Rng::new(seed);
+    let mut rng = super::rng::Rng::new(seed);
     for t in &mut out.meta.texts {
         if rng.unit() < p {
             *t = t.replace('!', ".");
