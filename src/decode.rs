@@ -1,5 +1,6 @@
 //! Decoding a whole media file's audio to mono f32 at its own rate, with GStreamer (any
-//! container and codec the installed plugins decode). For offline verbs and tools; the daemon's
+//! container and codec the installed plugins decode), optionally through a telephone channel's
+//! encoder and decoder ([`Channel`]). For offline verbs and tools; the daemon's
 //! live path is `ingest`.
 
 use std::path::Path;
@@ -122,16 +123,87 @@ fn stop(pipeline: &gst::Pipeline) -> Option<String> {
     error
 }
 
+/// A telephone channel a recording can be passed through: a real encoder and decoder, as a
+/// call's audio arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// The recording as it is.
+    Clean,
+    /// G.711 mu-law at 8 kHz (`mulawenc` / `mulawdec`).
+    G711u,
+    /// G.711 A-law at 8 kHz (`alawenc` / `alawdec`).
+    G711a,
+    /// Opus at 16 kbit/s, 16 kHz (`opusenc` / `opusdec`).
+    Opus16k,
+    /// GSM 06.10 full rate at 8 kHz (`gsmenc` / `gsmdec`).
+    Gsm,
+}
+
+impl Channel {
+    /// Every channel, clean first.
+    pub const ALL: [Channel; 5] = [
+        Channel::Clean,
+        Channel::G711u,
+        Channel::G711a,
+        Channel::Opus16k,
+        Channel::Gsm,
+    ];
+
+    /// Its name, as the command line takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Clean => "clean",
+            Channel::G711u => "g711u",
+            Channel::G711a => "g711a",
+            Channel::Opus16k => "opus16k",
+            Channel::Gsm => "gsm",
+        }
+    }
+
+    /// The launch-line elements that encode and decode (after `audioconvert`).
+    fn chain(self) -> &'static str {
+        match self {
+            Channel::Clean => "",
+            Channel::G711u => {
+                "audioresample ! audio/x-raw,format=S16LE,rate=8000,channels=1 ! mulawenc ! \
+                 mulawdec ! audioconvert ! "
+            }
+            Channel::G711a => {
+                "audioresample ! audio/x-raw,format=S16LE,rate=8000,channels=1 ! alawenc ! \
+                 alawdec ! audioconvert ! "
+            }
+            Channel::Opus16k => {
+                "audioresample ! audio/x-raw,format=S16LE,rate=16000,channels=1 ! \
+                 opusenc bitrate=16000 ! opusdec ! audioconvert ! "
+            }
+            Channel::Gsm => {
+                "audioresample ! audio/x-raw,format=S16LE,rate=8000,channels=1 ! gsmenc ! \
+                 gsmdec ! audioconvert ! "
+            }
+        }
+    }
+}
+
 /// Decode `path`'s first audio stream to mono f32 at its native rate.
 pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
+    decode_audio_through(path, Channel::Clean)
+}
+
+/// Decode `path`'s first audio stream through `channel` (its encoder and decoder) to mono f32
+/// at the rate the channel's decoder gives (the file's own when clean).
+pub fn decode_audio_through(path: &Path, channel: Channel) -> Result<Audio, DecodeError> {
     let fail = |message: String| DecodeError::Gst {
         path: path.display().to_string(),
         message: no_stream(message, "audio"),
     };
     let (pipeline, sink) = play(
         path,
-        "filesrc name=src ! decodebin ! audioconvert ! \
-         audio/x-raw,format=F32LE,channels=1,layout=interleaved ! appsink name=sink sync=false",
+        &format!(
+            "filesrc name=src ! decodebin ! audioconvert ! {}\
+             audio/x-raw,format=F32LE,channels=1,layout=interleaved ! appsink name=sink sync=false",
+            channel.chain()
+        ),
     )?;
     let mut rate = 0u32;
     let mut samples = Vec::new();

@@ -127,6 +127,11 @@ enum Command {
         /// FILE,LABEL[,SPEAKER] per line, for --wavs.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Pass each --wavs file through a telephone channel's real encoder and decoder first
+        /// (GStreamer: G.711 mu-law or A-law at 8 kHz, Opus at 16 kbit/s, GSM full rate), then
+        /// the daemon's own path (resampled to 16 kHz, descriptors, model).
+        #[arg(long, value_enum, default_value = "clean", requires = "wavs")]
+        channel: summerd::decode::Channel,
         /// A MELD-format CSV (Utterance, Speaker, Emotion, Dialogue_ID, Utterance_ID):
         /// dialogues as conversations, text only.
         #[arg(long)]
@@ -245,6 +250,9 @@ enum DatasetCmd {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// Each clip through a telephone channel's encoder and decoder first.
+        #[arg(long, value_enum, default_value = "clean")]
+        channel: summerd::decode::Channel,
     },
     /// Labelled face pictures, DIR/<class>/*.{jpg,png} (e.g. $SUMMERD_ASSETS/data/fer/train):
     /// each picture's visual vector as the daemon makes it, with its label.
@@ -404,13 +412,19 @@ fn dispatch(command: Command) -> ExitCode {
             data,
             wavs,
             labels,
+            channel,
             meld_csv,
             faces,
             out,
             text_precision,
         } => report(cli::eval::eval(
             &model,
-            cli::eval::input(data, wavs.zip(labels), meld_csv, faces),
+            cli::eval::input(
+                data,
+                wavs.zip(labels).map(|(w, l)| (w, l, channel)),
+                meld_csv,
+                faces,
+            ),
             out.as_deref(),
             text_precision,
         )),
@@ -485,7 +499,7 @@ fn dataset(what: DatasetCmd) -> anyhow::Result<()> {
             out,
             encoder,
         } => cli::train::dataset_meld(&split, &out, &encoder),
-        DatasetCmd::Emodb { out } => cli::train::dataset_emodb(&out),
+        DatasetCmd::Emodb { out, channel } => cli::train::dataset_emodb(&out, channel),
         DatasetCmd::Faces { dir, out } => cli::train::dataset_faces(&dir, &out),
     }
 }

@@ -351,6 +351,16 @@ fn eval_runs_the_shipped_model_on_labelled_wavs_and_on_a_meld_csv() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["metrics"]["n"], 3, "{v}");
+    // The same clips through G.711 mu-law: the same clips scored.
+    let out = common::succeed(
+        summerd()
+            .args(["eval", "--channel", "g711u", "--wavs"])
+            .arg(dir.path())
+            .arg("--labels")
+            .arg(dir.path().join("labels.csv")),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metrics"]["n"], 3, "{v}");
 
     // A MELD-format CSV: two dialogues, text only.
     let csv = dir.path().join("mini.csv");

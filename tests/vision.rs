@@ -43,6 +43,38 @@ fn media(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// The astronaut portrait (one clear face), when ../shared is there.
+fn astronaut() -> Option<RgbImage> {
+    let astro = media("astronaut.png")?;
+    Some(all_frames(&astro, 1).remove(0).image)
+}
+
+/// The astronaut portrait, the networks (MTCNN from `min_face` pixels) and her face in it.
+fn astronaut_face(min_face: f32) -> Option<(RgbImage, VisionModels, summerd::vision::Face)> {
+    let photo = astronaut()?;
+    let models = vision_models(min_face);
+    let face = models
+        .detector
+        .detect(&[&photo])
+        .unwrap()
+        .remove(0)
+        .remove(0);
+    Some((photo, models, face))
+}
+
+/// The vision networks from the checkout, MTCNN looking for faces from `min_face` pixels.
+fn vision_models(min_face: f32) -> VisionModels {
+    VisionModels::load_default(
+        &root(),
+        MtcnnSettings {
+            min_face,
+            ..Default::default()
+        },
+        Device::Cpu,
+    )
+    .unwrap()
+}
+
 fn all_frames(path: &Path, n: usize) -> Vec<Frame> {
     decode_video(
         path,
@@ -279,12 +311,10 @@ fn bad_frames_get_errors_and_odd_frames_get_answers() {
 
 #[test]
 fn the_stage_tracks_the_astronaut_and_pools_her_expression() {
-    let Some(astro) = media("astronaut.png") else {
+    let Some(frame) = astronaut() else {
         return;
     };
-    let frame = all_frames(&astro, 1).remove(0).image;
-    let models =
-        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap();
+    let models = vision_models(MtcnnSettings::default().min_face);
     let mut stage = VisionStage::new(models, Cadence::fixed(3), TrackSettings::default());
     let mut tl = VisualTimeline::new(60.0);
     let mut tracks = std::collections::HashSet::new();
@@ -451,25 +481,9 @@ fn call_stage(models: &VisionModels) -> VisionStage {
 /// the same face at video-call size.
 #[test]
 fn a_frame_filling_face_keeps_a_plausible_box_between_detections() {
-    let Some(astro) = media("astronaut.png") else {
+    let Some((photo, models, face)) = astronaut_face(40.0) else {
         return;
     };
-    let photo = all_frames(&astro, 1).remove(0).image;
-    let models = VisionModels::load_default(
-        &root(),
-        MtcnnSettings {
-            min_face: 40.0,
-            ..Default::default()
-        },
-        Device::Cpu,
-    )
-    .unwrap();
-    let face = models
-        .detector
-        .detect(&[&photo])
-        .unwrap()
-        .remove(0)
-        .remove(0);
     let (_, call_size) = models
         .expressions(&photo, std::slice::from_ref(&face))
         .remove(0);
@@ -597,61 +611,50 @@ fn faces_without_video_through_features_face_and_eval_faces() {
         "the network's accuracy {wa} is not that of `features face` ({right} of 14)"
     );
     assert!(v["macro_f1"].is_number() && net["macro_f1"].is_number());
+    // A command that must fail, saying `why` on stderr; its stdout.
+    let fails = |args: &[&std::ffi::OsStr], why: &str| {
+        let out = common::summerd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{err}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
     // The shipped model reads no faces: a clear refusal, as is a folder that is not a class.
-    let out = common::summerd()
-        .args(["eval", "--faces"])
-        .arg(&faces)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("reads no faces"),
-        "{err}"
+    fails(
+        &["eval".as_ref(), "--faces".as_ref(), faces.as_os_str()],
+        "reads no faces",
     );
     std::fs::create_dir_all(faces.join("contempt")).unwrap();
-    let out = common::summerd()
-        .args(["eval", "--model"])
-        .arg(&model)
-        .arg("--faces")
-        .arg(&faces)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("'contempt' is not a class"),
-        "{err}"
+    fails(
+        &[
+            "eval".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--faces".as_ref(),
+            faces.as_os_str(),
+        ],
+        "'contempt' is not a class",
     );
     // A picture that is not there is named, and the others still answered.
-    let out = common::summerd()
-        .args(["features", "face"])
-        .arg(&pictures[0].1)
-        .arg(tmp.path().join("missing.png"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("missing.png"),
-        "{err}"
+    let missing = tmp.path().join("missing.png");
+    let out = fails(
+        &[
+            "features".as_ref(),
+            "face".as_ref(),
+            pictures[0].1.as_os_str(),
+            missing.as_os_str(),
+        ],
+        "missing.png",
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert_eq!(out.lines().count(), 1);
 }
 
 /// A face partly out of the frame: its held box (clipped to the frame) still matches the face
 /// O-Net finds on it, so it is held between detections as a face inside the frame is.
 #[test]
 fn a_face_half_out_of_the_frame_is_held_between_detections() {
-    let Some(astro) = media("astronaut.png") else {
+    let Some((photo, models, face)) = astronaut_face(MtcnnSettings::default().min_face) else {
         return;
     };
-    let photo = all_frames(&astro, 1).remove(0).image;
-    let models =
-        VisionModels::load_default(&root(), MtcnnSettings::default(), Device::Cpu).unwrap();
-    let face = models
-        .detector
-        .detect(&[&photo])
-        .unwrap()
-        .remove(0)
-        .remove(0);
     let (w, h) = face.size();
     let (cx, cy) = face.centre();
     // A 320x320 view in which the face's centre sits 0.35 of its width inside the left edge:

@@ -10,13 +10,13 @@ use summerd::train::eval::{self, EvalInput};
 /// `--meld-csv`, `--faces`.
 pub fn input(
     data: Option<PathBuf>,
-    wavs: Option<(PathBuf, PathBuf)>,
+    wavs: Option<(PathBuf, PathBuf, summerd::decode::Channel)>,
     meld: Option<PathBuf>,
     faces: Option<PathBuf>,
 ) -> EvalInput {
     match (data, wavs, meld, faces) {
         (Some(d), ..) => EvalInput::Native(d),
-        (_, Some((w, l)), ..) => EvalInput::Wavs(w, l),
+        (_, Some((w, l, c)), ..) => EvalInput::Wavs(w, l, c),
         (_, _, Some(m), _) => EvalInput::Meld(m),
         (.., Some(f)) => EvalInput::Faces(f),
         _ => unreachable!("clap requires one input"),

@@ -34,10 +34,10 @@ pub fn dataset_meld(split: &str, out: &Path, encoder: &Path) -> anyhow::Result<(
     save(&writers::meld(&csv, &enc)?, out)
 }
 
-/// `summerd dataset emodb`: EmoDB from the shared data.
-pub fn dataset_emodb(out: &Path) -> anyhow::Result<()> {
+/// `summerd dataset emodb`: EmoDB from the shared data, through `channel`.
+pub fn dataset_emodb(out: &Path, channel: summerd::decode::Channel) -> anyhow::Result<()> {
     save(
-        &writers::emodb(&super::assets()?.join("data/emodb/wav"))?,
+        &writers::emodb(&super::assets()?.join("data/emodb/wav"), channel)?,
         out,
     )
 }

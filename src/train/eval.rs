@@ -21,8 +21,9 @@ use crate::vision::stage::VisionModels;
 pub enum EvalInput {
     /// A split in the native format.
     Native(PathBuf),
-    /// A folder of audio files and its labels file (`FILE,LABEL[,SPEAKER]` per line).
-    Wavs(PathBuf, PathBuf),
+    /// A folder of audio files and its labels file (`FILE,LABEL[,SPEAKER]` per line), each
+    /// file passed through a telephone channel first.
+    Wavs(PathBuf, PathBuf, crate::decode::Channel),
     /// A MELD-format CSV.
     Meld(PathBuf),
     /// Labelled face pictures (`DIR/<class>/*.{jpg,png}`): the visual branch alone.
@@ -35,7 +36,7 @@ impl EvalInput {
         match self {
             EvalInput::Native(p)
             | EvalInput::Meld(p)
-            | EvalInput::Wavs(p, _)
+            | EvalInput::Wavs(p, ..)
             | EvalInput::Faces(p) => p.display().to_string(),
         }
     }
@@ -163,13 +164,14 @@ pub fn dataset(
         EvalInput::Faces(_) => Err(EvalError::Mismatch(
             "face pictures are read by `run`, with the vision networks".into(),
         )),
-        EvalInput::Wavs(dir, labels) => {
+        EvalInput::Wavs(dir, labels, channel) => {
             let norm = m.manifest.speaker_norm.as_ref().ok_or_else(|| {
                 EvalError::Mismatch(
                     "the model has no per-speaker normalisation in its manifest; evaluate it on a native split".into(),
                 )
             })?;
-            let (clips, notes) = writers::labelled_wavs(dir, labels, &m.manifest.classes)?;
+            let (clips, notes) =
+                writers::labelled_wavs(dir, labels, &m.manifest.classes, *channel)?;
             for n in notes {
                 note(format!("{}: {n}", labels.display()));
             }

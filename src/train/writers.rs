@@ -12,6 +12,7 @@ use super::classes::meld_names;
 pub use super::classes::{EMODB_CLASSES, MELD_CLASSES};
 use super::clips::Clips;
 use super::data::{DataError, Dataset, FORMAT, Sidecar, absent, presence};
+use crate::decode::Channel;
 use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
 use crate::text::TextEncoder;
 
@@ -92,7 +93,7 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
 
 /// EmoDB clips as a dataset: one single-utterance dialogue per clip, its 88 eGeMAPS functionals
 /// as the audio vector, the speaker (first two characters) as its group.
-pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
+pub fn emodb(dir: &Path, channel: Channel) -> Result<Dataset, DataError> {
     let files = crate::assets::wav_files(dir).map_err(|e| invalid(dir, e.to_string()))?;
     let (mut feats, mut labels, mut ids, mut groups) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -107,7 +108,8 @@ pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
             .iter()
             .position(|(_, c)| *c == letter)
             .ok_or_else(|| invalid(f, format!("no EmoDB label letter in '{name}'")))?;
-        let audio = crate::decode::decode_audio(f).map_err(|e| invalid(f, e.to_string()))?;
+        let audio = crate::decode::decode_audio_through(f, channel)
+            .map_err(|e| invalid(f, e.to_string()))?;
         let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
             .map_err(|e| invalid(f, e.to_string()))?;
         feats.extend_from_slice(&func.values);
@@ -130,7 +132,15 @@ pub fn emodb(dir: &Path) -> Result<Dataset, DataError> {
             },
             dialogues: ids,
             groups,
-            source: "EmoDB (acted German speech), summerd eGeMAPS v02 functionals".into(),
+            source: match channel {
+                Channel::Clean => {
+                    "EmoDB (acted German speech), summerd eGeMAPS v02 functionals".into()
+                }
+                c => format!(
+                    "EmoDB (acted German speech) through {}, summerd eGeMAPS v02 functionals",
+                    c.name()
+                ),
+            },
             texts: Vec::new(),
         },
         offsets: (0..=n).collect(),
@@ -153,6 +163,7 @@ pub fn labelled_wavs(
     dir: &Path,
     labels: &Path,
     classes: &[String],
+    channel: Channel,
 ) -> Result<(Clips, Vec<String>), DataError> {
     let text = std::fs::read_to_string(labels).map_err(|e| DataError::File {
         path: labels.to_path_buf(),
@@ -180,7 +191,8 @@ pub fn labelled_wavs(
             continue;
         }
         let f = dir.join(cols[0]);
-        let audio = crate::decode::decode_audio(&f).map_err(|e| invalid(&f, e.to_string()))?;
+        let audio = crate::decode::decode_audio_through(&f, channel)
+            .map_err(|e| invalid(&f, e.to_string()))?;
         let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
             .map_err(|e| invalid(&f, e.to_string()))?;
         let label = classes.iter().position(|c| c == cols[1]);
