@@ -162,26 +162,18 @@ impl Channel {
     }
 
     /// The launch-line elements that encode and decode (after `audioconvert`).
-    fn chain(self) -> &'static str {
-        match self {
-            Channel::Clean => "",
-            Channel::G711u => {
-                "audioresample ! audio/x-raw,format=S16LE,rate=8000,channels=1 ! mulawenc ! \
-                 mulawdec ! audioconvert ! "
-            }
-            Channel::G711a => {
-                "audioresample ! audio/x-raw,format=S16LE,rate=8000,channels=1 ! alawenc ! \
-                 alawdec ! audioconvert ! "
-            }
-            Channel::Opus16k => {
-                "audioresample ! audio/x-raw,format=S16LE,rate=16000,channels=1 ! \
-                 opusenc bitrate=16000 ! opusdec ! audioconvert ! "
-            }
-            Channel::Gsm => {
-                "audioresample ! audio/x-raw,format=S16LE,rate=8000,channels=1 ! gsmenc ! \
-                 gsmdec ! audioconvert ! "
-            }
-        }
+    fn chain(self) -> String {
+        let (rate, encoder, decoder) = match self {
+            Channel::Clean => return String::new(),
+            Channel::G711u => (8000, "mulawenc", "mulawdec"),
+            Channel::G711a => (8000, "alawenc", "alawdec"),
+            Channel::Opus16k => (16000, "opusenc bitrate=16000", "opusdec"),
+            Channel::Gsm => (8000, "gsmenc", "gsmdec"),
+        };
+        format!(
+            "audioresample ! audio/x-raw,format=S16LE,rate={rate},channels=1 ! {encoder} ! \
+             {decoder} ! audioconvert ! "
+        )
     }
 }
 

@@ -220,7 +220,7 @@ pub fn face(files: &[PathBuf], json: bool) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let probs = &vector[vector.len() - CLASSES.len()..];
+        let probs = summerd::vision::stage::VisualVector::probs_of(&vector);
         let (best, p) = probs
             .iter()
             .enumerate()

@@ -472,8 +472,8 @@ impl Engine {
                 visual: u
                     .face
                     .as_ref()
-                    .and_then(|f| f.model_input())
-                    .filter(|_| self.dims[2] > 0),
+                    .filter(|_| self.dims[2] > 0)
+                    .and_then(|f| f.model_input()),
                 provisional: u.provisional,
             });
             if !u.provisional {

@@ -120,26 +120,10 @@ pub fn run(
     note: &mut dyn FnMut(String),
 ) -> Result<EvalReport, EvalError> {
     let m = Model::load(model_dir, device)?;
-    let mut network = None;
-    let ds = if let EvalInput::Faces(dir) = input {
-        if m.manifest.features.visual.is_none() {
-            return Err(EvalError::Mismatch(format!(
-                "{} reads no faces (its manifest has no visual input)",
-                model_dir.display()
-            )));
-        }
-        let models = VisionModels::load_default(Path::new("."), Default::default(), device)?;
-        let faces = Faces::read(dir, &models)?;
-        network = Some(faces.network_metrics());
-        faces.as_dataset(&m.manifest.features)
-    } else {
-        let ds = dataset(&m, model_dir, input, device, precision, note)?;
-        if m.manifest.features.visual.is_some() && ds.meta.features.visual.is_none() {
-            mix::visual_absent(&ds)
-        } else {
-            ds
-        }
-    };
+    let (mut ds, network) = dataset(&m, model_dir, input, device, precision, note)?;
+    if m.manifest.features.visual.is_some() {
+        ds = mix::visual_absent(&ds);
+    }
     let ds = as_model_reads(&m, model_dir, ds, &input.describe(), device)?;
     let (metrics, active) = super::evaluate(&m.net, &ds, device, 64);
     Ok(EvalReport {
@@ -150,7 +134,8 @@ pub fn run(
     })
 }
 
-/// `input` as a dataset in the model's own features.
+/// `input` as a dataset in the model's own features, and for face pictures the expression
+/// network's own figures on them.
 pub fn dataset(
     m: &Model,
     model_dir: &Path,
@@ -158,12 +143,23 @@ pub fn dataset(
     device: Device,
     precision: Precision,
     note: &mut dyn FnMut(String),
-) -> Result<Dataset, EvalError> {
-    match input {
-        EvalInput::Native(p) => Ok(Dataset::load(p)?),
-        EvalInput::Faces(_) => Err(EvalError::Mismatch(
-            "face pictures are read by `run`, with the vision networks".into(),
-        )),
+) -> Result<(Dataset, Option<Metrics>), EvalError> {
+    let ds = match input {
+        EvalInput::Native(p) => Dataset::load(p)?,
+        EvalInput::Faces(dir) => {
+            if m.manifest.features.visual.is_none() {
+                return Err(EvalError::Mismatch(format!(
+                    "{} reads no faces (its manifest has no visual input)",
+                    model_dir.display()
+                )));
+            }
+            let models = VisionModels::load_default(Path::new("."), Default::default(), device)?;
+            let faces = Faces::read(dir, &models)?;
+            return Ok((
+                faces.as_dataset(&m.manifest.features),
+                Some(faces.network_metrics()),
+            ));
+        }
         EvalInput::Wavs(dir, labels, channel) => {
             let norm = m.manifest.speaker_norm.as_ref().ok_or_else(|| {
                 EvalError::Mismatch(
@@ -179,7 +175,7 @@ pub fn dataset(
             let text = m.manifest.features.text.as_ref();
             let mut ds = mix::speaker_sequences(&clips, &speakers, norm, text, 1, 8);
             ds.meta.classes = m.manifest.classes.clone();
-            Ok(ds)
+            ds
         }
         EvalInput::Meld(csv) => {
             // The encoder as the daemon loads it: with the model's tuning delta, if any.
@@ -192,13 +188,14 @@ pub fn dataset(
             let kind = enc.set_precision(precision);
             note(format!("text encoder matrix products in {kind:?}"));
             let ds = writers::meld(csv, &enc)?;
-            Ok(if m.manifest.features.audio.is_some() {
+            if m.manifest.features.audio.is_some() {
                 mix::audio_absent(&ds)
             } else {
                 ds
-            })
+            }
         }
-    }
+    };
+    Ok((ds, None))
 }
 
 /// `ds` as the model reads it: text vectors remade by the model's fine-tuned encoder layers

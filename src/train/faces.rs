@@ -121,7 +121,7 @@ impl Faces {
         self.vectors
             .iter()
             .map(|v| {
-                let p = &v[v.len() - 7..];
+                let p = VisualVector::probs_of(v);
                 let best = (0..7)
                     .max_by(|a, b| p[*a].total_cmp(&p[*b]))
                     .expect("seven classes");
@@ -142,7 +142,14 @@ impl Faces {
         let sum: f64 = self
             .vectors
             .iter()
-            .map(|v| f64::from(v[v.len() - 7..].iter().copied().fold(0.0f32, f32::max)))
+            .map(|v| {
+                f64::from(
+                    VisualVector::probs_of(v)
+                        .iter()
+                        .copied()
+                        .fold(0.0, f32::max),
+                )
+            })
             .sum();
         sum / self.len().max(1) as f64
     }

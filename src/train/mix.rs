@@ -89,37 +89,30 @@ fn features(text: Option<FeatureSpec>, visual: bool) -> Features {
 /// `ds` with an absent visual column of summerd's kind (a split without faces, as a model that
 /// reads faces takes it); unchanged if it has one.
 pub fn visual_absent(ds: &Dataset) -> Dataset {
+    if ds.features[2].size()[1] == VISUAL_DIM {
+        let mut same = only(ds, [true; 3]);
+        same.meta
+            .features
+            .visual
+            .get_or_insert_with(super::faces::visual_spec);
+        return same;
+    }
     let n = ds.len() as i64;
     let mut meta = ds.meta.clone();
-    if meta.features.visual.is_none() {
-        meta.features.visual = Some(super::faces::visual_spec());
-    }
-    let visual = if ds.features[2].size()[1] == VISUAL_DIM {
-        ds.features[2].shallow_clone()
-    } else {
-        Tensor::zeros([n, VISUAL_DIM], (Kind::Float, Device::Cpu))
-    };
-    let present = if ds.features[2].size()[1] == VISUAL_DIM {
-        ds.present.shallow_clone()
-    } else {
-        Tensor::stack(
-            &[
-                ds.present.select(1, 0),
-                ds.present.select(1, 1),
-                Tensor::zeros([n], (Kind::Bool, Device::Cpu)),
-            ],
-            1,
-        )
-    };
+    meta.features.visual = Some(super::faces::visual_spec());
     Dataset {
         meta,
         offsets: ds.offsets.clone(),
         features: [
             ds.features[0].shallow_clone(),
             ds.features[1].shallow_clone(),
-            visual,
+            Tensor::zeros([n, VISUAL_DIM], (Kind::Float, Device::Cpu)),
         ],
-        present,
+        present: ds.present.logical_and(
+            &Tensor::from_slice(&[1u8, 1, 0])
+                .to_kind(Kind::Bool)
+                .unsqueeze(0),
+        ),
         speaker: ds.speaker.shallow_clone(),
         label: ds.label.shallow_clone(),
     }

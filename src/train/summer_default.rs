@@ -219,39 +219,41 @@ pub fn build(
         Some([train, dev, test]) => [train, dev, test],
         None => meld,
     };
-    // The training faces, thinned to what faces never seen deserve.
-    let kept = faces.map(|f| {
-        let target = f.test.network_metrics().wa / 100.0;
-        if recipe.mix.calibrate_faces {
-            f.train.calibrated(target, recipe.mix.seed)
-        } else {
-            f.train.clone()
+    // The training faces, thinned to what faces never seen deserve; every class must keep
+    // some (a class without faces would make a missing face a hint at the label).
+    let (kept, mut faces_report) = match faces {
+        None => (None, None),
+        Some(f) => {
+            let network = f.test.network_metrics();
+            let kept = if recipe.mix.calibrate_faces {
+                f.train.calibrated(network.wa / 100.0, recipe.mix.seed)
+            } else {
+                f.train.clone()
+            };
+            let names = &meld[0].meta.classes;
+            if let Some(c) = (0..names.len()).find(|c| kept.of_label(*c).is_empty()) {
+                return Err(TrainError::Recipe(format!(
+                    "no training faces of class '{}' (after calibration): every class needs \
+                     faces, or a missing face tells the label",
+                    names[c]
+                )));
+            }
+            let r = FacesReport {
+                train: (
+                    f.train.len(),
+                    f.train.network_metrics().wa,
+                    f.train.network_confidence(),
+                ),
+                test: (f.test.len(), network.wa, f.test.network_confidence()),
+                kept: (kept.len(), kept.network_metrics().wa),
+                fused: BTreeMap::new(),
+                face_alone: None,
+                network,
+            };
+            tracing::info!(train = ?r.train, test = ?r.test, kept = ?r.kept, "Faces (pictures, network accuracy %, confidence)");
+            (Some(kept), Some(r))
         }
-    });
-    // A class without faces would make a missing face a hint at the label.
-    if let Some(k) = &kept {
-        let names = &meld[0].meta.classes;
-        if let Some(c) = (0..names.len()).find(|c| k.of_label(*c).is_empty()) {
-            return Err(TrainError::Recipe(format!(
-                "no training faces of class '{}' (after calibration): every class needs faces, \
-                 or a missing face tells the label",
-                names[c]
-            )));
-        }
-    }
-    let mut faces_report = faces.zip(kept.as_ref()).map(|(f, k)| {
-        let of = |x: &Faces| (x.len(), x.network_metrics().wa, x.network_confidence());
-        let r = FacesReport {
-            train: of(&f.train),
-            test: of(&f.test),
-            kept: (k.len(), k.network_metrics().wa),
-            fused: BTreeMap::new(),
-            face_alone: None,
-            network: f.test.network_metrics(),
-        };
-        tracing::info!(train = ?r.train, test = ?r.test, kept = ?r.kept, "Faces (pictures, network accuracy %, confidence)");
-        r
-    });
+    };
     let face_sets = kept.as_ref().zip(faces.map(|f| &f.test));
     let students = Students::new(recipe, teacher_dir, tuned, meld, emodb, face_sets, device);
     let all = students.clips.speakers();
@@ -317,6 +319,11 @@ pub fn build(
     Ok(report)
 }
 
+/// `ds` with an absent visual column when `faces` (the model reads them).
+fn with_faces(ds: Dataset, faces: bool) -> Dataset {
+    if faces { mix::visual_absent(&ds) } else { ds }
+}
+
 /// The MELD splits re-encoded by the text encoder with the teacher's fine-tuning delta.
 fn remake_text(
     recipe: &Recipe,
@@ -376,14 +383,7 @@ impl<'a> Students<'a> {
     ) -> Students<'a> {
         let mut student_recipe = recipe.clone();
         student_recipe.text.tune_layers = 0;
-        let wide = |d: &Dataset| {
-            let d = mix::audio_absent(d);
-            if faces.is_some() {
-                mix::visual_absent(&d)
-            } else {
-                d
-            }
-        };
+        let wide = |d: &Dataset| with_faces(mix::audio_absent(d), faces.is_some());
         Students {
             recipe: student_recipe,
             teacher_dir,
@@ -400,11 +400,7 @@ impl<'a> Students<'a> {
 
     /// `ds` with an absent visual column when the students read faces.
     fn widen(&self, ds: Dataset) -> Dataset {
-        if self.faces.is_some() {
-            mix::visual_absent(&ds)
-        } else {
-            ds
-        }
+        with_faces(ds, self.faces.is_some())
     }
 
     fn teacher(&self) -> Result<Model, ModelError> {

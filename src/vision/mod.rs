@@ -63,6 +63,13 @@ impl Face {
     }
 }
 
+/// A `[x1, y1, x2, y2]` box clipped to a `w` x `h` frame.
+pub fn clip_box(b: &[f32; 4], w: u32, h: u32) -> [f32; 4] {
+    let (w, h) = (w as f32, h as f32);
+    let (x1, y1) = (b[0].clamp(0.0, w), b[1].clamp(0.0, h));
+    [x1, y1, b[2].clamp(x1, w), b[3].clamp(y1, h)]
+}
+
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes (no +1 on sizes).
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);

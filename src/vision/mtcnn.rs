@@ -605,15 +605,7 @@ impl Mtcnn {
         let mut out: Vec<Option<Face>> = vec![None; boxes.len()];
         // Held boxes are clipped to the frame; a face found past its edge is compared with them
         // as clipped too (a face half out of the frame still matches its own box).
-        let (fw, fh) = (frame.width as f32, frame.height as f32);
-        let inside = |b: &[f32; 4]| {
-            [
-                b[0].clamp(0.0, fw),
-                b[1].clamp(0.0, fh),
-                b[2].clamp(0.0, fw),
-                b[3].clamp(0.0, fh),
-            ]
-        };
+        let inside = |b: &[f32; 4]| super::clip_box(b, frame.width, frame.height);
         let direct = boxes
             .iter()
             .map(|b| Cand {

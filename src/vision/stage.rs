@@ -349,6 +349,7 @@ impl VisionStage {
                 } else {
                     // A held box that drifted from its face: find the faces again now.
                     detected = true;
+                    break;
                 }
             }
         }
@@ -430,6 +431,11 @@ impl VisualVector {
             probs,
             embedding,
         }
+    }
+
+    /// The probabilities part of a [`VisualVector::model_input`] vector.
+    pub fn probs_of(input: &[f32]) -> &[f32] {
+        &input[input.len() - CLASSES.len()..]
     }
 
     /// The model's visual input ([`crate::model::VISUAL_EXTRACTOR`]): the pooled embedding

@@ -68,12 +68,8 @@ pub const HELD_MAX_SHIFT: f32 = 0.5;
 
 /// `face` with its box clipped to a `w` x `h` frame (landmarks as they are).
 pub fn clip(face: &Face, w: u32, h: u32) -> Face {
-    let (w, h) = (w as f32, h as f32);
-    let b = face.bbox;
-    let x1 = b[0].clamp(0.0, w);
-    let y1 = b[1].clamp(0.0, h);
     Face {
-        bbox: [x1, y1, b[2].clamp(x1, w), b[3].clamp(y1, h)],
+        bbox: super::clip_box(&face.bbox, w, h),
         ..face.clone()
     }
 }
