@@ -17,9 +17,10 @@ and offered again with growing back-off, in order. Memory is therefore bounded b
 --max-pending x --max-segment-s of audio, whatever the tap sends; a stream silent for
 --forget-after-s loses its VAD state and speakers (its segment numbers go on).
 
-With --speaker LABEL every segment carries that label (a stream that is one speaker, or a
-channel mapped to one); otherwise each stream's voices become spk1, spk2, ... in order of
-first appearance.
+A stream whose channels the daemon maps to speakers (its tap header names them, one per
+interleaved channel) is segmented per channel, and each segment carries its channel's speaker.
+Otherwise, with --speaker LABEL every segment carries that label (a stream that is one
+speaker); without it each stream's voices become spk1, spk2, ... in order of first appearance.
 
 Usage:
   reference_worker.py [--tap tcp://127.0.0.1:5557] [--transcripts tcp://127.0.0.1:5555]
@@ -59,13 +60,13 @@ class Job:
     __slots__ = ("stream", "start", "end", "samples", "seconds", "vector", "cut_at", "text", "speaker",
                  "seq")
 
-    def __init__(self, stream, start, end, samples):
+    def __init__(self, stream, start, end, samples, speaker=None):
         self.stream, self.start, self.end, self.samples = stream, start, end, samples
         self.seconds = len(samples) / RATE
         self.vector = None  # the speaker d-vector, where taken before the audio was let go
         self.cut_at = time.time()
         self.text = None
-        self.speaker = None
+        self.speaker = speaker  # set here when the segment came from a speaker's own channel
         self.seq = None
 
 
@@ -181,7 +182,9 @@ def recogniser_loop(args, pending, recognise, embed, push, journal):
             j.text = text
         for j in jobs:
             j.text = j.text or ""
-            if args.speaker:
+            if j.speaker is not None:
+                pass  # its channel's speaker
+            elif args.speaker:
                 j.speaker = args.speaker
             else:
                 clusters = speakers.setdefault(
@@ -226,6 +229,19 @@ def forget_idle(state, last_used, after_s):
     return now
 
 
+def channel_speakers(header):
+    """[None] for a mono tap; a speaker label per channel for a tap with a channel map (its
+    `speakers`); [] when the header says neither properly."""
+    channels, speakers = header.get("channels", 1), header.get("speakers")
+    if speakers is None:
+        return [None] if channels == 1 else []
+    if (isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 64
+            or not isinstance(speakers, list) or len(speakers) != channels
+            or not all(isinstance(s, str) and 0 < len(s) <= 128 for s in speakers)):
+        return []
+    return speakers
+
+
 def tap_header(parts, refused):
     """The tap message's header if this worker can read its audio, else None (a line the first
     time a stream's audio is refused, with the reason)."""
@@ -239,14 +255,14 @@ def tap_header(parts, refused):
     why = None
     if header.get("v") != 1 or header.get("rate") != RATE or header.get("format") != "S16LE":
         why = "not version 1, 16 kHz S16LE"
-    elif header.get("channels", 1) != 1:
-        why = f"{header.get('channels')} channels (this worker reads mono taps)"
+    elif not channel_speakers(header):
+        why = f"{header.get('channels')!r} channels without a speaker for each"
     elif not isinstance(sid, str) or not sid:
         why = "no stream id"
     elif isinstance(pts, bool) or not isinstance(pts, (int, float)) or not 0 <= pts < MAX_PTS:
         why = f"no media time in [0, {MAX_PTS:g}) s"
-    elif len(parts[2]) % 2:
-        why = "odd PCM length"
+    elif len(parts[2]) % (2 * header["channels"] if "speakers" in header else 2):
+        why = "PCM length not a whole number of frames"
     if why is None:
         return header
     key = (sid if isinstance(sid, str) else "?", why)
@@ -326,30 +342,37 @@ class Tap:
         sid = header["stream"]
         if self.wanted and sid not in self.wanted:
             return  # SUBSCRIBE matches prefixes: call-1 also brings call-10
-        seg = self.streams.get(sid)
+        speakers = channel_speakers(header)
+        frames = np.frombuffer(parts[2], dtype="<i2").astype(np.float32) / 32768.0
+        frames = frames.reshape(-1, len(speakers))
+        for i, speaker in enumerate(speakers):
+            # A stream's own channels are segmented apart: (stream, speaker) is the key.
+            self.push((sid, speaker), header["pts"], frames[:, i])
+
+    def push(self, key, pts, samples):
+        seg = self.streams.get(key)
         if seg is None:
             if len(self.streams) >= self.args.max_streams:
-                key = (sid, "too many streams")
-                if key not in self.refused and len(self.refused) < 1000:
-                    self.refused.add(key)
-                    log(f"stream {sid!r} ignored: already {len(self.streams)} streams (--max-streams)")
+                why = (key[0], "too many streams")
+                if why not in self.refused and len(self.refused) < 1000:
+                    self.refused.add(why)
+                    log(f"stream {key[0]!r} ignored: already {len(self.streams)} streams (--max-streams)")
                 return
             a = self.args
-            seg = self.streams[sid] = self.new(self.vad, a.threshold, a.min_silence_ms, a.pad_ms,
+            seg = self.streams[key] = self.new(self.vad, a.threshold, a.min_silence_ms, a.pad_ms,
                                                a.max_segment_s)
-        self.last_audio = self.heard[sid] = self.seen[sid] = time.monotonic()
-        samples = np.frombuffer(parts[2], dtype="<i2").astype(np.float32) / 32768.0
-        for start, end, speech in seg.push(header["pts"], samples):
-            self.pending.put(Job(sid, start, end, speech))
+        self.last_audio = self.heard[key] = self.seen[key] = time.monotonic()
+        for start, end, speech in seg.push(pts, samples):
+            self.pending.put(Job(key[0], start, end, speech, key[1]))
 
     def flush(self, idle_s):
         """End the segments in progress of streams unheard for `idle_s` seconds."""
         now = time.monotonic()
-        for sid in [sid for sid, t in self.heard.items() if now - t >= idle_s]:
-            cut = self.streams[sid].flush()
+        for key in [key for key, t in self.heard.items() if now - t >= idle_s]:
+            cut = self.streams[key].flush()
             if cut is not None:
-                self.pending.put(Job(sid, *cut))
-            del self.heard[sid]
+                self.pending.put(Job(key[0], *cut, key[1]))
+            del self.heard[key]
 
     def forget(self):
         forget_idle(self.streams, self.seen, self.args.forget_after_s)

@@ -133,6 +133,19 @@ class TapHeaderTest(unittest.TestCase):
         odd[2] = b"\0"
         self.assertIsNone(rw.tap_header(odd, refused))
 
+    def test_channels_need_a_speaker_each_and_whole_frames(self):
+        refused = set()
+        two = {"channels": 2, "speakers": ["agent", "customer"]}
+        self.assertIsNotNone(rw.tap_header(self.parts(**two), refused))
+        self.assertEqual(rw.channel_speakers(two), ["agent", "customer"])
+        self.assertEqual(rw.channel_speakers({}), [None])
+        for bad in ({"channels": 2, "speakers": ["agent"]}, {"channels": 2, "speakers": ["a", ""]},
+                    {"channels": 2, "speakers": "ab"}, {"channels": True, "speakers": ["a"]},
+                    {"channels": 1, "speakers": [7]}, {"channels": 0, "speakers": []}):
+            self.assertIsNone(rw.tap_header(self.parts(**bad), refused), bad)
+        three = self.parts(channels=3, speakers=["a", "b", "c"])  # 10 samples: not 3-sample frames
+        self.assertIsNone(rw.tap_header(three, refused))
+
 
 class ScriptedVad:
     """A VAD whose speech probability per window is given by a function of the window's index."""
@@ -208,7 +221,31 @@ class TapTest(unittest.TestCase):
         for sid in ("call-1", "call-10"):
             header = {"v": 1, "stream": sid, "pts": 0.0, "rate": 16000, "channels": 1, "format": "S16LE"}
             tap.audio([sid.encode(), json.dumps(header).encode(), b"\0\0" * 1600])
-        self.assertEqual(list(tap.streams), ["call-1"])
+        self.assertEqual(list(tap.streams), [("call-1", None)])
+
+    def test_each_channel_is_segmented_apart_and_labelled_with_its_speaker(self):
+        import argparse
+
+        args = argparse.Namespace(stream=[], max_streams=10, threshold=0.5, min_silence_ms=400,
+                                  pad_ms=30, max_segment_s=15.0, forget_after_s=600.0)
+        class LevelVad(ScriptedVad):
+            def __call__(self, state, window):
+                return (0.9 if np.abs(window).mean() > 0.05 else 0.0), state
+
+        pending = rw.Pending(8)
+        tap = rw.Tap(args, LevelVad(None), pending)
+        header = {"v": 1, "stream": "call", "pts": 0.0, "rate": 16000, "channels": 2,
+                  "format": "S16LE", "speakers": ["agent", "customer"]}
+        for k in range(10):  # 1 s: the agent's channel silent, the customer's speaking
+            header["pts"] = k * 0.1
+            frames = np.zeros((1600, 2), "<i2")
+            frames[:, 1] = 3000
+            tap.audio([b"call", json.dumps(header).encode(), frames.tobytes()])
+        tap.flush(0.0)
+        jobs, _ = pending.take(8, 0.0)
+        self.assertEqual([(j.stream, j.speaker) for j in jobs], [("call", "customer")])
+        self.assertGreater(jobs[0].seconds, 0.8)
+        self.assertEqual(sorted(tap.streams), [("call", "agent"), ("call", "customer")])
 
     def test_at_most_max_streams(self):
         import argparse

@@ -5,7 +5,9 @@ from scikit-image's data), as an MP4 (H.264 + AAC) that summerd ingests like a r
 
 Writes OUT/call.wav, OUT/call.mp4 and OUT/call.json (per line: speaker, voice, intended
 emotion, text, and where the speech really is in the call, in seconds, found from the
-samples). --short makes the 3-line call the end-to-end test uses.
+samples). --short makes the 3-line call the end-to-end test uses. --stereo puts each speaker on
+a channel of their own (the agent on 0, the customer on 1, as call-centre recordings and
+SIPREC forks carry them; call.json says so under "channels"); otherwise both are on one.
 """
 
 import argparse
@@ -46,6 +48,7 @@ PROSODY = {
     "joy": (175, 85, 130),
 }
 RATE = 22050
+CHANNEL = {"agent": 0, "customer": 1}  # with --stereo
 # scikit-image==0.25.2 (cp311, manylinux x86_64), only fetched when ../shared is absent.
 SKIMAGE_SHA256 = "24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641"
 GAP = 1.2  # seconds of silence between lines
@@ -99,10 +102,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--short", action="store_true", help="the 3-line call of the end-to-end test")
+    ap.add_argument("--stereo", action="store_true", help="each speaker on a channel of their own")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     script = SHORT if args.short else SCRIPT
-    pieces = [np.zeros(int(0.8 * RATE), dtype=np.float32)]
+    channels = 2 if args.stereo else 1
+    pieces = [np.zeros((int(0.8 * RATE), channels), dtype=np.float32)]
     t = len(pieces[0]) / RATE
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,12 +116,14 @@ def main():
             a, b = speech_bounds(x)
             lines.append({"speaker": who, "voice": VOICES[who], "emotion": emotion, "text": text,
                           "start": round(t + a, 3), "end": round(t + b, 3)})
-            pieces += [x, np.zeros(int(GAP * RATE), dtype=np.float32)]
+            placed = np.zeros((len(x), channels), dtype=np.float32)
+            placed[:, CHANNEL[who] if args.stereo else 0] = x
+            pieces += [placed, np.zeros((int(GAP * RATE), channels), dtype=np.float32)]
             t += (len(x) + int(GAP * RATE)) / RATE
     audio = np.concatenate(pieces)
     wav = args.out / "call.wav"
     with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(RATE)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
@@ -124,18 +131,23 @@ def main():
     face = astronaut(args.out)
     mp4 = args.out / "call.mp4"
     frames = int(seconds * 25) + 1
+    # Each channel coded on its own: intensity and mid/side stereo would leak each voice into
+    # the other's channel.
+    stereo = "aac-is=false aac-ms=false" if args.stereo else ""
     pipeline = (
         f"filesrc location={face} ! pngdec ! videoconvert ! imagefreeze num-buffers={frames} ! "
         f"videoscale ! video/x-raw,width=384,height=384,framerate=25/1 ! videoconvert ! "
         f"video/x-raw,format=I420 ! x264enc speed-preset=ultrafast tune=zerolatency key-int-max=25 ! h264parse ! queue ! mux. "
         f"filesrc location={wav} ! wavparse ! audioconvert ! audioresample ! "
-        f"audio/x-raw,rate=48000 ! avenc_aac ! aacparse ! queue ! mux. "
+        f"audio/x-raw,rate=48000 ! avenc_aac {stereo} ! aacparse ! queue ! mux. "
         f"mp4mux name=mux faststart=true ! filesink location={mp4}"
     )
     gst = shutil.which("gst-launch-1.0") or "gst-launch-1.0"
     subprocess.run([gst, "-q", *pipeline.split()], check=True)
-    (args.out / "call.json").write_text(json.dumps(
-        {"seconds": round(seconds, 3), "media": str(mp4.resolve()), "lines": lines}, indent=2) + "\n")
+    about = {"seconds": round(seconds, 3), "media": str(mp4.resolve()), "lines": lines}
+    if args.stereo:
+        about["channels"] = {str(c): who for who, c in CHANNEL.items()}
+    (args.out / "call.json").write_text(json.dumps(about, indent=2) + "\n")
     print(f"{mp4}: {seconds:.1f} s, {len(lines)} lines", file=sys.stderr)
 
 

@@ -13,7 +13,9 @@ out=${SUMMERD_DEMO_DIR:-target/demo}
 python=${SUMMERD_PYTHON:-python3}
 bin=$root/target/release/summerd
 mkdir -p "$out"
-[ -f "$out/call.mp4" ] || "$python" demo/make_call.py "$out"
+# The call is in stereo, the agent on the left channel and the customer on the right, as
+# call-centre recordings carry them: the stream's channel map labels each voice.
+grep -qs '"channels"' "$out/call.json" || "$python" demo/make_call.py --stereo "$out"
 port=${SUMMERD_DEMO_PORT:-15555}
 http=${SUMMERD_DEMO_HTTP:-127.0.0.1:$((port + 3))}
 cat >"$out/summerd.toml" <<TOML
@@ -44,6 +46,7 @@ expression_file = "$root/models/third_party/fer/emotion_model.safetensors"
 id = "sample-call"
 uri = "file://$(cd "$out" && pwd)/call.mp4"
 template = "file"
+channels = { "0" = "agent", "1" = "customer" }
 TOML
 
 pids=()

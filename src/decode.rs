@@ -1,7 +1,7 @@
 //! Decoding a whole media file's audio to mono f32 at its own rate, with GStreamer (any
 //! container and codec the installed plugins decode), optionally through a telephone channel's
-//! encoder and decoder ([`Channel`]). For offline verbs and tools; the daemon's
-//! live path is `ingest`.
+//! encoder and decoder ([`Channel`]) and with noise ([`Condition`]). For offline verbs and
+//! tools; the daemon's live path is `ingest`.
 
 use std::path::Path;
 
@@ -25,6 +25,14 @@ pub enum DecodeError {
         path: String,
         /// What GStreamer said.
         message: String,
+    },
+    /// Babble for a recording needs recordings of other speakers at its rate.
+    #[error("{path}: no recording of another speaker at {rate} Hz to make babble from")]
+    NoBabble {
+        /// The path.
+        path: String,
+        /// Its rate after the channel.
+        rate: u32,
     },
 }
 
@@ -177,6 +185,33 @@ impl Channel {
     }
 }
 
+/// What a recording goes through before the daemon's path: a telephone channel, then noise
+/// added at the decoder's rate ([`crate::acoustic::noise`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Condition {
+    /// The channel's encoder and decoder.
+    pub channel: Channel,
+    /// Noise at an SNR, or none.
+    pub noise: Option<Noise>,
+}
+
+impl Condition {
+    /// The recording as it is.
+    pub const CLEAN: Condition = Condition {
+        channel: Channel::Clean,
+        noise: None,
+    };
+
+    /// Its name in file and table names: `clean`, `g711u`, `pink10`, `gsm+babble5`.
+    pub fn name(&self) -> String {
+        match (self.channel, self.noise) {
+            (c, None) => c.name().to_string(),
+            (Channel::Clean, Some(n)) => n.name(),
+            (c, Some(n)) => format!("{}+{}", c.name(), n.name()),
+        }
+    }
+}
+
 /// Decode `path`'s first audio stream to mono f32 at its native rate.
 pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
     decode_audio_through(path, Channel::Clean)
@@ -185,6 +220,16 @@ pub fn decode_audio(path: &Path) -> Result<Audio, DecodeError> {
 /// Decode `path`'s first audio stream through `channel` (its encoder and decoder) to mono f32
 /// at the rate the channel's decoder gives (the file's own when clean).
 pub fn decode_audio_through(path: &Path, channel: Channel) -> Result<Audio, DecodeError> {
+    decode_with(path, &channel.chain(), "channels=1,").map(|(a, _)| a)
+}
+
+/// Decode `path`'s first audio stream keeping its channels: the samples interleaved, and how
+/// many channels there are.
+pub fn decode_audio_channels(path: &Path) -> Result<(Audio, u32), DecodeError> {
+    decode_with(path, "", "")
+}
+
+fn decode_with(path: &Path, chain: &str, channels: &str) -> Result<(Audio, u32), DecodeError> {
     let fail = |message: String| DecodeError::Gst {
         path: path.display().to_string(),
         message: no_stream(message, "audio"),
@@ -192,22 +237,20 @@ pub fn decode_audio_through(path: &Path, channel: Channel) -> Result<Audio, Deco
     let (pipeline, sink) = play(
         path,
         &format!(
-            "filesrc name=src ! decodebin ! audioconvert ! {}\
-             audio/x-raw,format=F32LE,channels=1,layout=interleaved ! appsink name=sink sync=false",
-            channel.chain()
+            "filesrc name=src ! decodebin ! audioconvert ! {chain}\
+             audio/x-raw,format=F32LE,{channels}layout=interleaved ! appsink name=sink sync=false"
         ),
     )?;
     let mut rate = 0u32;
+    let mut count = 1u32;
     let mut samples = Vec::new();
     while let Some(sample) = next_sample(&pipeline, &sink).map_err(|e| {
         let _ = pipeline.set_state(gst::State::Null);
         fail(e)
     })? {
-        if let Some(r) = sample
-            .caps()
-            .and_then(|c| c.structure(0)?.get::<i32>("rate").ok())
-        {
-            rate = r as u32;
+        if let Some(s) = sample.caps().and_then(|c| c.structure(0)) {
+            rate = s.get::<i32>("rate").map_or(rate, |r| r as u32);
+            count = s.get::<i32>("channels").map_or(count, |c| c.max(1) as u32);
         }
         if let Some(buf) = sample.buffer()
             && let Ok(map) = buf.map_readable()
@@ -225,9 +268,60 @@ pub fn decode_audio_through(path: &Path, channel: Channel) -> Result<Audio, Deco
     if rate == 0 {
         return Err(fail("no audio stream".into()));
     }
-    Ok(Audio { rate, samples })
+    Ok((Audio { rate, samples }, count))
 }
 
+/// Decode every file of a labelled set through `cond`, in order; `speakers[i]` is file `i`'s
+/// speaker. Noise is added after the channel's decoder: pink noise seeded by the file's name,
+/// babble from the set's recordings of *other* speakers (at the same rate), seeded likewise.
+pub fn decode_set(
+    files: &[std::path::PathBuf],
+    speakers: &[String],
+    cond: Condition,
+) -> Result<Vec<Audio>, DecodeError> {
+    let mut audio = files
+        .iter()
+        .map(|f| decode_audio_through(f, cond.channel))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(noise) = cond.noise else {
+        return Ok(audio);
+    };
+    let clean: Vec<Audio> = audio.clone();
+    for (i, a) in audio.iter_mut().enumerate() {
+        let name = files[i].file_name().unwrap_or_default().to_string_lossy();
+        let seed = fnv1a(name.as_bytes()) ^ u64::from(noise.snr_db.to_bits());
+        let n = a.samples.len();
+        if n == 0 {
+            continue;
+        }
+        let sound = match noise.kind {
+            crate::acoustic::noise::NoiseKind::Pink => crate::acoustic::noise::pink(n, seed),
+            crate::acoustic::noise::NoiseKind::Babble => {
+                let others: Vec<&[f32]> = (0..clean.len())
+                    .filter(|j| speakers[*j] != speakers[i] && clean[*j].rate == a.rate)
+                    .map(|j| &clean[j].samples[..])
+                    .collect();
+                crate::acoustic::noise::babble(&others, a.rate, n, seed).ok_or_else(|| {
+                    DecodeError::NoBabble {
+                        path: files[i].display().to_string(),
+                        rate: a.rate,
+                    }
+                })?
+            }
+        };
+        a.samples = crate::acoustic::noise::mix_at_snr(&a.samples, a.rate, &sound, noise.snr_db);
+    }
+    Ok(audio)
+}
+
+/// FNV-1a: a seed from a name, the same on every machine.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub use crate::acoustic::noise::Noise;
 pub use crate::vision::Frame;
 
 /// How to decode a video for [`decode_video`].

@@ -348,10 +348,14 @@ pub struct TapHeader {
     pub pts: f64,
     /// Always 16000.
     pub rate: u32,
-    /// Always 1.
+    /// 1; with a channel map, the channels carried, interleaved.
     pub channels: u32,
     /// Always "S16LE".
     pub format: String,
+    /// With a channel map: each carried channel's speaker label, in order (absent on a
+    /// stream mixed to mono).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speakers: Option<Vec<String>>,
 }
 
 /// Sample rate of the tap.
@@ -359,13 +363,34 @@ pub const TAP_RATE: u32 = 16_000;
 
 /// The multipart tap message `[stream, header, PCM S16LE]` for `samples` starting at `pts`.
 pub fn tap_message(stream: &str, pts: f64, samples: &[i16]) -> Multipart {
+    tap_message_of(stream, pts, None, samples)
+}
+
+/// The tap message of a stream with a channel map: `interleaved` holds one sample of each of
+/// `speakers`' channels per frame.
+pub fn tap_message_channels(
+    stream: &str,
+    pts: f64,
+    speakers: &[String],
+    interleaved: &[i16],
+) -> Multipart {
+    tap_message_of(stream, pts, Some(speakers.to_vec()), interleaved)
+}
+
+fn tap_message_of(
+    stream: &str,
+    pts: f64,
+    speakers: Option<Vec<String>>,
+    samples: &[i16],
+) -> Multipart {
     let header = TapHeader {
         v: V,
         stream: stream.to_string(),
         pts,
         rate: TAP_RATE,
-        channels: 1,
+        channels: speakers.as_ref().map_or(1, |s| s.len() as u32),
         format: "S16LE".into(),
+        speakers,
     };
     let mut pcm = Vec::with_capacity(samples.len() * 2);
     for s in samples {
@@ -413,6 +438,12 @@ mod tests {
         let h: TapHeader = serde_json::from_slice(&m[1]).unwrap();
         assert_eq!((h.rate, h.channels, h.format.as_str()), (16000, 1, "S16LE"));
         assert_eq!(m[2], vec![1, 0, 0xfe, 0xff, 0xff, 0x7f]);
+        assert!(!String::from_utf8_lossy(&m[1]).contains("speakers"));
+        let two = ["agent".to_string(), "customer".to_string()];
+        let m = tap_message_channels("call-1", 0.5, &two, &[1, -2]);
+        let h: TapHeader = serde_json::from_slice(&m[1]).unwrap();
+        assert_eq!((h.channels, h.speakers.as_deref()), (2, Some(&two[..])));
+        assert_eq!(m[2], vec![1, 0, 0xfe, 0xff]);
     }
 
     #[test]

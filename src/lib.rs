@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod report;
 pub mod resample;
+pub mod rng;
 pub mod settings;
 pub mod signals;
 pub mod stream_id;

@@ -132,6 +132,10 @@ enum Command {
         /// the daemon's own path (resampled to 16 kHz, descriptors, model).
         #[arg(long, value_enum, default_value = "clean", requires = "wavs")]
         channel: summerd::decode::Channel,
+        /// Add noise to each --wavs file after the channel: `pink:SNR` or `babble:SNR` (SNR in
+        /// dB over the speech's active level; babble is made from the other speakers' clips).
+        #[arg(long, requires = "wavs")]
+        noise: Option<summerd::decode::Noise>,
         /// A MELD-format CSV (Utterance, Speaker, Emotion, Dialogue_ID, Utterance_ID):
         /// dialogues as conversations, text only.
         #[arg(long)]
@@ -253,6 +257,9 @@ enum DatasetCmd {
         /// Each clip through a telephone channel's encoder and decoder first.
         #[arg(long, value_enum, default_value = "clean")]
         channel: summerd::decode::Channel,
+        /// Then noise: `pink:SNR` or `babble:SNR` (babble from other speakers' clips).
+        #[arg(long)]
+        noise: Option<summerd::decode::Noise>,
     },
     /// Labelled face pictures, DIR/<class>/*.{jpg,png} (e.g. $SUMMERD_ASSETS/data/fer/train):
     /// each picture's visual vector as the daemon makes it, with its label.
@@ -413,6 +420,7 @@ fn dispatch(command: Command) -> ExitCode {
             wavs,
             labels,
             channel,
+            noise,
             meld_csv,
             faces,
             out,
@@ -421,7 +429,8 @@ fn dispatch(command: Command) -> ExitCode {
             &model,
             cli::eval::input(
                 data,
-                wavs.zip(labels).map(|(w, l)| (w, l, channel)),
+                wavs.zip(labels)
+                    .map(|(w, l)| (w, l, summerd::decode::Condition { channel, noise })),
                 meld_csv,
                 faces,
             ),
@@ -499,7 +508,11 @@ fn dataset(what: DatasetCmd) -> anyhow::Result<()> {
             out,
             encoder,
         } => cli::train::dataset_meld(&split, &out, &encoder),
-        DatasetCmd::Emodb { out, channel } => cli::train::dataset_emodb(&out, channel),
+        DatasetCmd::Emodb {
+            out,
+            channel,
+            noise,
+        } => cli::train::dataset_emodb(&out, summerd::decode::Condition { channel, noise }),
         DatasetCmd::Faces { dir, out } => cli::train::dataset_faces(&dir, &out),
     }
 }

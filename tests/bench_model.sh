@@ -19,6 +19,18 @@ done
 extractor=$(grep -o '"egemaps-v02/[^"]*"' src/model/mod.rs | head -1)
 grep -qF "$extractor" "$data/emodb.safetensors.json" 2>/dev/null ||
   "$bin" dataset emodb --out "$data/emodb.safetensors"
+# EmoDB through each condition `summerd train-default` trains with (mix.conditions) and scores
+# the held-out speakers on: real telephone codecs, pink noise and babble at 20, 10 and 5 dB.
+for c in g711u g711a opus16k gsm; do
+  grep -qF "$extractor" "$data/emodb-$c.safetensors.json" 2>/dev/null ||
+    "$bin" dataset emodb --channel "$c" --out "$data/emodb-$c.safetensors"
+done
+for n in pink babble; do
+  for snr in 20 10 5; do
+    grep -qF "$extractor" "$data/emodb-$n$snr.safetensors.json" 2>/dev/null ||
+      "$bin" dataset emodb --noise "$n:$snr" --out "$data/emodb-$n$snr.safetensors"
+  done
+done
 # Labelled faces (the visual vectors of models/recipes/summer-faces.toml), rebuilt when the
 # visual extractor changed; skipped without the faces (the default recipe reads none).
 visual=$(grep -o '"fer-mini-xception/[^"]*"' src/model/mod.rs | head -1)

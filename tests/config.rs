@@ -147,6 +147,7 @@ fn default_config_mentions_every_key() {
         "speakers",
         "infer_speakers",
         "publish_text",
+        "channels",
     ] {
         if !text.contains(&format!("# {key} =")) {
             missing.push(format!("streams.{key}"));

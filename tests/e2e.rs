@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, call_segments, eventually, metric, replay, repo, short_call, summerd};
+use common::{
+    Daemon, attach, call_segments, collect, eventually, metric, replay, repo, short_call, summerd,
+};
 use serde_json::{Value, json};
 
 fn config(events_port: Option<u16>) -> String {
@@ -26,41 +28,11 @@ fn vision() -> String {
 }
 
 fn daemon() -> Daemon {
-    Daemon::start_custom(|_, p| config(Some(p.1)), &[], false)
+    common::model_daemon()
 }
 
-/// A SUB socket on the daemon's events, subscribed to emotion events.
 fn subscribe(d: &Daemon) -> (zmq::Context, zmq::Socket) {
-    let ctx = zmq::Context::new();
-    let s = ctx.socket(zmq::SUB).unwrap();
-    s.set_subscribe(b"emotion.").unwrap();
-    s.set_rcvtimeo(100).unwrap();
-    s.connect(&d.events).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    (ctx, s)
-}
-
-/// Emotion events received until `done` says so or `limit` passes.
-fn collect(
-    sub: &zmq::Socket,
-    limit: Duration,
-    mut done: impl FnMut(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + limit;
-    let mut got = Vec::new();
-    while Instant::now() < deadline && !done(&got) {
-        if let Ok(parts) = sub.recv_multipart(0) {
-            got.push(serde_json::from_slice(&parts[1]).unwrap());
-        }
-    }
-    got
-}
-
-fn attach(d: &Daemon, spec: Value) {
-    let mut req = spec;
-    req["cmd"] = json!("attach");
-    let r = d.control(req.clone());
-    assert_eq!(r["ok"], true, "attach {req}: {r}");
+    common::subscribe(d, "emotion.")
 }
 
 #[test]

@@ -90,8 +90,13 @@ fn registry(wav: &Path) -> Arc<Registry> {
         infer_speakers: vec!["customer".into()],
         publish_text: Some(true),
         options: BTreeMap::new(),
+        channels: BTreeMap::new(),
     };
-    let stream = Stream::with_features(spec, Some(Arc::new(features)), None);
+    let stream = Stream::with_features(
+        spec,
+        summerd::streams::Descriptors::Mixed(Arc::new(features)),
+        None,
+    );
     stream.timeline().place(Some(0.0), seconds, Instant::now());
     NOW.get_or_init(|| EPOCH + seconds);
     let r = Registry::new();

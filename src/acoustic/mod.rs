@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod functionals;
+pub mod noise;
 pub mod pitch;
 pub mod voice;
 

@@ -10,7 +10,7 @@ use summerd::train::eval::{self, EvalInput};
 /// `--meld-csv`, `--faces`.
 pub fn input(
     data: Option<PathBuf>,
-    wavs: Option<(PathBuf, PathBuf, summerd::decode::Channel)>,
+    wavs: Option<(PathBuf, PathBuf, summerd::decode::Condition)>,
     meld: Option<PathBuf>,
     faces: Option<PathBuf>,
 ) -> EvalInput {

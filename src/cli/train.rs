@@ -34,10 +34,10 @@ pub fn dataset_meld(split: &str, out: &Path, encoder: &Path) -> anyhow::Result<(
     save(&writers::meld(&csv, &enc)?, out)
 }
 
-/// `summerd dataset emodb`: EmoDB from the shared data, through `channel`.
-pub fn dataset_emodb(out: &Path, channel: summerd::decode::Channel) -> anyhow::Result<()> {
+/// `summerd dataset emodb`: EmoDB from the shared data, through `cond`.
+pub fn dataset_emodb(out: &Path, cond: summerd::decode::Condition) -> anyhow::Result<()> {
     save(
-        &writers::emodb(&super::assets()?.join("data/emodb/wav"), channel)?,
+        &writers::emodb(&super::assets()?.join("data/emodb/wav"), cond)?,
         out,
     )
 }
@@ -116,19 +116,9 @@ pub fn train_default(
     folds: &Folds,
 ) -> anyhow::Result<()> {
     let recipe = read_recipe(recipe)?;
-    let ([tr, dv, te], emodb, faces) =
-        summer_default::load_splits(data, recipe.mix.face_probability > 0.0)?;
+    let splits = summer_default::load_splits(data, recipe.mix.face_probability > 0.0)?;
     let device = tch::Device::cuda_if_available();
-    let r = summer_default::build(
-        &recipe,
-        [&tr, &dv, &te],
-        &emodb,
-        faces.as_ref(),
-        out,
-        work,
-        folds,
-        device,
-    )?;
+    let r = summer_default::build(&recipe, &splits, out, work, folds, device)?;
     let test = |t: &TrainReport, teacher: bool| {
         let p = if teacher { &t.teacher } else { &t.student };
         p.as_ref()
@@ -150,6 +140,12 @@ pub fn train_default(
         println!(
             "EmoDB LOSO pooled (6 classes, text absent): accuracy {:.1} %, UAR {:.1}; MELD test + held-out voices: WF1 {:.1}",
             a.wa, a.uar, f.wf1
+        );
+    }
+    for (name, m) in &r.emodb_loso_conditions {
+        println!(
+            "EmoDB LOSO pooled through {name}: accuracy {:.1} %, UAR {:.1}",
+            m.wa, m.uar
         );
     }
     if let Some(f) = &r.faces {

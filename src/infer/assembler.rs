@@ -130,14 +130,17 @@ impl Assembler {
     }
 
     /// Release what is ready at `now`, given how far each stream's descriptors reach
-    /// (`covered(stream)`, None: no audio yet). Per stream, in arrival order: a segment waits
-    /// while the one before it waits.
-    pub fn poll(&mut self, now: Instant, covered: impl Fn(&str) -> Option<f64>) -> Vec<Ready> {
+    /// (`covered(stream, speaker)`: the descriptors of that speaker's spans; None: no audio
+    /// yet). Per stream, in arrival order: a segment waits while the one before it waits.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        covered: impl Fn(&str, &str) -> Option<f64>,
+    ) -> Vec<Ready> {
         let mut out = Vec::new();
         for (id, q) in self.streams.iter_mut() {
-            let reach = covered(id);
             while let Some((seg, at)) = q.pending.front() {
-                let is_covered = reach.is_some_and(|r| r >= seg.end);
+                let is_covered = covered(id, &seg.speaker).is_some_and(|r| r >= seg.end);
                 let expired = now.saturating_duration_since(*at) >= self.wait;
                 if !is_covered && !expired {
                     break;
@@ -199,12 +202,12 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(a.offer(seg("s", 1, 0.0, 2.0, true), t0), Offer::Queued);
         assert_eq!(a.offer(seg("s", 2, 2.0, 3.0, true), t0), Offer::Queued);
-        assert!(a.poll(t0, |_| Some(1.9)).is_empty());
-        let r = a.poll(t0, |_| Some(2.5));
+        assert!(a.poll(t0, |_, _| Some(1.9)).is_empty());
+        let r = a.poll(t0, |_, _| Some(2.5));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].segment.seq, 1);
         assert!(r[0].covered);
-        let r = a.poll(t0, |_| Some(3.0));
+        let r = a.poll(t0, |_, _| Some(3.0));
         assert_eq!(r[0].segment.seq, 2);
         assert_eq!(a.pending(), 0);
     }
@@ -214,9 +217,12 @@ mod tests {
         let mut a = Assembler::new(Duration::from_millis(500), false);
         let t0 = Instant::now();
         a.offer(seg("s", 1, 0.0, 2.0, true), t0);
-        assert!(a.poll(t0 + Duration::from_millis(499), |_| None).is_empty());
+        assert!(
+            a.poll(t0 + Duration::from_millis(499), |_, _| None)
+                .is_empty()
+        );
         assert_eq!(a.next_deadline(), Some(t0 + Duration::from_millis(500)));
-        let r = a.poll(t0 + Duration::from_millis(500), |_| None);
+        let r = a.poll(t0 + Duration::from_millis(500), |_, _| None);
         assert_eq!(r.len(), 1);
         assert!(!r[0].covered);
     }
@@ -237,7 +243,7 @@ mod tests {
         );
         // Another stream's seq 5 is not a duplicate.
         assert_eq!(a.offer(seg("t", 5, 0.0, 1.0, true), t0), Offer::Queued);
-        let r = a.poll(t0, |_| None);
+        let r = a.poll(t0, |_, _| None);
         let s: Vec<u64> = r
             .iter()
             .filter(|r| r.segment.stream == "s")
@@ -268,7 +274,7 @@ mod tests {
             on.offer(seg("s", 1, 0.0, 2.0, false), t0),
             Offer::PartialIgnored
         );
-        let r = on.poll(t0, |_| Some(5.0));
+        let r = on.poll(t0, |_, _| Some(5.0));
         assert_eq!(r.len(), 1);
         assert!(!r[0].provisional);
     }
@@ -281,7 +287,7 @@ mod tests {
         a.offer(seg("s", 2, 1.0, 2.0, true), t0);
         assert_eq!(a.forget("s"), 2);
         assert_eq!(a.pending(), 0);
-        assert!(a.poll(t0 + Duration::from_secs(10), |_| None).is_empty());
+        assert!(a.poll(t0 + Duration::from_secs(10), |_, _| None).is_empty());
         // Remembered seqs went with it: the stream may start over.
         assert_eq!(a.offer(seg("s", 1, 0.0, 1.0, true), t0), Offer::Queued);
     }

@@ -222,7 +222,9 @@ impl Core {
         now: Instant,
         counted: &mut Vec<Outcome>,
     ) -> Vec<Job> {
-        let ready = self.asm.poll(now, |s| streams.covered_until(s));
+        let ready = self
+            .asm
+            .poll(now, |s, speaker| streams.covered_until(s, speaker));
         let mut jobs = Vec::with_capacity(ready.len());
         for r in ready {
             let Some(view) = streams.view(&r.segment.stream) else {
@@ -238,6 +240,7 @@ impl Core {
                 counted.push(Outcome::FeatureWaitExpired);
             }
             let t = r.segment;
+            let audio = view.features_for(&t.speaker);
             jobs.push(Job {
                 utterance: Utterance {
                     publish_text: view.spec.publish_text.unwrap_or(self.publish_text),
@@ -253,7 +256,7 @@ impl Core {
                     provisional: r.provisional,
                     arrival: r.arrival,
                 },
-                audio: view.features,
+                audio,
                 visual: view.visual,
             });
         }
@@ -325,8 +328,12 @@ mod tests {
 
     fn attach(r: &Registry) {
         let spec = StreamSpec::for_file("s".into(), std::path::Path::new("/a.wav"));
-        r.insert(Arc::new(Stream::with_features(spec, None, None)))
-            .unwrap();
+        r.insert(Arc::new(Stream::with_features(
+            spec,
+            Default::default(),
+            None,
+        )))
+        .unwrap();
     }
 
     /// A stream detached and attached again under its id starts afresh: what waited for the

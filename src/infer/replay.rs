@@ -22,6 +22,7 @@ use super::core::{self, Core, Outcome};
 use super::engine::{Engine, EngineError, Utterance};
 use crate::events::{EmotionEvent, Event};
 use crate::signals::{EscalationConfig, Tracker};
+use crate::streams::Descriptors;
 use crate::streams::features::AudioFeatures;
 use crate::streams::{Registry, Stream, StreamSpec};
 use crate::transcripts::{Clock, Limits, validate};
@@ -106,10 +107,51 @@ fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<Vec<FrameFaces>>, 
     Ok(Some(seen))
 }
 
-/// The media's audio through a stream's descriptors, as the ingest's audio thread feeds them:
-/// the descriptors and the media's length in seconds.
+/// The media's audio as `spec`'s descriptors, as the ingest's audio thread makes them: mixed to
+/// mono, or with a channel map, each mapped channel the media has whose speaker the policy
+/// infers; and the media's length in seconds.
+pub fn describe_stream_audio(
+    media: &Path,
+    spec: &StreamSpec,
+) -> Result<(Descriptors, f64), ReplayError> {
+    if spec.channels.is_empty() {
+        let (f, seconds) = describe_audio(media)?;
+        return Ok((Descriptors::Mixed(Arc::new(f)), seconds));
+    }
+    let (audio, n) = crate::decode::decode_audio_channels(media)?;
+    let mut stores = Vec::new();
+    let mut seconds = 0.0;
+    for (c, speaker) in spec.channel_map() {
+        if c >= n as usize || !spec.infers(&speaker) {
+            continue;
+        }
+        let one = crate::decode::Audio {
+            rate: audio.rate,
+            samples: audio
+                .samples
+                .iter()
+                .skip(c)
+                .step_by(n as usize)
+                .copied()
+                .collect(),
+        };
+        let (f, s) = describe(&one)?;
+        seconds = s;
+        stores.push((c, speaker, Arc::new(f)));
+    }
+    if stores.is_empty() {
+        seconds = (audio.samples.len() / n.max(1) as usize) as f64 / f64::from(audio.rate.max(1));
+    }
+    Ok((Descriptors::Channels(stores), seconds))
+}
+
+/// The media's audio mixed to mono through a stream's descriptors, as the ingest's audio
+/// thread feeds them: the descriptors and the media's length in seconds.
 pub fn describe_audio(media: &Path) -> Result<(AudioFeatures, f64), ReplayError> {
-    let audio = crate::decode::decode_audio(media)?;
+    describe(&crate::decode::decode_audio(media)?)
+}
+
+fn describe(audio: &crate::decode::Audio) -> Result<(AudioFeatures, f64), ReplayError> {
     let seconds = audio.samples.len() as f64 / f64::from(audio.rate.max(1));
     let features = AudioFeatures::new(crate::acoustic::Settings {
         history_frames: (seconds * 100.0) as usize + 100,
@@ -266,17 +308,13 @@ pub fn replay(
     };
     let vision_seconds = tv.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    let (features, media_seconds) = describe_audio(media)?;
-    let audio_seconds = t0.elapsed().as_secs_f64();
     let spec = spec.unwrap_or_else(|| {
         let first = jsonl.lines().find_map(|l| stream_and_end(l).0);
         StreamSpec::for_file(first.unwrap_or_else(|| "replay".into()), media)
     });
-    let stream = Stream::with_features(
-        spec,
-        Some(Arc::new(features)),
-        faces.as_ref().map(|_| f64::INFINITY),
-    );
+    let (features, media_seconds) = describe_stream_audio(media, &spec)?;
+    let audio_seconds = t0.elapsed().as_secs_f64();
+    let stream = Stream::with_features(spec, features, faces.as_ref().map(|_| f64::INFINITY));
     stream
         .timeline()
         .place(Some(0.0), media_seconds, Instant::now());

@@ -47,10 +47,12 @@ pub(super) fn audio_callbacks(
         .eos(move |_| eos.audio_eos.store(true, Ordering::Relaxed))
         .new_sample(move |sink| {
             let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-            let rate = sample
-                .caps()
-                .and_then(|c| c.structure(0)?.get::<i32>("rate").ok())
-                .unwrap_or(0) as u32;
+            let caps = sample.caps().and_then(|c| c.structure(0));
+            let rate = caps.and_then(|c| c.get::<i32>("rate").ok()).unwrap_or(0) as u32;
+            let channels = caps
+                .and_then(|c| c.get::<i32>("channels").ok())
+                .unwrap_or(1)
+                .max(1) as u32;
             let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
             let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
             let samples: Vec<f32> = map
@@ -61,9 +63,16 @@ pub(super) fn audio_callbacks(
             if rate == 0 || samples.is_empty() {
                 return Ok(gst::FlowSuccess::Ok);
             }
-            let duration = samples.len() as f64 / f64::from(rate);
+            let duration = (samples.len() / channels as usize) as f64 / f64::from(rate);
             let (t, fresh) = place(&shared, secs(buffer.pts()), duration);
-            match tx.try_send(AudioMsg::Chunk(AudioChunk { t, rate, samples, fresh })) {
+            let chunk = AudioChunk {
+                t,
+                rate,
+                channels,
+                samples,
+                fresh,
+            };
+            match tx.try_send(AudioMsg::Chunk(chunk)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     shared.metrics.dropped_audio();

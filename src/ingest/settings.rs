@@ -134,9 +134,12 @@ pub struct Launch {
     pub live: Option<bool>,
 }
 
-/// Check a stream's spec (id, URI, template, speaker roles, placeholders) with its fields
-/// named under `key` (`streams[2]`, `attach`); the launch description when it is usable.
-/// A template is a name inside `pipelines_dir` and nothing else.
+/// Audio channels a channel map may name (0 to 63).
+pub const MAX_CHANNELS: usize = 64;
+
+/// Check a stream's spec (id, URI, template, speaker roles, channel map, placeholders) with
+/// its fields named under `key` (`streams[2]`, `attach`); the launch description when it is
+/// usable. A template is a name inside `pipelines_dir` and nothing else.
 pub fn check_stream(
     c: &mut Checker,
     key: &str,
@@ -171,12 +174,39 @@ pub fn check_stream(
     if spec.infer_speakers.iter().any(String::is_empty) {
         c.bad(k("infer_speakers"), "holds an empty role", "role names");
     }
+    let mut labels: Vec<&str> = Vec::new();
+    for (ch, label) in &spec.channels {
+        let allowed = "channel numbers from 0 to 63 = distinct, non-empty speaker labels (at \
+                       most 128 characters), e.g. { \"0\" = \"agent\", \"1\" = \"customer\" }";
+        if !ch
+            .parse::<usize>()
+            .is_ok_and(|n| n < MAX_CHANNELS && n.to_string() == *ch)
+        {
+            c.bad(
+                k("channels"),
+                format!("'{ch}' is not a channel number"),
+                allowed,
+            );
+        }
+        if label.is_empty() || label.len() > 128 || labels.contains(&label.as_str()) {
+            c.bad(
+                k("channels"),
+                format!("channel {ch}: '{label}' is empty, too long or on two channels"),
+                allowed,
+            );
+        }
+        labels.push(label);
+    }
     for name in spec.options.keys() {
         if template::FIXED.contains(&name.as_str()) {
             c.bad(
                 k("options"),
-                format!("'{name}' is set by the daemon (the URI, the frame size and rate)"),
-                "template options other than uri, fps, max_width, max_height and video_caps",
+                format!(
+                    "'{name}' is set by the daemon (the URI, the frame size and rate, the audio \
+                     caps)"
+                ),
+                "template options other than uri, fps, max_width, max_height, video_caps and \
+                 audio_caps",
             );
         }
     }
@@ -213,6 +243,30 @@ pub fn check_stream(
             k("uri"),
             e.to_string(),
             &format!("a URI of scheme {}", t.schemes.join(", ")),
+        );
+        return None;
+    }
+    for name in &t.uris {
+        let Some(uri) = spec.options.get(name) else {
+            continue; // rendering names what is missing
+        };
+        if let Err(e) = t.check_uri(uri) {
+            c.bad(
+                k(&format!("options.{name}")),
+                e.to_string(),
+                &format!("a URI of scheme {}", t.schemes.join(", ")),
+            );
+            return None;
+        }
+    }
+    if !spec.channels.is_empty() && !t.body.contains("{audio_caps}") {
+        c.bad(
+            k("channels"),
+            format!(
+                "template '{}' mixes the audio to mono (it has no {{audio_caps}})",
+                spec.template
+            ),
+            "a template whose audio ends in `capsfilter caps={audio_caps}`, as the bundled ones do",
         );
         return None;
     }
@@ -275,6 +329,7 @@ mod tests {
             infer_speakers: Vec::new(),
             publish_text: None,
             options: BTreeMap::new(),
+            channels: BTreeMap::new(),
         }
     }
 

@@ -10,6 +10,8 @@
 //!
 //! A live source's end of stream is an outage to reconnect from; a non-live one's is the end.
 //! Without a `live:` line it is inferred from the pipeline (no preroll, or a live latency).
+//! A `# uris: NAME...` line names options that hold further URIs (a call's second leg): they
+//! are checked against the schemes as `{uri}` is.
 //!
 //! Every value is inserted as a double-quoted gst-launch string (`"` and `\` escaped), so a
 //! URI or option can never add elements to the pipeline. A placeholder with no value is an
@@ -29,6 +31,8 @@ pub struct Template {
     pub schemes: Vec<String>,
     /// Whether the source is live, as the header declares (`# live: yes|no`); None: infer.
     pub live: Option<bool>,
+    /// Options holding further URIs (`# uris: uri_b`), checked against `schemes` too.
+    pub uris: Vec<String>,
     /// The launch description (comment lines removed, lines joined).
     pub body: String,
 }
@@ -102,6 +106,7 @@ impl Template {
     /// Parse template text.
     pub fn parse(name: &str, text: &str) -> Result<Template, TemplateError> {
         let mut schemes = Vec::new();
+        let mut uris = Vec::new();
         let mut live = None;
         let mut body = Vec::new();
         for line in text.lines() {
@@ -109,6 +114,8 @@ impl Template {
             if let Some(c) = t.strip_prefix('#') {
                 if let Some(list) = c.trim().strip_prefix("schemes:") {
                     schemes.extend(list.split_whitespace().map(str::to_string));
+                } else if let Some(list) = c.trim().strip_prefix("uris:") {
+                    uris.extend(list.split_whitespace().map(str::to_string));
                 } else if let Some(v) = c.trim().strip_prefix("live:") {
                     live = match v.trim() {
                         "yes" | "true" => Some(true),
@@ -129,6 +136,7 @@ impl Template {
             name: name.to_string(),
             schemes,
             live,
+            uris,
             body: body.join(" "),
         })
     }
@@ -186,8 +194,21 @@ pub fn quote(v: &str) -> String {
 }
 
 /// Placeholders the daemon fills and a stream's options may not replace (the URI is checked
-/// against the template's schemes; the frame size and rate are the daemon's settings).
-pub const FIXED: [&str; 5] = ["uri", "fps", "max_width", "max_height", "video_caps"];
+/// against the template's schemes; the frame size and rate are the daemon's settings; the
+/// audio caps follow the stream's channel map).
+pub const FIXED: [&str; 6] = [
+    "uri",
+    "fps",
+    "max_width",
+    "max_height",
+    "video_caps",
+    "audio_caps",
+];
+
+/// Audio caps of a stream without a channel map: mixed to mono.
+pub const MONO_CAPS: &str = "audio/x-raw,format=F32LE,channels=1,layout=interleaved";
+/// Audio caps of a stream with a channel map: the channels as the media has them.
+pub const CHANNELS_CAPS: &str = "audio/x-raw,format=F32LE,layout=interleaved";
 
 /// What a template name may be, as error messages state it.
 pub const NAME_ALLOWED: &str =
@@ -221,6 +242,15 @@ pub fn template_vars(
         ("max_height", max_height.to_string()),
         ("sync", "true".to_string()),
         ("video_caps", video_caps),
+        (
+            "audio_caps",
+            if spec.channels.is_empty() {
+                MONO_CAPS
+            } else {
+                CHANNELS_CAPS
+            }
+            .to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

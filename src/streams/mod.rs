@@ -8,7 +8,7 @@ pub mod features;
 pub mod timeline;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::Serialize;
@@ -43,6 +43,13 @@ pub struct StreamSpec {
     /// as fast as possible instead of in real time).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// One speaker per audio channel: channel index (from 0) -> the speaker label its
+    /// transcripts carry (e.g. `"0" = "agent"`, `"1" = "customer"`). Each mapped channel gets
+    /// its own descriptors and normalisation, a transcript's span is analysed on its speaker's
+    /// channel, and the tap carries the channels interleaved. Empty: the audio is mixed to
+    /// mono.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<String, String>,
 }
 
 impl StreamSpec {
@@ -57,7 +64,20 @@ impl StreamSpec {
             infer_speakers: Vec::new(),
             publish_text: None,
             options: BTreeMap::new(),
+            channels: BTreeMap::new(),
         }
+    }
+
+    /// The channel map as (channel, speaker label), by channel; keys that are not channel
+    /// numbers are left out (the stream checks refuse them).
+    pub fn channel_map(&self) -> Vec<(usize, String)> {
+        let mut v: Vec<(usize, String)> = self
+            .channels
+            .iter()
+            .filter_map(|(k, s)| Some((k.parse().ok()?, s.clone())))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The role a speaker label plays on this stream (the label itself when unmapped).
@@ -100,6 +120,13 @@ pub struct StreamInfo {
     pub media_time: f64,
     /// Restarts so far.
     pub restarts: u64,
+    /// With a channel map: the audio channels the media has (0 before any audio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_channels: Option<u32>,
+    /// With a channel map: the speakers whose channel's descriptors are computed (those the
+    /// speaker policy infers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub described: Option<Vec<String>>,
 }
 
 /// An attached stream as the inference stages see it.
@@ -109,12 +136,67 @@ pub struct StreamView {
     pub generation: u64,
     /// Its spec (speaker roles, `infer_speakers`, `publish_text`).
     pub spec: StreamSpec,
-    /// Its acoustic descriptors, when computed.
-    pub features: Option<Arc<AudioFeatures>>,
+    /// Its acoustic descriptors, when computed: the mixed audio's, or each mapped channel's.
+    pub features: Descriptors,
     /// What its vision stage saw, when it runs.
     pub visual: Option<Arc<VisualFeatures>>,
     /// End of its media timeline so far, seconds.
     pub media_end: f64,
+}
+
+impl StreamView {
+    /// The descriptors a transcript of `speaker` is analysed on.
+    pub fn features_for(&self, speaker: &str) -> Option<Arc<AudioFeatures>> {
+        self.features.of(speaker).cloned()
+    }
+}
+
+/// A stream's acoustic descriptors.
+#[derive(Clone, Default)]
+pub enum Descriptors {
+    /// Not computed.
+    #[default]
+    None,
+    /// Of the audio mixed to mono: every speaker's spans.
+    Mixed(Arc<AudioFeatures>),
+    /// One store per mapped channel whose speaker is inferred: (channel, speaker, store).
+    Channels(Vec<(usize, String, Arc<AudioFeatures>)>),
+}
+
+impl Descriptors {
+    /// The store `speaker`'s spans are analysed on (None: not computed for this speaker).
+    pub fn of(&self, speaker: &str) -> Option<&Arc<AudioFeatures>> {
+        match self {
+            Descriptors::None => None,
+            Descriptors::Mixed(f) => Some(f),
+            Descriptors::Channels(v) => v.iter().find(|(_, s, _)| s == speaker).map(|(.., f)| f),
+        }
+    }
+
+    /// Channel `ch`'s store (None: not mapped, not inferred or not computed).
+    pub fn of_channel(&self, ch: usize) -> Option<&Arc<AudioFeatures>> {
+        match self {
+            Descriptors::Channels(v) => v.iter().find(|(c, ..)| *c == ch).map(|(.., f)| f),
+            _ => None,
+        }
+    }
+
+    /// The mixed audio's store.
+    pub fn mixed(&self) -> Option<&Arc<AudioFeatures>> {
+        match self {
+            Descriptors::Mixed(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Whether anything is computed.
+    pub fn any(&self) -> bool {
+        match self {
+            Descriptors::None => false,
+            Descriptors::Mixed(_) => true,
+            Descriptors::Channels(v) => !v.is_empty(),
+        }
+    }
 }
 
 /// One stream's state and stores.
@@ -124,7 +206,9 @@ pub struct Stream {
     state: Mutex<StreamState>,
     timeline: Mutex<Timeline>,
     restarts: AtomicU64,
-    features: Option<Arc<AudioFeatures>>,
+    features: Descriptors,
+    /// Audio channels the media has, as the audio thread last saw them.
+    audio_channels: AtomicU32,
     visual: Option<Arc<VisualFeatures>>,
 }
 
@@ -133,7 +217,7 @@ impl Stream {
     /// recording; [`Registry::new_stream`] makes them notify the registry).
     pub fn with_features(
         spec: StreamSpec,
-        features: Option<Arc<AudioFeatures>>,
+        features: Descriptors,
         visual_history_s: Option<f64>,
     ) -> Stream {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -144,6 +228,7 @@ impl Stream {
             timeline: Mutex::new(Timeline::new()),
             restarts: AtomicU64::new(0),
             features,
+            audio_channels: AtomicU32::new(0),
             visual: visual_history_s.map(|h| Arc::new(VisualFeatures::new(h))),
         }
     }
@@ -189,9 +274,19 @@ impl Stream {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Its acoustic descriptors, when computed.
-    pub fn features(&self) -> Option<&Arc<AudioFeatures>> {
-        self.features.as_ref()
+    /// Its acoustic descriptors.
+    pub fn features(&self) -> &Descriptors {
+        &self.features
+    }
+
+    /// Audio channels the media has (0 before any audio).
+    pub fn audio_channels(&self) -> u32 {
+        self.audio_channels.load(Ordering::Relaxed)
+    }
+
+    /// What the audio thread saw: the media's audio channels.
+    pub fn set_audio_channels(&self, n: u32) {
+        self.audio_channels.store(n, Ordering::Relaxed);
     }
 
     /// Its face store, when the vision stage runs.
@@ -217,6 +312,12 @@ impl Stream {
             state: self.state(),
             media_time: self.timeline().end(),
             restarts: self.restarts.load(Ordering::Relaxed),
+            audio_channels: (!self.spec.channels.is_empty()).then(|| self.audio_channels()),
+            described: match &self.features {
+                Descriptors::Channels(v) => Some(v.iter().map(|(_, s, _)| s.clone()).collect()),
+                _ if self.spec.channels.is_empty() => None,
+                _ => Some(Vec::new()),
+            },
         }
     }
 }
@@ -240,15 +341,26 @@ impl Registry {
     }
 
     /// A new stream whose descriptors notify [`Registry::coverage`] as they grow (not yet
-    /// registered: [`Registry::insert`] it).
+    /// registered: [`Registry::insert`] it). With a channel map, a store per mapped channel
+    /// whose speaker the policy infers; a speaker it excludes gets none.
     pub fn new_stream(
         &self,
         spec: StreamSpec,
         acoustic: Option<crate::acoustic::Settings>,
         visual_history_s: Option<f64>,
     ) -> Stream {
-        let features =
-            acoustic.map(|a| Arc::new(AudioFeatures::notifying(a, self.coverage.clone())));
+        let store = |a| Arc::new(AudioFeatures::notifying(a, self.coverage.clone()));
+        let features = match acoustic {
+            None => Descriptors::None,
+            Some(a) if spec.channels.is_empty() => Descriptors::Mixed(store(a)),
+            Some(a) => Descriptors::Channels(
+                spec.channel_map()
+                    .into_iter()
+                    .filter(|(_, s)| spec.infers(s))
+                    .map(|(c, s)| (c, s, store(a)))
+                    .collect(),
+            ),
+        };
         Stream::with_features(spec, features, visual_history_s)
     }
 
@@ -293,9 +405,9 @@ impl Registry {
         Some(self.get(id)?.timeline().end())
     }
 
-    /// Media time up to which a stream's acoustic descriptors are computed.
-    pub fn covered_until(&self, id: &str) -> Option<f64> {
-        self.get(id)?.features()?.covered_until()
+    /// Media time up to which the descriptors `speaker`'s spans are analysed on are computed.
+    pub fn covered_until(&self, id: &str, speaker: &str) -> Option<f64> {
+        self.get(id)?.features().of(speaker)?.covered_until()
     }
 
     /// The attached ids, sorted.
@@ -339,7 +451,50 @@ mod tests {
             infer_speakers: vec!["customer".into()],
             publish_text: None,
             options: BTreeMap::new(),
+            channels: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_channel_map_gives_a_store_to_each_inferred_channel_only() {
+        let r = Registry::new();
+        let s = StreamSpec {
+            channels: [("1", "customer"), ("0", "agent"), ("x", "nobody")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .into(),
+            speakers: BTreeMap::new(),
+            ..spec("c")
+        };
+        assert_eq!(
+            s.channel_map(),
+            [(0, "agent".to_string()), (1, "customer".to_string())]
+        );
+        r.insert(Arc::new(r.new_stream(s, Some(Default::default()), None)))
+            .unwrap();
+        let v = r.view("c").unwrap();
+        assert!(v.features_for("customer").is_some());
+        assert!(
+            v.features_for("agent").is_none(),
+            "the agent is not inferred"
+        );
+        assert!(v.features.of_channel(1).is_some() && v.features.of_channel(0).is_none());
+        assert!(v.features.mixed().is_none());
+        let info = &r.list()[0];
+        assert_eq!(
+            info.described.as_deref(),
+            Some(&["customer".to_string()][..])
+        );
+        assert_eq!(info.audio_channels, Some(0));
+        // Without a map: one mixed store for every speaker.
+        r.insert(Arc::new(r.new_stream(
+            spec("m"),
+            Some(Default::default()),
+            None,
+        )))
+        .unwrap();
+        let m = r.view("m").unwrap();
+        assert!(m.features_for("anyone").is_some() && m.features.mixed().is_some());
+        assert_eq!(r.list()[1].described, None);
     }
 
     #[test]
@@ -372,7 +527,7 @@ mod tests {
         let list = r.list();
         assert_eq!(list[0].state, StreamState::Starting);
         assert!(r.view("a").unwrap().visual.is_some());
-        assert!(r.view("b").unwrap().features.is_none());
+        assert!(!r.view("b").unwrap().features.any());
         let first = r.view("a").unwrap().generation;
         assert!(r.remove("a").is_some());
         assert!(!r.contains("a") && r.view("a").is_none());

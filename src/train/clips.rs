@@ -13,6 +13,9 @@ pub struct Clips {
     pub speaker: Vec<String>,
     /// MELD class index per clip (None: boredom, or a label the reader did not know).
     pub label: Vec<Option<usize>>,
+    /// The same clips through other conditions (a telephone channel, noise), by name: raw
+    /// vectors in the same order as `audio`. The mix draws from them ([`super::mix`]).
+    pub conditions: Vec<(String, Vec<Vec<f32>>)>,
 }
 
 impl Clips {
@@ -29,6 +32,40 @@ impl Clips {
             audio: flat.chunks(d).map(<[f32]>::to_vec).collect(),
             speaker: ds.meta.groups.clone(),
             label,
+            conditions: Vec::new(),
+        }
+    }
+
+    /// `name`: the same clips through another condition (`summerd dataset emodb --channel C
+    /// --noise N` of the same folder), added to [`Clips::conditions`]. Refused unless it holds
+    /// the same clips in the same order.
+    pub fn with_condition(mut self, name: &str, ds: &Dataset) -> Result<Clips, String> {
+        let other = Clips::from_emodb(ds);
+        if other.speaker != self.speaker || other.label != self.label {
+            return Err(format!(
+                "'{name}' does not hold the same clips, in the same order, as the clean set"
+            ));
+        }
+        self.conditions.push((name.to_string(), other.audio));
+        Ok(self)
+    }
+
+    /// The clips as heard through condition `i` of [`Clips::conditions`], with no conditions
+    /// of their own.
+    pub fn through(&self, i: usize) -> Clips {
+        Clips {
+            audio: self.conditions[i].1.clone(),
+            speaker: self.speaker.clone(),
+            label: self.label.clone(),
+            conditions: Vec::new(),
+        }
+    }
+
+    /// Clip `c`'s vector through condition `cond` (None: clean).
+    pub fn vector(&self, c: usize, cond: Option<usize>) -> &[f32] {
+        match cond {
+            Some(i) => &self.conditions[i].1[c],
+            None => &self.audio[c],
         }
     }
 

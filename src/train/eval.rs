@@ -17,13 +17,13 @@ use crate::text::{self, Precision, TextEncoder, TextError};
 use crate::vision::stage::VisionModels;
 
 /// What is evaluated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EvalInput {
     /// A split in the native format.
     Native(PathBuf),
     /// A folder of audio files and its labels file (`FILE,LABEL[,SPEAKER]` per line), each
-    /// file passed through a telephone channel first.
-    Wavs(PathBuf, PathBuf, crate::decode::Channel),
+    /// file passed through a telephone channel and noise first.
+    Wavs(PathBuf, PathBuf, crate::decode::Condition),
     /// A MELD-format CSV.
     Meld(PathBuf),
     /// Labelled face pictures (`DIR/<class>/*.{jpg,png}`): the visual branch alone.
@@ -160,20 +160,19 @@ pub fn dataset(
                 Some(faces.network_metrics()),
             ));
         }
-        EvalInput::Wavs(dir, labels, channel) => {
+        EvalInput::Wavs(dir, labels, cond) => {
             let norm = m.manifest.speaker_norm.as_ref().ok_or_else(|| {
                 EvalError::Mismatch(
                     "the model has no per-speaker normalisation in its manifest; evaluate it on a native split".into(),
                 )
             })?;
-            let (clips, notes) =
-                writers::labelled_wavs(dir, labels, &m.manifest.classes, *channel)?;
+            let (clips, notes) = writers::labelled_wavs(dir, labels, &m.manifest.classes, *cond)?;
             for n in notes {
                 note(format!("{}: {n}", labels.display()));
             }
             let speakers = clips.speakers();
             let text = m.manifest.features.text.as_ref();
-            let mut ds = mix::speaker_sequences(&clips, &speakers, norm, text, 1, 8);
+            let mut ds = mix::speaker_sequences(&clips, &speakers, norm, text, 1, 8, 0);
             ds.meta.classes = m.manifest.classes.clone();
             ds
         }

@@ -11,8 +11,8 @@ use tch::{Device, Kind, Tensor};
 use super::classes::{MELD_CLASSES, meld_names};
 use super::data::{DataError, Dataset, FORMAT, Sidecar, absent};
 use super::metrics::{self, Metrics};
-use super::rng::Rng;
 use crate::model::{FeatureSpec, Features, VISUAL_DIM, VISUAL_EXTRACTOR};
+use crate::rng::Rng;
 use crate::vision::expression::CLASSES as FER_CLASSES;
 use crate::vision::stage::{VisionModels, VisualVector};
 

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Metrics of one evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// Utterances scored.
     pub n: usize,

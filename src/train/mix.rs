@@ -20,6 +20,13 @@
 //!   random stream, so the voices an utterance gets are the same with or without faces. The
 //!   EmoDB sequences get no faces. `train-default` refuses training faces that leave a class
 //!   without any.
+//! - **Conditions** (when the recipe names `conditions`): the same clips through a real
+//!   telephone codec or with noise, as `summerd dataset emodb --channel --noise` made them.
+//!   Each voice of a MELD dialogue is heard with probability `condition_probability` through
+//!   one of the conditions, drawn uniformly, per voice and dialogue (a call goes through one
+//!   channel from start to end), from its own random stream, so the clips drawn are the same
+//!   with or without conditions. Each EmoDB training speaker also gets `condition_sequences`
+//!   extra sequences, each through one condition in turn, besides its clean ones.
 //! - **Per-speaker normalisation**, online ([`crate::model::norm`]): every audio vector is
 //!   standardised by the running statistics of its speaker in its dialogue, utterance by
 //!   utterance in order, with the prior from the training speakers, exactly as the daemon
@@ -37,9 +44,9 @@ use super::classes::meld_names;
 use super::clips::Clips;
 use super::data::{Dataset, FORMAT, Sidecar};
 use super::faces::Faces;
-use super::rng::Rng;
 use crate::model::norm::SpeakerNorm;
 use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features, VISUAL_DIM};
+use crate::rng::Rng;
 
 /// The `[mix]` table of a recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +65,16 @@ pub struct MixConfig {
     /// Thin the training faces so that the expression network is no more accurate on them
     /// than on the held-out faces ([`super::faces::Faces::calibrated`]).
     pub calibrate_faces: bool,
+    /// Conditions the voices are also heard through (`emodb-<name>.safetensors` beside
+    /// `emodb.safetensors`: `g711u`, `pink10`, ...; `summerd dataset emodb --channel --noise`).
+    pub conditions: Vec<String>,
+    /// Chance that a voice, for a whole MELD dialogue, is heard through one of `conditions`
+    /// (drawn uniformly) instead of clean.
+    pub condition_probability: f64,
+    /// Extra random orders of each EmoDB training speaker's clips heard through a condition,
+    /// besides the `sequences_per_speaker` clean ones: order `k` through condition `k` modulo
+    /// their number.
+    pub condition_sequences: usize,
 }
 
 impl Default for MixConfig {
@@ -69,6 +86,9 @@ impl Default for MixConfig {
             seed: 7,
             face_probability: 0.0,
             calibrate_faces: true,
+            conditions: Vec::new(),
+            condition_probability: 0.0,
+            condition_sequences: 0,
         }
     }
 }
@@ -252,6 +272,7 @@ pub fn pair_meld(
 ) -> Dataset {
     let mut rng = Rng::new(cfg.seed);
     let mut face_rng = Rng::new(cfg.seed ^ 0xFACE);
+    let mut cond_rng = Rng::new(cfg.seed ^ COND_STREAM);
     let by_label: Vec<Vec<usize>> = (0..meld.meta.classes.len())
         .map(|c| faces.map_or(Vec::new(), |f| f.of_label(c)))
         .collect();
@@ -273,6 +294,7 @@ pub fn pair_meld(
         let mut voices: Vec<&str> = speakers.iter().map(String::as_str).collect();
         rng.shuffle(&mut voices);
         let mut stats: BTreeMap<i64, _> = BTreeMap::new();
+        let mut heard: BTreeMap<i64, Option<usize>> = BTreeMap::new();
         for r in meld.offsets[d] as usize..meld.offsets[d + 1] as usize {
             let t = &text[r * text_dim as usize..(r + 1) * text_dim as usize];
             let mut audio = None;
@@ -288,7 +310,10 @@ pub fn pair_meld(
                 if !pool.is_empty() {
                     let c = pool[rng.below(pool.len())];
                     let s = stats.entry(spk[r]).or_insert_with(|| norm.fresh());
-                    audio = Some(norm.apply(s, &clips.audio[c]));
+                    let cond = *heard.entry(spk[r]).or_insert_with(|| {
+                        draw_condition(&mut cond_rng, clips, cfg.condition_probability)
+                    });
+                    audio = Some(norm.apply(s, clips.vector(c, cond)));
                 }
             }
             let face = faces.and_then(|f| {
@@ -317,6 +342,17 @@ pub fn pair_meld(
     ))
 }
 
+/// The random stream of the conditions' draws (mixed into the seed).
+const COND_STREAM: u64 = 0xC0DEC;
+
+/// One of `clips`' conditions with probability `p` (uniformly), else clean (None).
+fn draw_condition(rng: &mut Rng, clips: &Clips, p: f64) -> Option<usize> {
+    if clips.conditions.is_empty() || p <= 0.0 {
+        return None;
+    }
+    (rng.unit() < p).then(|| rng.below(clips.conditions.len()))
+}
+
 /// A text-only split (MELD dev or test) with an absent audio column, as a model that also
 /// reads audio takes it.
 pub fn audio_absent(ds: &Dataset) -> Dataset {
@@ -340,9 +376,10 @@ pub fn audio_absent(ds: &Dataset) -> Dataset {
     }
 }
 
-/// Each of `speakers`' clips as `orders` random sequences, text absent (a column of `text`'s
-/// kind, when given, as the data it is mixed with or the model that reads it has), audio
-/// normalised online along the sequence.
+/// Each of `speakers`' clips as `orders` random sequences heard clean, then
+/// `condition_orders` more each through one of `clips`' conditions in turn; text absent (a
+/// column of `text`'s kind, when given, as the data it is mixed with or the model that reads it
+/// has), audio normalised online along the sequence.
 pub fn speaker_sequences(
     clips: &Clips,
     speakers: &[String],
@@ -350,16 +387,30 @@ pub fn speaker_sequences(
     text: Option<&FeatureSpec>,
     orders: usize,
     seed: u64,
+    condition_orders: usize,
 ) -> Dataset {
     let mut rng = Rng::new(seed);
+    // The conditioned orders draw from their own stream: the clean ones are the same with or
+    // without them.
+    let mut cond_rng = Rng::new(seed ^ COND_STREAM);
     let mut b = Builder::new(text.cloned(), false);
+    let conditioned = if clips.conditions.is_empty() {
+        0
+    } else {
+        condition_orders
+    };
     for s in speakers {
-        for o in 0..orders {
+        for o in 0..orders + conditioned {
             let mut idx = clips.of(s);
-            rng.shuffle(&mut idx);
+            let cond = (o >= orders).then(|| (o - orders) % clips.conditions.len());
+            if cond.is_some() {
+                cond_rng.shuffle(&mut idx);
+            } else {
+                rng.shuffle(&mut idx);
+            }
             let mut st = norm.fresh();
             for c in idx {
-                let a = norm.apply(&mut st, &clips.audio[c]);
+                let a = norm.apply(&mut st, clips.vector(c, cond));
                 let label = clips.label[c].map_or(-1, |l| l as i64);
                 b.row([None, Some(&a), None], 0, label);
             }
@@ -433,6 +484,7 @@ mod tests {
             audio,
             speaker,
             label,
+            conditions: Vec::new(),
         }
     }
 
@@ -469,6 +521,66 @@ mod tests {
     }
 
     #[test]
+    fn conditions_replace_a_voice_for_a_whole_dialogue_and_draw_the_same_clips() {
+        let clean = clips();
+        // One condition: every vector plus 1000, so the raw values say which was drawn.
+        let through: Vec<Vec<f32>> = clean
+            .audio
+            .iter()
+            .map(|v| v.iter().map(|x| x + 1000.0).collect())
+            .collect();
+        let mut c = clips();
+        c.conditions.push(("g711u".into(), through));
+        let sp = c.speakers();
+        let norm = SpeakerNorm {
+            prior_weight: 1e9, // the prior alone: the output is the raw vector, shifted by 0
+            mean: vec![0.0; 88],
+            std: vec![1.0; 88],
+        };
+        let base = MixConfig {
+            pair_probability: 1.0,
+            ..MixConfig::default()
+        };
+        let raw = |ds: &Dataset| Vec::<f32>::try_from(ds.features[1].select(1, 0)).unwrap();
+        let plain = raw(&pair_meld(&meld(), &clean, &sp, &norm, None, &base));
+        let all = MixConfig {
+            conditions: vec!["g711u".into()],
+            condition_probability: 1.0,
+            ..base.clone()
+        };
+        let heard = raw(&pair_meld(&meld(), &c, &sp, &norm, None, &all));
+        // The same clips, each through the condition.
+        assert_eq!(heard.len(), plain.len());
+        for (h, p) in heard.iter().zip(&plain) {
+            assert!((h - p - 1000.0).abs() < 1e-2, "{h} vs {p}");
+        }
+        // Probability 0, or no conditions loaded: clean.
+        let none = MixConfig {
+            condition_probability: 0.0,
+            ..all.clone()
+        };
+        assert_eq!(raw(&pair_meld(&meld(), &c, &sp, &norm, None, &none)), plain);
+        // Sequences: the clean orders as without conditions, then the extra ones, each wholly
+        // through a condition.
+        let clean_seq = raw(&speaker_sequences(&clean, &sp, &norm, None, 2, 3, 5));
+        let seq = speaker_sequences(&c, &sp, &norm, None, 2, 3, 5);
+        let v = raw(&seq);
+        assert_eq!(seq.dialogues(), 2 * (2 + 5));
+        let mut clean_rows = Vec::new();
+        for d in 0..seq.dialogues() {
+            let rows: Vec<usize> = (seq.offsets[d] as usize..seq.offsets[d + 1] as usize).collect();
+            let through = d % 7 >= 2;
+            for r in &rows {
+                assert_eq!(v[*r] >= 500.0, through, "dialogue {d}");
+            }
+            if !through {
+                clean_rows.extend(rows.iter().map(|r| v[*r]));
+            }
+        }
+        assert_eq!(clean_rows, clean_seq);
+    }
+
+    #[test]
     fn always_paired_meld_gets_a_voice_of_the_same_emotion() {
         let c = clips();
         let sp = c.speakers();
@@ -497,7 +609,7 @@ mod tests {
             None,
             &MixConfig {
                 pair_probability: 0.0,
-                ..cfg
+                ..cfg.clone()
             },
         );
         let audio_present = never.present.select(1, 1).any().int64_value(&[]);
@@ -526,7 +638,7 @@ mod tests {
             extractor: crate::model::tuned_extractor(crate::model::TEXT_EXTRACTOR),
             dim: 2,
         };
-        let ds = speaker_sequences(&c, &["09".to_string()], &norm, Some(&text), 3, 1);
+        let ds = speaker_sequences(&c, &["09".to_string()], &norm, Some(&text), 3, 1, 0);
         // The absent text column is the kind the caller reads.
         assert_eq!(ds.meta.features.text.as_ref(), Some(&text));
         assert_eq!(ds.features[0].size(), vec![9, 2]);

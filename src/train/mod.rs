@@ -9,7 +9,6 @@ pub mod eval;
 pub mod faces;
 pub mod metrics;
 pub mod mix;
-mod rng;
 pub mod summer_default;
 pub mod tune;
 pub mod writers;
@@ -114,6 +113,21 @@ impl Recipe {
                 r.text.lora_alpha
             )));
         }
+        if !(0.0..=1.0).contains(&r.mix.condition_probability) {
+            return Err(TrainError::Recipe(format!(
+                "`mix.condition_probability` {} must be within 0..=1",
+                r.mix.condition_probability
+            )));
+        }
+        if (r.mix.condition_probability > 0.0 || r.mix.condition_sequences > 0)
+            && r.mix.conditions.is_empty()
+        {
+            return Err(TrainError::Recipe(
+                "`mix.condition_probability` or `mix.condition_sequences` is set but \
+                 `mix.conditions` names none"
+                    .into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&r.text.exclamation_to_period) {
             return Err(TrainError::Recipe(format!(
                 "`text.exclamation_to_period` {} must be within 0..=1",
@@ -131,7 +145,7 @@ impl Recipe {
 }
 
 /// One phase's log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseReport {
     /// Utterance-level tuning of the text encoder before this phase (`text.mode = "utterance"`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,7 +169,7 @@ pub struct PhaseReport {
 }
 
 /// Everything `summerd train` measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
     /// The recipe.
     pub recipe: Recipe,

@@ -57,6 +57,9 @@ pub struct Fold {
     pub clips: usize,
     /// MELD test with this voice on every utterance: weighted F1.
     pub fused_meld_wf1: f64,
+    /// Audio alone through each condition the build found (`emodb-<name>.safetensors`):
+    /// 6-class accuracy (%) of the held-out speaker's clips.
+    pub conditions: BTreeMap<String, f64>,
 }
 
 /// The modalities' combinations, by their initials (text, audio, visual).
@@ -106,6 +109,8 @@ pub struct DefaultReport {
     pub emodb_loso: Option<Metrics>,
     /// Pooled over folds: MELD test with held-out voices attached.
     pub fused_loso: Option<Metrics>,
+    /// Pooled over folds: audio alone through each condition found, 6-class metrics.
+    pub emodb_loso_conditions: BTreeMap<String, Metrics>,
     /// With faces: what they gave.
     pub faces: Option<FacesReport>,
     /// Wall seconds.
@@ -129,13 +134,23 @@ pub struct FaceSplits {
     pub test: Faces,
 }
 
+/// What `summerd train-default` reads.
+pub struct Splits {
+    /// MELD train, dev, test.
+    pub meld: [Dataset; 3],
+    /// EmoDB, clean.
+    pub emodb: Dataset,
+    /// EmoDB through each condition, by name (`emodb-<name>.safetensors`), sorted.
+    pub conditions: Vec<(String, Dataset)>,
+    /// The labelled faces, when asked for.
+    pub faces: Option<FaceSplits>,
+}
+
 /// The splits `summerd train-default` reads from `dir`, as `summerd dataset` writes them:
 /// MELD [train, dev, test] (`meld-{train,dev,test}.safetensors`), EmoDB
-/// (`emodb.safetensors`) and, when `faces`, the labelled faces (`fer-{train,test}.safetensors`).
-pub fn load_splits(
-    dir: &Path,
-    faces: bool,
-) -> Result<([Dataset; 3], Dataset, Option<FaceSplits>), TrainError> {
+/// (`emodb.safetensors`), EmoDB through conditions (every `emodb-<name>.safetensors`) and,
+/// when `faces`, the labelled faces (`fer-{train,test}.safetensors`).
+pub fn load_splits(dir: &Path, faces: bool) -> Result<Splits, TrainError> {
     let split = |name: &str| Dataset::load(&dir.join(format!("{name}.safetensors")));
     let meld = [
         split("meld-train")?,
@@ -154,22 +169,39 @@ pub fn load_splits(
     } else {
         None
     };
-    Ok((meld, split("emodb")?, faces))
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().to_string();
+            let cond = name.strip_prefix("emodb-")?.strip_suffix(".safetensors")?;
+            Some(cond.to_string())
+        })
+        .collect();
+    names.sort();
+    let conditions = names
+        .into_iter()
+        .map(|n| Ok((n.clone(), split(&format!("emodb-{n}"))?)))
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    Ok(Splits {
+        meld,
+        emodb: split("emodb")?,
+        conditions,
+        faces,
+    })
 }
 
-/// Train the default model into `out` (scratch in `work`) with the `folds` asked for; `meld`
-/// is [train, dev, test] as `summerd dataset meld` writes them.
-#[allow(clippy::too_many_arguments)]
+/// Train the default model into `out` (scratch in `work`) with the `folds` asked for, from
+/// `splits` ([`load_splits`]).
 pub fn build(
     recipe: &Recipe,
-    meld: [&Dataset; 3],
-    emodb: &Dataset,
-    faces: Option<&FaceSplits>,
+    splits: &Splits,
     out: &Path,
     work: &Path,
     folds: &Folds,
     device: Device,
 ) -> Result<DefaultReport, TrainError> {
+    let meld = [&splits.meld[0], &splits.meld[1], &splits.meld[2]];
+    let faces = splits.faces.as_ref();
+    let (clips, heard) = voices(recipe, splits)?;
     let (loso, only): (bool, &[String]) = match folds {
         Folds::Skip => (false, &[]),
         Folds::All => (true, &[]),
@@ -194,15 +226,7 @@ pub fn build(
     let mut teacher_recipe = recipe.clone();
     teacher_recipe.train.student = false;
     let teacher_dir = work.join("teacher");
-    let [train, dev, test] = meld;
-    let teacher = run(
-        &teacher_recipe,
-        train,
-        dev,
-        Some(test),
-        &teacher_dir,
-        device,
-    )?;
+    let teacher = teacher_once(&teacher_recipe, meld, &teacher_dir, device)?;
     // With a fine-tuned text encoder (`[text]` in the recipe), the students read the tuned
     // encoder's vectors, made as the daemon makes them, and ship its delta; they tune nothing.
     let tuned = Model::load(&teacher_dir, device)?.manifest.text_tuned;
@@ -255,21 +279,34 @@ pub fn build(
         }
     };
     let face_sets = kept.as_ref().zip(faces.map(|f| &f.test));
-    let students = Students::new(recipe, teacher_dir, tuned, meld, emodb, face_sets, device);
+    let students = Students::new(
+        recipe,
+        teacher_dir,
+        tuned,
+        meld,
+        clips,
+        heard,
+        face_sets,
+        device,
+    );
     let all = students.clips.speakers();
     let norm_all = students.clips.prior(&all, recipe.mix.prior_weight);
 
     let mut folds = Vec::new();
     let (mut audio_parts, mut fused_parts) = (Vec::new(), Vec::new());
     let mut combos: BTreeMap<String, Vec<Answers>> = BTreeMap::new();
+    let mut through: BTreeMap<String, Vec<Answers>> = BTreeMap::new();
     if loso {
         for s in all.iter().filter(|s| only.is_empty() || only.contains(s)) {
-            let (fold, audio, fused, by_combo) = students.fold(s, &all, work, classes)?;
-            folds.push(fold);
-            audio_parts.push(audio);
-            fused_parts.push(fused);
-            for (k, v) in by_combo {
+            let run = students.fold(s, &all, work, classes)?;
+            folds.push(run.fold);
+            audio_parts.push(run.audio);
+            fused_parts.push(run.fused);
+            for (k, v) in run.combos {
                 combos.entry(k).or_default().push(v);
+            }
+            for (k, v) in run.conditions {
+                through.entry(k).or_default().push(v);
             }
         }
     }
@@ -288,6 +325,10 @@ pub fn build(
         folds,
         emodb_loso: loso.then(|| pooled(&audio_parts, classes)),
         fused_loso: loso.then(|| pooled(&fused_parts, classes)),
+        emodb_loso_conditions: through
+            .iter()
+            .map(|(k, parts)| (k.clone(), pooled(parts, classes)))
+            .collect(),
         faces,
         seconds: t0.elapsed().as_secs_f64(),
     };
@@ -316,6 +357,77 @@ pub fn build(
         out.join("results.json"),
         serde_json::to_string_pretty(&report).expect("plain struct") + "\n",
     )?;
+    Ok(report)
+}
+
+/// The EmoDB clips the students hear (clean, and through the recipe's `mix.conditions`), and
+/// every condition found, as clips of its own, to score the held-out speakers on.
+fn voices(recipe: &Recipe, splits: &Splits) -> Result<(Clips, Vec<(String, Clips)>), TrainError> {
+    let mut clips = Clips::from_emodb(&splits.emodb);
+    let found = |name: &str| splits.conditions.iter().find(|(n, _)| n == name);
+    for name in &recipe.mix.conditions {
+        let (_, ds) = found(name).ok_or_else(|| {
+            TrainError::Recipe(format!(
+                "mix.conditions names '{name}', but there is no emodb-{name}.safetensors beside \
+                 emodb.safetensors (make it with `summerd dataset emodb --channel --noise`)"
+            ))
+        })?;
+        clips = clips.with_condition(name, ds).map_err(TrainError::Recipe)?;
+    }
+    let mut heard = Vec::new();
+    for (name, ds) in &splits.conditions {
+        let one = Clips::from_emodb(&splits.emodb)
+            .with_condition(name, ds)
+            .map_err(TrainError::Recipe)?;
+        heard.push((name.clone(), one.through(0)));
+    }
+    Ok((clips, heard))
+}
+
+/// The text teacher, trained once per recipe and data: a teacher in `dir` made from the same
+/// teacher recipe (`[mix]` aside: the teacher reads none of it) and the same MELD splits
+/// (`teacher-key.json`) is reused, with its report.
+fn teacher_once(
+    recipe: &Recipe,
+    [train, dev, test]: [&Dataset; 3],
+    dir: &Path,
+    device: Device,
+) -> Result<TrainReport, TrainError> {
+    let fingerprint = |d: &Dataset| {
+        (
+            d.len(),
+            d.meta.source.clone(),
+            d.features[0].sum(tch::Kind::Double).double_value(&[]),
+        )
+    };
+    let mut keyed = recipe.clone();
+    keyed.mix = mix::MixConfig::default();
+    let key = serde_json::to_string(&(
+        &keyed,
+        fingerprint(train),
+        fingerprint(dev),
+        fingerprint(test),
+    ))
+    .expect("plain data");
+    let (key_file, report_file) = (
+        dir.join("teacher-key.json"),
+        dir.join("teacher-report.json"),
+    );
+    if std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str())
+        && let Ok(text) = std::fs::read_to_string(&report_file)
+        && let Ok(report) = serde_json::from_str::<TrainReport>(&text)
+        && Model::load(dir, device).is_ok()
+    {
+        tracing::info!(dir = %dir.display(), "Teacher: reusing the one trained from this recipe and data");
+        return Ok(report);
+    }
+    let _ = std::fs::remove_file(&key_file);
+    let report = run(recipe, train, dev, Some(test), dir, device)?;
+    std::fs::write(
+        &report_file,
+        serde_json::to_string(&report).expect("plain data"),
+    )?;
+    std::fs::write(&key_file, key)?;
     Ok(report)
 }
 
@@ -351,7 +463,10 @@ struct Students<'a> {
     teacher_dir: PathBuf,
     /// The teacher's fine-tuning delta of the text encoder, which the students ship.
     tuned: Option<TunedText>,
+    /// The clips heard in training (clean, and through the recipe's conditions).
     clips: Clips,
+    /// Every condition found, as clips of its own: the held-out speakers are scored on each.
+    heard: Vec<(String, Clips)>,
     train: &'a Dataset,
     test: &'a Dataset,
     /// The training faces (as kept) and the held-out faces.
@@ -366,18 +481,29 @@ struct Students<'a> {
 /// (truths, predictions).
 type Answers = (Vec<i64>, Vec<i64>);
 
-/// One fold's outcome: its figures, then the answers on the held-out speaker's clips, on MELD
-/// test with that voice attached, and, with faces, on MELD test with that voice and held-out
-/// faces under each combination of modalities.
-type FoldRun = (Fold, Answers, Answers, Vec<(String, Answers)>);
+/// One fold's outcome.
+struct FoldRun {
+    fold: Fold,
+    /// On the held-out speaker's clips.
+    audio: Answers,
+    /// On MELD test with that voice attached.
+    fused: Answers,
+    /// With faces: on MELD test with that voice and held-out faces, under each combination of
+    /// modalities.
+    combos: Vec<(String, Answers)>,
+    /// On the held-out speaker's clips through each condition.
+    conditions: Vec<(String, Answers)>,
+}
 
 impl<'a> Students<'a> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         recipe: &Recipe,
         teacher_dir: PathBuf,
         tuned: Option<TunedText>,
         [train, dev, test]: [&'a Dataset; 3],
-        emodb: &Dataset,
+        clips: Clips,
+        heard: Vec<(String, Clips)>,
         faces: Option<(&'a Faces, &'a Faces)>,
         device: Device,
     ) -> Students<'a> {
@@ -388,7 +514,8 @@ impl<'a> Students<'a> {
             recipe: student_recipe,
             teacher_dir,
             tuned,
-            clips: Clips::from_emodb(emodb),
+            clips,
+            heard,
             train,
             test,
             faces,
@@ -433,6 +560,7 @@ impl<'a> Students<'a> {
                 self.text(),
                 cfg.sequences_per_speaker,
                 cfg.seed,
+                cfg.condition_sequences,
             )),
         ])
     }
@@ -475,18 +603,35 @@ impl<'a> Students<'a> {
         self.ship_text(&mut student, &fold_dir)?;
         student.save(&fold_dir)?;
         let held = &[s.to_string()][..];
-        let seq = self.widen(mix::speaker_sequences(
-            &self.clips,
-            held,
-            &norm,
-            self.text(),
-            1,
-            cfg.seed + 1,
-        ));
-        let (t, p, _) = predict(&student.net, &seq, device, 64);
+        // The held-out speaker's clips as one sequence, clean and through each condition, in
+        // the same order.
+        let heard = |clips: &Clips| {
+            let seq = self.widen(mix::speaker_sequences(
+                clips,
+                held,
+                &norm,
+                self.text(),
+                1,
+                cfg.seed + 1,
+                0,
+            ));
+            predict(&student.net, &seq, device, 64)
+        };
+        let (t, p, _) = heard(&self.clips);
         let acc = metrics::compute(&t, &p, classes).wa;
+        let mut conditions = Vec::new();
+        let mut accuracy = BTreeMap::new();
+        for (name, clips) in &self.heard {
+            let (ct, cp, _) = heard(clips);
+            let a = metrics::compute(&ct, &cp, classes).wa;
+            tracing::info!(speaker = %s, condition = %name, audio_accuracy = a, "heard through");
+            accuracy.insert(name.clone(), a);
+            conditions.push((name.clone(), (ct, cp)));
+        }
+        // The fused figures are clean: the voice as recorded.
         let voiced = mix::MixConfig {
             pair_probability: 1.0,
+            condition_probability: 0.0,
             ..cfg.clone()
         };
         let fused = self.widen(mix::pair_meld(
@@ -505,6 +650,7 @@ impl<'a> Students<'a> {
             let all_three = mix::MixConfig {
                 pair_probability: 1.0,
                 face_probability: 1.0,
+                condition_probability: 0.0,
                 ..cfg.clone()
             };
             let full = mix::pair_meld(
@@ -528,8 +674,15 @@ impl<'a> Students<'a> {
             audio_accuracy: acc,
             clips: t.len(),
             fused_meld_wf1: fm.wf1,
+            conditions: accuracy,
         };
-        Ok((fold, (t, p), (ft, fp), by_combo))
+        Ok(FoldRun {
+            fold,
+            audio: (t, p),
+            fused: (ft, fp),
+            combos: by_combo,
+            conditions,
+        })
     }
 
     /// The shipped student on every speaker's mix, saved in `out` (f16 weights, the
@@ -566,9 +719,20 @@ impl<'a> Students<'a> {
                 cfg.face_probability
             )
         });
+        let heard = if cfg.conditions.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; voices also heard through {} (MELD voices p = {}, {} extra sequences a speaker)",
+                cfg.conditions.join(", "),
+                cfg.condition_probability,
+                cfg.condition_sequences
+            )
+        };
         model.manifest.trained_on = format!(
             "MELD train (text) with EmoDB voices of speakers {} attached (p = {}), and those \
-             speakers' clips as sequences; per-speaker online normalisation (prior weight {}){faces}",
+             speakers' clips as sequences; per-speaker online normalisation (prior weight \
+             {}){heard}{faces}",
             all.join(","),
             cfg.pair_probability,
             cfg.prior_weight

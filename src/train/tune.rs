@@ -81,7 +81,7 @@ impl Default for TextConfig {
 /// [`TextConfig::exclamation_to_period`]).
 pub fn asr_punctuation(ds: &Dataset, p: f64, seed: u64) -> Dataset {
     let mut out = ds.subset(&(0..ds.dialogues()).collect::<Vec<_>>());
-    let mut rng = super::rng::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     for t in &mut out.meta.texts {
         if rng.unit() < p {
             *t = t.replace('!', ".");
@@ -348,7 +348,7 @@ const HEAD_LR: f64 = 1e-3;
 const HEAD_SCALE: f64 = 10.0;
 
 /// What utterance-level tuning did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct UtteranceReport {
     /// Dev WF1 of the classifier after each epoch.
     pub dev_wf1: Vec<f64>,

@@ -12,7 +12,7 @@ use super::classes::meld_names;
 pub use super::classes::{EMODB_CLASSES, MELD_CLASSES};
 use super::clips::Clips;
 use super::data::{DataError, Dataset, FORMAT, Sidecar, absent, presence};
-use crate::decode::Channel;
+use crate::decode::Condition;
 use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
 use crate::text::TextEncoder;
 
@@ -93,7 +93,7 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
 
 /// EmoDB clips as a dataset: one single-utterance dialogue per clip, its 88 eGeMAPS functionals
 /// as the audio vector, the speaker (first two characters) as its group.
-pub fn emodb(dir: &Path, channel: Channel) -> Result<Dataset, DataError> {
+pub fn emodb(dir: &Path, cond: Condition) -> Result<Dataset, DataError> {
     let files = crate::assets::wav_files(dir).map_err(|e| invalid(dir, e.to_string()))?;
     let (mut feats, mut labels, mut ids, mut groups) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -108,14 +108,17 @@ pub fn emodb(dir: &Path, channel: Channel) -> Result<Dataset, DataError> {
             .iter()
             .position(|(_, c)| *c == letter)
             .ok_or_else(|| invalid(f, format!("no EmoDB label letter in '{name}'")))?;
-        let audio = crate::decode::decode_audio_through(f, channel)
-            .map_err(|e| invalid(f, e.to_string()))?;
-        let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
-            .map_err(|e| invalid(f, e.to_string()))?;
-        feats.extend_from_slice(&func.values);
         labels.push(label as i64);
         ids.push(name.trim_end_matches(".wav").to_string());
         groups.push(name[..2].to_string());
+    }
+    for (f, audio) in files.iter().zip(
+        crate::decode::decode_set(&files, &groups, cond)
+            .map_err(|e| invalid(dir, e.to_string()))?,
+    ) {
+        let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
+            .map_err(|e| invalid(f, e.to_string()))?;
+        feats.extend_from_slice(&func.values);
     }
     let n = files.len() as i64;
     Ok(Dataset {
@@ -132,14 +135,13 @@ pub fn emodb(dir: &Path, channel: Channel) -> Result<Dataset, DataError> {
             },
             dialogues: ids,
             groups,
-            source: match channel {
-                Channel::Clean => {
-                    "EmoDB (acted German speech), summerd eGeMAPS v02 functionals".into()
-                }
-                c => format!(
+            source: if cond == Condition::CLEAN {
+                "EmoDB (acted German speech), summerd eGeMAPS v02 functionals".into()
+            } else {
+                format!(
                     "EmoDB (acted German speech) through {}, summerd eGeMAPS v02 functionals",
-                    c.name()
-                ),
+                    cond.name()
+                )
             },
             texts: Vec::new(),
         },
@@ -159,11 +161,12 @@ pub fn emodb(dir: &Path, channel: Channel) -> Result<Dataset, DataError> {
 /// `FILE,LABEL,SPEAKER` (FILE relative to `dir`; `#` starts a comment; a first line whose
 /// label column is `label` is a header). LABEL must be one of `classes` (anything else is kept
 /// unlabelled and named in the returned notes); without SPEAKER every clip is one speaker's.
+/// Each clip goes through `cond` first ([`crate::decode::decode_set`]).
 pub fn labelled_wavs(
     dir: &Path,
     labels: &Path,
     classes: &[String],
-    channel: Channel,
+    cond: Condition,
 ) -> Result<(Clips, Vec<String>), DataError> {
     let text = std::fs::read_to_string(labels).map_err(|e| DataError::File {
         path: labels.to_path_buf(),
@@ -173,8 +176,10 @@ pub fn labelled_wavs(
         audio: Vec::new(),
         speaker: Vec::new(),
         label: Vec::new(),
+        conditions: Vec::new(),
     };
     let mut notes = Vec::new();
+    let mut files = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -190,11 +195,6 @@ pub fn labelled_wavs(
         if n == 0 && cols[1].eq_ignore_ascii_case("label") {
             continue;
         }
-        let f = dir.join(cols[0]);
-        let audio = crate::decode::decode_audio_through(&f, channel)
-            .map_err(|e| invalid(&f, e.to_string()))?;
-        let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
-            .map_err(|e| invalid(&f, e.to_string()))?;
         let label = classes.iter().position(|c| c == cols[1]);
         if label.is_none() {
             notes.push(format!(
@@ -203,11 +203,18 @@ pub fn labelled_wavs(
                 cols[1]
             ));
         }
-        clips.audio.push(func.values.to_vec());
+        files.push(dir.join(cols[0]));
         clips.label.push(label);
         clips
             .speaker
             .push(cols.get(2).copied().unwrap_or("speaker").to_string());
+    }
+    let audio = crate::decode::decode_set(&files, &clips.speaker, cond)
+        .map_err(|e| invalid(labels, e.to_string()))?;
+    for (f, a) in files.iter().zip(audio) {
+        let (func, _) = crate::acoustic::file_functionals(a.rate, &a.samples)
+            .map_err(|e| invalid(f, e.to_string()))?;
+        clips.audio.push(func.values.to_vec());
     }
     if clips.audio.is_empty() {
         return Err(invalid(labels, "no clips listed".into()));

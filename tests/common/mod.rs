@@ -60,11 +60,21 @@ pub fn python() -> PathBuf {
 /// The 3-line call of demo/make_call.py --short (espeak-ng voices over a real face), made in
 /// `dir`: its call.json.
 pub fn short_call(dir: &Path) -> serde_json::Value {
+    make_call(dir, &["--short"])
+}
+
+/// demo/make_call.py's short call with each speaker on a channel of their own (agent 0,
+/// customer 1).
+pub fn short_stereo_call(dir: &Path) -> serde_json::Value {
+    make_call(dir, &["--short", "--stereo"])
+}
+
+fn make_call(dir: &Path, args: &[&str]) -> serde_json::Value {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let ok = Command::new(python())
         .arg(repo.join("demo/make_call.py"))
         .arg(dir)
-        .arg("--short")
+        .args(args)
         .status()
         .expect("run demo/make_call.py")
         .success();
@@ -707,4 +717,45 @@ pub fn start_worker(tap: &str, transcripts: &str, args: &[&str], log: &Path) -> 
         "the ASR worker did not start:\n{said}"
     );
     child
+}
+
+/// A daemon with the default model (`model_config`), its events endpoint set, no streams.
+pub fn model_daemon() -> Daemon {
+    Daemon::start_custom(|_, p| model_config(Some(p.1)), &[], false)
+}
+
+/// A SUB socket on the daemon's events, subscribed to `prefix` (`emotion.`, `lifecycle.`).
+pub fn subscribe(d: &Daemon, prefix: &str) -> (zmq::Context, zmq::Socket) {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::SUB).unwrap();
+    s.set_subscribe(prefix.as_bytes()).unwrap();
+    s.set_rcvtimeo(100).unwrap();
+    s.connect(&d.events).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    (ctx, s)
+}
+
+/// Events received until `done` says so or `limit` passes.
+pub fn collect(
+    sub: &zmq::Socket,
+    limit: Duration,
+    mut done: impl FnMut(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    while Instant::now() < deadline && !done(&got) {
+        if let Ok(parts) = sub.recv_multipart(0) {
+            got.push(serde_json::from_slice(&parts[1]).unwrap());
+        }
+    }
+    got
+}
+
+/// Attach `spec` (an attach request without its `cmd`) over the control socket; it must be
+/// taken.
+pub fn attach(d: &Daemon, spec: serde_json::Value) {
+    let mut req = spec;
+    req["cmd"] = serde_json::json!("attach");
+    let r = d.control(req.clone());
+    assert_eq!(r["ok"], true, "attach {req}: {r}");
 }

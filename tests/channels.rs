@@ -1,0 +1,309 @@
+//! One channel per speaker, with real parts: a stereo call made by espeak-ng and GStreamer
+//! (demo/make_call.py --stereo, the agent on channel 0 and the customer on channel 1), the daemon
+//! with the default model, the reference ASR worker on the tap, two G.711 RTP legs from a
+//! gst-launch sender joined by the `rtp-pcmu-legs` template, and a map naming a channel the
+//! media lacks.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, attach, call_segments, collect, eventually, free_port, metric};
+use serde_json::{Value, json};
+
+fn channels() -> Value {
+    json!({"0": "agent", "1": "customer"})
+}
+
+/// The script's speakers, in order.
+fn speakers(call: &Value) -> Vec<String> {
+    call["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["speaker"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ended(d: &Daemon, id: &str) {
+    let done = eventually(Duration::from_secs(60), || {
+        (d.stream_state(id).as_deref() == Some("ended")).then_some(())
+    });
+    assert!(done.is_some(), "stream {id} did not end:\n{}", d.log());
+}
+
+fn listed(d: &Daemon, id: &str) -> Value {
+    let r = d.control(json!({"cmd": "list"}));
+    r["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not listed: {r}"))
+}
+
+#[test]
+fn a_stereo_call_through_the_reference_asr_gives_each_voice_its_channels_speaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let call = common::short_stereo_call(dir.path());
+    assert_eq!(call["channels"], channels());
+    let d = common::model_daemon();
+    let (_ctx, sub) = common::subscribe(&d, "emotion.");
+    let asr_log = dir.path().join("asr.log");
+    let mut asr = common::start_worker(
+        &d.tap,
+        &d.transcripts,
+        &["--exit-after-idle", "2", "--min-silence-ms", "500"],
+        &asr_log,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let media = call["media"].as_str().unwrap();
+    attach(
+        &d,
+        json!({"id": "stereo", "uri": format!("file://{media}"), "template": "file",
+               "channels": channels()}),
+    );
+    let n = speakers(&call).len();
+    let mut events = collect(&sub, Duration::from_secs(90), |g| g.len() >= n);
+    let waited = Instant::now();
+    while asr.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = asr.kill();
+    let said = std::fs::read_to_string(&asr_log).unwrap_or_default();
+    events.extend(collect(&sub, Duration::from_secs(2), |_| false));
+    let who: Vec<&str> = events
+        .iter()
+        .map(|e| e["speaker"].as_str().unwrap())
+        .collect();
+    // Each line's speaker is its channel's: no clustering, no guessing.
+    assert_eq!(
+        who,
+        speakers(&call),
+        "events: {events:#?}\nASR: {said}\ndaemon: {}",
+        d.log()
+    );
+    for (e, l) in events.iter().zip(call["lines"].as_array().unwrap()) {
+        assert_eq!(e["modalities"]["audio"], true, "{e}");
+        let (got, want) = (e["start"].as_f64().unwrap(), l["start"].as_f64().unwrap());
+        assert!((got - want).abs() <= 0.3, "{e}\n{l}");
+    }
+    let info = listed(&d, "stereo");
+    assert_eq!(info["audio_channels"], 2, "{info}");
+    assert_eq!(info["described"], json!(["agent", "customer"]), "{info}");
+}
+
+#[test]
+fn an_excluded_channel_gets_nothing_and_a_missing_channel_is_an_error_the_stream_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let stereo = common::short_stereo_call(&dir.path().join("stereo"));
+    let mono = common::short_call(&dir.path().join("mono"));
+    let d = common::model_daemon();
+    let (_ctx, sub) = common::subscribe(&d, "emotion.");
+    let (_lctx, life) = common::subscribe(&d, "lifecycle.");
+    let fast = json!({"sync": "false"});
+    let wav = |c: &Value| {
+        std::path::Path::new(c["media"].as_str().unwrap())
+            .with_file_name("call.wav")
+            .display()
+            .to_string()
+    };
+    // s: the agent is not inferred (EU AI Act); m: a mono recording under a two-channel map.
+    attach(
+        &d,
+        json!({"id": "s", "uri": format!("file://{}", wav(&stereo)), "template": "file",
+               "channels": channels(), "infer_speakers": ["customer"], "options": fast}),
+    );
+    attach(
+        &d,
+        json!({"id": "m", "uri": format!("file://{}", wav(&mono)), "template": "file",
+               "channels": channels(), "options": fast}),
+    );
+    ended(&d, "s");
+    ended(&d, "m");
+    // The excluded agent's channel has no descriptors at all.
+    let s = listed(&d, "s");
+    assert_eq!(
+        (&s["audio_channels"], &s["described"]),
+        (&json!(2), &json!(["customer"])),
+        "{s}"
+    );
+    let m = listed(&d, "m");
+    assert_eq!(m["audio_channels"], 1, "{m}");
+
+    let mut segments = call_segments(&stereo, "s");
+    segments.extend(call_segments(&mono, "m"));
+    common::push_segments(&d.transcripts, &segments);
+    let want = 1 + 3;
+    let mut events = collect(&sub, Duration::from_secs(60), |g| g.len() >= want);
+    events.extend(collect(&sub, Duration::from_secs(1), |_| false));
+    assert_eq!(events.len(), want, "{events:#?}\n{}", d.log());
+    let of = |id: &str| -> Vec<&Value> { events.iter().filter(|e| e["stream"] == id).collect() };
+    let s_events = of("s");
+    assert_eq!(s_events.len(), 1, "only the customer's line: {s_events:#?}");
+    assert_eq!(
+        (&s_events[0]["speaker"], &s_events[0]["modalities"]["audio"]),
+        (&json!("customer"), &json!(true))
+    );
+    assert_eq!(
+        metric(
+            &d.scrape(),
+            "summerd_utterances_total{outcome=\"excluded\"}"
+        ),
+        Some(2.0)
+    );
+    // The mono stream keeps running on what it has: the agent's channel 0 is described, the
+    // customer's lines go on without a voice.
+    for e in of("m") {
+        let agent = e["speaker"] == "agent";
+        assert_eq!(e["modalities"]["audio"], agent, "{e}");
+        assert_eq!(e["modalities"]["text"], true, "{e}");
+    }
+    let life = collect(&life, Duration::from_secs(1), |_| false);
+    let m_life: Vec<&Value> = life.iter().filter(|e| e["stream"] == "m").collect();
+    let error = m_life
+        .iter()
+        .find(|e| e["type"] == "stream.error")
+        .unwrap_or_else(|| panic!("no stream.error for m: {life:#?}"));
+    let reason = error["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("1 channel(s)") && reason.contains("customer (channel 1)"),
+        "{reason}"
+    );
+    assert!(
+        m_life
+            .iter()
+            .any(|e| e["type"] == "stream.down" && e["reason"] == "end of stream"),
+        "{m_life:#?}"
+    );
+    assert!(
+        !life
+            .iter()
+            .any(|e| e["stream"] == "s" && e["type"] == "stream.error"),
+        "{life:#?}"
+    );
+}
+
+/// Stops a sender when dropped.
+struct Sender(Child);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `wav`'s two channels as two G.711 mu-law RTP legs to `ports`, in real time.
+fn send_legs(wav: &str, ports: (u16, u16)) -> Sender {
+    let leg = |pad: usize, port: u16| {
+        format!(
+            "d.src_{pad} ! queue ! audioconvert ! audio/x-raw,channels=1 ! mulawenc ! rtppcmupay ! \
+             udpsink host=127.0.0.1 port={port}"
+        )
+    };
+    let line = format!(
+        "filesrc location={wav} ! wavparse ! audioconvert ! audioresample ! \
+         audio/x-raw,format=S16LE,rate=8000,channels=2 ! deinterleave name=d {} {}",
+        leg(0, ports.0),
+        leg(1, ports.1)
+    );
+    Sender(
+        Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(line.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0"),
+    )
+}
+
+#[test]
+fn two_rtp_legs_are_one_call_with_a_speaker_per_leg() {
+    let dir = tempfile::tempdir().unwrap();
+    let call = common::short_stereo_call(dir.path());
+    let wav = std::path::Path::new(call["media"].as_str().unwrap())
+        .with_file_name("call.wav")
+        .display()
+        .to_string();
+    let d = common::model_daemon();
+    let (_ctx, sub) = common::subscribe(&d, "emotion.");
+    let ctx = zmq::Context::new();
+    let tap = ctx.socket(zmq::SUB).unwrap();
+    tap.set_subscribe(b"legs").unwrap();
+    tap.set_rcvhwm(100_000).unwrap();
+    tap.set_rcvtimeo(100).unwrap();
+    tap.connect(&d.tap).unwrap();
+    let (a, b) = (free_port(), free_port());
+    attach(
+        &d,
+        json!({"id": "legs", "uri": format!("udp://127.0.0.1:{a}"), "template": "rtp-pcmu-legs",
+               "channels": channels(),
+               "options": {"uri_b": format!("udp://127.0.0.1:{b}")}}),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sender = send_legs(&wav, (a, b));
+    // The call plays in real time (about 10 s); the tap carries both legs, interleaved.
+    let seconds = call["seconds"].as_f64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds + 3.0);
+    let mut frames: Vec<(f64, Vec<i16>)> = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(parts) = tap.recv_multipart(0) {
+            let h: Value = serde_json::from_slice(&parts[1]).unwrap();
+            assert_eq!(
+                (&h["channels"], &h["speakers"]),
+                (&json!(2), &json!(["agent", "customer"])),
+                "{h}"
+            );
+            let pcm = parts[2]
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            frames.push((h["pts"].as_f64().unwrap(), pcm));
+        }
+    }
+    drop(sender);
+    assert!(!frames.is_empty(), "no tap audio\n{}", d.log());
+    // In each line's middle, its speaker's leg is loud and the other is quiet.
+    let energy = |from: f64, to: f64, ch: usize| {
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for (pts, pcm) in &frames {
+            for (i, f) in pcm.chunks_exact(2).enumerate() {
+                let t = pts + i as f64 / 16_000.0;
+                if t >= from && t < to {
+                    sum += f64::from(f[ch]).powi(2);
+                    n += 1;
+                }
+            }
+        }
+        (sum / n.max(1) as f64).sqrt()
+    };
+    for l in call["lines"].as_array().unwrap() {
+        let (s, e) = (l["start"].as_f64().unwrap(), l["end"].as_f64().unwrap());
+        let own = usize::from(l["speaker"] == "customer");
+        let (loud, quiet) = (
+            energy(s + 0.3, e - 0.3, own),
+            energy(s + 0.3, e - 0.3, 1 - own),
+        );
+        assert!(
+            loud > 300.0 && loud > 10.0 * quiet,
+            "{l}: own leg RMS {loud:.0}, other {quiet:.0}"
+        );
+    }
+    common::push_segments(&d.transcripts, &call_segments(&call, "legs"));
+    let n = speakers(&call).len();
+    let events = collect(&sub, Duration::from_secs(30), |g| g.len() >= n);
+    let who: Vec<&str> = events
+        .iter()
+        .map(|e| e["speaker"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, speakers(&call), "{events:#?}\n{}", d.log());
+    for e in &events {
+        assert_eq!(e["modalities"]["audio"], true, "{e}");
+    }
+    let info = listed(&d, "legs");
+    assert_eq!(info["audio_channels"], 2, "{info}");
+}
