@@ -237,7 +237,8 @@ def channel_speakers(header):
         return [None] if channels == 1 else []
     if (isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 64
             or not isinstance(speakers, list) or len(speakers) != channels
-            or not all(isinstance(s, str) and 0 < len(s) <= 128 for s in speakers)):
+            or not all(isinstance(s, str) and 0 < len(s) <= 128 for s in speakers)
+            or len(set(speakers)) != len(speakers)):
         return []
     return speakers
 
@@ -261,7 +262,7 @@ def tap_header(parts, refused):
         why = "no stream id"
     elif isinstance(pts, bool) or not isinstance(pts, (int, float)) or not 0 <= pts < MAX_PTS:
         why = f"no media time in [0, {MAX_PTS:g}) s"
-    elif len(parts[2]) % (2 * header["channels"] if "speakers" in header else 2):
+    elif len(parts[2]) % (2 * len(channel_speakers(header))):
         why = "PCM length not a whole number of frames"
     if why is None:
         return header
@@ -352,11 +353,13 @@ class Tap:
     def push(self, key, pts, samples):
         seg = self.streams.get(key)
         if seg is None:
-            if len(self.streams) >= self.args.max_streams:
+            # --max-streams counts streams, whatever their channels.
+            if key[0] not in {k[0] for k in self.streams} and \
+                    len({k[0] for k in self.streams}) >= self.args.max_streams:
                 why = (key[0], "too many streams")
                 if why not in self.refused and len(self.refused) < 1000:
                     self.refused.add(why)
-                    log(f"stream {key[0]!r} ignored: already {len(self.streams)} streams (--max-streams)")
+                    log(f"stream {key[0]!r} ignored: already {self.args.max_streams} streams (--max-streams)")
                 return
             a = self.args
             seg = self.streams[key] = self.new(self.vad, a.threshold, a.min_silence_ms, a.pad_ms,

@@ -141,7 +141,8 @@ class TapHeaderTest(unittest.TestCase):
         self.assertEqual(rw.channel_speakers({}), [None])
         for bad in ({"channels": 2, "speakers": ["agent"]}, {"channels": 2, "speakers": ["a", ""]},
                     {"channels": 2, "speakers": "ab"}, {"channels": True, "speakers": ["a"]},
-                    {"channels": 1, "speakers": [7]}, {"channels": 0, "speakers": []}):
+                    {"channels": 1, "speakers": [7]}, {"channels": 0, "speakers": []},
+                    {"channels": 2, "speakers": ["a", "a"]}, {"speakers": None, "channels": None}):
             self.assertIsNone(rw.tap_header(self.parts(**bad), refused), bad)
         three = self.parts(channels=3, speakers=["a", "b", "c"])  # 10 samples: not 3-sample frames
         self.assertIsNone(rw.tap_header(three, refused))

@@ -27,7 +27,10 @@ pub enum DecodeError {
         message: String,
     },
     /// Babble for a recording needs recordings of other speakers at its rate.
-    #[error("{path}: no recording of another speaker at {rate} Hz to make babble from")]
+    #[error(
+        "{path}: no recording of another speaker at {rate} Hz to make babble from (babble is \
+         made of the set's other speakers: give each clip its speaker)"
+    )]
     NoBabble {
         /// The path.
         path: String,
@@ -287,6 +290,10 @@ pub fn decode_set(
         return Ok(audio);
     };
     let clean: Vec<Audio> = audio.clone();
+    let power: Vec<f64> = clean
+        .iter()
+        .map(|a| crate::acoustic::noise::active_power(&a.samples, a.rate))
+        .collect();
     for (i, a) in audio.iter_mut().enumerate() {
         let name = files[i].file_name().unwrap_or_default().to_string_lossy();
         let seed = fnv1a(name.as_bytes()) ^ u64::from(noise.snr_db.to_bits());
@@ -297,11 +304,11 @@ pub fn decode_set(
         let sound = match noise.kind {
             crate::acoustic::noise::NoiseKind::Pink => crate::acoustic::noise::pink(n, seed),
             crate::acoustic::noise::NoiseKind::Babble => {
-                let others: Vec<&[f32]> = (0..clean.len())
+                let others: Vec<(&[f32], f64)> = (0..clean.len())
                     .filter(|j| speakers[*j] != speakers[i] && clean[*j].rate == a.rate)
-                    .map(|j| &clean[j].samples[..])
+                    .map(|j| (&clean[j].samples[..], power[j]))
                     .collect();
-                crate::acoustic::noise::babble(&others, a.rate, n, seed).ok_or_else(|| {
+                crate::acoustic::noise::babble(&others, n, seed).ok_or_else(|| {
                     DecodeError::NoBabble {
                         path: files[i].display().to_string(),
                         rate: a.rate,

@@ -92,7 +92,9 @@ enum Command {
         /// Recipe (TOML: [model], [train], [kd], [mix]).
         #[arg(long, default_value = "models/summer-default/recipe.toml")]
         recipe: PathBuf,
-        /// Directory with meld-{train,dev,test}.safetensors and emodb.safetensors.
+        /// Directory with meld-{train,dev,test}.safetensors and emodb.safetensors (and
+        /// emodb-<condition>.safetensors: each fold is scored through every one found, and the
+        /// recipe's `mix.conditions` train on them).
         #[arg(long, default_value = "target/data")]
         data: PathBuf,
         /// Output model directory.

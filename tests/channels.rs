@@ -237,61 +237,90 @@ fn two_rtp_legs_are_one_call_with_a_speaker_per_leg() {
     tap.set_rcvhwm(100_000).unwrap();
     tap.set_rcvtimeo(100).unwrap();
     tap.connect(&d.tap).unwrap();
-    let (a, b) = (free_port(), free_port());
+    tap.set_subscribe(b"mixed").unwrap();
+    let (a, b, c, e) = (free_port(), free_port(), free_port(), free_port());
     attach(
         &d,
         json!({"id": "legs", "uri": format!("udp://127.0.0.1:{a}"), "template": "rtp-pcmu-legs",
                "channels": channels(),
                "options": {"uri_b": format!("udp://127.0.0.1:{b}")}}),
     );
+    // The same template without a map: both legs mixed to one channel.
+    attach(
+        &d,
+        json!({"id": "mixed", "uri": format!("udp://127.0.0.1:{c}"), "template": "rtp-pcmu-legs",
+               "options": {"uri_b": format!("udp://127.0.0.1:{e}")}}),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let sender = send_legs(&wav, (a, b));
+    let mixed_sender = send_legs(&wav, (c, e));
     // The call plays in real time (about 10 s); the tap carries both legs, interleaved.
     let seconds = call["seconds"].as_f64().unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds + 3.0);
     let mut frames: Vec<(f64, Vec<i16>)> = Vec::new();
+    let mut mixed: Vec<(f64, Vec<i16>)> = Vec::new();
+    let pcm_of = |bytes: &[u8]| -> Vec<i16> {
+        bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect()
+    };
     while Instant::now() < deadline {
         if let Ok(parts) = tap.recv_multipart(0) {
             let h: Value = serde_json::from_slice(&parts[1]).unwrap();
+            if h["stream"] == "mixed" {
+                assert_eq!(
+                    (&h["channels"], h.get("speakers")),
+                    (&json!(1), None),
+                    "{h}"
+                );
+                mixed.push((h["pts"].as_f64().unwrap(), pcm_of(&parts[2])));
+                continue;
+            }
             assert_eq!(
                 (&h["channels"], &h["speakers"]),
                 (&json!(2), &json!(["agent", "customer"])),
                 "{h}"
             );
-            let pcm = parts[2]
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            frames.push((h["pts"].as_f64().unwrap(), pcm));
+            frames.push((h["pts"].as_f64().unwrap(), pcm_of(&parts[2])));
         }
     }
     drop(sender);
-    assert!(!frames.is_empty(), "no tap audio\n{}", d.log());
-    // In each line's middle, its speaker's leg is loud and the other is quiet.
-    let energy = |from: f64, to: f64, ch: usize| {
-        let (mut sum, mut n) = (0.0f64, 0usize);
-        for (pts, pcm) in &frames {
-            for (i, f) in pcm.chunks_exact(2).enumerate() {
+    drop(mixed_sender);
+    assert!(
+        !frames.is_empty() && !mixed.is_empty(),
+        "no tap audio\n{}",
+        d.log()
+    );
+    // RMS of channel `ch` of `n`-channel tap audio between two media times.
+    let rms = |frames: &[(f64, Vec<i16>)], n: usize, from: f64, to: f64, ch: usize| {
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for (pts, pcm) in frames {
+            for (i, f) in pcm.chunks_exact(n).enumerate() {
                 let t = pts + i as f64 / 16_000.0;
                 if t >= from && t < to {
                     sum += f64::from(f[ch]).powi(2);
-                    n += 1;
+                    count += 1;
                 }
             }
         }
-        (sum / n.max(1) as f64).sqrt()
+        (sum / count.max(1) as f64).sqrt()
     };
+    // In each line's middle, its speaker's leg is loud and the other is quiet; the mix without
+    // a map carries every line.
     for l in call["lines"].as_array().unwrap() {
-        let (s, e) = (l["start"].as_f64().unwrap(), l["end"].as_f64().unwrap());
-        let own = usize::from(l["speaker"] == "customer");
-        let (loud, quiet) = (
-            energy(s + 0.3, e - 0.3, own),
-            energy(s + 0.3, e - 0.3, 1 - own),
+        let (s, e) = (
+            l["start"].as_f64().unwrap() + 0.3,
+            l["end"].as_f64().unwrap() - 0.3,
         );
+        let own = usize::from(l["speaker"] == "customer");
+        let (loud, quiet) = (rms(&frames, 2, s, e, own), rms(&frames, 2, s, e, 1 - own));
         assert!(
             loud > 300.0 && loud > 10.0 * quiet,
             "{l}: own leg RMS {loud:.0}, other {quiet:.0}"
         );
+        let mix = rms(&mixed, 1, s, e, 0);
+        assert!(mix > 100.0, "{l}: the mix's RMS {mix:.0}");
     }
     common::push_segments(&d.transcripts, &call_segments(&call, "legs"));
     let n = speakers(&call).len();

@@ -85,14 +85,14 @@ pub fn pink(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// `n` samples of babble: [`BABBLE_TALKERS`] of `others` (chosen from `seed`, each starting at
-/// a random point and looping), each scaled to the same active level, summed. None when
-/// `others` has no clip with speech.
-pub fn babble(others: &[&[f32]], rate: u32, n: usize, seed: u64) -> Option<Vec<f32>> {
-    let voiced: Vec<&[f32]> = others
+/// `n` samples of babble: [`BABBLE_TALKERS`] of `others` (clips with their
+/// [`active_power`]; chosen from `seed`, each starting at a random point and looping), each
+/// scaled to the same active level, summed. None when `others` has no clip with speech.
+pub fn babble(others: &[(&[f32], f64)], n: usize, seed: u64) -> Option<Vec<f32>> {
+    let voiced: Vec<(&[f32], f64)> = others
         .iter()
         .copied()
-        .filter(|c| active_power(c, rate) > 0.0)
+        .filter(|(c, p)| *p > 0.0 && !c.is_empty())
         .collect();
     if voiced.is_empty() || n == 0 {
         return None;
@@ -100,8 +100,8 @@ pub fn babble(others: &[&[f32]], rate: u32, n: usize, seed: u64) -> Option<Vec<f
     let mut rng = Rng::new(seed);
     let mut out = vec![0f32; n];
     for _ in 0..BABBLE_TALKERS {
-        let clip = voiced[rng.below(voiced.len())];
-        let gain = 1.0 / active_power(clip, rate).sqrt();
+        let (clip, power) = voiced[rng.below(voiced.len())];
+        let gain = 1.0 / power.sqrt();
         let start = rng.below(clip.len());
         for (i, o) in out.iter_mut().enumerate() {
             *o += clip[(start + i) % clip.len()] * gain as f32;
@@ -208,10 +208,18 @@ mod tests {
         let rate = 16_000;
         let loud = tone(8_000, rate);
         let quiet: Vec<f32> = loud.iter().map(|x| x * 0.01).collect();
-        let b = babble(&[&loud, &quiet], rate, 4_000, 2).unwrap();
+        let with = |c: &[f32]| (c.to_vec(), active_power(c, rate));
+        let (l, q) = (with(&loud), with(&quiet));
+        let b = babble(&[(&l.0, l.1), (&q.0, q.1)], 4_000, 2).unwrap();
         assert_eq!(b.len(), 4_000);
         assert!(b.iter().any(|x| *x != 0.0));
-        assert!(babble(&[&[0.0; 10][..]], rate, 10, 1).is_none());
-        assert!(babble(&[], rate, 10, 1).is_none());
+        // Every talker at the same level: the quiet clip alone makes the same babble.
+        let only_q = babble(&[(&q.0, q.1)], 4_000, 2).unwrap();
+        let only_l = babble(&[(&l.0, l.1)], 4_000, 2).unwrap();
+        for (a, b) in only_q.iter().zip(&only_l) {
+            assert!((a - b).abs() < 1e-3, "{a} {b}");
+        }
+        assert!(babble(&[(&[0.0; 10][..], 0.0)], 10, 1).is_none());
+        assert!(babble(&[], 10, 1).is_none());
     }
 }

@@ -148,11 +148,14 @@ impl Lanes {
         while have - start >= *chunk || (tail && start < have) {
             let end = (start + chunk).min(have);
             pcm.clear();
-            let mut frame = Vec::with_capacity(self.lanes.len());
-            for i in start..end {
-                frame.clear();
-                frame.extend(self.lanes.iter().map(|l| l.out16[i]));
-                to_i16(&frame, pcm);
+            if let [one] = &self.lanes[..] {
+                to_i16(&one.out16[start..end], pcm);
+            } else {
+                for i in start..end {
+                    for l in &self.lanes {
+                        to_i16(std::slice::from_ref(&l.out16[i]), pcm);
+                    }
+                }
             }
             tap.publish(match &self.speakers {
                 None => tap_message(id, self.t16, pcm),

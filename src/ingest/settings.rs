@@ -188,10 +188,19 @@ pub fn check_stream(
                 allowed,
             );
         }
-        if label.is_empty() || label.len() > 128 || labels.contains(&label.as_str()) {
+        let problem = if label.is_empty() {
+            Some("an empty label")
+        } else if label.len() > 128 {
+            Some("a label over 128 characters")
+        } else if labels.contains(&label.as_str()) {
+            Some("a label already on another channel")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
             c.bad(
                 k("channels"),
-                format!("channel {ch}: '{label}' is empty, too long or on two channels"),
+                format!("channel {ch}: '{label}' is {p}"),
                 allowed,
             );
         }
@@ -369,6 +378,77 @@ mod tests {
         check_stream(&mut c, "attach", &sneaky, &dir, &vars);
         let p = c.into_problems();
         assert_eq!(p[0].key, "attach.options", "{p:?}");
+    }
+
+    #[test]
+    fn channel_maps_and_further_uris_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        std::fs::write(
+            d.join("legs.gst"),
+            "# schemes: udp\n# uris: uri_b\nudpsrc uri={uri} ! x ! capsfilter caps={audio_caps} ! \
+             appsink name=audio udpsrc uri={uri_b} ! y\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("mono.gst"),
+            "# schemes: udp\nudpsrc uri={uri} ! appsink name=audio\n",
+        )
+        .unwrap();
+        let problems = |spec: &StreamSpec| {
+            let vars = IngestConfig::default().template_vars(spec);
+            let mut c = Checker::new(d.clone());
+            check_stream(&mut c, "attach", spec, &d, &vars);
+            c.into_problems()
+                .into_iter()
+                .map(|p| format!("{}: {}", p.key, p.problem))
+                .collect::<Vec<_>>()
+        };
+        let mapped = |pairs: &[(&str, &str)], template: &str, uri_b: &str| StreamSpec {
+            uri: "udp://0.0.0.0:5004".into(),
+            channels: pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            options: [("uri_b".to_string(), uri_b.to_string())].into(),
+            ..spec("a", template)
+        };
+        let good = mapped(
+            &[("0", "agent"), ("1", "customer")],
+            "legs",
+            "udp://0.0.0.0:5006",
+        );
+        assert_eq!(problems(&good), Vec::<String>::new());
+        for (bad, why) in [
+            (
+                mapped(&[("x", "agent")], "legs", "udp://h:1"),
+                "'x' is not a channel number",
+            ),
+            (
+                mapped(&[("00", "agent")], "legs", "udp://h:1"),
+                "'00' is not a channel number",
+            ),
+            (
+                mapped(&[("64", "agent")], "legs", "udp://h:1"),
+                "'64' is not a channel number",
+            ),
+            (
+                mapped(&[("0", "agent"), ("1", "agent")], "legs", "udp://h:1"),
+                "already on another channel",
+            ),
+            (mapped(&[("0", "")], "legs", "udp://h:1"), "an empty label"),
+            (
+                mapped(&[("0", "agent")], "mono", "udp://h:1"),
+                "mixes the audio to mono",
+            ),
+            (
+                mapped(&[("0", "agent")], "legs", "file:///etc/passwd"),
+                "has scheme 'file'",
+            ),
+        ] {
+            let p = problems(&bad);
+            assert!(p.iter().any(|x| x.contains(why)), "{why}: {p:?}");
+        }
     }
 
     #[test]

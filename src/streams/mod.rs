@@ -405,9 +405,22 @@ impl Registry {
         Some(self.get(id)?.timeline().end())
     }
 
-    /// Media time up to which the descriptors `speaker`'s spans are analysed on are computed.
+    /// Media time up to which the descriptors `speaker`'s spans are analysed on are computed
+    /// (None: not yet). On a stream with a channel map, a speaker no channel describes, or whose
+    /// channel the media lacks, never will be: infinity, so its segments wait for nothing.
     pub fn covered_until(&self, id: &str, speaker: &str) -> Option<f64> {
-        self.get(id)?.features().of(speaker)?.covered_until()
+        let s = self.get(id)?;
+        let Descriptors::Channels(stores) = s.features() else {
+            return s.features().of(speaker)?.covered_until();
+        };
+        let Some((channel, _, store)) = stores.iter().find(|(_, l, _)| l == speaker) else {
+            return Some(f64::INFINITY);
+        };
+        let have = s.audio_channels() as usize;
+        if have > 0 && *channel >= have {
+            return Some(f64::INFINITY);
+        }
+        store.covered_until()
     }
 
     /// The attached ids, sorted.
@@ -495,6 +508,13 @@ mod tests {
         let m = r.view("m").unwrap();
         assert!(m.features_for("anyone").is_some() && m.features.mixed().is_some());
         assert_eq!(r.list()[1].described, None);
+        // Nothing to wait for: a label no channel describes, a channel the media lacks.
+        assert_eq!(r.covered_until("c", "nobody"), Some(f64::INFINITY));
+        assert_eq!(r.covered_until("c", "customer"), None, "no audio yet");
+        r.get("c").unwrap().set_audio_channels(1);
+        assert_eq!(r.covered_until("c", "customer"), Some(f64::INFINITY));
+        r.get("c").unwrap().set_audio_channels(2);
+        assert_eq!(r.covered_until("c", "customer"), None);
     }
 
     #[test]

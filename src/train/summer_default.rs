@@ -363,6 +363,16 @@ pub fn build(
 /// The EmoDB clips the students hear (clean, and through the recipe's `mix.conditions`), and
 /// every condition found, as clips of its own, to score the held-out speakers on.
 fn voices(recipe: &Recipe, splits: &Splits) -> Result<(Clips, Vec<(String, Clips)>), TrainError> {
+    // A condition's clips must be the clean set's, described by the same extractor.
+    for (name, ds) in &splits.conditions {
+        let (a, b) = (&ds.meta, &splits.emodb.meta);
+        if a.dialogues != b.dialogues || a.features != b.features || a.classes != b.classes {
+            return Err(TrainError::Recipe(format!(
+                "emodb-{name}.safetensors does not hold emodb.safetensors' clips with the same \
+                 features and classes; make both again (tests/bench_model.sh datasets)"
+            )));
+        }
+    }
     let mut clips = Clips::from_emodb(&splits.emodb);
     let found = |name: &str| splits.conditions.iter().find(|(n, _)| n == name);
     for name in &recipe.mix.conditions {
@@ -393,17 +403,32 @@ fn teacher_once(
     dir: &Path,
     device: Device,
 ) -> Result<TrainReport, TrainError> {
+    // What the teacher depends on: the build (this very executable), the recipe but its mix,
+    // and the splits' texts, vectors, labels, speakers and dialogues.
+    let build = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| format!("{} bytes, modified {:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default();
     let fingerprint = |d: &Dataset| {
+        let sum = |t: &tch::Tensor| t.to_kind(tch::Kind::Double).sum(tch::Kind::Double);
         (
-            d.len(),
-            d.meta.source.clone(),
-            d.features[0].sum(tch::Kind::Double).double_value(&[]),
+            d.meta.clone(),
+            d.offsets.clone(),
+            [&d.features[0], &d.label, &d.speaker].map(|t| sum(t).double_value(&[]).to_bits()),
+            sum(&(d.features[0].abs()
+                * (tch::Tensor::arange(d.len() as i64, (tch::Kind::Double, tch::Device::Cpu))
+                    + 1.0)
+                    .unsqueeze(1)))
+            .double_value(&[])
+            .to_bits(),
         )
     };
-    let mut keyed = recipe.clone();
-    keyed.mix = mix::MixConfig::default();
+    let mut keyed = serde_json::to_value(recipe).expect("plain data");
+    keyed["mix"] = serde_json::Value::Null;
     let key = serde_json::to_string(&(
-        &keyed,
+        crate::version::VersionInfo::libraries().summerd,
+        build,
+        keyed,
         fingerprint(train),
         fingerprint(dev),
         fingerprint(test),
@@ -415,10 +440,11 @@ fn teacher_once(
     );
     if std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str())
         && let Ok(text) = std::fs::read_to_string(&report_file)
-        && let Ok(report) = serde_json::from_str::<TrainReport>(&text)
+        && let Ok(mut report) = serde_json::from_str::<TrainReport>(&text)
         && Model::load(dir, device).is_ok()
     {
         tracing::info!(dir = %dir.display(), "Teacher: reusing the one trained from this recipe and data");
+        report.recipe = recipe.clone();
         return Ok(report);
     }
     let _ = std::fs::remove_file(&key_file);
