@@ -50,30 +50,14 @@ fn a_stereo_call_through_the_reference_asr_gives_each_voice_its_channels_speaker
     let call = common::short_stereo_call(dir.path());
     assert_eq!(call["channels"], channels());
     let d = common::model_daemon();
-    let (_ctx, sub) = common::subscribe(&d, "emotion.");
-    let asr_log = dir.path().join("asr.log");
-    let mut asr = common::start_worker(
-        &d.tap,
-        &d.transcripts,
-        &["--exit-after-idle", "2", "--min-silence-ms", "500"],
-        &asr_log,
-    );
-    std::thread::sleep(Duration::from_millis(500));
     let media = call["media"].as_str().unwrap();
-    attach(
+    let (events, said) = common::through_worker(
         &d,
+        dir.path(),
         json!({"id": "stereo", "uri": format!("file://{media}"), "template": "file",
                "channels": channels()}),
+        speakers(&call).len(),
     );
-    let n = speakers(&call).len();
-    let mut events = collect(&sub, Duration::from_secs(90), |g| g.len() >= n);
-    let waited = Instant::now();
-    while asr.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = asr.kill();
-    let said = std::fs::read_to_string(&asr_log).unwrap_or_default();
-    events.extend(collect(&sub, Duration::from_secs(2), |_| false));
     let who: Vec<&str> = events
         .iter()
         .map(|e| e["speaker"].as_str().unwrap())

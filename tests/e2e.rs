@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     Daemon, attach, call_segments, collect, eventually, metric, replay, repo, short_call, summerd,
@@ -41,32 +41,16 @@ fn a_spoken_call_through_the_reference_asr_gives_one_event_per_line() {
     let call = short_call(dir.path());
     let lines = call["lines"].as_array().unwrap().clone();
     let d = daemon();
-    let (_ctx, sub) = subscribe(&d);
-    // The reference ASR worker, listening before the call starts.
-    let asr_log = dir.path().join("asr.log");
-    let mut asr = common::start_worker(
-        &d.tap,
-        &d.transcripts,
-        &["--exit-after-idle", "2", "--min-silence-ms", "500"],
-        &asr_log,
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    // The reference ASR worker, listening before the call starts; real time: the call lasts
+    // about 10 s.
     let media = call["media"].as_str().unwrap();
-    attach(
-        &d,
-        json!({"id": "call-1", "uri": format!("file://{media}"), "template": "file"}),
-    );
-    // Real time: the call lasts about 10 s.
     let n = lines.len();
-    let events = collect(&sub, Duration::from_secs(90), |g| g.len() >= n);
-    let waited = Instant::now();
-    while asr.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = asr.kill();
-    let asr_said = std::fs::read_to_string(&asr_log).unwrap_or_default();
-    let mut events = events;
-    events.extend(collect(&sub, Duration::from_secs(2), |_| false));
+    let (events, asr_said) = common::through_worker(
+        &d,
+        dir.path(),
+        json!({"id": "call-1", "uri": format!("file://{media}"), "template": "file"}),
+        n,
+    );
     assert_eq!(
         events.len(),
         n,

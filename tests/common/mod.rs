@@ -759,3 +759,32 @@ pub fn attach(d: &Daemon, spec: serde_json::Value) {
     let r = d.control(req.clone());
     assert_eq!(r["ok"], true, "attach {req}: {r}");
 }
+
+/// A call through the reference ASR worker: the worker listening on `d`'s tap before `spec` is
+/// attached (`dir` holds its log), the emotion events of `n` lines (and any more within 2 s of
+/// the worker's exit), and what the worker said.
+pub fn through_worker(
+    d: &Daemon,
+    dir: &Path,
+    spec: serde_json::Value,
+    n: usize,
+) -> (Vec<serde_json::Value>, String) {
+    let (_ctx, sub) = subscribe(d, "emotion.");
+    let log = dir.join("asr.log");
+    let mut asr = start_worker(
+        &d.tap,
+        &d.transcripts,
+        &["--exit-after-idle", "2", "--min-silence-ms", "500"],
+        &log,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    attach(d, spec);
+    let mut events = collect(&sub, Duration::from_secs(90), |g| g.len() >= n);
+    let waited = Instant::now();
+    while asr.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = asr.kill();
+    events.extend(collect(&sub, Duration::from_secs(2), |_| false));
+    (events, std::fs::read_to_string(&log).unwrap_or_default())
+}
