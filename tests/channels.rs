@@ -131,6 +131,34 @@ fn an_excluded_channel_gets_nothing_and_a_missing_channel_is_an_error_the_stream
         (&s_events[0]["speaker"], &s_events[0]["modalities"]["audio"]),
         (&json!("customer"), &json!(true))
     );
+    // `summerd replay` with the same stream config reads the same channel: the same answer.
+    let cfg = dir.path().join("replay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[[streams]]\nid = \"s\"\nuri = \"file://{}\"\ntemplate = \"file\"\n\
+             infer_speakers = [\"customer\"]\nchannels = {{ \"0\" = \"agent\", \"1\" = \"customer\" }}\n",
+            common::model_config(None),
+            wav(&stereo)
+        ),
+    )
+    .unwrap();
+    let segs = dir.path().join("s.jsonl");
+    std::fs::write(&segs, call_segments(&stereo, "s").join("\n") + "\n").unwrap();
+    let out = common::succeed(common::replay(&wav(&stereo), &segs, &cfg).args(["--stream", "s"]));
+    let replayed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replayed.len(), 1, "{replayed:#?}");
+    let (r, l) = (&replayed[0], s_events[0]);
+    assert_eq!((&r["seq"], &r["speaker"]), (&json!(2), &json!("customer")));
+    assert_eq!(r["modalities"]["audio"], true, "{r}");
+    for (k, v) in r["probs"].as_object().unwrap() {
+        let (a, b) = (v.as_f64().unwrap(), l["probs"][k].as_f64().unwrap());
+        assert!((a - b).abs() < 0.02, "{k}: replay {a} live {b}");
+    }
     assert_eq!(
         metric(
             &d.scrape(),
