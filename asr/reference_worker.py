@@ -354,8 +354,8 @@ class Tap:
         seg = self.streams.get(key)
         if seg is None:
             # --max-streams counts streams, whatever their channels.
-            if key[0] not in {k[0] for k in self.streams} and \
-                    len({k[0] for k in self.streams}) >= self.args.max_streams:
+            ids = {k[0] for k in self.streams}
+            if key[0] not in ids and len(ids) >= self.args.max_streams:
                 why = (key[0], "too many streams")
                 if why not in self.refused and len(self.refused) < 1000:
                     self.refused.add(why)

@@ -282,43 +282,47 @@ pub fn decode_set(
     speakers: &[String],
     cond: Condition,
 ) -> Result<Vec<Audio>, DecodeError> {
-    let mut audio = files
+    let clean = files
         .iter()
         .map(|f| decode_audio_through(f, cond.channel))
         .collect::<Result<Vec<_>, _>>()?;
     let Some(noise) = cond.noise else {
-        return Ok(audio);
+        return Ok(clean);
     };
-    let clean: Vec<Audio> = audio.clone();
+    use crate::acoustic::noise::{NoiseKind, active_power, babble, mix_at_snr, pink};
     let power: Vec<f64> = clean
         .iter()
-        .map(|a| crate::acoustic::noise::active_power(&a.samples, a.rate))
+        .map(|a| active_power(&a.samples, a.rate))
         .collect();
-    for (i, a) in audio.iter_mut().enumerate() {
-        let name = files[i].file_name().unwrap_or_default().to_string_lossy();
-        let seed = fnv1a(name.as_bytes()) ^ u64::from(noise.snr_db.to_bits());
-        let n = a.samples.len();
-        if n == 0 {
-            continue;
-        }
-        let sound = match noise.kind {
-            crate::acoustic::noise::NoiseKind::Pink => crate::acoustic::noise::pink(n, seed),
-            crate::acoustic::noise::NoiseKind::Babble => {
-                let others: Vec<(&[f32], f64)> = (0..clean.len())
-                    .filter(|j| speakers[*j] != speakers[i] && clean[*j].rate == a.rate)
-                    .map(|j| (&clean[j].samples[..], power[j]))
-                    .collect();
-                crate::acoustic::noise::babble(&others, n, seed).ok_or_else(|| {
-                    DecodeError::NoBabble {
+    clean
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let name = files[i].file_name().unwrap_or_default().to_string_lossy();
+            let seed = fnv1a(name.as_bytes()) ^ u64::from(noise.snr_db.to_bits());
+            let n = a.samples.len();
+            if n == 0 {
+                return Ok(a.clone());
+            }
+            let sound = match noise.kind {
+                NoiseKind::Pink => pink(n, seed),
+                NoiseKind::Babble => {
+                    let others: Vec<(&[f32], f64)> = (0..clean.len())
+                        .filter(|j| speakers[*j] != speakers[i] && clean[*j].rate == a.rate)
+                        .map(|j| (&clean[j].samples[..], power[j]))
+                        .collect();
+                    babble(&others, n, seed).ok_or_else(|| DecodeError::NoBabble {
                         path: files[i].display().to_string(),
                         rate: a.rate,
-                    }
-                })?
-            }
-        };
-        a.samples = crate::acoustic::noise::mix_at_snr(&a.samples, a.rate, &sound, noise.snr_db);
-    }
-    Ok(audio)
+                    })?
+                }
+            };
+            Ok(Audio {
+                rate: a.rate,
+                samples: mix_at_snr(&a.samples, a.rate, &sound, noise.snr_db),
+            })
+        })
+        .collect()
 }
 
 /// FNV-1a: a seed from a name, the same on every machine.

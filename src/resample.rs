@@ -136,6 +136,11 @@ impl Inner {
     }
 }
 
+/// Channel `ch` of `n` interleaved channels, appended to `out`.
+pub fn deinterleave(samples: &[f32], ch: usize, n: usize, out: &mut Vec<f32>) {
+    out.extend(samples.iter().skip(ch).step_by(n.max(1)).copied());
+}
+
 /// 16 kHz float samples to S16LE-ready integers (clipped).
 pub fn to_i16(x: &[f32], out: &mut Vec<i16>) {
     out.extend(

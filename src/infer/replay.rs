@@ -119,28 +119,19 @@ pub fn describe_stream_audio(
         return Ok((Descriptors::Mixed(Arc::new(f)), seconds));
     }
     let (audio, n) = crate::decode::decode_audio_channels(media)?;
+    let n_frames = audio.samples.len() / n.max(1) as usize;
+    let seconds = n_frames as f64 / f64::from(audio.rate.max(1));
     let mut stores = Vec::new();
-    let mut seconds = 0.0;
-    for (c, speaker) in spec.channel_map() {
-        if c >= n as usize || !spec.infers(&speaker) {
+    for (c, speaker) in spec.described_channels() {
+        if c >= n as usize {
             continue;
         }
-        let one = crate::decode::Audio {
+        let mut one = crate::decode::Audio {
             rate: audio.rate,
-            samples: audio
-                .samples
-                .iter()
-                .skip(c)
-                .step_by(n as usize)
-                .copied()
-                .collect(),
+            samples: Vec::new(),
         };
-        let (f, s) = describe(&one)?;
-        seconds = s;
-        stores.push((c, speaker, Arc::new(f)));
-    }
-    if stores.is_empty() {
-        seconds = (audio.samples.len() / n.max(1) as usize) as f64 / f64::from(audio.rate.max(1));
+        crate::resample::deinterleave(&audio.samples, c, n as usize, &mut one.samples);
+        stores.push((c, speaker, Arc::new(describe(&one)?.0)));
     }
     Ok((Descriptors::Channels(stores), seconds))
 }

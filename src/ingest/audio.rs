@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::Shared;
 use crate::bus::PublisherHandle;
 use crate::events::{Lifecycle, tap_message, tap_message_channels};
-use crate::resample::{TARGET_RATE, To16k, to_i16};
+use crate::resample::{TARGET_RATE, To16k, deinterleave, to_i16};
 use crate::streams::Descriptors;
 use crate::streams::features::AudioFeatures;
 
@@ -107,8 +107,7 @@ impl Lanes {
         let n = self.channels as usize;
         for lane in &mut self.lanes {
             lane.input.clear();
-            lane.input
-                .extend(samples.iter().skip(lane.channel).step_by(n).copied());
+            deinterleave(samples, lane.channel, n, &mut lane.input);
             let before = lane.out16.len();
             lane.resampler.push(&lane.input, &mut lane.out16);
             if let Some(f) = &lane.features {

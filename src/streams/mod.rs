@@ -80,6 +80,14 @@ impl StreamSpec {
         v
     }
 
+    /// The mapped channels whose speaker the policy infers: the ones described.
+    pub fn described_channels(&self) -> Vec<(usize, String)> {
+        self.channel_map()
+            .into_iter()
+            .filter(|(_, s)| self.infers(s))
+            .collect()
+    }
+
     /// The role a speaker label plays on this stream (the label itself when unmapped).
     pub fn role<'a>(&'a self, speaker: &'a str) -> &'a str {
         self.speakers.get(speaker).map_or(speaker, String::as_str)
@@ -354,9 +362,8 @@ impl Registry {
             None => Descriptors::None,
             Some(a) if spec.channels.is_empty() => Descriptors::Mixed(store(a)),
             Some(a) => Descriptors::Channels(
-                spec.channel_map()
+                spec.described_channels()
                     .into_iter()
-                    .filter(|(_, s)| spec.infers(s))
                     .map(|(c, s)| (c, s, store(a)))
                     .collect(),
             ),

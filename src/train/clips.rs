@@ -36,31 +36,6 @@ impl Clips {
         }
     }
 
-    /// `name`: the same clips through another condition (`summerd dataset emodb --channel C
-    /// --noise N` of the same folder), added to [`Clips::conditions`]. Refused unless it holds
-    /// the same clips in the same order.
-    pub fn with_condition(mut self, name: &str, ds: &Dataset) -> Result<Clips, String> {
-        let other = Clips::from_emodb(ds);
-        if other.speaker != self.speaker || other.label != self.label {
-            return Err(format!(
-                "'{name}' does not hold the same clips, in the same order, as the clean set"
-            ));
-        }
-        self.conditions.push((name.to_string(), other.audio));
-        Ok(self)
-    }
-
-    /// The clips as heard through condition `i` of [`Clips::conditions`], with no conditions
-    /// of their own.
-    pub fn through(&self, i: usize) -> Clips {
-        Clips {
-            audio: self.conditions[i].1.clone(),
-            speaker: self.speaker.clone(),
-            label: self.label.clone(),
-            conditions: Vec::new(),
-        }
-    }
-
     /// Clip `c`'s vector through condition `cond` (None: clean).
     pub fn vector(&self, c: usize, cond: Option<usize>) -> &[f32] {
         match cond {

@@ -373,23 +373,20 @@ fn voices(recipe: &Recipe, splits: &Splits) -> Result<(Clips, Vec<(String, Clips
             )));
         }
     }
+    let heard: Vec<(String, Clips)> = splits
+        .conditions
+        .iter()
+        .map(|(name, ds)| (name.clone(), Clips::from_emodb(ds)))
+        .collect();
     let mut clips = Clips::from_emodb(&splits.emodb);
-    let found = |name: &str| splits.conditions.iter().find(|(n, _)| n == name);
     for name in &recipe.mix.conditions {
-        let (_, ds) = found(name).ok_or_else(|| {
+        let (_, through) = heard.iter().find(|(n, _)| n == name).ok_or_else(|| {
             TrainError::Recipe(format!(
                 "mix.conditions names '{name}', but there is no emodb-{name}.safetensors beside \
                  emodb.safetensors (make it with `summerd dataset emodb --channel --noise`)"
             ))
         })?;
-        clips = clips.with_condition(name, ds).map_err(TrainError::Recipe)?;
-    }
-    let mut heard = Vec::new();
-    for (name, ds) in &splits.conditions {
-        let one = Clips::from_emodb(&splits.emodb)
-            .with_condition(name, ds)
-            .map_err(TrainError::Recipe)?;
-        heard.push((name.clone(), one.through(0)));
+        clips.conditions.push((name.clone(), through.audio.clone()));
     }
     Ok((clips, heard))
 }
