@@ -707,6 +707,9 @@ pub struct PublisherSettings {
     pub linger: Duration,
     /// Where every message is also fed (the web page's feed), if anywhere.
     pub feed: Option<Arc<Feed>>,
+    /// Where every message is also handed (cluster mode: NATS), if anywhere; it never
+    /// blocks: a message that does not fit is dropped and counted under `mirror_name`.
+    pub mirror: Option<(&'static str, tokio::sync::mpsc::Sender<Multipart>)>,
 }
 
 /// Start a publisher thread that owns the bound PUB `socket`. It ends once every
@@ -736,13 +739,23 @@ fn publish_loop(
     metrics: Arc<Metrics>,
     heartbeat: Heartbeat,
 ) {
-    let PublisherSettings { linger, feed, .. } = settings;
+    let PublisherSettings {
+        linger,
+        feed,
+        mirror,
+        ..
+    } = settings;
     loop {
         heartbeat.beat();
         match rx.recv_timeout(Duration::from_millis(POLL_MS as u64)) {
             Ok(msg) => {
                 if let Some(f) = &feed {
                     f.push(&msg);
+                }
+                if let Some((mirror_name, m)) = &mirror
+                    && m.try_send(msg.clone()).is_err()
+                {
+                    metrics.dropped(mirror_name);
                 }
                 match socket.send_multipart(msg, zmq::DONTWAIT) {
                     Ok(()) => metrics.published(name),

@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::bus::{AudioTapConfig, CurveConfig, CurveKeys, Endpoint, EventsConfig, SocketSpec};
+pub use crate::cluster::ClusterConfig;
 pub use crate::control::ControlConfig;
 pub use crate::infer::InferenceConfig;
 pub use crate::infer::engine::{DeviceChoice, ModelSource};
@@ -78,6 +79,8 @@ pub struct RawConfig {
     pub vision: VisionSettings,
     /// Streams attached at start: the same fields as an attach request on the control socket.
     pub streams: Vec<StreamSpec>,
+    /// Cluster mode on NATS JetStream; absent: a single box on ZeroMQ.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[daemon]`
@@ -263,6 +266,8 @@ pub struct Config {
     pub vision: Option<VisionSettings>,
     /// Streams attached at start.
     pub streams: Vec<StreamSpec>,
+    /// `[cluster]`, checked (its node name filled in), when the daemon runs as a cluster node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -427,6 +432,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .then(|| raw.vision.resolve_files(&mut c, "vision"));
     let pipelines_dir = raw.pipelines.check(&mut c, raw.streams.len());
     check_streams(&raw, &pipelines_dir, &mut c);
+    let mut cluster = raw.cluster.clone();
+    if let Some(cl) = &mut cluster {
+        cl.check(&mut c);
+    }
     let (Some(sockets), true) = (sockets, c.is_clean()) else {
         return Err(ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -452,6 +461,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         control,
         vision,
         streams: raw.streams,
+        cluster,
     })
 }
 

@@ -74,6 +74,9 @@ pub enum DaemonError {
     /// Draining took longer than `daemon.shutdown_timeout`.
     #[error("draining did not finish within {0:?}; {1} was still running")]
     DrainTimeout(Duration, &'static str),
+    /// Cluster mode could not start (NATS unreachable, JetStream refused).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// What a running daemon exposes to its embedder (tests use it; `run` drives it).
@@ -91,6 +94,26 @@ pub struct Running {
     threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
     ctx: zmq::Context,
     shutdown_timeout: Duration,
+    cluster: Option<Member>,
+}
+
+/// A cluster node's parts that outlive the drain: its loop (leases), the writers of events
+/// and checkpoints into JetStream, and the sweeper of held segments.
+struct Member {
+    node: crate::cluster::node::Node,
+    events: tokio::task::JoinHandle<()>,
+    checkpoints: Option<tokio::task::JoinHandle<()>>,
+    give_up: CancellationToken,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+/// What cluster mode adds before the sockets and threads start.
+struct Joining {
+    js: crate::cluster::Js,
+    cfg: crate::cluster::ClusterConfig,
+    acks: Arc<crate::cluster::pump::Acks>,
+    events_rx: mpsc::Receiver<crate::wire::Multipart>,
+    tap_rx: Option<mpsc::Receiver<crate::wire::Multipart>>,
 }
 
 /// Cap glibc's malloc arenas at `arenas` (0: leave glibc's default) unless the environment's
@@ -220,7 +243,36 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         beats: Vec::new(),
         cancel: CancellationToken::new(),
     };
-    let (pull, events, tap, listener) = bind_sockets(cfg, &mut w).await?;
+    let mut mirrors = None;
+    let mut joining = match &cfg.cluster {
+        Some(cl) => {
+            let client = cl.connect().await?;
+            let js = crate::cluster::Js::open_patiently(
+                client,
+                crate::cluster::Layout::of(cl),
+                Duration::from_secs(30),
+            )
+            .await?;
+            tracing::info!(node = %cl.node, urls = %cl.urls.join(","), "Joined the cluster");
+            let (etx, erx) = mpsc::channel(cfg.events.queue);
+            let (ttx, trx) = if cl.audio_subjects {
+                let (a, b) = mpsc::channel(cfg.audio_tap.queue);
+                (Some(a), Some(b))
+            } else {
+                (None, None)
+            };
+            mirrors = Some((etx, ttx));
+            Some(Joining {
+                js,
+                cfg: cl.clone(),
+                acks: Arc::new(crate::cluster::pump::Acks::default()),
+                events_rx: erx,
+                tap_rx: trx,
+            })
+        }
+        None => None,
+    };
+    let (pull, events, tap, listener) = bind_sockets(cfg, &mut w, mirrors).await?;
     let registry = Arc::new(Registry::new());
     let ingest = Arc::new(Ingest::new(
         IngestSettings {
@@ -253,7 +305,15 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         ingest.attach(s.clone())?;
     }
     let fatal = Fatal::default();
-    let consumer = start_inference(
+    let restores = joining
+        .as_ref()
+        .map(|_| Arc::new(std::sync::Mutex::new(Default::default())));
+    let (ckpt_tx, ckpt_rx) = mpsc::channel(1024);
+    let link = restores.clone().map(|restores| infer::CheckpointLink {
+        restores,
+        out: ckpt_tx,
+    });
+    let (consumer, tx) = start_inference(
         cfg,
         &mut w,
         pull,
@@ -261,7 +321,20 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         &events,
         registry.clone(),
         &fatal,
+        link,
     )?;
+    let cluster = joining.take().map(|j| {
+        join_cluster(
+            cfg,
+            j,
+            ckpt_rx,
+            tx,
+            restores.filter(|_| cfg.model_path.is_some()),
+            ingest.clone(),
+            registry.clone(),
+            w.metrics.clone(),
+        )
+    });
     let beats = Arc::new(std::mem::take(&mut w.beats));
     let web_stopped = CancellationToken::new();
     if let (Some(listener), Some(settings)) = (listener, &cfg.web) {
@@ -292,8 +365,88 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
         threads: w.threads,
         ctx: w.ctx,
         shutdown_timeout: cfg.shutdown_timeout(),
+        cluster,
     })
 }
+
+/// Start the node's loop and the JetStream writers.
+#[allow(clippy::too_many_arguments)]
+fn join_cluster(
+    cfg: &Config,
+    j: Joining,
+    checkpoints: mpsc::Receiver<(String, crate::infer::engine::Checkpoint)>,
+    tx: mpsc::Sender<Transcript>,
+    restores: Option<
+        Arc<std::sync::Mutex<std::collections::HashMap<String, crate::infer::engine::Checkpoint>>>,
+    >,
+    ingest: Arc<Ingest>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+) -> Member {
+    use crate::cluster::{node, pump};
+    let give_up = CancellationToken::new();
+    let events = tokio::spawn(pump::publish_events(
+        j.js.js.clone(),
+        j.events_rx,
+        j.acks.clone(),
+        j.cfg.node.clone(),
+        metrics.clone(),
+        give_up.clone(),
+    ));
+    if let Some(rx) = j.tap_rx {
+        tokio::spawn(pump::publish_tap(j.js.client.clone(), rx));
+    }
+    let checkpoints = restores.as_ref().map(|_| {
+        tokio::spawn(pump::write_checkpoints(
+            j.js.clone(),
+            checkpoints,
+            j.cfg.node.clone(),
+        ))
+    });
+    let sweeper = {
+        let acks = j.acks.clone();
+        let stop = give_up.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => acks.sweep(pump::HOLD).await,
+                }
+            }
+        })
+    };
+    let pump_ctx = pump::PumpCtx {
+        js: j.js.js.clone(),
+        limits: Limits::from(&cfg.transcripts),
+        registry,
+        metrics,
+        tx,
+        acks: j.acks.clone(),
+        ack_wait: j.cfg.ack_wait.0,
+    };
+    let node = node::Node::start(node::NodeCtx {
+        js: j.js,
+        cfg: j.cfg,
+        ingest: Arc::new(std::sync::Mutex::new(Some(ingest))),
+        pump: Some(pump_ctx),
+        acks: j.acks,
+        restores,
+    });
+    Member {
+        node,
+        events,
+        checkpoints,
+        give_up,
+        sweeper,
+    }
+}
+
+/// Where the events and tap publishers also hand every message in cluster mode.
+type Mirrors = (
+    mpsc::Sender<crate::wire::Multipart>,
+    Option<mpsc::Sender<crate::wire::Multipart>>,
+);
 
 type Bound = (
     zmq::Socket,
@@ -304,7 +457,15 @@ type Bound = (
 
 /// Bind the transcript, events and tap sockets and the metrics listener; start the ZAP
 /// handler and the publisher threads.
-async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError> {
+async fn bind_sockets(
+    cfg: &Config,
+    w: &mut Wiring,
+    mirrors: Option<Mirrors>,
+) -> Result<Bound, DaemonError> {
+    let (events_mirror, tap_mirror) = match mirrors {
+        Some((e, t)) => (Some(("events_nats", e)), t.map(|t| ("audio_tap_nats", t))),
+        None => (None, None),
+    };
     let s = &cfg.sockets;
     // The ZAP handler must exist before the first CURVE socket is bound.
     let authorized = [Some(&s.transcripts), Some(&s.events), s.audio_tap.as_ref()]
@@ -358,6 +519,7 @@ async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError
         queue: e.queue,
         linger,
         feed: w.feed.clone(),
+        mirror: events_mirror,
     };
     let (events, join) = bus::spawn_publisher(
         "events",
@@ -374,6 +536,7 @@ async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError
                 queue: cfg.audio_tap.queue,
                 linger,
                 feed: None,
+                mirror: tap_mirror,
             };
             let (h, join) =
                 bus::spawn_publisher("audio_tap", sock, settings, w.metrics.clone(), hb.clone())?;
@@ -385,7 +548,9 @@ async fn bind_sockets(cfg: &Config, w: &mut Wiring) -> Result<Bound, DaemonError
     Ok((pull, events, tap, listener))
 }
 
-/// The transcript receiver, and with a model the consumer task and the model worker.
+/// The transcript receiver, and with a model the consumer task and the model worker. Also
+/// returns a sender onto the transcript channel (cluster mode's pumps).
+#[allow(clippy::too_many_arguments)]
 fn start_inference(
     cfg: &Config,
     w: &mut Wiring,
@@ -394,7 +559,8 @@ fn start_inference(
     events: &PublisherHandle,
     registry: Arc<Registry>,
     fatal: &Fatal,
-) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    checkpoints: Option<infer::CheckpointLink>,
+) -> Result<(tokio::task::JoinHandle<()>, mpsc::Sender<Transcript>), DaemonError> {
     let t = &cfg.transcripts;
     let (tx, rx) = mpsc::channel(t.queue);
     let hb = Heartbeat::new("zmq-transcripts");
@@ -404,12 +570,12 @@ fn start_inference(
         registry.clone(),
         w.metrics.clone(),
         hb.clone(),
-        tx,
+        tx.clone(),
         w.cancel.clone(),
     )?;
     w.thread("zmq-transcripts", join, hb);
     let Some(engine) = engine else {
-        return Ok(tokio::spawn(consume(rx)));
+        return Ok((tokio::spawn(consume(rx)), tx));
     };
     let inf = &cfg.inference;
     let (wtx, wrx) = std::sync::mpsc::sync_channel(inf.queue);
@@ -425,6 +591,7 @@ fn start_inference(
             max_wait: inf.max_wait.0,
             max_failed_batches: inf.max_failed_batches,
             fatal: fatal.clone(),
+            checkpoints,
         },
         Tracker::new(cfg.escalation.clone()),
     )
@@ -437,7 +604,7 @@ fn start_inference(
         metrics: w.metrics.clone(),
         clock: infer::unix_now,
     };
-    Ok(tokio::spawn(infer::consume(rx, wtx, ctx)))
+    Ok((tokio::spawn(infer::consume(rx, wtx, ctx)), tx))
 }
 
 impl DaemonError {
@@ -489,9 +656,15 @@ impl Running {
             threads,
             mut ctx,
             shutdown_timeout,
+            cluster,
         } = self;
         let deadline = Instant::now() + shutdown_timeout;
         metrics.set_ready(false);
+        if let Some(m) = &cluster {
+            // No more segments from NATS and no more claims; the leases are still renewed
+            // until everything in flight is published.
+            m.node.stop_input();
+        }
         // Transcripts first: the receiver stops within one poll and drops its sender; the
         // consumer releases what it still holds (each segment waits at most feature_wait for
         // its descriptors, which keep coming while the media flows), hands it to the model
@@ -519,6 +692,15 @@ impl Running {
                 return Err(DaemonError::DrainTimeout(shutdown_timeout, name));
             }
         }
+        // The last conversation checkpoints, before another node may take the streams.
+        if let Some(h) = cluster.as_ref().and_then(|m| m.checkpoints.as_ref()) {
+            let _ = tokio::time::timeout_at(deadline.into(), async {
+                while !h.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+        }
         // Then the sources: the pipelines stop, their audio threads flush the tap.
         let stopping = tokio::task::spawn_blocking(move || ingest.stop_all());
         if tokio::time::timeout_at(deadline.into(), stopping)
@@ -543,6 +725,27 @@ impl Running {
                 .is_err()
             {
                 return Err(DaemonError::DrainTimeout(shutdown_timeout, name));
+            }
+        }
+        // Cluster mode: the events still on their way to JetStream are stored (and their
+        // segments acknowledged), then every stream is handed back.
+        if let Some(m) = cluster {
+            let Member {
+                node,
+                events,
+                checkpoints: _,
+                give_up,
+                sweeper,
+            } = m;
+            let stored = tokio::time::timeout_at(deadline.into(), events).await;
+            give_up.cancel();
+            let _ = sweeper.await;
+            node.release().await;
+            if stored.is_err() {
+                return Err(DaemonError::DrainTimeout(
+                    shutdown_timeout,
+                    "the events writer to JetStream",
+                ));
             }
         }
         // The publishers have stopped: the page's feeds send what they still hold and end.

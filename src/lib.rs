@@ -9,6 +9,7 @@ pub mod acoustic;
 pub mod assets;
 pub mod bert;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

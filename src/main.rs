@@ -2,7 +2,8 @@
 //!
 //! The daemon and what works beside it: `run` (until SIGTERM or SIGINT, then drain),
 //! `validate` (a config file), `version`, `keygen` (a CURVE keypair), `token` (a bearer token
-//! for the live page), `tail` (a running daemon's events), `replay` (a recorded call through the daemon's stages), `report` (a
+//! for the live page), `tail` (a running daemon's events), `cluster` (cluster mode's streams
+//! and nodes), `replay` (a recorded call through the daemon's stages), `report` (a
 //! picture of a whole call from its events). Offline:
 //! `features audio|video|text` (what the extractors compute), `dataset meld|emodb` (training
 //! data in the native format), `train`, `train-default` (the default model), `eval` (a model
@@ -222,6 +223,21 @@ enum Command {
         /// Exit after this many emotion events.
         #[arg(long)]
         count: Option<usize>,
+        /// Read a cluster's events stream in NATS JetStream at this URL instead (credentials
+        /// from the config's `[cluster]`).
+        #[arg(long)]
+        nats: Option<String>,
+        /// With `--nats`: from the start of the events stream (default: only new events).
+        #[arg(long, requires = "nats")]
+        from_start: bool,
+    },
+    /// Cluster mode: the desired streams and the nodes, through NATS (the config's `[cluster]`).
+    Cluster {
+        /// Config whose `[cluster]` says where NATS is.
+        #[arg(short, long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: ClusterCmd,
     },
     /// Write a CURVE keypair: DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub.
     Keygen {
@@ -234,6 +250,33 @@ enum Command {
     },
     /// Print a new random bearer token for `[web] token` (the live page off loopback).
     Token,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Add a stream to the cluster: an attach request as JSON (or @FILE), checked as the
+    /// control socket checks one.
+    Attach {
+        /// The request, e.g. '{"id":"call-42","uri":"rtsp://...","template":"rtsp"}'.
+        request: String,
+    },
+    /// Remove a stream from the cluster; its owner stops it within a heartbeat.
+    Detach {
+        /// Its id.
+        id: String,
+    },
+    /// The desired streams and the node holding each.
+    List {
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The live nodes, their capacity and load.
+    Nodes {
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -386,7 +429,21 @@ fn dispatch(command: Command) -> ExitCode {
             stream,
             json,
             count,
-        } => report(cli::live::tail(&config, endpoint, stream, json, count)),
+            nats,
+            from_start,
+        } => report(match nats {
+            Some(url) => cli::cluster::tail_nats(&config, &url, stream, json, count, from_start),
+            None => cli::live::tail(&config, endpoint, stream, json, count),
+        }),
+        Command::Cluster { config, what } => report(cli::cluster::run(
+            &config,
+            match what {
+                ClusterCmd::Attach { request } => cli::cluster::Action::Attach(request),
+                ClusterCmd::Detach { id } => cli::cluster::Action::Detach(id),
+                ClusterCmd::List { json } => cli::cluster::Action::List { json },
+                ClusterCmd::Nodes { json } => cli::cluster::Action::Nodes { json },
+            },
+        )),
         Command::Features { what } => report(features(what)),
         Command::Dataset { what } => report(dataset(what)),
         Command::Train {

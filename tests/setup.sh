@@ -31,6 +31,8 @@ debs=(
   espeak-ng sox
   # the live page's test: a real browser, headless
   chromium
+  # cluster mode and its tests: NATS with JetStream (2.9.10)
+  nats-server
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -128,6 +128,7 @@ fn through_the_daemon(streams: Arc<Registry>, lines: &[String]) -> (Vec<Value>, 
         queue: 64,
         linger: Duration::from_secs(1),
         feed: None,
+        mirror: None,
     };
     let (events, publishing) =
         summerd::bus::spawn_publisher("events", publisher, settings, metrics.clone(), hb).unwrap();
@@ -144,6 +145,7 @@ fn through_the_daemon(streams: Arc<Registry>, lines: &[String]) -> (Vec<Value>, 
             max_wait: cfg.max_wait.0,
             max_failed_batches: cfg.max_failed_batches,
             fatal: Default::default(),
+            checkpoints: None,
         },
         summerd::signals::Tracker::new(Default::default()),
     )

@@ -2,6 +2,7 @@
 //! and the two commands that only read (`validate`, `version`).
 
 pub mod call_report;
+pub mod cluster;
 pub mod eval;
 pub mod features;
 pub mod live;

@@ -12,7 +12,7 @@
 //! count), and each speaker's audio vectors are normalised online by that speaker's own past
 //! ([`crate::model::norm`]). Provisional utterances are scored in context but never join it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -57,6 +57,9 @@ pub enum EngineError {
     /// A failure injected on purpose (`SUMMERD_FAILPOINT=model-worker-error`, fault tests).
     #[error("injected failure (SUMMERD_FAILPOINT=model-worker-error)")]
     Failpoint,
+    /// A conversation checkpoint does not fit this model.
+    #[error("conversation checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// `[model]`: which model the daemon runs, and where.
@@ -227,7 +230,13 @@ struct Conversation {
     speakers: HashMap<String, (i64, i64)>,
     next_speaker: i64,
     norms: HashMap<String, SpeakerStats>,
+    /// The seqs of the last [`SCORED_SEQS`] final utterances, oldest first.
+    seqs: VecDeque<u64>,
 }
+
+/// Final seqs a conversation remembers (and a checkpoint carries), so that a segment
+/// delivered again after a handover is not scored into the conversation twice.
+pub const SCORED_SEQS: usize = 256;
 
 impl Conversation {
     fn new(slot: i64) -> Self {
@@ -237,6 +246,7 @@ impl Conversation {
             speakers: HashMap::new(),
             next_speaker: 0,
             norms: HashMap::new(),
+            seqs: VecDeque::new(),
         }
     }
 
@@ -286,6 +296,63 @@ pub fn daemon_features(text_dim: i64, tuned: bool) -> Features {
             extractor: VISUAL_EXTRACTOR.into(),
             dim: VISUAL_DIM,
         }),
+    }
+}
+
+/// A stream's conversation as the next owner of the stream needs it to go on exactly where
+/// it stopped (cluster mode): the utterance count, the speakers and their normalisation
+/// statistics, the last scored seqs, and the model's cached context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Format version: 1.
+    pub v: u32,
+    /// The model's `name@sha256-prefix`; a checkpoint only fits the model that made it.
+    pub model: String,
+    /// Final utterances so far.
+    pub count: i64,
+    /// Speaker label, index by first appearance, conversation index when last heard.
+    pub speakers: Vec<(String, i64, i64)>,
+    /// The next speaker's index.
+    pub next_speaker: i64,
+    /// Each speaker's normalisation statistics.
+    pub norms: Vec<(String, SpeakerStats)>,
+    /// The last final seqs scored, oldest first.
+    pub seqs: Vec<u64>,
+    /// The cached context ([`crate::model::net::StepPool::export_slot`]).
+    pub cache: Vec<f32>,
+}
+
+impl Checkpoint {
+    /// Its bytes: a JSON header line, then the cache as little-endian f32.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let head = Checkpoint {
+            cache: Vec::new(),
+            ..self.clone()
+        };
+        let mut out = serde_json::to_vec(&head).expect("a checkpoint serialises");
+        out.push(b'\n');
+        out.reserve(self.cache.len() * 4);
+        for v in &self.cache {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// Read [`Self::to_bytes`] back.
+    pub fn from_bytes(b: &[u8]) -> Result<Checkpoint, String> {
+        let nl = b.iter().position(|c| *c == b'\n').ok_or("no header line")?;
+        let mut cp: Checkpoint =
+            serde_json::from_slice(&b[..nl]).map_err(|e| format!("header: {e}"))?;
+        let raw = &b[nl + 1..];
+        if !raw.len().is_multiple_of(4) {
+            return Err(format!("cache of {} bytes is not whole f32s", raw.len()));
+        }
+        cp.cache = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(cp)
     }
 }
 
@@ -421,6 +488,78 @@ impl Engine {
         s
     }
 
+    /// Whether a final utterance with this seq is already part of the stream's conversation
+    /// (among the last [`SCORED_SEQS`]).
+    pub fn scored(&self, stream: &str, seq: u64) -> bool {
+        self.convs
+            .get(stream)
+            .is_some_and(|c| c.seqs.contains(&seq))
+    }
+
+    /// Whether the stream has a conversation.
+    pub fn has(&self, stream: &str) -> bool {
+        self.convs.contains_key(stream)
+    }
+
+    /// Everything needed to continue the stream's conversation elsewhere.
+    pub fn checkpoint(&mut self, stream: &str) -> Option<Checkpoint> {
+        let c = self.convs.get(stream)?;
+        let mut speakers: Vec<(String, i64, i64)> = c
+            .speakers
+            .iter()
+            .map(|(k, (i, h))| (k.clone(), *i, *h))
+            .collect();
+        speakers.sort();
+        let mut norms: Vec<(String, SpeakerStats)> = c
+            .norms
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        norms.sort_by(|a, b| a.0.cmp(&b.0));
+        let (slot, count, next_speaker) = (c.slot, c.count, c.next_speaker);
+        let seqs = c.seqs.iter().copied().collect();
+        Some(Checkpoint {
+            v: 1,
+            model: self.name.clone(),
+            count,
+            speakers,
+            next_speaker,
+            norms,
+            seqs,
+            cache: self.pool.export_slot(slot),
+        })
+    }
+
+    /// Continue a conversation from a checkpoint, replacing the stream's own if it has one.
+    /// Refused when it was made by another model or does not fit this one's caches.
+    pub fn restore(&mut self, stream: &str, cp: &Checkpoint) -> Result<(), EngineError> {
+        if cp.model != self.name {
+            return Err(EngineError::Checkpoint(format!(
+                "made by model {}, this is {}",
+                cp.model, self.name
+            )));
+        }
+        self.forget(stream);
+        let slot = self.take_slot();
+        if let Err(e) = self.pool.import_slot(slot, &cp.cache) {
+            self.pool.clear(slot);
+            self.free.push(slot);
+            return Err(EngineError::Checkpoint(e));
+        }
+        let mut conv = Conversation::new(slot);
+        conv.count = cp.count;
+        conv.next_speaker = cp.next_speaker;
+        conv.speakers = cp
+            .speakers
+            .iter()
+            .map(|(k, i, h)| (k.clone(), (*i, *h)))
+            .collect();
+        conv.norms = cp.norms.iter().cloned().collect();
+        conv.seqs = cp.seqs.iter().copied().collect();
+        self.convs.insert(stream.to_string(), conv);
+        Ok(())
+    }
+
     /// Streams with a conversation.
     pub fn streams(&self) -> Vec<String> {
         self.convs.keys().cloned().collect()
@@ -478,6 +617,10 @@ impl Engine {
             });
             if !u.provisional {
                 conv.count += 1;
+                if conv.seqs.len() == SCORED_SEQS {
+                    conv.seqs.pop_front();
+                }
+                conv.seqs.push_back(u.seq);
             }
         }
         // Waves: a stream's k-th utterance of this batch goes in wave k, after the ones before

@@ -135,6 +135,21 @@ pub struct WorkerPolicy {
     /// systemd restarts it (a half-working daemon that silently publishes nothing would be
     /// worse: its streams look healthy).
     pub fatal: Fatal,
+    /// Cluster mode: conversations to continue, and where each stream's state goes after a
+    /// forward pass.
+    pub checkpoints: Option<CheckpointLink>,
+}
+
+/// How the model worker continues conversations begun on another node and hands its own on
+/// (cluster mode).
+#[derive(Clone)]
+pub struct CheckpointLink {
+    /// Checkpoints of streams this node has just claimed, taken when the stream's first
+    /// utterance reaches a worker that has no conversation for it.
+    pub restores: Arc<std::sync::Mutex<std::collections::HashMap<String, engine::Checkpoint>>>,
+    /// Each stream's state after a forward pass that added final utterances to it (dropped
+    /// when the writer is behind: a later state replaces it).
+    pub out: mpsc::Sender<(String, engine::Checkpoint)>,
 }
 
 /// Fault injection for the fault tests, from `SUMMERD_FAILPOINT`: `model-worker-panic` (the
@@ -266,13 +281,14 @@ fn work(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return None,
         };
-        take(&mut engine, &mut jobs, first, out);
+        let link = policy.checkpoints.as_ref();
+        take(&mut engine, &mut jobs, first, out, link);
         let mut open = true;
         let deadline = Instant::now() + max_wait;
         while jobs.len() < max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(m) => take(&mut engine, &mut jobs, m, out),
+                Ok(m) => take(&mut engine, &mut jobs, m, out, link),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     open = false;
@@ -284,7 +300,25 @@ fn work(
             if failpoint == Failpoint::Panic {
                 panic!("SUMMERD_FAILPOINT=model-worker-panic");
             }
+            let mut finals: Vec<String> = jobs
+                .iter()
+                .filter(|u| !u.provisional)
+                .map(|u| u.stream.clone())
+                .collect();
+            finals.sort();
+            finals.dedup();
             let ok = run_batch(&mut engine, &mut jobs, out, failpoint);
+            if let (true, Some(l)) = (ok, link) {
+                for s in finals {
+                    if let Some(cp) = engine.checkpoint(&s)
+                        && l.out.try_send((s, cp)).is_err()
+                    {
+                        tracing::debug!(
+                            "The checkpoint writer is behind; a later state replaces this one"
+                        );
+                    }
+                }
+            }
             failed = if ok { 0 } else { failed + 1 };
             if failed >= policy.max_failed_batches {
                 return Some(format!(
@@ -300,9 +334,37 @@ fn work(
 
 /// Queue a job (reading its audio span and face now), or apply a forget (dropping the
 /// stream's jobs not yet run, counted as forgotten).
-fn take(engine: &mut Engine, jobs: &mut Vec<Utterance>, msg: WorkerMsg, out: &mut Output) {
+fn take(
+    engine: &mut Engine,
+    jobs: &mut Vec<Utterance>,
+    msg: WorkerMsg,
+    out: &mut Output,
+    link: Option<&CheckpointLink>,
+) {
     match msg {
-        WorkerMsg::Job(j) => jobs.push(j.resolve()),
+        WorkerMsg::Job(j) => {
+            let u = j.resolve();
+            if let Some(l) = link.filter(|_| !engine.has(&u.stream)) {
+                let cp = l.restores.lock().expect("restores lock").remove(&u.stream);
+                if let Some(cp) = cp {
+                    match engine.restore(&u.stream, &cp) {
+                        Ok(()) => {
+                            tracing::info!(stream = %u.stream, utterances = cp.count, "Continuing the conversation from its checkpoint")
+                        }
+                        Err(e) => {
+                            tracing::warn!(stream = %u.stream, error = %e, "Cannot continue the conversation; starting afresh")
+                        }
+                    }
+                }
+            }
+            // Delivered again after a handover, but already part of the conversation (and its
+            // event already published by the node that scored it).
+            if !u.provisional && engine.scored(&u.stream, u.seq) {
+                out.metrics.utterance(Outcome::Duplicate.label());
+                return;
+            }
+            jobs.push(u);
+        }
         WorkerMsg::Forget(stream) => {
             let before = jobs.len();
             jobs.retain(|u| u.stream != stream);

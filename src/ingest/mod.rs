@@ -143,6 +143,28 @@ struct Running {
     supervisor: JoinHandle<()>,
 }
 
+/// Check a stream's spec as an attach request is checked (id, template inside
+/// `pipelines_dir`, URI, roles, placeholders); its launch description.
+pub fn check_spec(
+    pipelines_dir: &std::path::Path,
+    config: &IngestConfig,
+    spec: &StreamSpec,
+) -> Result<Launch, IngestError> {
+    let mut c = Checker::new(pipelines_dir.to_path_buf());
+    let vars = config.template_vars(spec);
+    let launch = settings::check_stream(&mut c, "attach", spec, pipelines_dir, &vars);
+    match launch {
+        Some(l) if c.is_clean() => Ok(l),
+        _ => Err(IngestError::Invalid(
+            c.into_problems()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
 /// Runs the pipelines of the registry's streams.
 pub struct Ingest {
     settings: IngestSettings,
@@ -175,20 +197,7 @@ impl Ingest {
     /// Check a stream's spec as `[[streams]]` is checked: id, template (a name inside
     /// `pipelines.dir`), URI, roles and placeholders. Its launch description.
     pub fn check(&self, spec: &StreamSpec) -> Result<Launch, IngestError> {
-        let mut c = Checker::new(self.settings.pipelines_dir.clone());
-        let vars = self.settings.config.template_vars(spec);
-        let launch =
-            settings::check_stream(&mut c, "attach", spec, &self.settings.pipelines_dir, &vars);
-        match launch {
-            Some(l) if c.is_clean() => Ok(l),
-            _ => Err(IngestError::Invalid(
-                c.into_problems()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )),
-        }
+        check_spec(&self.settings.pipelines_dir, &self.settings.config, spec)
     }
 
     /// Attach a stream: it starts at once and keeps retrying until detached (or, never having

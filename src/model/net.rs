@@ -587,6 +587,58 @@ impl StepPool {
         }
     }
 
+    /// Every cached tensor, in one fixed order (the order of [`Self::export_slot`]).
+    fn tensors(&mut self) -> Vec<&mut Tensor> {
+        let mut all = vec![&mut self.valid];
+        for b in &mut self.branches {
+            all.extend(b.layers.iter_mut());
+            all.push(&mut b.out);
+            all.push(&mut b.present);
+        }
+        all
+    }
+
+    /// A slot's caches as one flat vector (booleans as 0 and 1), for a checkpoint.
+    pub fn export_slot(&mut self, slot: i64) -> Vec<f32> {
+        let mut out = Vec::new();
+        for t in self.tensors() {
+            let row = t
+                .get(slot)
+                .to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu)
+                .contiguous()
+                .view([-1]);
+            out.extend(Vec::<f32>::try_from(row).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Put an exported slot back (into this slot); an error when its size does not fit.
+    pub fn import_slot(&mut self, slot: i64, data: &[f32]) -> Result<(), String> {
+        let mut at = 0usize;
+        let mut rows = Vec::new();
+        for t in self.tensors() {
+            let row = t.get(slot);
+            let n = row.numel();
+            let Some(part) = data.get(at..at + n) else {
+                return Err(format!("{} values where more are needed", data.len()));
+            };
+            rows.push((row, part));
+            at += n;
+        }
+        if at != data.len() {
+            return Err(format!("{} values where {at} are needed", data.len()));
+        }
+        for (mut row, part) in rows {
+            let src = Tensor::from_slice(part)
+                .view(row.size().as_slice())
+                .to_kind(row.kind())
+                .to_device(row.device());
+            row.copy_(&src);
+        }
+        Ok(())
+    }
+
     /// Empty a slot (a stream ended; the slot may be reused).
     pub fn clear(&mut self, slot: i64) {
         let _ = self.valid.get(slot).fill_(0);

@@ -32,8 +32,8 @@ pub struct SpeakerNorm {
     pub std: Vec<f32>,
 }
 
-/// One speaker's running statistics.
-#[derive(Debug, Clone)]
+/// One speaker's running statistics (serialisable for a conversation checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpeakerStats {
     n: f64,
     mean: Vec<f64>,

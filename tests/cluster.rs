@@ -1,0 +1,711 @@
+//! Cluster mode against real NATS servers (Debian's `nats-server` 2.9, JetStream): three
+//! servers clustered on loopback with every bucket and stream at 3 replicas, three summerd
+//! nodes with the default model, nine live audio-only RTP calls from gst-launch senders, and
+//! the test as the ASR stand-in publishing segments into JetStream.
+//!
+//! What it shows: the streams are balanced (3 a node); `kill -9` of a node moves its streams
+//! to the others within 10 s; every segment sent gives exactly one emotion event in the
+//! events stream, through the kill, a NATS server killed and restarted, and a rolling restart
+//! of every node; a moved conversation goes on as it would have on one node (the events of a
+//! moved stream equal, within 1e-4, those of a stream that never moved and heard the same
+//! segments over the same steady source).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, http_get, metric};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const TEXTS: &[&str] = &[
+    "I have been waiting for forty minutes and nobody called me back.",
+    "I'm sorry to hear that, let me look at your account right away.",
+    "This is the third time I'm calling about the same problem!",
+    "I understand. I can see the order here, it shipped yesterday.",
+    "Oh, that's great news, thank you so much.",
+    "You're welcome. Is there anything else I can help you with?",
+    "No, that's all. Have a nice day.",
+];
+
+fn nats_server() -> PathBuf {
+    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("nats-server is not installed: run `make test` (tests/setup.sh installs it)");
+}
+
+/// Three NATS servers with JetStream, clustered on loopback.
+struct Nats {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    servers: Vec<Option<Child>>,
+}
+
+impl Nats {
+    fn start(n: usize) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for i in 0..n {
+            let conf = format!(
+                "server_name: s{i}\nlisten: 127.0.0.1:{}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{ name: summerd-test\n listen: 127.0.0.1:{}\n routes: [{route_list}] }}\n",
+                ports[i],
+                dir.path().join(format!("js{i}")).display(),
+                routes[i]
+            );
+            std::fs::write(dir.path().join(format!("s{i}.conf")), conf).unwrap();
+        }
+        let mut nats = Nats {
+            dir,
+            ports,
+            servers: Vec::new(),
+        };
+        for i in 0..n {
+            let c = nats.spawn(i);
+            nats.servers.push(Some(c));
+        }
+        nats
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("s{i}.log"))).unwrap();
+        Command::new(nats_server())
+            .arg("-c")
+            .arg(self.dir.path().join(format!("s{i}.conf")))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server")
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let c = self.spawn(i);
+        self.servers[i] = Some(c);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A summerd node: its config, its process, its log.
+struct Node {
+    name: String,
+    dir: tempfile::TempDir,
+    metrics: String,
+    child: Option<Child>,
+    starts: usize,
+}
+
+fn node_config(name: &str, urls: &[String], metrics: &str) -> String {
+    let r = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let urls = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[daemon]\nlog_level = \"info,summerd::cluster=debug\"\nshutdown_timeout = \"15s\"\n\
+         [transcripts]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
+         [events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
+         [audio_tap]\nenabled = false\n\
+         [control]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
+         [metrics]\nlisten = \"{metrics}\"\n\
+         [model]\npath = \"{}\"\ndevice = \"cpu\"\n\
+         [text_encoder]\ndir = \"{}\"\n\
+         [pipelines]\ndir = \"{}\"\n\
+         [vision]\nenabled = false\n\
+         [inference]\nfeature_wait = \"2s\"\n\
+         [cluster]\nurls = [{urls}]\nnode = \"{name}\"\nreplicas = 3\nlease = \"3s\"\n\
+         heartbeat = \"1s\"\nack_wait = \"4s\"\n",
+        free_port(),
+        free_port(),
+        free_port(),
+        r.join("models/summer-default").display(),
+        r.join("models/third_party/all-minilm-l6-v2").display(),
+        r.join("pipelines").display(),
+    )
+}
+
+impl Node {
+    fn new(name: &str, urls: &[String]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            dir.path().join("summerd.toml"),
+            node_config(name, urls, &metrics),
+        )
+        .unwrap();
+        Node {
+            name: name.into(),
+            dir,
+            metrics,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("summerd.toml")
+    }
+
+    fn log_path(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("summerd-{n}.log"))
+    }
+
+    fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_summerd"))
+            .args(["run", "-c"])
+            .arg(self.config())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start summerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node {} exited early with {s}:\n{}", self.name, self.log());
+            }
+            if let Ok((_, body)) = http_get(&self.metrics, "/metrics")
+                && metric(&body, "summerd_ready") == Some(1.0)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("node {} not ready within 60 s:\n{}", self.name, self.log());
+    }
+
+    fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                assert!(
+                    s.success(),
+                    "node {} exited with {s}:\n{}",
+                    self.name,
+                    self.log()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {} did not stop", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A live G.711 RTP sender of a steady tone to a UDP port.
+fn sender(port: u16) -> Child {
+    let line = format!(
+        "audiotestsrc is-live=true wave=silence samplesperbuffer=160 \
+         ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay \
+         ! udpsink host=127.0.0.1 port={port}"
+    );
+    Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(line.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0")
+}
+
+fn summerd_cli(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_summerd"))
+        .args(["cluster", "-c"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The ASR stand-in: segments into JetStream, every one stored (JetStream acknowledges it).
+struct Asr {
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    sent: BTreeMap<String, Vec<u64>>,
+}
+
+impl Asr {
+    fn connect(urls: &[String]) -> Asr {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _in_runtime = rt.enter();
+        let addrs: Vec<async_nats::ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
+        let client = rt
+            .block_on(
+                async_nats::ConnectOptions::new()
+                    .retry_on_initial_connect()
+                    .connect(addrs),
+            )
+            .unwrap();
+        Asr {
+            rt,
+            js: async_nats::jetstream::new(client),
+            sent: BTreeMap::new(),
+        }
+    }
+
+    fn segment(stream: &str, seq: u64) -> Value {
+        let now = unix_now();
+        json!({"v": 1, "stream": stream, "seq": seq, "clock": "unix",
+               "start": now - 1.2, "end": now - 0.2,
+               "speaker": if seq.is_multiple_of(2) { "customer" } else { "agent" },
+               "text": TEXTS[seq as usize % TEXTS.len()], "final": true})
+    }
+
+    /// Publish the next segment of every stream; retried until JetStream stores it (a server
+    /// may be down).
+    fn round(&mut self, streams: &[String]) {
+        for s in streams {
+            let seq = self.sent.get(s).map_or(0, |v| v.len() as u64);
+            let body = Self::segment(s, seq).to_string();
+            let subject = format!("summerd.transcripts.{s}");
+            let js = self.js.clone();
+            let mut tries = 0;
+            loop {
+                let r = self.rt.block_on(async {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Nats-Msg-Id", format!("{s}/{seq}").as_str());
+                    match js
+                        .publish_with_headers(subject.clone(), h, body.clone().into())
+                        .await
+                    {
+                        Ok(f) => f.await.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tries += 1;
+                        assert!(tries < 50, "segment {s}/{seq} not stored: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+            self.sent.entry(s.clone()).or_default().push(seq);
+        }
+    }
+
+    /// Every event in the events stream, in order.
+    fn events(&self) -> Vec<Value> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+        self.rt.block_on(async {
+            let mut s = self.js.get_stream("SUMMERD_EVENTS").await.unwrap();
+            let total = s.info().await.unwrap().state.messages;
+            let c = s
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: "summerd.events.>".into(),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut m = c.messages().await.unwrap();
+            let mut out = Vec::new();
+            while (out.len() as u64) < total {
+                match tokio::time::timeout(Duration::from_secs(10), m.next()).await {
+                    Ok(Some(Ok(msg))) => out.push(serde_json::from_slice(&msg.payload).unwrap()),
+                    _ => break,
+                }
+            }
+            out
+        })
+    }
+}
+
+/// (stream, seq) -> how many final emotion events the events stream holds.
+fn emotion_counts(events: &[Value]) -> BTreeMap<(String, u64), usize> {
+    let mut n = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "emotion" && e["provisional"] != true)
+    {
+        let k = (
+            e["stream"].as_str().unwrap().to_string(),
+            e["seq"].as_u64().unwrap(),
+        );
+        *n.entry(k).or_default() += 1;
+    }
+    n
+}
+
+fn owners(config: &Path) -> BTreeMap<String, Option<String>> {
+    let out = summerd_cli(config, &["list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["spec"]["id"].as_str().unwrap().to_string(),
+                v["owner"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn load(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for o in owners.values().flatten() {
+        *n.entry(o.clone()).or_default() += 1;
+    }
+    n
+}
+
+fn held_by(admin: &Path, node: &str) -> Vec<String> {
+    owners(admin)
+        .into_iter()
+        .filter(|(_, o)| o.as_deref() == Some(node))
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// kill -9 a node; the time until every one of `its` streams is held by another node (with
+/// `talking`, segments of those streams keep coming meanwhile, one round a half second).
+fn kill_and_wait(
+    node: &mut Node,
+    its: &[String],
+    admin: &Path,
+    asr: &mut Asr,
+    talking: &[String],
+) -> Duration {
+    assert!(!its.is_empty());
+    let killed = Instant::now();
+    node.kill9();
+    while killed.elapsed() < Duration::from_secs(30) {
+        if !talking.is_empty() {
+            asr.round(talking);
+        }
+        let now = owners(admin);
+        if its
+            .iter()
+            .all(|s| now[s].as_ref().is_some_and(|o| *o != node.name))
+        {
+            return killed.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{its:?} were not taken over within 30 s");
+}
+
+/// The largest difference between two streams' class probabilities, seq by seq.
+fn largest_difference(events: &[Value], a: &str, b: &str) -> f64 {
+    let of = |s: &str| -> BTreeMap<u64, Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "emotion" && e["stream"] == s)
+            .map(|e| (e["seq"].as_u64().unwrap(), e["probs"].clone()))
+            .collect()
+    };
+    let (pa, pb) = (of(a), of(b));
+    assert_eq!(pa.keys().collect::<Vec<_>>(), pb.keys().collect::<Vec<_>>());
+    let mut worst = 0.0f64;
+    for (seq, p) in &pa {
+        for (class, v) in p.as_object().unwrap() {
+            let d = (v.as_f64().unwrap() - pb[seq][class].as_f64().unwrap()).abs();
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+/// Send rounds of segments for `secs` seconds, one a second a stream.
+fn talk(asr: &mut Asr, streams: &[String], secs: u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        let t0 = Instant::now();
+        asr.round(streams);
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(t0.elapsed()));
+    }
+}
+
+/// Wait until every segment sent has its event (or `limit` passes); the counts.
+fn settle(asr: &Asr, limit: Duration) -> BTreeMap<(String, u64), usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let counts = emotion_counts(&asr.events());
+        let all = asr
+            .sent
+            .iter()
+            .all(|(s, seqs)| seqs.iter().all(|q| counts.contains_key(&(s.clone(), *q))));
+        if all || Instant::now() > deadline {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn assert_exactly_once(asr: &Asr, counts: &BTreeMap<(String, u64), usize>, nodes: &[Node]) {
+    let mut missing = Vec::new();
+    for (s, seqs) in &asr.sent {
+        for q in seqs {
+            if !counts.contains_key(&(s.clone(), *q)) {
+                missing.push(format!("{s}/{q}"));
+            }
+        }
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let sent: usize = asr.sent.values().map(Vec::len).sum();
+    if !missing.is_empty() || !doubled.is_empty() || counts.len() != sent {
+        for n in nodes {
+            eprintln!("==== node {} ====\n{}", n.name, n.log());
+        }
+        panic!(
+            "{} segments sent, {} with events; missing {:?}; doubled {:?}",
+            sent,
+            counts.len(),
+            missing,
+            doubled
+        );
+    }
+}
+
+#[test]
+fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
+    let mut nats = Nats::start(3);
+    let urls = nats.urls();
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::new(n, &urls))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let admin = nodes[0].config();
+
+    // Nine calls, plus a reference call that hears what call s0 hears and stays on one node.
+    let mut senders = Vec::new();
+    let mut streams = Vec::new();
+    for i in 0..9 {
+        let port = free_port();
+        senders.push(sender(port));
+        let id = format!("s{i}");
+        let req =
+            json!({"id": id, "uri": format!("udp://127.0.0.1:{port}"), "template": "rtp-pcmu"});
+        let out = summerd_cli(&admin, &["attach", &req.to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        streams.push(id);
+    }
+    // The same request twice is refused; so is a bad template, with the control socket's words.
+    let again = summerd_cli(
+        &admin,
+        &[
+            "attach",
+            &json!({"id": "s0", "uri": "udp://127.0.0.1:1", "template": "rtp-pcmu"}).to_string(),
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already attached"));
+    let bad = summerd_cli(
+        &admin,
+        &[
+            "attach",
+            &json!({"id": "x", "uri": "udp://127.0.0.1:1", "template": "../etc/passwd"})
+                .to_string(),
+        ],
+    );
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("attach.template"), "{said}");
+
+    // Balanced: three each, within 15 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut held = BTreeMap::new();
+    while Instant::now() < deadline {
+        held = load(&owners(&admin));
+        if held.values().sum::<usize>() == 9 && held.values().all(|n| *n == 3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        held.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3],
+        "{held:?}"
+    );
+
+    let mut asr = Asr::connect(&urls);
+    talk(&mut asr, &streams, 6);
+    let counts = settle(&asr, Duration::from_secs(30));
+    assert_exactly_once(&asr, &counts, &nodes);
+
+    // kill -9 of node b between utterances: its streams flow on a and c within 10 s, and
+    // their conversations go on as if they had never moved.
+    let b_streams = held_by(&admin, "b");
+    let moved = kill_and_wait(&mut nodes[1], &b_streams, &admin, &mut asr, &[]);
+    eprintln!("handover after kill -9 (quiet): {moved:?}");
+    assert!(moved <= Duration::from_secs(10), "handover took {moved:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    talk(&mut asr, &streams, 6);
+    let counts = settle(&asr, Duration::from_secs(30));
+    assert_exactly_once(&asr, &counts, &nodes);
+    let events = asr.events();
+    let claims: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "stream.claimed" && e["from"] == "b")
+        .collect();
+    assert_eq!(
+        claims.len(),
+        b_streams.len(),
+        "every stream of b continued its conversation"
+    );
+    let still = held_by(&admin, "a");
+    let reference = still
+        .iter()
+        .find(|s| !b_streams.contains(s))
+        .expect("a stream that never moved");
+    let worst = b_streams
+        .iter()
+        .map(|m| largest_difference(&events, m, reference))
+        .fold(0.0f64, f64::max);
+    eprintln!("moved vs never moved: largest probability difference {worst:.2e}");
+    let unmoved: Vec<String> = owners(&admin)
+        .keys()
+        .filter(|s| !b_streams.contains(s))
+        .cloned()
+        .collect();
+    eprintln!(
+        "never moved {} vs {}: {:.2e}",
+        unmoved[0],
+        unmoved[1],
+        largest_difference(&events, &unmoved[0], &unmoved[1])
+    );
+    assert!(worst <= 1e-4, "a moved conversation differs by {worst}");
+
+    // Node b comes back; then kill -9 of node a while segments keep coming.
+    nodes[1].start();
+    talk(&mut asr, &streams, 4);
+    let a_streams = held_by(&admin, "a");
+    let moved = kill_and_wait(&mut nodes[0], &a_streams, &admin, &mut asr, &streams);
+    eprintln!("handover after kill -9 (talking): {moved:?}");
+    assert!(moved <= Duration::from_secs(10), "handover took {moved:?}");
+    talk(&mut asr, &streams, 5);
+    let counts = settle(&asr, Duration::from_secs(30));
+    assert_exactly_once(&asr, &counts, &nodes);
+    nodes[0].start();
+
+    // One NATS server dies and comes back while segments keep coming.
+    nats.kill(2);
+    talk(&mut asr, &streams, 6);
+    nats.restart(2);
+    talk(&mut asr, &streams, 4);
+    let counts = settle(&asr, Duration::from_secs(40));
+    assert_exactly_once(&asr, &counts, &nodes);
+
+    // A rolling restart of every node.
+    for node in nodes.iter_mut() {
+        node.stop();
+        talk(&mut asr, &streams, 2);
+        node.start();
+        talk(&mut asr, &streams, 3);
+    }
+    let counts = settle(&asr, Duration::from_secs(40));
+    assert_exactly_once(&asr, &counts, &nodes);
+    std::thread::sleep(Duration::from_secs(4));
+    let held = load(&owners(&admin));
+    assert_eq!(held.values().sum::<usize>(), 9, "{held:?}");
+    assert!(
+        held.values().all(|n| *n <= 4),
+        "uneven after the restarts: {held:?}"
+    );
+
+    // Detach from the cluster: the owner stops it.
+    let out = summerd_cli(&admin, &["detach", "s8"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!owners(&admin).contains_key("s8"));
+    let nodes_out = summerd_cli(&admin, &["nodes", "--json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&nodes_out.stdout).lines().count(),
+        3
+    );
+    for mut s in senders {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
