@@ -22,9 +22,17 @@ interleaved channel) is segmented per channel, and each segment carries its chan
 Otherwise, with --speaker LABEL every segment carries that label (a stream that is one
 speaker); without it each stream's voices become spk1, spk2, ... in order of first appearance.
 
+In cluster mode (--nats URL) segments go into NATS JetStream instead
+(`summerd.transcripts.<stream>`, nats_link.py), on the unix clock (a stream that moves to
+another node starts a new media timeline there), numbered by their start in unix
+milliseconds (times 64, plus the channel), so that the worker beside the next owner never
+reuses a number. The tap is the node's own ZeroMQ tap, or with --tap-nats the core NATS
+subjects `summerd.audio.<stream>`.
+
 Usage:
   reference_worker.py [--tap tcp://127.0.0.1:5557] [--transcripts tcp://127.0.0.1:5555]
                       [--stream ID ...] [--speaker LABEL] [--exit-after-idle SECONDS]
+                      [--nats nats://127.0.0.1:4222 [--tap-nats]]
 """
 
 import argparse
@@ -58,7 +66,7 @@ class Job:
     """One speech segment on its way to the daemon."""
 
     __slots__ = ("stream", "start", "end", "samples", "seconds", "vector", "cut_at", "text", "speaker",
-                 "seq")
+                 "seq", "unix_offset", "channel")
 
     def __init__(self, stream, start, end, samples, speaker=None):
         self.stream, self.start, self.end, self.samples = stream, start, end, samples
@@ -68,6 +76,8 @@ class Job:
         self.text = None
         self.speaker = speaker  # set here when the segment came from a speaker's own channel
         self.seq = None
+        self.unix_offset = None  # unix time minus media time of its stream, when it was cut
+        self.channel = 0
 
 
 class Pending:
@@ -193,12 +203,15 @@ def recogniser_loop(args, pending, recognise, embed, push, journal):
                 j.speaker = speaker_of(j, clusters, embed)
             used[j.stream] = time.monotonic()
             total += 1
-            j.seq = seqs[j.stream] = seqs.pop(j.stream, 0) + 1
-            while len(seqs) > MAX_STREAMS:
-                seqs.popitem(last=False)
-            msg = {"v": 1, "stream": j.stream, "seq": j.seq, "start": round(j.start, 3),
-                   "end": round(j.end, 3), "speaker": j.speaker, "text": j.text,
-                   "final": True, "lang": "en", "clock": "media"}
+            if args.nats:
+                msg = unix_segment(j)
+            else:
+                j.seq = seqs[j.stream] = seqs.pop(j.stream, 0) + 1
+                while len(seqs) > MAX_STREAMS:
+                    seqs.popitem(last=False)
+                msg = {"v": 1, "stream": j.stream, "seq": j.seq, "start": round(j.start, 3),
+                       "end": round(j.end, 3), "speaker": j.speaker, "text": j.text,
+                       "final": True, "lang": "en", "clock": "media"}
             outbox.add(json.dumps(msg))
             j.samples = None
         outbox.flush()
@@ -218,6 +231,16 @@ def recogniser_loop(args, pending, recognise, embed, push, journal):
     log(f"done: {total} segments, {pending.overflowed} sent without text (queue full), "
         f"{pending.lost} lost (queue full while the recogniser was stuck), "
         f"{outbox.dropped} dropped (daemon not taking), {len(outbox.queue)} unsent; recogniser busy {busy:.1f} s")
+
+
+def unix_segment(j):
+    """A job as a cluster-mode segment: unix clock, numbered by its start in unix milliseconds
+    times 64 plus its channel (unique per stream whichever worker cuts it)."""
+    start, end = j.start + j.unix_offset, j.end + j.unix_offset
+    j.seq = int(round(start * 1000)) * 64 + j.channel
+    return {"v": 1, "stream": j.stream, "seq": j.seq, "start": round(start, 3),
+            "end": round(end, 3), "speaker": j.speaker, "text": j.text,
+            "final": True, "lang": "en", "clock": "unix"}
 
 
 def forget_idle(state, last_used, after_s):
@@ -314,6 +337,9 @@ def parse_args():
                     help="a stream silent this long loses its VAD state and speakers")
     ap.add_argument("--max-streams", type=int, default=256, help="streams served at once")
     ap.add_argument("--journal", default="", help="append each sent segment, with times, as JSON lines")
+    ap.add_argument("--nats", default="", help="cluster mode: send segments into NATS JetStream at this URL")
+    ap.add_argument("--tap-nats", action="store_true",
+                    help="with --nats: read the tap from core NATS (summerd.audio.<stream>)")
     ap.add_argument("--exit-after-idle", type=float, default=0.0,
                     help="exit when no audio came for this long after some did (0: never)")
     args = ap.parse_args()
@@ -321,6 +347,8 @@ def parse_args():
         ap.error("--max-segment-s must be in (0, 30], --batch, --max-pending and --beam at least 1")
     if args.forget_after_s < 10 or args.max_streams < 1:
         ap.error("--forget-after-s must be at least 10, --max-streams at least 1")
+    if args.tap_nats and not args.nats:
+        ap.error("--tap-nats needs --nats URL")
     return args
 
 
@@ -334,6 +362,8 @@ class Tap:
         self.wanted = set(args.stream)
         self.streams, self.heard, self.seen, self.refused = {}, {}, {}, set()
         self.last_audio = None
+        self.offsets = {}  # stream -> unix time minus media time at its latest audio
+        self.channels = {}  # (stream, speaker) -> its channel
 
     def audio(self, parts):
         """One tap message."""
@@ -346,11 +376,17 @@ class Tap:
         speakers = channel_speakers(header)
         frames = np.frombuffer(parts[2], dtype="<i2").astype(np.float32) / 32768.0
         frames = frames.reshape(-1, len(speakers))
+        self.offsets[sid] = time.time() - (header["pts"] + len(frames) / RATE)
         for i, speaker in enumerate(speakers):
             # A stream's own channels are segmented apart: (stream, speaker) is the key.
-            self.push((sid, speaker), header["pts"], frames[:, i])
+            self.push((sid, speaker), header["pts"], frames[:, i], i)
 
-    def push(self, key, pts, samples):
+    def job(self, key, start, end, samples, channel):
+        j = Job(key[0], start, end, samples, key[1])
+        j.unix_offset, j.channel = self.offsets.get(key[0], 0.0), channel
+        return j
+
+    def push(self, key, pts, samples, channel=0):
         seg = self.streams.get(key)
         if seg is None:
             # --max-streams counts streams, whatever their channels.
@@ -365,8 +401,9 @@ class Tap:
             seg = self.streams[key] = self.new(self.vad, a.threshold, a.min_silence_ms, a.pad_ms,
                                                a.max_segment_s)
         self.last_audio = self.heard[key] = self.seen[key] = time.monotonic()
+        self.channels[key] = channel
         for start, end, speech in seg.push(pts, samples):
-            self.pending.put(Job(key[0], start, end, speech, key[1]))
+            self.pending.put(self.job(key, start, end, speech, channel))
 
     def flush(self, idle_s):
         """End the segments in progress of streams unheard for `idle_s` seconds."""
@@ -374,7 +411,7 @@ class Tap:
         for key in [key for key, t in self.heard.items() if now - t >= idle_s]:
             cut = self.streams[key].flush()
             if cut is not None:
-                self.pending.put(Job(key[0], *cut, key[1]))
+                self.pending.put(self.job(key, *cut, self.channels.get(key, 0)))
             del self.heard[key]
 
     def forget(self):
@@ -411,15 +448,34 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     recognise, embed, vad = load_models(args)
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 10000)
-    sub.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-    for s in args.stream or [""]:
-        sub.setsockopt(zmq.SUBSCRIBE, s.encode())
-    sub.connect(args.tap)
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 2000)
-    push.connect(args.transcripts)
+    link = None
+    if args.nats:
+        from nats_link import JetStreamPush, Link, NatsTap
+
+        try:
+            link = Link(args.nats)
+        except Exception as e:  # noqa: BLE001 - said once, exit status 2
+            log(f"error: cannot connect to NATS at {args.nats}: {e!r}")
+            sys.exit(2)
+    if args.tap_nats and link is not None:
+        sub = NatsTap(link, args.stream)
+        source = f"{args.nats} (summerd.audio.*)"
+    else:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 10000)
+        sub.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        for s in args.stream or [""]:
+            sub.setsockopt(zmq.SUBSCRIBE, s.encode())
+        sub.connect(args.tap)
+        source = args.tap
+    if link is not None:
+        push = JetStreamPush(link)
+        target = f"{args.nats} (JetStream summerd.transcripts.*)"
+    else:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 2000)
+        push.connect(args.transcripts)
+        target = args.transcripts
     journal = open(args.journal, "a") if args.journal else None
 
     pending = Pending(args.max_pending, embed)
@@ -438,7 +494,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     tap = Tap(args, vad, pending)
-    log(f"listening to {args.tap}, sending to {args.transcripts}")
+    log(f"listening to {source}, sending to {target}")
     try:
         listen(args, sub, tap, stop, worker)
         tap.flush(0.0)  # the speech in progress is a segment too

@@ -263,3 +263,32 @@ class TapTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ClusterModeTest(unittest.TestCase):
+    def test_a_unix_segment_is_numbered_by_its_start_and_channel(self):
+        j = rw.Job("call-1", 2.0, 3.5, np.zeros(RATE_S, dtype=np.float32), "customer")
+        j.unix_offset, j.channel, j.text = 1_700_000_000.25, 1, "hello"
+        msg = rw.unix_segment(j)
+        self.assertEqual(msg["clock"], "unix")
+        self.assertAlmostEqual(msg["start"], 1_700_000_002.25)
+        self.assertAlmostEqual(msg["end"], 1_700_000_003.75)
+        self.assertEqual(msg["seq"], 1_700_000_002_250 * 64 + 1)
+        self.assertLess(msg["seq"], 2**53, "exact as a JSON number")
+        j2 = rw.Job("call-1", 2.0, 3.5, np.zeros(RATE_S, dtype=np.float32), "agent")
+        j2.unix_offset, j2.channel, j2.text = 1_700_000_000.25, 0, ""
+        self.assertNotEqual(rw.unix_segment(j2)["seq"], msg["seq"])
+
+    def test_subjects_ids_and_tap_frames(self):
+        import nats_link
+
+        subject, msg_id = nats_link.subject_and_id(json.dumps({"stream": "a:b.c", "seq": 7}))
+        self.assertEqual(subject, "summerd.transcripts.a:b.c")
+        self.assertEqual(msg_id, "a:b.c:7")
+        parts = nats_link.tap_parts("summerd.audio.a.b", {"Summerd-Tap": '{"v":1}'}, b"\x00\x01")
+        self.assertEqual(parts, [b"a.b", b'{"v":1}', b"\x00\x01"])
+        self.assertIsNone(nats_link.tap_parts("summerd.audio.x", {}, b""))
+        self.assertIsNone(nats_link.tap_parts("other.x", {"Summerd-Tap": "{}"}, b""))
+
+
+RATE_S = 16000

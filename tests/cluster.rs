@@ -58,13 +58,19 @@ impl Nats {
             .collect::<Vec<_>>()
             .join(", ");
         for i in 0..n {
+            let cluster = if n > 1 {
+                format!(
+                    "cluster {{ name: summerd-test\n listen: 127.0.0.1:{}\n routes: [{route_list}] }}\n",
+                    routes[i]
+                )
+            } else {
+                String::new()
+            };
             let conf = format!(
                 "server_name: s{i}\nlisten: 127.0.0.1:{}\n\
-                 jetstream {{ store_dir: \"{}\" }}\n\
-                 cluster {{ name: summerd-test\n listen: 127.0.0.1:{}\n routes: [{route_list}] }}\n",
+                 jetstream {{ store_dir: \"{}\" }}\n{cluster}",
                 ports[i],
                 dir.path().join(format!("js{i}")).display(),
-                routes[i]
             );
             std::fs::write(dir.path().join(format!("s{i}.conf")), conf).unwrap();
         }
@@ -129,7 +135,19 @@ struct Node {
     starts: usize,
 }
 
-fn node_config(name: &str, urls: &[String], metrics: &str) -> String {
+/// What a node's config differs in.
+struct Setup {
+    replicas: usize,
+    /// The tap on ZeroMQ (this port) and on core NATS subjects.
+    tap: Option<u16>,
+}
+
+const THREE: Setup = Setup {
+    replicas: 3,
+    tap: None,
+};
+
+fn node_config(name: &str, urls: &[String], metrics: &str, setup: &Setup) -> String {
     let r = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let urls = urls
         .iter()
@@ -140,7 +158,7 @@ fn node_config(name: &str, urls: &[String], metrics: &str) -> String {
         "[daemon]\nlog_level = \"info,summerd::cluster=debug\"\nshutdown_timeout = \"15s\"\n\
          [transcripts]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
          [events]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
-         [audio_tap]\nenabled = false\n\
+         {}\
          [control]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
          [metrics]\nlisten = \"{metrics}\"\n\
          [model]\npath = \"{}\"\ndevice = \"cpu\"\n\
@@ -148,24 +166,30 @@ fn node_config(name: &str, urls: &[String], metrics: &str) -> String {
          [pipelines]\ndir = \"{}\"\n\
          [vision]\nenabled = false\n\
          [inference]\nfeature_wait = \"2s\"\n\
-         [cluster]\nurls = [{urls}]\nnode = \"{name}\"\nreplicas = 3\nlease = \"3s\"\n\
-         heartbeat = \"1s\"\nack_wait = \"4s\"\n",
+         [cluster]\nurls = [{urls}]\nnode = \"{name}\"\nreplicas = {}\nlease = \"3s\"\n\
+         heartbeat = \"1s\"\nack_wait = \"4s\"\naudio_subjects = {}\n",
         free_port(),
         free_port(),
+        match setup.tap {
+            Some(p) => format!("[audio_tap]\nendpoint = \"tcp://127.0.0.1:{p}\"\n"),
+            None => "[audio_tap]\nenabled = false\n".into(),
+        },
         free_port(),
         r.join("models/summer-default").display(),
         r.join("models/third_party/all-minilm-l6-v2").display(),
         r.join("pipelines").display(),
+        setup.replicas,
+        setup.tap.is_some(),
     )
 }
 
 impl Node {
-    fn new(name: &str, urls: &[String]) -> Node {
+    fn new(name: &str, urls: &[String], setup: &Setup) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let metrics = format!("127.0.0.1:{}", free_port());
         std::fs::write(
             dir.path().join("summerd.toml"),
-            node_config(name, urls, &metrics),
+            node_config(name, urls, &metrics, setup),
         )
         .unwrap();
         Node {
@@ -360,6 +384,19 @@ impl Asr {
         }
     }
 
+    /// Publish any payload on a subject, stored by JetStream.
+    fn raw(&self, subject: &str, payload: &str) {
+        let js = self.js.clone();
+        self.rt
+            .block_on(async move {
+                js.publish(subject.to_string(), payload.to_string().into())
+                    .await
+                    .unwrap()
+                    .await
+            })
+            .unwrap();
+    }
+
     /// Every event in the events stream, in order.
     fn events(&self) -> Vec<Value> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -544,7 +581,7 @@ fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
     let urls = nats.urls();
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
-        .map(|n| Node::new(n, &urls))
+        .map(|n| Node::new(n, &urls, &THREE))
         .collect();
     for n in &mut nodes {
         n.start();
@@ -610,6 +647,29 @@ fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
     talk(&mut asr, &streams, 6);
     let counts = settle(&asr, Duration::from_secs(30));
     assert_exactly_once(&asr, &counts, &nodes);
+
+    // Malformed segments on NATS are counted and dropped by the owner, like on ZeroMQ.
+    let owner = owners(&admin)["s0"].clone().unwrap();
+    let owner = nodes.iter().find(|n| n.name == owner).unwrap();
+    asr.raw("summerd.transcripts.s0", "not json");
+    asr.raw(
+        "summerd.transcripts.s0",
+        &json!({"v": 1, "stream": "s1", "seq": 1, "start": 0.0, "end": 1.0, "text": "x"})
+            .to_string(),
+    );
+    let rejected = common::eventually(Duration::from_secs(10), || {
+        let (_, body) = http_get(&owner.metrics, "/metrics").ok()?;
+        let n: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("summerd_transcripts_rejected_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (n >= 2.0).then_some(n)
+    });
+    assert!(
+        rejected.is_some(),
+        "the owner did not count the malformed segments"
+    );
 
     // kill -9 of node b between utterances: its streams flow on a and c within 10 s, and
     // their conversations go on as if they had never moved.
@@ -708,4 +768,120 @@ fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
         let _ = s.kill();
         let _ = s.wait();
     }
+}
+
+#[test]
+fn the_reference_worker_reads_the_tap_from_nats_and_sends_segments_into_jetstream() {
+    let nats = Nats::start(1);
+    let urls = nats.urls();
+    let setup = Setup {
+        replicas: 1,
+        tap: Some(free_port()),
+    };
+    let mut node = Node::new("solo", &urls, &setup);
+    node.start();
+    let dir = tempfile::tempdir().unwrap();
+    let call = common::short_stereo_call(dir.path());
+    let journal = dir.path().join("journal.jsonl");
+    let log = dir.path().join("asr.log");
+    let mut worker = common::start_worker(
+        "tcp://127.0.0.1:1",
+        "tcp://127.0.0.1:1",
+        &[
+            "--nats",
+            &urls[0],
+            "--tap-nats",
+            "--exit-after-idle",
+            "2",
+            "--min-silence-ms",
+            "500",
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+        &log,
+    );
+    let req = json!({"id": "stereo", "uri": format!("file://{}", call["media"].as_str().unwrap()),
+                     "template": "file", "channels": {"0": "agent", "1": "customer"}});
+    let out = summerd_cli(&node.config(), &["attach", &req.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waited = Instant::now();
+    while worker.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = worker.kill();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let sent: Vec<Value> = std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        sent.len() >= 3,
+        "the worker sent {} segments:\n{said}",
+        sent.len()
+    );
+    let asr = Asr::connect(&urls);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut emotions = Vec::new();
+    while Instant::now() < deadline {
+        emotions = asr
+            .events()
+            .into_iter()
+            .filter(|e| e["type"] == "emotion" && e["stream"] == "stereo")
+            .collect();
+        if emotions.len() >= sent.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let by_seq: BTreeMap<u64, &Value> = emotions
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e))
+        .collect();
+    assert_eq!(by_seq.len(), emotions.len(), "an event twice: {emotions:?}");
+    for s in &sent {
+        let e = by_seq
+            .get(&s["seq"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no event for {s}:\n{}", node.log()));
+        assert_eq!(e["speaker"], s["speaker"]);
+        assert_eq!(e["modalities"]["audio"], true, "{e}");
+    }
+    let speakers: std::collections::BTreeSet<&str> = sent
+        .iter()
+        .map(|s| s["speaker"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        speakers.into_iter().collect::<Vec<_>>(),
+        vec!["agent", "customer"]
+    );
+    // tail --nats reads them back from the start of the events stream.
+    let tail = Command::new(env!("CARGO_BIN_EXE_summerd"))
+        .args(["tail", "-c"])
+        .arg(node.config())
+        .args([
+            "--nats",
+            &urls[0],
+            "--from-start",
+            "--stream",
+            "stereo",
+            "--json",
+        ])
+        .args(["--count", &sent.len().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        tail.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    let lines = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .filter(|l| l.contains("\"emotion\""))
+        .count();
+    assert_eq!(lines, sent.len());
+    node.stop();
 }

