@@ -1,5 +1,5 @@
 # The front door. Both targets set everything up first (idempotent, cached in ~/.cache/summerd).
-.PHONY: run daemon test lint setup default-model bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-e2e-page bench-asr bench-vision bench-capacity soak fuzz ablate bench-table
+.PHONY: run daemon test lint setup default-model bench-cluster bench-text bench-ingest bench-acoustic bench-model bench-e2e bench-e2e-page bench-asr bench-vision bench-capacity soak fuzz ablate bench-table
 
 # The demo: a sample call (two espeak-ng voices over a real face) through the daemon with the
 # default model and the reference ASR worker, events shown live by `summerd tail` (~1 minute).
@@ -31,6 +31,12 @@ bench-text:
 # a bare decode, peak RSS; target/bench/capacity-{video,audio}.json (~15 minutes).
 bench-capacity:
 	bash tests/setup.sh sh -c 'cargo bench --locked --bench capacity -- video 4,8,10,12 && cargo bench --locked --bench capacity -- audio 50,100,150'
+
+# Cluster mode on loopback: 3 NATS servers (R3) and 3 nodes; handover time over 20 kill -9s,
+# events/s into JetStream against ZeroMQ, segment -> event latency with 8 calls a node;
+# target/bench/cluster.json (~10 minutes).
+bench-cluster:
+	bash tests/setup.sh cargo bench --locked --bench cluster
 
 # Soak: 4 live calls for MINUTES (default 30): RSS growth, lost utterances, queue;
 # target/bench/capacity-soak.json.

@@ -107,6 +107,16 @@ fn default_config_mentions_every_key() {
     full.curve.public_key_file = Some("k".into());
     full.curve.authorized_keys_file = Some("k".into());
     full.model.path = Some("m".into());
+    full.cluster = Some(summerd::config::ClusterConfig {
+        user: Some("u".into()),
+        password: Some("p".into()),
+        token: Some("t".into()),
+        nkey_seed_file: Some("k".into()),
+        tls_ca: Some("k".into()),
+        tls_cert: Some("k".into()),
+        tls_key: Some("k".into()),
+        ..Default::default()
+    });
     let value = toml::Value::try_from(&full).unwrap();
     let mut missing = Vec::new();
     for (section, table) in value.as_table().unwrap() {

@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `summerd` binary against real peers.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
