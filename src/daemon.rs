@@ -194,6 +194,10 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, DaemonError> {
     })
 }
 
+/// Events that may wait for NATS in cluster mode (about 600 bytes each: at most ~160 MB, some
+/// two hours of 150 calls' events).
+const EVENTS_WAITING_FOR_NATS: usize = 1 << 18;
+
 /// How far a page's event feed may fall behind before it is told it lost events.
 const FEED_LAG: usize = 4096;
 
@@ -254,7 +258,9 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             )
             .await?;
             tracing::info!(node = %cl.node, urls = %cl.urls.join(","), "Joined the cluster");
-            let (etx, erx) = mpsc::channel(cfg.events.queue);
+            // Events wait here while NATS is away (their segments stay unacknowledged): a
+            // bounded channel allocates as it fills, so the bound is only the worst case.
+            let (etx, erx) = mpsc::channel(cfg.events.queue.max(EVENTS_WAITING_FOR_NATS));
             let (ttx, trx) = if cl.audio_subjects {
                 let (a, b) = mpsc::channel(cfg.audio_tap.queue);
                 (Some(a), Some(b))
@@ -265,7 +271,7 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             Some(Joining {
                 js,
                 cfg: cl.clone(),
-                acks: Arc::new(crate::cluster::pump::Acks::default()),
+                acks: Arc::new(crate::cluster::pump::Acks::new(cfg.model_path.is_some())),
                 events_rx: erx,
                 tap_rx: trx,
             })
@@ -396,22 +402,28 @@ fn join_cluster(
     if let Some(rx) = j.tap_rx {
         tokio::spawn(pump::publish_tap(j.js.client.clone(), rx));
     }
+    let held: pump::HeldStreams = Default::default();
     let checkpoints = restores.as_ref().map(|_| {
         tokio::spawn(pump::write_checkpoints(
             j.js.clone(),
             checkpoints,
             j.cfg.node.clone(),
+            held.clone(),
+            j.acks.clone(),
         ))
     });
     let sweeper = {
         let acks = j.acks.clone();
         let stop = give_up.clone();
+        // Held segments are touched well within ack_wait, so none is delivered again while
+        // this node works on it.
+        let progress = j.cfg.ack_wait.0 / 2;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval((progress / 2).max(Duration::from_millis(100)));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => acks.sweep(pump::HOLD).await,
+                    _ = tick.tick() => acks.sweep(pump::HOLD, progress).await,
                 }
             }
         })
@@ -429,9 +441,10 @@ fn join_cluster(
         js: j.js,
         cfg: j.cfg,
         ingest: Arc::new(std::sync::Mutex::new(Some(ingest))),
-        pump: Some(pump_ctx),
+        pump: Arc::new(std::sync::Mutex::new(Some(pump_ctx))),
         acks: j.acks,
         restores,
+        held,
     });
     Member {
         node,
@@ -737,10 +750,29 @@ impl Running {
                 give_up,
                 sweeper,
             } = m;
+            // Half a second before the limit, the events writer stops retrying what NATS
+            // refuses, so that the leases can still be handed back in time.
+            let stop_retrying = {
+                let give_up = give_up.clone();
+                let at = deadline
+                    .checked_sub(Duration::from_millis(500))
+                    .unwrap_or(deadline);
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    give_up.cancel();
+                })
+            };
             let stored = tokio::time::timeout_at(deadline.into(), events).await;
             give_up.cancel();
+            stop_retrying.abort();
             let _ = sweeper.await;
-            node.release().await;
+            let released = tokio::time::timeout_at(deadline.into(), node.release()).await;
+            if released.is_err() {
+                return Err(DaemonError::DrainTimeout(
+                    shutdown_timeout,
+                    "handing the streams back to the cluster",
+                ));
+            }
             if stored.is_err() {
                 return Err(DaemonError::DrainTimeout(
                     shutdown_timeout,

@@ -427,3 +427,73 @@ fn a_stream_remembers_a_bounded_number_of_speakers() {
         Some(summerd::infer::engine::MAX_SPEAKERS)
     );
 }
+
+/// A conversation checkpointed half-way and continued in another engine (another node) gives
+/// the events the whole conversation gives in one; a checkpoint that does not fit is refused.
+#[test]
+fn a_checkpoint_continues_a_conversation_elsewhere_and_a_bad_one_is_refused() {
+    let (dir, norm) = model(1);
+    let conv = conversation(9);
+    let want = reference(dir.path(), &norm, &conv);
+    let cl = classes();
+    let load =
+        || Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+    let mut first = load();
+    for u in &conv[..5] {
+        first.infer(std::slice::from_ref(u)).unwrap();
+    }
+    assert!(first.scored("s", 5) && !first.scored("s", 6));
+    let cp = first.checkpoint("s").unwrap();
+    let bytes = cp.to_bytes();
+    let back = summerd::infer::engine::Checkpoint::from_bytes(&bytes).unwrap();
+    assert!(back == cp, "a checkpoint reads back exactly as written");
+    let mut second = load();
+    // Another stream already in the second engine keeps its own slot.
+    let mut other = conversation(2);
+    for u in &mut other {
+        u.stream = "t".into();
+    }
+    second.infer(&other).unwrap();
+    second.restore("s", &back).unwrap();
+    assert!(second.scored("s", 5));
+    for (i, u) in conv.iter().enumerate().skip(5) {
+        let ev = second.infer(std::slice::from_ref(u)).unwrap();
+        assert!(
+            close(&probs(&ev[0], &cl), &want[i]),
+            "utterance {i} after the move"
+        );
+    }
+    // Refused, and the stream's own conversation is left as it was.
+    let mut bad = cp.clone();
+    bad.cache.pop();
+    assert!(second.restore("u", &bad).is_err());
+    let mut bad = cp.clone();
+    bad.cache[0] = f32::NAN;
+    assert!(second.restore("u", &bad).is_err());
+    let mut bad = cp.clone();
+    bad.speakers[0].1 = -1;
+    assert!(second.restore("u", &bad).is_err());
+    let mut bad = cp.clone();
+    bad.model = "another@000000000000".into();
+    assert!(second.restore("u", &bad).is_err());
+    assert!(!second.has("u"));
+    let text = String::from_utf8_lossy(&bytes[..bytes.iter().position(|b| *b == b'\n').unwrap()])
+        .to_string();
+    let shorter = text.replacen(
+        "\"norms\":[[",
+        "\"norms\":[[\"x\",{\"n\":1.0,\"mean\":[0.0],\"m2\":[0.0]}],[",
+        1,
+    );
+    if shorter != text {
+        let mut b = shorter.into_bytes();
+        b.push(b'\n');
+        b.extend(&bytes[text.len() + 1..]);
+        let c = summerd::infer::engine::Checkpoint::from_bytes(&b).unwrap();
+        assert!(
+            second.restore("u", &c).is_err(),
+            "statistics of the wrong length"
+        );
+    }
+    assert!(summerd::infer::engine::Checkpoint::from_bytes(b"{}\n\x00").is_err());
+    assert!(summerd::infer::engine::Checkpoint::from_bytes(b"no header").is_err());
+}

@@ -8,9 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::node::{Lease, NodeInfo};
-use super::{
-    ClusterError, Js, TRANSCRIPTS_STREAM, consumer_name, js_err, keys, kv_key, live_entry,
-};
+use super::{ClusterError, Js, js_err, keys, kv_key, live_entry};
 use crate::ingest::settings::IngestConfig;
 use crate::streams::StreamSpec;
 
@@ -35,6 +33,13 @@ pub async fn attach(
 ) -> Result<(), ClusterError> {
     crate::ingest::check_spec(pipelines_dir, ingest, &spec)
         .map_err(|e| ClusterError::Refused(e.to_string()))?;
+    if !super::subject_safe(&spec.id) {
+        return Err(ClusterError::Refused(format!(
+            "`attach.id`: '{}' has an empty part between dots, which NATS subjects cannot carry \
+             (allowed in cluster mode: parts of A-Z a-z 0-9 _ : - joined by single dots)",
+            spec.id
+        )));
+    }
     let body = serde_json::to_vec(&spec).expect("a spec serialises");
     match js.streams.create(kv_key(&spec.id), body.into()).await {
         Ok(_) => Ok(()),
@@ -61,9 +66,7 @@ pub async fn detach(js: &Js, id: &str) -> Result<(), ClusterError> {
     }
     js.streams.delete(kv_key(id)).await.map_err(js_err)?;
     let _ = js.state.purge(kv_key(id)).await;
-    if let Ok(s) = js.js.get_stream(TRANSCRIPTS_STREAM).await {
-        let _ = s.delete_consumer(&consumer_name(id)).await;
-    }
+    super::pump::forget_transcripts(&js.js, id).await;
     Ok(())
 }
 

@@ -411,6 +411,12 @@ pub fn stream_of_key(key: &str) -> String {
     key.replace("=3A", ":")
 }
 
+/// Whether a stream id makes whole NATS subjects and keys: no empty part between its dots
+/// (`a..b`, `.a` and `a.` are stream ids, but not subject tokens).
+pub fn subject_safe(stream: &str) -> bool {
+    stream.split('.').all(|t| !t.is_empty())
+}
+
 /// The durable consumer that reads a stream's transcripts: `t-` and the first 32 hex digits of
 /// the SHA-256 of its id (a consumer name may not hold `.`, which stream ids may).
 pub fn consumer_name(stream: &str) -> String {
@@ -652,6 +658,12 @@ mod tests {
             assert!(!c.contains('.'));
         }
         assert_ne!(consumer_name("a.b"), consumer_name("a:b"));
+        assert!(
+            subject_safe("a.b:c")
+                && !subject_safe("a..b")
+                && !subject_safe(".a")
+                && !subject_safe("a.")
+        );
     }
 
     #[test]

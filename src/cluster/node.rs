@@ -4,16 +4,23 @@
 //! [`super::pump::pump`]).
 //!
 //! Rules, every `cluster.heartbeat`:
-//! 1. The node's record in `summerd_nodes` is written again (it expires after `cluster.lease`:
+//! 1. Each lease it holds is renewed by a compare-and-set on its revision. When that fails the
+//!    lease is read: still this process's (the answer was lost), or gone with nobody holding
+//!    it (it expired while JetStream elected a leader), it is kept or created again; held by
+//!    another node (or another process under this node's name), the stream is stopped here at
+//!    once; when JetStream does not answer, the stream is kept and the renewal tried again.
+//!    Renewals are repeated between the other steps whenever a heartbeat has passed, so a long
+//!    round of claims or stops never lets a lease expire.
+//! 2. The node's record in `summerd_nodes` is written again (it expires after `cluster.lease`:
 //!    a node not heard from for that long is gone).
-//! 2. Each lease it holds is renewed by a compare-and-set on its revision. A renewal that
-//!    fails means the lease expired and may belong to another node now: the stream is
-//!    stopped here at once.
-//! 3. A stream it holds that is no longer desired is stopped and its lease deleted.
-//! 4. Fair share: `ceil(desired streams / live nodes)`. While it holds fewer than
-//!    min(fair share, capacity) streams of a kind (video, audio-only), it claims unowned
-//!    streams of that kind by an atomic create of their lease, starting at an offset of its
-//!    own so that nodes do not all try the same key first.
+//! 3. A stream it holds whose key is gone from the desired state is stopped, and its lease,
+//!    transcripts and checkpoint deleted. (A key whose value does not parse is left alone.)
+//! 4. Fair share: `ceil(desired streams / live nodes)`. While it holds fewer than its fair
+//!    share, it claims unowned streams by an atomic create of their lease, each within its
+//!    capacity for the stream's kind (video, audio-only), starting at an offset of its own so
+//!    that nodes do not all try the same key first. A stream left unowned for two heartbeats
+//!    (every other node full for its kind, or refusing it) is claimed by any node with room,
+//!    fair share or not.
 //! 5. Balance: holding more than its fair share while another node holds at least two fewer
 //!    than it, it hands one stream back (stopped, held segments returned, lease deleted).
 //!
@@ -21,17 +28,18 @@
 //! model worker, and `stream.claimed` (with the node it came `from`) is stored in the events
 //! stream; stopping stores `stream.released` with the reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::pump::{PumpCtx, pump, read_checkpoint};
-use super::stream_of_key;
+use super::pump::{Acks, HeldStreams, PumpCtx, forget_transcripts, pump, read_checkpoint};
 use super::{ClusterConfig, ClusterError, EVENTS_SUBJECT, Js, js_err, keys, kv_key, live_entry};
+use super::{stream_of_key, subject_safe};
 use crate::events::now_rfc3339;
 use crate::infer::engine::Checkpoint;
 use crate::ingest::Ingest;
@@ -45,6 +53,10 @@ const DETACHED: &str = "detached from the cluster";
 pub struct Lease {
     /// The owner.
     pub node: String,
+    /// The owning process (a random id drawn at start): two daemons under one node name
+    /// never take each other's leases for their own.
+    #[serde(default)]
+    pub instance: String,
     /// When it claimed the stream (RFC 3339).
     pub since: String,
 }
@@ -115,9 +127,21 @@ pub fn claim_order(node: &str, mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
+/// What a renewal found.
+#[derive(Debug)]
+enum Renewal {
+    /// Renewed (or created again): the new revision.
+    Kept(u64),
+    /// Another process holds it now.
+    Lost(String),
+    /// JetStream did not say: try again at the next heartbeat.
+    Unknown(String),
+}
+
 struct Owned {
     revision: u64,
     video: bool,
+    since: String,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -128,24 +152,27 @@ pub struct NodeCtx {
     pub js: Js,
     /// `[cluster]`, checked.
     pub cfg: ClusterConfig,
-    /// The node's pipelines (dropped when input stops: the daemon's drain detaches them, and
+    /// The node's pipelines (taken when input stops: the daemon's drain detaches them, and
     /// the events publisher ends only when no one holds the ingest).
     pub ingest: Arc<Mutex<Option<Arc<Ingest>>>>,
-    /// What each stream's transcript pump needs (dropped when input stops, so that the
+    /// What each stream's transcript pump needs (taken when input stops, so that the
     /// transcript channel can close).
-    pub pump: Option<PumpCtx>,
-    /// Segments held until their events are stored.
-    pub acks: Arc<super::pump::Acks>,
+    pub pump: Arc<Mutex<Option<PumpCtx>>>,
+    /// Segments held until their events and checkpoints are stored.
+    pub acks: Arc<Acks>,
     /// Checkpoints handed to the model worker (None without a model).
     pub restores: Option<Arc<Mutex<HashMap<String, Checkpoint>>>>,
+    /// The streams this node holds (the checkpoint writer writes only theirs).
+    pub held: HeldStreams,
 }
 
 /// A running node: its loop, and the tokens that stop its input and release its streams.
 pub struct Node {
     ingest: Arc<Mutex<Option<Arc<Ingest>>>>,
+    pump: Arc<Mutex<Option<PumpCtx>>>,
     stop_input: CancellationToken,
     release: CancellationToken,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -153,29 +180,43 @@ impl Node {
     pub fn start(ctx: NodeCtx) -> Node {
         let stop_input = CancellationToken::new();
         let release = CancellationToken::new();
-        let ingest = ctx.ingest.clone();
+        let (ingest, pump) = (ctx.ingest.clone(), ctx.pump.clone());
         let task = tokio::spawn(run(ctx, stop_input.clone(), release.clone()));
         Node {
             ingest,
+            pump,
             stop_input,
             release,
-            task,
+            task: Some(task),
         }
     }
 
-    /// Stop taking segments and claiming streams; the leases are still renewed while the
-    /// daemon drains.
+    /// Stop taking segments and claiming streams (every pump stops at once); the leases are
+    /// still renewed while the daemon drains.
     pub fn stop_input(&self) {
         self.ingest.lock().expect("ingest lock").take();
+        self.pump.lock().expect("pump lock").take();
         self.stop_input.cancel();
     }
 
     /// Hand every stream back (held segments returned to JetStream, leases and the node's
     /// record deleted) and end the loop.
-    pub async fn release(self) {
-        self.stop_input.cancel();
+    pub async fn release(mut self) {
+        self.stop_input();
         self.release.cancel();
-        let _ = self.task.await;
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Node {
+    /// A node dropped without `release` (a drain that overran) stops renewing: its leases
+    /// expire and the others take its streams.
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 
@@ -183,33 +224,42 @@ struct State {
     ctx: NodeCtx,
     owned: BTreeMap<String, Owned>,
     started: String,
+    instance: String,
+    /// Input stopped: pumps cancelled.
     input: CancellationToken,
+    /// When every lease was last renewed.
+    renewed: Instant,
+    /// Unowned desired streams and since when this node has seen them so.
+    unowned: HashMap<String, Instant>,
+    /// The kind (video or not) of each desired stream, by its entry's revision.
+    kinds: HashMap<String, (u64, Option<bool>)>,
 }
 
 async fn run(ctx: NodeCtx, stop_input: CancellationToken, release: CancellationToken) {
+    let instance = {
+        use sha2::Digest;
+        let seed = format!("{:?}{}", Instant::now(), std::process::id());
+        let h = sha2::Sha256::digest(format!("{seed}{}", now_rfc3339()).as_bytes());
+        h[..8].iter().map(|b| format!("{b:02x}")).collect()
+    };
     let mut st = State {
         ctx,
         owned: BTreeMap::new(),
         started: now_rfc3339(),
+        instance,
         input: stop_input.clone(),
+        renewed: Instant::now(),
+        unowned: HashMap::new(),
+        kinds: HashMap::new(),
     };
     let mut tick = tokio::time::interval(st.ctx.cfg.heartbeat.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut input_stopped = false;
     loop {
         tokio::select! {
             _ = release.cancelled() => break,
             _ = tick.tick() => {}
-            _ = stop_input.cancelled(), if !input_stopped => {
-                input_stopped = true;
-                for o in st.owned.values() {
-                    o.cancel.cancel();
-                }
-                st.ctx.pump = None;
-                continue;
-            }
         }
-        if let Err(e) = st.tick(!input_stopped).await {
+        if let Err(e) = st.tick(!stop_input.is_cancelled()).await {
             tracing::warn!(error = %e, "Cluster heartbeat failed; retrying at the next one");
         }
     }
@@ -251,86 +301,139 @@ impl State {
         Ok(())
     }
 
-    fn lease_value(&self) -> bytes::Bytes {
+    fn lease_value(&self, since: &str) -> bytes::Bytes {
         serde_json::to_vec(&Lease {
             node: self.node().to_string(),
-            since: now_rfc3339(),
+            instance: self.instance.clone(),
+            since: since.to_string(),
         })
         .expect("serialises")
         .into()
     }
 
-    /// Renew a lease: a compare-and-set on its revision. When that fails, the lease is
-    /// looked at: still this node's (the answer to the last renewal was lost), or gone with
-    /// nobody else holding it (it expired while JetStream was electing a leader), it is kept
-    /// or created again; held by another node, it is lost.
-    async fn renew(&self, id: &str, rev: u64) -> Result<u64, String> {
+    fn mine(&self, l: &Lease) -> bool {
+        l.node == self.node() && l.instance == self.instance
+    }
+
+    async fn renew(&self, id: &str, rev: u64, since: &str) -> Renewal {
         let leases = &self.ctx.js.leases;
-        let err = match leases.update(kv_key(id), self.lease_value(), rev).await {
-            Ok(r) => return Ok(r),
-            Err(e) => e.to_string(),
+        let err = match leases
+            .update(kv_key(id), self.lease_value(since), rev)
+            .await
+        {
+            Ok(r) => return Renewal::Kept(r),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => e.to_string(),
+            Err(e) => return Renewal::Unknown(e.to_string()),
         };
         match live_entry(leases, &kv_key(id)).await {
             Ok(Some(e)) => match serde_json::from_slice::<Lease>(&e.value) {
-                Ok(l) if l.node == self.node() => leases
-                    .update(kv_key(id), self.lease_value(), e.revision)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Ok(l) => Err(format!("held by node {}", l.node)),
-                Err(_) => Err(err),
+                Ok(l) if self.mine(&l) => {
+                    match leases
+                        .update(kv_key(id), self.lease_value(since), e.revision)
+                        .await
+                    {
+                        Ok(r) => Renewal::Kept(r),
+                        Err(e) => Renewal::Unknown(e.to_string()),
+                    }
+                }
+                Ok(l) => Renewal::Lost(format!("held by node {} now", l.node)),
+                Err(_) => Renewal::Lost("its lease holds something else now".into()),
             },
-            Ok(None) => leases
-                .create(kv_key(id), self.lease_value())
-                .await
-                .map_err(|e| format!("expired, and another node was first: {e}")),
-            Err(e) => Err(format!("{err}; then {e}")),
+            Ok(None) => match leases.create(kv_key(id), self.lease_value(since)).await {
+                Ok(r) => Renewal::Kept(r),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    Renewal::Lost(format!("expired, and another node was first ({err})"))
+                }
+                Err(e) => Renewal::Unknown(e.to_string()),
+            },
+            Err(e) => Renewal::Unknown(format!("{err}; then {e}")),
         }
     }
 
-    async fn tick(&mut self, claim: bool) -> Result<(), ClusterError> {
-        // Renewals first, whatever else fails.
+    /// Renew every lease.
+    async fn renew_all(&mut self) {
+        self.renewed = Instant::now();
         let ids: Vec<String> = self.owned.keys().cloned().collect();
         for id in &ids {
-            let rev = self.owned[id].revision;
-            match self.renew(id, rev).await {
-                Ok(r) => self.owned.get_mut(id).expect("owned").revision = r,
-                Err(e) if e.contains("held by") || e.contains("expired") => {
-                    tracing::warn!(stream = %id, error = %e, "Lost the stream's lease; stopping it here");
+            let (rev, since) = {
+                let o = &self.owned[id];
+                (o.revision, o.since.clone())
+            };
+            match self.renew(id, rev, &since).await {
+                Renewal::Kept(r) => self.owned.get_mut(id).expect("owned").revision = r,
+                Renewal::Lost(why) => {
+                    tracing::warn!(stream = %id, why = %why, "Lost the stream's lease; stopping it here");
                     self.stop(id, "lease lost", false).await;
                 }
-                // JetStream did not answer (a leader election): the lease may still be ours;
-                // the next heartbeat tries again.
-                Err(e) => {
-                    tracing::warn!(stream = %id, error = %e, "Could not renew the stream's lease")
+                Renewal::Unknown(e) => {
+                    tracing::warn!(stream = %id, error = %e, "Could not renew the stream's lease; trying again");
                 }
             }
         }
+    }
+
+    /// Renew every lease if a heartbeat has passed since the last time (between long steps).
+    async fn renew_if_due(&mut self) {
+        if self.renewed.elapsed() >= self.ctx.cfg.heartbeat.0 {
+            self.renew_all().await;
+        }
+    }
+
+    /// The kind of a desired stream (video or audio-only), checked once per revision of its
+    /// entry; None when this node refuses it.
+    fn kind(&mut self, spec: &StreamSpec, revision: u64) -> Option<bool> {
+        if let Some((r, k)) = self.kinds.get(&spec.id)
+            && *r == revision
+        {
+            return *k;
+        }
+        let ingest = self.ingest()?;
+        let k = match ingest.check(spec) {
+            Ok(l) => Some(l.desc.contains("name=video")),
+            Err(e) => {
+                tracing::warn!(stream = %spec.id, error = %e, "A desired stream is refused here; not claimed");
+                None
+            }
+        };
+        self.kinds.insert(spec.id.clone(), (revision, k));
+        k
+    }
+
+    async fn tick(&mut self, claim: bool) -> Result<(), ClusterError> {
+        self.renew_all().await;
         self.announce().await?;
         if !claim {
             return Ok(());
         }
-        // Desired state.
-        let mut desired: BTreeMap<String, StreamSpec> = BTreeMap::new();
-        for key in keys(&self.ctx.js.streams).await? {
-            let Some(e) = live_entry(&self.ctx.js.streams, &key).await? else {
+        // Desired state: every key, and the entries that parse.
+        let present: BTreeSet<String> = keys(&self.ctx.js.streams)
+            .await?
+            .into_iter()
+            .map(|k| stream_of_key(&k))
+            .collect();
+        let mut desired: BTreeMap<String, (StreamSpec, u64)> = BTreeMap::new();
+        for id in &present {
+            let Some(e) = live_entry(&self.ctx.js.streams, &kv_key(id)).await? else {
                 continue;
             };
             match serde_json::from_slice::<StreamSpec>(&e.value) {
-                Ok(spec) if spec.id == stream_of_key(&key) => {
-                    desired.insert(spec.id.clone(), spec);
+                Ok(spec) if spec.id == *id && subject_safe(id) => {
+                    desired.insert(spec.id.clone(), (spec, e.revision));
                 }
                 _ => {
-                    tracing::warn!(key = %key, "A desired stream's entry is not an attach request for its key; ignored")
+                    tracing::warn!(stream = %id, "A desired stream's entry is not an attach request for its key that this node reads; left as it is")
                 }
             }
         }
+        self.kinds.retain(|id, _| desired.contains_key(id));
         let gone: Vec<String> = self
             .owned
             .keys()
-            .filter(|id| !desired.contains_key(*id))
+            .filter(|id| !present.contains(*id))
             .cloned()
             .collect();
         for id in gone {
+            self.renew_if_due().await;
             self.stop(&id, DETACHED, true).await;
         }
         // Live nodes and the fair share.
@@ -345,7 +448,7 @@ impl State {
                 others.push(info);
             }
         }
-        let leased: std::collections::BTreeSet<String> = keys(&self.ctx.js.leases)
+        let leased: BTreeSet<String> = keys(&self.ctx.js.leases)
             .await?
             .into_iter()
             .map(|k| stream_of_key(&k))
@@ -368,20 +471,23 @@ impl State {
             .filter(|id| !leased.contains(*id) && !self.owned.contains_key(*id))
             .cloned()
             .collect();
+        let now = Instant::now();
+        self.unowned.retain(|id, _| free.contains(id));
+        for id in &free {
+            self.unowned.entry(id.clone()).or_insert(now);
+        }
+        let patience = self.ctx.cfg.heartbeat.0 * 2;
         for id in claim_order(self.node(), free) {
-            if self.owned.len() >= fair {
-                break;
+            let stranded = self
+                .unowned
+                .get(&id)
+                .is_some_and(|t| t.elapsed() >= patience);
+            if self.owned.len() >= fair && !stranded {
+                continue;
             }
-            let spec = desired[&id].clone();
-            let Some(ingest) = self.ingest() else {
-                break;
-            };
-            let video = match ingest.check(&spec) {
-                Ok(l) => l.desc.contains("name=video"),
-                Err(e) => {
-                    tracing::warn!(stream = %id, error = %e, "A desired stream is refused here; not claimed");
-                    continue;
-                }
+            let (spec, revision) = desired[&id].clone();
+            let Some(video) = self.kind(&spec, revision) else {
+                continue;
             };
             let (v, a) = self.counts();
             let room = if video {
@@ -392,14 +498,16 @@ impl State {
             if !room {
                 continue;
             }
+            self.renew_if_due().await;
+            let since = now_rfc3339();
             match self
                 .ctx
                 .js
                 .leases
-                .create(kv_key(&id), self.lease_value())
+                .create(kv_key(&id), self.lease_value(&since))
                 .await
             {
-                Ok(rev) => self.start(spec, rev, video).await,
+                Ok(rev) => self.start(spec, rev, video, since).await,
                 Err(_) => continue, // another node was first
             }
         }
@@ -434,25 +542,45 @@ impl State {
         }
     }
 
-    async fn start(&mut self, spec: StreamSpec, revision: u64, video: bool) {
+    /// Delete a lease this process holds (re-read at its current revision when the one known
+    /// is stale: the answer to the last renewal was lost).
+    async fn delete_lease(&self, id: &str, revision: u64) {
+        let leases = &self.ctx.js.leases;
+        if leases
+            .delete_expect_revision(kv_key(id), Some(revision))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if let Ok(Some(e)) = live_entry(leases, &kv_key(id)).await
+            && serde_json::from_slice::<Lease>(&e.value).is_ok_and(|l| self.mine(&l))
+        {
+            let _ = leases
+                .delete_expect_revision(kv_key(id), Some(e.revision))
+                .await;
+        }
+    }
+
+    async fn start(&mut self, spec: StreamSpec, revision: u64, video: bool, since: String) {
         let id = spec.id.clone();
-        let mut from = None;
-        if let Some(restores) = &self.ctx.restores {
+        let mut checkpoint = None;
+        if self.ctx.restores.is_some() {
             match read_checkpoint(&self.ctx.js, &id).await {
-                Ok(Some((node, cp))) => {
-                    from = Some(node);
-                    restores
-                        .lock()
-                        .expect("restores lock")
-                        .insert(id.clone(), cp);
+                Ok(c) => checkpoint = c,
+                Err(ClusterError::JetStream(e)) if e.starts_with("checkpoint:") => {
+                    tracing::warn!(stream = %id, error = %e, "The conversation checkpoint does not parse; starting afresh");
                 }
-                Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(stream = %id, error = %e, "Cannot read the conversation checkpoint; starting afresh")
+                    // Starting afresh would overwrite a good checkpoint with a young one.
+                    tracing::warn!(stream = %id, error = %e, "Cannot read the conversation checkpoint; leaving the stream for now");
+                    self.delete_lease(&id, revision).await;
+                    return;
                 }
             }
         }
         let Some(ingest) = self.ingest() else {
+            self.delete_lease(&id, revision).await;
             return;
         };
         let attached = tokio::task::spawn_blocking(move || ingest.attach(spec))
@@ -460,17 +588,21 @@ impl State {
             .expect("attach does not panic");
         if let Err(e) = attached {
             tracing::warn!(stream = %id, error = %e, "Cannot run a claimed stream; handing it back");
-            let _ = self
-                .ctx
-                .js
-                .leases
-                .delete_expect_revision(kv_key(&id), Some(revision))
-                .await;
+            self.delete_lease(&id, revision).await;
             return;
         }
+        let from = checkpoint.as_ref().map(|(node, _)| node.clone());
+        if let (Some(restores), Some((_, cp))) = (&self.ctx.restores, checkpoint) {
+            restores
+                .lock()
+                .expect("restores lock")
+                .insert(id.clone(), cp);
+        }
+        self.ctx.held.lock().expect("held lock").insert(id.clone());
         let cancel = self.input.child_token();
-        let task = match &self.ctx.pump {
-            Some(p) => tokio::spawn(pump(p.clone(), id.clone(), cancel.clone())),
+        let pump_ctx = self.ctx.pump.lock().expect("pump lock").clone();
+        let task = match pump_ctx {
+            Some(p) => tokio::spawn(pump(p, id.clone(), cancel.clone())),
             None => tokio::spawn(async {}),
         };
         tracing::info!(stream = %id, from = from.as_deref().unwrap_or("-"), "Claimed stream");
@@ -480,6 +612,7 @@ impl State {
             Owned {
                 revision,
                 video,
+                since,
                 cancel,
                 task,
             },
@@ -500,25 +633,18 @@ impl State {
         }
         if let Some(r) = &self.ctx.restores {
             r.lock().expect("restores lock").remove(id);
+            // The model worker forgets the stream within the consumer's sweep (0.5 s); its
+            // last checkpoint is queued by then.
+            tokio::time::sleep(Duration::from_millis(600)).await;
         }
-        // The model worker forgets the stream within the consumer's sweep; its last
-        // checkpoint is written by then.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        self.ctx.held.lock().expect("held lock").remove(id);
         self.ctx.acks.release(id).await;
         if delete {
-            let _ = self
-                .ctx
-                .js
-                .leases
-                .delete_expect_revision(kv_key(id), Some(o.revision))
-                .await;
+            self.delete_lease(id, o.revision).await;
         }
         if reason == DETACHED {
-            // Gone from the desired state: its consumer and checkpoint go too (`cluster
-            // detach` deletes them as well, but this pump may have made the consumer again).
-            if let Ok(s) = self.ctx.js.js.get_stream(super::TRANSCRIPTS_STREAM).await {
-                let _ = s.delete_consumer(&super::consumer_name(id)).await;
-            }
+            // Gone from the desired state: its transcripts and checkpoint go too.
+            forget_transcripts(&self.ctx.js.js, id).await;
             let _ = self.ctx.js.state.purge(kv_key(id)).await;
         }
         tracing::info!(stream = %id, reason, "Released stream");
@@ -533,13 +659,9 @@ impl State {
             let o = self.owned.remove(id).expect("owned");
             o.cancel.cancel();
             let _ = o.task.await;
+            self.ctx.held.lock().expect("held lock").remove(id);
             self.ctx.acks.release(id).await;
-            let _ = self
-                .ctx
-                .js
-                .leases
-                .delete_expect_revision(kv_key(id), Some(o.revision))
-                .await;
+            self.delete_lease(id, o.revision).await;
             self.owner_event("stream.released", id, None, Some("node stopping"))
                 .await;
         }

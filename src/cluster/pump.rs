@@ -35,51 +35,130 @@ pub const HOLD: Duration = Duration::from_secs(60);
 /// Events in flight to JetStream at once (published, their acknowledgement not yet back).
 const IN_FLIGHT: usize = 256;
 
-/// Final segments delivered and not yet acknowledged, by (stream, seq).
-#[derive(Default)]
+/// A delivered final segment waiting for its acknowledgement.
+struct Held {
+    msg: jetstream::Message,
+    /// When it was first delivered here.
+    since: Instant,
+    /// When JetStream was last told it is still being worked on.
+    touched: Instant,
+    /// Its emotion event is stored.
+    event: bool,
+    /// A conversation checkpoint that includes it is stored (or none is kept: no model).
+    state: bool,
+}
+
+/// Final segments delivered and not yet acknowledged, by (stream, seq). A segment is
+/// acknowledged once its event is stored and a conversation checkpoint that includes it is
+/// written: a node that dies between the two leaves it to be delivered again, so the next
+/// owner's conversation has it and its event is stored (once).
 pub struct Acks {
-    pending: Mutex<HashMap<(String, u64), (jetstream::Message, Instant)>>,
+    pending: Mutex<HashMap<(String, u64), Held>>,
+    /// Whether checkpoints are written at all (a node without a model writes none).
+    checkpoints: bool,
 }
 
 impl Acks {
-    /// Hold a delivered final segment until its event is stored. A redelivery of a segment
-    /// still held replaces the older delivery (whose acknowledgement no longer counts).
-    pub fn hold(&self, stream: &str, seq: u64, msg: jetstream::Message) {
-        self.pending
-            .lock()
-            .expect("acks lock")
-            .insert((stream.to_string(), seq), (msg, Instant::now()));
-    }
-
-    /// The segment's event is stored: acknowledge it.
-    pub async fn done(&self, stream: &str, seq: u64) {
-        let m = self
-            .pending
-            .lock()
-            .expect("acks lock")
-            .remove(&(stream.to_string(), seq));
-        if let Some((m, _)) = m
-            && let Err(e) = m.ack().await
-        {
-            tracing::debug!(stream, seq, error = %e, "Acknowledging a segment failed; it will be delivered again");
+    /// Held segments; with `checkpoints`, each also waits for a checkpoint that includes it.
+    pub fn new(checkpoints: bool) -> Acks {
+        Acks {
+            pending: Mutex::new(HashMap::new()),
+            checkpoints,
         }
     }
 
-    /// Acknowledge segments held longer than `hold` (they ended without an event).
-    pub async fn sweep(&self, hold: Duration) {
-        let old: Vec<jetstream::Message> = {
+    /// Hold a delivered final segment. A redelivery of a segment still held replaces the
+    /// older delivery (whose acknowledgement no longer counts) and keeps what was confirmed.
+    pub fn hold(&self, stream: &str, seq: u64, msg: jetstream::Message) {
+        let now = Instant::now();
+        let state = !self.checkpoints;
+        self.pending
+            .lock()
+            .expect("acks lock")
+            .entry((stream.to_string(), seq))
+            .and_modify(|h| {
+                h.msg = msg.clone();
+                h.touched = now;
+            })
+            .or_insert(Held {
+                msg,
+                since: now,
+                touched: now,
+                event: false,
+                state,
+            });
+    }
+
+    /// Mark what is confirmed; the messages now complete, taken out.
+    fn confirm(&self, stream: &str, seqs: &[u64], event: bool) -> Vec<jetstream::Message> {
+        let mut p = self.pending.lock().expect("acks lock");
+        let mut done = Vec::new();
+        for seq in seqs {
+            let key = (stream.to_string(), *seq);
+            let complete = match p.get_mut(&key) {
+                Some(h) => {
+                    if event {
+                        h.event = true;
+                    } else {
+                        h.state = true;
+                    }
+                    h.event && h.state
+                }
+                None => false,
+            };
+            if complete && let Some(h) = p.remove(&key) {
+                done.push(h.msg);
+            }
+        }
+        done
+    }
+
+    async fn ack_all(msgs: Vec<jetstream::Message>) {
+        for m in msgs {
+            if let Err(e) = m.ack().await {
+                tracing::debug!(error = %e, "Acknowledging a segment failed; it will be delivered again");
+            }
+        }
+    }
+
+    /// The segment's event is stored.
+    pub async fn event_stored(&self, stream: &str, seq: u64) {
+        Self::ack_all(self.confirm(stream, &[seq], true)).await;
+    }
+
+    /// A checkpoint of the stream's conversation that includes these seqs is written.
+    pub async fn state_written(&self, stream: &str, seqs: &[u64]) {
+        Self::ack_all(self.confirm(stream, seqs, false)).await;
+    }
+
+    /// Acknowledge segments held longer than `hold` (they ended without an event: a speaker
+    /// not inferred, a duplicate); tell JetStream that the others older than `progress` are
+    /// still being worked on, so they are not delivered again meanwhile.
+    pub async fn sweep(&self, hold: Duration, progress: Duration) {
+        let (old, busy) = {
             let mut p = self.pending.lock().expect("acks lock");
             let keys: Vec<_> = p
                 .iter()
-                .filter(|(_, (_, t))| t.elapsed() >= hold)
+                .filter(|(_, h)| h.since.elapsed() >= hold)
                 .map(|(k, _)| k.clone())
                 .collect();
-            keys.into_iter()
-                .filter_map(|k| p.remove(&k).map(|(m, _)| m))
-                .collect()
+            let old: Vec<jetstream::Message> = keys
+                .into_iter()
+                .filter_map(|k| p.remove(&k).map(|h| h.msg))
+                .collect();
+            let now = Instant::now();
+            let mut busy = Vec::new();
+            for h in p.values_mut() {
+                if h.touched.elapsed() >= progress {
+                    h.touched = now;
+                    busy.push(h.msg.clone());
+                }
+            }
+            (old, busy)
         };
-        for m in old {
-            let _ = m.ack().await;
+        Self::ack_all(old).await;
+        for m in busy {
+            let _ = m.ack_with(jetstream::AckKind::Progress).await;
         }
     }
 
@@ -90,7 +169,7 @@ impl Acks {
             let mut p = self.pending.lock().expect("acks lock");
             let keys: Vec<_> = p.keys().filter(|k| k.0 == stream).cloned().collect();
             keys.into_iter()
-                .filter_map(|k| p.remove(&k).map(|(m, _)| m))
+                .filter_map(|k| p.remove(&k).map(|h| h.msg))
                 .collect()
         };
         for m in back {
@@ -211,7 +290,7 @@ pub async fn publish_events(
                     Ok(()) => {
                         metrics.published("events_nats");
                         if let Some((s, seq)) = &r.segment {
-                            acks.done(s, *seq).await;
+                            acks.event_stored(s, *seq).await;
                         }
                     }
                     Err(e) => {
@@ -255,20 +334,37 @@ pub async fn publish_tap(client: async_nats::Client, mut rx: mpsc::Receiver<Mult
     }
 }
 
+/// The streams this node holds, shared by its loop and the checkpoint writer: a checkpoint of
+/// a stream no longer held is not written (the next owner's would be overwritten).
+pub type HeldStreams = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
 /// Write each stream's newest conversation checkpoint to `summerd_state` (the newest waiting
-/// one per stream replaces older ones). Ends when the model worker is gone and everything is
-/// written.
-pub async fn write_checkpoints(js: Js, mut rx: mpsc::Receiver<(String, Checkpoint)>, node: String) {
+/// one per stream replaces older ones), only while the node holds the stream; each written
+/// one confirms the segments it includes. Ends when the model worker is gone and everything
+/// is written.
+pub async fn write_checkpoints(
+    js: Js,
+    mut rx: mpsc::Receiver<(String, Checkpoint)>,
+    node: String,
+    held: HeldStreams,
+    acks: Arc<Acks>,
+) {
     while let Some((stream, cp)) = rx.recv().await {
         let mut newest: HashMap<String, Checkpoint> = HashMap::from([(stream, cp)]);
         while let Ok((s, c)) = rx.try_recv() {
             newest.insert(s, c);
         }
         for (stream, cp) in newest {
+            if !held.lock().expect("held lock").contains(&stream) {
+                continue;
+            }
             let mut body = format!("{node}\n").into_bytes();
             body.extend(cp.to_bytes());
-            if let Err(e) = js.state.put(kv_key(&stream), body.into()).await {
-                tracing::warn!(stream = %stream, error = %e, "Could not write the conversation checkpoint");
+            match js.state.put(kv_key(&stream), body.into()).await {
+                Ok(_) => acks.state_written(&stream, &cp.seqs).await,
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "Could not write the conversation checkpoint");
+                }
             }
         }
     }
@@ -286,9 +382,10 @@ pub async fn read_checkpoint(
     let nl = b
         .iter()
         .position(|c| *c == b'\n')
-        .ok_or_else(|| js_err("checkpoint without its node line"))?;
-    let node = String::from_utf8_lossy(&b[..nl]).to_string();
-    let cp = Checkpoint::from_bytes(&b[nl + 1..]).map_err(js_err)?;
+        .ok_or_else(|| js_err("checkpoint: no node line"))?;
+    let node = String::from_utf8_lossy(&b[..nl]).chars().take(64).collect();
+    let cp =
+        Checkpoint::from_bytes(&b[nl + 1..]).map_err(|e| js_err(format!("checkpoint: {e}")))?;
     Ok(Some((node, cp)))
 }
 
@@ -309,6 +406,17 @@ pub struct PumpCtx {
     pub acks: Arc<Acks>,
     /// `cluster.ack_wait`.
     pub ack_wait: Duration,
+}
+
+/// Forget a stream's transcripts: its durable consumer and every segment stored for it.
+pub async fn forget_transcripts(js: &jetstream::Context, stream: &str) {
+    if let Ok(s) = js.get_stream(TRANSCRIPTS_STREAM).await {
+        let _ = s.delete_consumer(&consumer_name(stream)).await;
+        let _ = s
+            .purge()
+            .filter(format!("{TRANSCRIPTS_SUBJECT}.{stream}"))
+            .await;
+    }
 }
 
 /// The durable consumer of a stream's transcripts, created where missing.
@@ -398,8 +506,9 @@ pub async fn pump(ctx: PumpCtx, stream: String, cancel: CancellationToken) {
                     } else {
                         let _ = msg.ack().await;
                     }
-                    if ctx.tx.send(t).await.is_err() {
-                        return;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        sent = ctx.tx.send(t) => if sent.is_err() { return },
                     }
                 }
                 Err(r) => {

@@ -539,6 +539,7 @@ impl Engine {
                 cp.model, self.name
             )));
         }
+        self.check(cp).map_err(EngineError::Checkpoint)?;
         self.forget(stream);
         let slot = self.take_slot();
         if let Err(e) = self.pool.import_slot(slot, &cp.cache) {
@@ -555,8 +556,38 @@ impl Engine {
             .map(|(k, i, h)| (k.clone(), (*i, *h)))
             .collect();
         conv.norms = cp.norms.iter().cloned().collect();
-        conv.seqs = cp.seqs.iter().copied().collect();
+        let skip = cp.seqs.len().saturating_sub(SCORED_SEQS);
+        conv.seqs = cp.seqs.iter().skip(skip).copied().collect();
         self.convs.insert(stream.to_string(), conv);
+        Ok(())
+    }
+
+    /// Whether a checkpoint (made elsewhere) is one this engine could have made: its format,
+    /// counts, speaker indices, normalisation statistics and a finite cache.
+    fn check(&self, cp: &Checkpoint) -> Result<(), String> {
+        if cp.v != 1 {
+            return Err(format!("format {} (this summerd reads 1)", cp.v));
+        }
+        if cp.count < 0 || cp.next_speaker < 0 || cp.speakers.len() > MAX_SPEAKERS {
+            return Err("negative counts or too many speakers".into());
+        }
+        if cp
+            .speakers
+            .iter()
+            .any(|(_, i, h)| *i < 0 || *i >= cp.next_speaker.max(1) || *h < 0 || *h > cp.count)
+        {
+            return Err("a speaker index out of range".into());
+        }
+        if let Some(n) = &self.norm {
+            if cp.norms.iter().any(|(_, st)| !n.fits(st)) {
+                return Err("normalisation statistics that do not fit the model".into());
+            }
+        } else if !cp.norms.is_empty() {
+            return Err("normalisation statistics for a model without normalisation".into());
+        }
+        if cp.cache.iter().any(|v| !v.is_finite()) {
+            return Err("a cache value that is not finite".into());
+        }
         Ok(())
     }
 
@@ -617,7 +648,7 @@ impl Engine {
             });
             if !u.provisional {
                 conv.count += 1;
-                if conv.seqs.len() == SCORED_SEQS {
+                while conv.seqs.len() >= SCORED_SEQS {
                     conv.seqs.pop_front();
                 }
                 conv.seqs.push_back(u.seq);

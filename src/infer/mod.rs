@@ -247,6 +247,13 @@ impl Output {
         }
     }
 
+    /// Publish the event of an utterance already in its conversation again (after a
+    /// handover), counted as a duplicate; the speaker's smoothed state has it already.
+    fn publish_again(&mut self, e: EmotionEvent) {
+        self.metrics.utterance(Outcome::Duplicate.label());
+        self.events.publish(e.to_message());
+    }
+
     fn signal(&self, s: &SignalEvent) {
         let kind = s.kind.name();
         tracing::info!(stream = %s.stream, speaker = %s.speaker, kind, level = s.level, "Call signal");
@@ -274,6 +281,8 @@ fn work(
     let (max_batch, max_wait) = (policy.max_batch, policy.max_wait);
     let mut failed = 0u32;
     let mut jobs = Vec::with_capacity(max_batch);
+    // Final utterances already in their conversation, scored again without joining it.
+    let mut again: Vec<(String, u64)> = Vec::new();
     loop {
         heartbeat.beat();
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
@@ -282,13 +291,13 @@ fn work(
             Err(RecvTimeoutError::Disconnected) => return None,
         };
         let link = policy.checkpoints.as_ref();
-        take(&mut engine, &mut jobs, first, out, link);
+        take(&mut engine, &mut jobs, first, out, link, &mut again);
         let mut open = true;
         let deadline = Instant::now() + max_wait;
         while jobs.len() < max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(m) => take(&mut engine, &mut jobs, m, out, link),
+                Ok(m) => take(&mut engine, &mut jobs, m, out, link, &mut again),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     open = false;
@@ -300,14 +309,18 @@ fn work(
             if failpoint == Failpoint::Panic {
                 panic!("SUMMERD_FAILPOINT=model-worker-panic");
             }
+            // Streams whose state changed, and those with an utterance scored again (a new
+            // checkpoint confirms that it is in the conversation).
             let mut finals: Vec<String> = jobs
                 .iter()
-                .filter(|u| !u.provisional)
+                .filter(|u| {
+                    !u.provisional || again.iter().any(|(s, q)| *s == u.stream && *q == u.seq)
+                })
                 .map(|u| u.stream.clone())
                 .collect();
             finals.sort();
             finals.dedup();
-            let ok = run_batch(&mut engine, &mut jobs, out, failpoint);
+            let ok = run_batch(&mut engine, &mut jobs, out, failpoint, &mut again);
             if let (true, Some(l)) = (ok, link) {
                 for s in finals {
                     if let Some(cp) = engine.checkpoint(&s)
@@ -340,6 +353,7 @@ fn take(
     msg: WorkerMsg,
     out: &mut Output,
     link: Option<&CheckpointLink>,
+    again: &mut Vec<(String, u64)>,
 ) {
     match msg {
         WorkerMsg::Job(j) => {
@@ -357,11 +371,18 @@ fn take(
                     }
                 }
             }
-            // Delivered again after a handover, but already part of the conversation (and its
-            // event already published by the node that scored it).
+            let mut u = u;
             if !u.provisional && engine.scored(&u.stream, u.seq) {
-                out.metrics.utterance(Outcome::Duplicate.label());
-                return;
+                if link.is_none() {
+                    out.metrics.utterance(Outcome::Duplicate.label());
+                    return;
+                }
+                // Delivered again after a handover, and already in the conversation the
+                // checkpoint carried: the node that scored it may have died before its event
+                // was stored. It is scored again without joining the conversation, and its
+                // event goes out under the same message id (stored once).
+                u.provisional = true;
+                again.push((u.stream.clone(), u.seq));
             }
             jobs.push(u);
         }
@@ -371,6 +392,7 @@ fn take(
             for _ in jobs.len()..before {
                 out.metrics.utterance(Outcome::Forgotten.label());
             }
+            again.retain(|(s, _)| *s != stream);
             engine.forget(&stream);
             out.forget(&stream);
         }
@@ -383,6 +405,7 @@ fn run_batch(
     jobs: &mut Vec<Utterance>,
     out: &mut Output,
     failpoint: Failpoint,
+    again: &mut Vec<(String, u64)>,
 ) -> bool {
     let metrics = out.metrics.clone();
     let t0 = Instant::now();
@@ -395,11 +418,22 @@ fn run_batch(
     metrics.inference_batch(jobs.len(), t0.elapsed().as_secs_f64());
     match result {
         Ok(evs) => {
-            for e in evs {
-                out.publish(e);
+            for mut e in evs {
+                let pos = again
+                    .iter()
+                    .position(|(s, q)| e.provisional && *s == e.stream && *q == e.seq);
+                match pos {
+                    Some(i) => {
+                        again.swap_remove(i);
+                        e.provisional = false;
+                        out.publish_again(e);
+                    }
+                    None => out.publish(e),
+                }
             }
         }
         Err(e) => {
+            again.clear();
             for _ in jobs.iter() {
                 metrics.utterance(Outcome::Error.label());
             }

@@ -57,6 +57,17 @@ impl SpeakerNorm {
         }
     }
 
+    /// Whether `s` could have been made by this normalisation: its length, a finite count of
+    /// at least 0, finite sums and a spread of at least 0 (for a checkpoint from elsewhere).
+    pub fn fits(&self, s: &SpeakerStats) -> bool {
+        s.mean.len() == self.mean.len()
+            && s.m2.len() == self.mean.len()
+            && s.n.is_finite()
+            && s.n >= 0.0
+            && s.mean.iter().all(|v| v.is_finite())
+            && s.m2.iter().all(|v| v.is_finite() && *v >= 0.0)
+    }
+
     /// Add `x` to the speaker's statistics and return it normalised. A non-finite value is
     /// taken as the prior mean (it neither moves the statistics nor the output).
     pub fn apply(&self, s: &mut SpeakerStats, x: &[f32]) -> Vec<f32> {

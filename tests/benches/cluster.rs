@@ -205,7 +205,7 @@ fn throughput(n: usize) -> Value {
                 signal_kinds: &[],
             },
         ));
-        let acks = Arc::new(summerd::cluster::pump::Acks::default());
+        let acks = Arc::new(summerd::cluster::pump::Acks::new(false));
         let t0 = Instant::now();
         let writer = tokio::spawn(summerd::cluster::pump::publish_events(
             js.js.clone(),
