@@ -439,31 +439,6 @@ fn bad_inputs_are_clear_errors() {
     assert_eq!(common::http_get(&d.metrics, "/healthz").unwrap().0, 200);
 }
 
-struct RtspServer(Child);
-
-impl RtspServer {
-    fn start(port: u16) -> RtspServer {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(common::peer("rtsp_server.py"))
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with gi (Debian python3-gi, gir1.2-gst-rtsp-server-1.0)");
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "RTSP server did not start");
-        RtspServer(child)
-    }
-}
-
-impl Drop for RtspServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The RTSP server dies mid-stream and comes back: its streams go down and are flowing again
 /// within 2 s of its return; the RTP and test streams in the same daemon never pause.
 #[test]
@@ -471,7 +446,7 @@ fn rtsp_outage_reconnects_while_other_streams_keep_flowing() {
     let d = daemon();
     let rtsp_port = free_port();
     let rtp_port = free_port();
-    let mut server = RtspServer::start(rtsp_port);
+    let mut server = common::RtspServer::start(rtsp_port);
     let mut sender = gst_launch(&format!(
         "audiotestsrc is-live=true freq=220 ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay ! udpsink host=127.0.0.1 port={rtp_port}"
     ));
@@ -555,7 +530,7 @@ fn rtsp_outage_reconnects_while_other_streams_keep_flowing() {
     }
 
     // Return: flowing again within 2 s.
-    server = RtspServer::start(rtsp_port);
+    server = common::RtspServer::start(rtsp_port);
     let back = Instant::now();
     let up = eventually(Duration::from_secs(10), || {
         ["av", "aac"]

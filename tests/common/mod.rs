@@ -790,3 +790,30 @@ pub fn through_worker(
     events.extend(collect(&sub, Duration::from_secs(2), |_| false));
     (events, std::fs::read_to_string(&log).unwrap_or_default())
 }
+
+/// The RTSP server peer (tests/peers/rtsp_server.py): `/av` (H.264 + AAC) and `/audio`.
+pub struct RtspServer(pub Child);
+
+impl RtspServer {
+    /// Start it on `port` and wait until it listens.
+    pub fn start(port: u16) -> RtspServer {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(peer("rtsp_server.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with gi (Debian python3-gi, gir1.2-gst-rtsp-server-1.0)");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "RTSP server did not start");
+        RtspServer(child)
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
