@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, attach, call_segments, collect, eventually, free_port, metric};
@@ -222,15 +222,7 @@ fn send_legs(wav: &str, ports: (u16, u16)) -> Sender {
         leg(0, ports.0),
         leg(1, ports.1)
     );
-    Sender(
-        Command::new("gst-launch-1.0")
-            .arg("-q")
-            .args(line.split_whitespace())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gst-launch-1.0"),
-    )
+    Sender(common::gst_launch(&line))
 }
 
 #[test]

@@ -18,7 +18,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::nats::{Asr, Nats, Node, Setup, THREE, sender, summerd_cli};
+use common::nats::{
+    Asr, Nats, Node, Setup, attach_rtp_calls, cluster_attach, held_by, load, owners, summerd_cli,
+    three_nodes,
+};
 use common::{free_port, http_get};
 use serde_json::{Value, json};
 
@@ -36,41 +39,6 @@ fn emotion_counts(events: &[Value]) -> BTreeMap<(String, u64), usize> {
         *n.entry(k).or_default() += 1;
     }
     n
-}
-
-fn owners(config: &Path) -> BTreeMap<String, Option<String>> {
-    let out = summerd_cli(config, &["list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["spec"]["id"].as_str().unwrap().to_string(),
-                v["owner"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
-fn load(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
-    let mut n = BTreeMap::new();
-    for o in owners.values().flatten() {
-        *n.entry(o.clone()).or_default() += 1;
-    }
-    n
-}
-
-fn held_by(admin: &Path, node: &str) -> Vec<String> {
-    owners(admin)
-        .into_iter()
-        .filter(|(_, o)| o.as_deref() == Some(node))
-        .map(|(s, _)| s)
-        .collect()
 }
 
 /// kill -9 a node; the time until every one of `its` streams is held by another node (with
@@ -181,46 +149,24 @@ fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut nats = Nats::start(3);
     let urls = nats.urls();
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Node::new(n, &urls, &THREE))
-        .collect();
-    for n in &mut nodes {
-        n.start();
-    }
+    let mut nodes = three_nodes(&urls);
     let admin = nodes[0].config();
 
-    // Nine audio-only RTP calls of digital silence (s0-s8) and three RTSP calls with video
-    // (v0-v2, H.264 and AAC from one RTSP server).
+    // Three RTSP calls with video (v0-v2, H.264 and AAC from one RTSP server) and nine
+    // audio-only RTP calls of digital silence (s0-s8).
     let rtsp_port = free_port();
     let _rtsp = common::RtspServer::start(rtsp_port);
-    let mut senders = Vec::new();
     let mut streams = Vec::new();
     for i in 0..3 {
         let id = format!("v{i}");
-        let req = json!({"id": id, "uri": format!("rtsp://127.0.0.1:{rtsp_port}/av"), "template": "rtsp"});
-        let out = summerd_cli(&admin, &["attach", &req.to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        cluster_attach(
+            &admin,
+            &json!({"id": id, "uri": format!("rtsp://127.0.0.1:{rtsp_port}/av"), "template": "rtsp"}),
         );
         streams.push(id);
     }
-    for i in 0..9 {
-        let port = free_port();
-        senders.push(sender(port));
-        let id = format!("s{i}");
-        let req =
-            json!({"id": id, "uri": format!("udp://127.0.0.1:{port}"), "template": "rtp-pcmu"});
-        let out = summerd_cli(&admin, &["attach", &req.to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        streams.push(id);
-    }
+    let (calls, senders) = attach_rtp_calls(&admin, "s", 9);
+    streams.extend(calls);
     // The same request twice is refused; so is a bad template, with the control socket's words.
     let again = summerd_cli(
         &admin,

@@ -22,42 +22,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::nats::{Asr, Nats, Node, THREE, sender, summerd_cli, unix_now};
+use common::nats::{Asr, Nats, attach_rtp_calls, held_by, load, owners, three_nodes, unix_now};
 use common::{free_port, percentile, repo};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-fn owners(admin: &std::path::Path) -> BTreeMap<String, Option<String>> {
-    let out = summerd_cli(admin, &["list", "--json"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| {
-            (
-                v["spec"]["id"].as_str().unwrap_or_default().to_string(),
-                v["owner"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
-fn held(admin: &std::path::Path, node: &str) -> Vec<String> {
-    owners(admin)
-        .into_iter()
-        .filter(|(_, o)| o.as_deref() == Some(node))
-        .map(|(s, _)| s)
-        .collect()
-}
 
 /// Wait until every desired stream is held and no node holds more than `most`.
 fn balanced(admin: &std::path::Path, total: usize, most: usize, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let o = owners(admin);
-        let mut n: BTreeMap<String, usize> = BTreeMap::new();
-        for x in o.values().flatten() {
-            *n.entry(x.clone()).or_default() += 1;
-        }
+        let n = load(&owners(admin));
         if n.values().sum::<usize>() == total && n.values().all(|c| *c <= most) {
             return true;
         }
@@ -66,42 +40,12 @@ fn balanced(admin: &std::path::Path, total: usize, most: usize, limit: Duration)
     false
 }
 
-fn attach_calls(
-    admin: &std::path::Path,
-    prefix: &str,
-    n: usize,
-) -> (Vec<String>, Vec<std::process::Child>) {
-    let mut ids = Vec::new();
-    let mut senders = Vec::new();
-    for i in 0..n {
-        let port = free_port();
-        senders.push(sender(port));
-        let id = format!("{prefix}{i}");
-        let req =
-            json!({"id": id, "uri": format!("udp://127.0.0.1:{port}"), "template": "rtp-pcmu"});
-        let out = summerd_cli(admin, &["attach", &req.to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ids.push(id);
-    }
-    (ids, senders)
-}
-
 fn handover(kills: usize) -> Value {
     let nats = Nats::start(3);
     let urls = nats.urls();
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Node::new(n, &urls, &THREE))
-        .collect();
-    for n in &mut nodes {
-        n.start();
-    }
+    let mut nodes = three_nodes(&urls);
     let admin = nodes[0].config();
-    let (_, mut senders) = attach_calls(&admin, "h", 9);
+    let (_, mut senders) = attach_rtp_calls(&admin, "h", 9);
     assert!(
         balanced(&admin, 9, 3, Duration::from_secs(30)),
         "never balanced"
@@ -109,7 +53,7 @@ fn handover(kills: usize) -> Value {
     let mut times = Vec::new();
     for k in 0..kills {
         let victim = 1 + k % 2; // b and c in turn; a stays up to answer `cluster list`
-        let its = held(&admin, &nodes[victim].name);
+        let its = held_by(&admin, &nodes[victim].name);
         if its.is_empty() {
             continue;
         }
@@ -265,16 +209,10 @@ type Received = BTreeMap<(String, u64), (f64, f64, usize)>;
 fn latency(per_node: usize, rounds: usize) -> Value {
     let nats = Nats::start(3);
     let urls = nats.urls();
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Node::new(n, &urls, &THREE))
-        .collect();
-    for n in &mut nodes {
-        n.start();
-    }
+    let nodes = three_nodes(&urls);
     let admin = nodes[0].config();
     let total = per_node * 3;
-    let (ids, mut senders) = attach_calls(&admin, "l", total);
+    let (ids, mut senders) = attach_rtp_calls(&admin, "l", total);
     assert!(
         balanced(&admin, total, per_node, Duration::from_secs(60)),
         "never balanced"

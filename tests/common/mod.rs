@@ -817,3 +817,14 @@ impl Drop for RtspServer {
         let _ = self.0.wait();
     }
 }
+
+/// `gst-launch-1.0 -q LINE` in the background, quiet.
+pub fn gst_launch(line: &str) -> Child {
+    Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(line.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0")
+}

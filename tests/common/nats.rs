@@ -279,13 +279,7 @@ pub fn sender(port: u16) -> Child {
          ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay \
          ! udpsink host=127.0.0.1 port={port}"
     );
-    Command::new("gst-launch-1.0")
-        .arg("-q")
-        .args(line.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gst-launch-1.0")
+    super::gst_launch(&line)
 }
 
 pub fn summerd_cli(config: &Path, args: &[&str]) -> std::process::Output {
@@ -429,4 +423,81 @@ impl Asr {
             out
         })
     }
+}
+
+/// Three nodes (a, b, c) on `urls` with 3 replicas, started.
+pub fn three_nodes(urls: &[String]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::new(n, urls, &THREE))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    nodes
+}
+
+/// `summerd cluster attach` of `req`; it must be taken.
+pub fn cluster_attach(admin: &Path, req: &Value) {
+    let out = summerd_cli(admin, &["attach", &req.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `n` live silent RTP calls `<prefix>0`.. attached to the cluster; their ids and senders.
+pub fn attach_rtp_calls(admin: &Path, prefix: &str, n: usize) -> (Vec<String>, Vec<Child>) {
+    let mut ids = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..n {
+        let port = free_port();
+        senders.push(sender(port));
+        let id = format!("{prefix}{i}");
+        cluster_attach(
+            admin,
+            &json!({"id": id, "uri": format!("udp://127.0.0.1:{port}"), "template": "rtp-pcmu"}),
+        );
+        ids.push(id);
+    }
+    (ids, senders)
+}
+
+/// Every desired stream and the node holding it, from `summerd cluster list --json`.
+pub fn owners(admin: &Path) -> BTreeMap<String, Option<String>> {
+    let out = summerd_cli(admin, &["list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["spec"]["id"].as_str().unwrap().to_string(),
+                v["owner"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// Streams held, by node.
+pub fn load(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for o in owners.values().flatten() {
+        *n.entry(o.clone()).or_default() += 1;
+    }
+    n
+}
+
+/// The streams `node` holds.
+pub fn held_by(admin: &Path, node: &str) -> Vec<String> {
+    owners(admin)
+        .into_iter()
+        .filter(|(_, o)| o.as_deref() == Some(node))
+        .map(|(s, _)| s)
+        .collect()
 }
