@@ -340,11 +340,14 @@ fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
 #[test]
 fn the_reference_worker_reads_the_tap_from_nats_and_sends_segments_into_jetstream() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let nats = Nats::start(1);
+    // One server that admits one user: the node, the worker and `tail` all authenticate.
+    let nats = Nats::start_with(1, Some(("summerd", "s3cret")));
     let urls = nats.urls();
+    let with_user = urls[0].replace("nats://", "nats://summerd:s3cret@");
     let setup = Setup {
         replicas: 1,
         tap: Some(free_port()),
+        auth: Some(("summerd", "s3cret")),
     };
     let mut node = Node::new("solo", &urls, &setup);
     node.start();
@@ -357,7 +360,7 @@ fn the_reference_worker_reads_the_tap_from_nats_and_sends_segments_into_jetstrea
         "tcp://127.0.0.1:1",
         &[
             "--nats",
-            &urls[0],
+            &with_user,
             "--tap-nats",
             "--exit-after-idle",
             "2",
@@ -392,7 +395,7 @@ fn the_reference_worker_reads_the_tap_from_nats_and_sends_segments_into_jetstrea
         "the worker sent {} segments:\n{said}",
         sent.len()
     );
-    let asr = Asr::connect(&urls);
+    let asr = Asr::connect_as(&urls, Some(("summerd", "s3cret")));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut emotions = Vec::new();
     while Instant::now() < deadline {

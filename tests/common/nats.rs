@@ -40,7 +40,13 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// `n` servers, clustered when more than one, open to anyone on loopback.
     pub fn start(n: usize) -> Nats {
+        Nats::start_with(n, None)
+    }
+
+    /// `n` servers; with `auth`, one user (name, password) and no anonymous clients.
+    pub fn start_with(n: usize, auth: Option<(&str, &str)>) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -58,9 +64,12 @@ impl Nats {
             } else {
                 String::new()
             };
+            let users = auth
+                .map(|(u, p)| format!("authorization {{ user: \"{u}\", password: \"{p}\" }}\n"))
+                .unwrap_or_default();
             let conf = format!(
                 "server_name: s{i}\nlisten: 127.0.0.1:{}\n\
-                 jetstream {{ store_dir: \"{}\" }}\n{cluster}",
+                 jetstream {{ store_dir: \"{}\" }}\n{cluster}{users}",
                 ports[i],
                 dir.path().join(format!("js{i}")).display(),
             );
@@ -132,11 +141,14 @@ pub struct Setup {
     pub replicas: usize,
     /// The tap on ZeroMQ (this port) and on core NATS subjects.
     pub tap: Option<u16>,
+    /// `cluster.user` and `cluster.password`.
+    pub auth: Option<(&'static str, &'static str)>,
 }
 
 pub const THREE: Setup = Setup {
     replicas: 3,
     tap: None,
+    auth: None,
 };
 
 pub fn node_config(name: &str, urls: &[String], metrics: &str, setup: &Setup) -> String {
@@ -159,7 +171,7 @@ pub fn node_config(name: &str, urls: &[String], metrics: &str, setup: &Setup) ->
          [vision]\nenabled = false\n\
          [inference]\nfeature_wait = \"2s\"\n\
          [cluster]\nurls = [{urls}]\nnode = \"{name}\"\nreplicas = {}\nlease = \"3s\"\n\
-         heartbeat = \"1s\"\nack_wait = \"4s\"\naudio_subjects = {}\n",
+         heartbeat = \"1s\"\nack_wait = \"4s\"\naudio_subjects = {}\n{}",
         free_port(),
         free_port(),
         match setup.tap {
@@ -172,6 +184,10 @@ pub fn node_config(name: &str, urls: &[String], metrics: &str, setup: &Setup) ->
         r.join("pipelines").display(),
         setup.replicas,
         setup.tap.is_some(),
+        setup
+            .auth
+            .map(|(u, p)| format!("user = \"{u}\"\npassword = \"{p}\"\n"))
+            .unwrap_or_default(),
     )
 }
 
@@ -307,6 +323,11 @@ pub struct Asr {
 
 impl Asr {
     pub fn connect(urls: &[String]) -> Asr {
+        Asr::connect_as(urls, None)
+    }
+
+    /// Connected as a user (name, password).
+    pub fn connect_as(urls: &[String], user: Option<(&str, &str)>) -> Asr {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -314,13 +335,11 @@ impl Asr {
             .unwrap();
         let _in_runtime = rt.enter();
         let addrs: Vec<async_nats::ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
-        let client = rt
-            .block_on(
-                async_nats::ConnectOptions::new()
-                    .retry_on_initial_connect()
-                    .connect(addrs),
-            )
-            .unwrap();
+        let mut opts = async_nats::ConnectOptions::new().retry_on_initial_connect();
+        if let Some((u, p)) = user {
+            opts = opts.user_and_password(u.into(), p.into());
+        }
+        let client = rt.block_on(opts.connect(addrs)).unwrap();
         Asr {
             rt,
             js: async_nats::jetstream::new(client),
