@@ -340,3 +340,90 @@ fn two_rtp_legs_are_one_call_with_a_speaker_per_leg() {
     let info = listed(&d, "legs");
     assert_eq!(info["audio_channels"], 2, "{info}");
 }
+
+/// A call whose second channel goes away mid-call (a leg dropped: two channels, then one,
+/// joined by GStreamer's `concat`): a `stream.error` names the change and the speaker left
+/// without a channel, and the stream goes on to its end on what it has: the agent's later line
+/// with audio, the customer's later line without, their earlier lines both with audio.
+#[test]
+fn a_channel_that_goes_away_mid_call_is_an_error_and_the_stream_goes_on() {
+    let d = Daemon::start_custom(
+        |dir, p| {
+            std::fs::write(
+                dir.join("pipelines/drop-leg.gst"),
+                "# schemes: test\n# live: no\n\
+                 concat name=c ! audioconvert ! capsfilter caps={audio_caps} \
+                 ! appsink name=audio sync=false async=false \
+                 audiotestsrc num-buffers=20 samplesperbuffer=1600 freq=200 \
+                 ! audio/x-raw,rate=16000,channels=2,channel-mask=(bitmask)0x3 ! c. \
+                 audiotestsrc num-buffers=20 samplesperbuffer=1600 freq=300 \
+                 timestamp-offset=2000000000 ! audio/x-raw,rate=16000,channels=1 ! c.\n",
+            )
+            .unwrap();
+            common::model_config(Some(p.1)).replace(
+                &format!("dir = \"{}\"", common::repo().join("pipelines").display()),
+                &format!("dir = \"{}\"", dir.join("pipelines").display()),
+            )
+        },
+        &[],
+        false,
+    );
+    let (_ctx, sub) = common::subscribe(&d, "emotion.");
+    let (_lctx, life) = common::subscribe(&d, "lifecycle.");
+    attach(
+        &d,
+        json!({"id": "leg", "uri": "test://drop-leg", "template": "drop-leg", "channels": channels()}),
+    );
+    ended(&d, "leg");
+    assert_eq!(listed(&d, "leg")["audio_channels"], 1);
+    let seg = |seq: u64, speaker: &str, start: f64| {
+        json!({"v": 1, "stream": "leg", "seq": seq, "start": start, "end": start + 1.0,
+               "speaker": speaker, "text": "I would like to cancel my order."})
+        .to_string()
+    };
+    common::push_segments(
+        &d.transcripts,
+        &[
+            seg(1, "agent", 0.5),
+            seg(2, "customer", 0.5),
+            seg(3, "agent", 2.5),
+            seg(4, "customer", 2.5),
+        ],
+    );
+    let events = collect(&sub, Duration::from_secs(30), |g| g.len() >= 4);
+    assert_eq!(events.len(), 4, "{events:#?}\n{}", d.log());
+    let life = collect(&life, Duration::from_secs(1), |_| false);
+    let errors: Vec<&str> = life
+        .iter()
+        .filter(|e| e["type"] == "stream.error")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|r| r.contains("audio channels changed from 2 to 1")
+                && r.contains("customer (channel 1)")),
+        "{life:#?}"
+    );
+    let audio = |seq: u64| {
+        events
+            .iter()
+            .find(|e| e["seq"] == seq)
+            .map(|e| e["modalities"]["audio"].clone())
+    };
+    assert_eq!(
+        [audio(1), audio(2), audio(3), audio(4)],
+        [
+            Some(json!(true)),
+            Some(json!(true)),
+            Some(json!(true)),
+            Some(json!(false))
+        ],
+        "{events:#?}"
+    );
+    assert!(
+        life.iter()
+            .any(|e| e["type"] == "stream.down" && e["reason"] == "end of stream"),
+        "{life:#?}"
+    );
+}
