@@ -45,7 +45,7 @@ fn handover(kills: usize) -> Value {
     let urls = nats.urls();
     let mut nodes = three_nodes(&urls);
     let admin = nodes[0].config();
-    let (_, mut senders) = attach_rtp_calls(&admin, "h", 9);
+    let (_, senders) = attach_rtp_calls(&admin, "h", 9);
     assert!(
         balanced(&admin, 9, 3, Duration::from_secs(30)),
         "never balanced"
@@ -85,10 +85,7 @@ fn handover(kills: usize) -> Value {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    for s in &mut senders {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(senders);
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     json!({
@@ -212,7 +209,7 @@ fn latency(per_node: usize, rounds: usize) -> Value {
     let nodes = three_nodes(&urls);
     let admin = nodes[0].config();
     let total = per_node * 3;
-    let (ids, mut senders) = attach_rtp_calls(&admin, "l", total);
+    let (ids, senders) = attach_rtp_calls(&admin, "l", total);
     assert!(
         balanced(&admin, total, per_node, Duration::from_secs(60)),
         "never balanced"
@@ -261,10 +258,7 @@ fn latency(per_node: usize, rounds: usize) -> Value {
         std::thread::sleep(Duration::from_secs(2).saturating_sub(t0.elapsed()));
     }
     std::thread::sleep(Duration::from_secs(5));
-    for s in &mut senders {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(senders);
     let got = got.lock().unwrap().clone();
     let mut through: Vec<f64> = Vec::new();
     let mut own: Vec<f64> = Vec::new();

@@ -288,14 +288,25 @@ impl Drop for Node {
     }
 }
 
-/// A live G.711 RTP sender of a steady tone to a UDP port.
-pub fn sender(port: u16) -> Child {
+/// A live G.711 RTP sender of digital silence to a UDP port; stopped when dropped (a test
+/// that fails leaves none behind).
+pub struct Sender(Child);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a [`Sender`] to `port`.
+pub fn sender(port: u16) -> Sender {
     let line = format!(
         "audiotestsrc is-live=true wave=silence samplesperbuffer=160 \
          ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay \
          ! udpsink host=127.0.0.1 port={port}"
     );
-    super::gst_launch(&line)
+    Sender(super::gst_launch(&line))
 }
 
 pub fn summerd_cli(config: &Path, args: &[&str]) -> std::process::Output {
@@ -467,7 +478,7 @@ pub fn cluster_attach(admin: &Path, req: &Value) {
 }
 
 /// `n` live silent RTP calls `<prefix>0`.. attached to the cluster; their ids and senders.
-pub fn attach_rtp_calls(admin: &Path, prefix: &str, n: usize) -> (Vec<String>, Vec<Child>) {
+pub fn attach_rtp_calls(admin: &Path, prefix: &str, n: usize) -> (Vec<String>, Vec<Sender>) {
     let mut ids = Vec::new();
     let mut senders = Vec::new();
     for i in 0..n {
