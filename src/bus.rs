@@ -81,10 +81,7 @@ impl Endpoint {
     /// True where only this host can connect: loopback TCP or an ipc socket.
     pub fn is_local(&self) -> bool {
         match self {
-            Endpoint::Tcp { host, .. } => {
-                let bare = host.trim_start_matches('[').trim_end_matches(']');
-                host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            }
+            Endpoint::Tcp { host, .. } => crate::settings::is_loopback_host(host),
             Endpoint::Ipc(_) => true,
         }
     }

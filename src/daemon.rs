@@ -669,7 +669,7 @@ impl Running {
             threads,
             mut ctx,
             shutdown_timeout,
-            cluster,
+            mut cluster,
         } = self;
         let deadline = Instant::now() + shutdown_timeout;
         metrics.set_ready(false);
@@ -706,13 +706,8 @@ impl Running {
             }
         }
         // The last conversation checkpoints, before another node may take the streams.
-        if let Some(h) = cluster.as_ref().and_then(|m| m.checkpoints.as_ref()) {
-            let _ = tokio::time::timeout_at(deadline.into(), async {
-                while !h.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
+        if let Some(h) = cluster.as_mut().and_then(|m| m.checkpoints.take()) {
+            let _ = tokio::time::timeout_at(deadline.into(), h).await;
         }
         // Then the sources: the pipelines stop, their audio threads flush the tap.
         let stopping = tokio::task::spawn_blocking(move || ingest.stop_all());

@@ -33,6 +33,16 @@ impl Serialize for HumanDuration {
     }
 }
 
+/// Whether a host name or address reaches only this machine: `localhost` or a loopback
+/// address (IPv6 possibly in brackets).
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// One invalid value: which key, what is wrong, what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

@@ -23,7 +23,6 @@ pub mod admin;
 pub mod node;
 pub mod pump;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -184,8 +183,7 @@ impl ServerUrl {
 
     /// Only this host can reach it.
     pub fn is_loopback(&self) -> bool {
-        let bare = self.host.trim_start_matches('[').trim_end_matches(']');
-        self.host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        crate::settings::is_loopback_host(&self.host)
     }
 }
 

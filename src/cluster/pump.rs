@@ -176,16 +176,6 @@ impl Acks {
             let _ = m.ack_with(jetstream::AckKind::Nak(None)).await;
         }
     }
-
-    /// Segments held.
-    pub fn len(&self) -> usize {
-        self.pending.lock().expect("acks lock").len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Where one published message goes on NATS.

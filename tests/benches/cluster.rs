@@ -331,7 +331,7 @@ fn main() {
         h["max_s"].as_f64().unwrap()
     );
     let out = json!({
-        "date": time_now(),
+        "date": summerd::events::now_rfc3339(),
         "cores": cores,
         "nats_server": nats_version(),
         "replicas": 3,
@@ -346,10 +346,6 @@ fn main() {
     )
     .unwrap();
     println!("wrote target/bench/cluster.json");
-}
-
-fn time_now() -> String {
-    summerd::events::now_rfc3339()
 }
 
 fn nats_version() -> String {
