@@ -285,8 +285,9 @@ pub async fn start(cfg: &Config) -> Result<Running, DaemonError> {
             pipelines_dir: cfg.pipelines_dir.clone(),
             config: cfg.ingest.clone(),
             tap_chunk_ms: tap.as_ref().map(|_| cfg.audio_tap.chunk_ms),
-            acoustic: loaded.engine.as_ref().map(|_| crate::acoustic::Settings {
+            acoustic: loaded.engine.as_ref().map(|e| crate::acoustic::Settings {
                 history_frames: (cfg.inference.audio_history.0.as_secs_f64() * 100.0) as usize,
+                band: e.audio_band(),
                 ..Default::default()
             }),
             vision: loaded.vision,

@@ -305,6 +305,10 @@ enum DatasetCmd {
         /// Then noise: `pink:SNR` or `babble:SNR` (babble from other speakers' clips).
         #[arg(long)]
         noise: Option<summerd::decode::Noise>,
+        /// The band the descriptors hear: `telephone` (egemaps-v02/summerd/4, what the default
+        /// model reads) or `wide` (egemaps-v02/summerd/3).
+        #[arg(long, value_enum, default_value = "telephone")]
+        band: summerd::acoustic::Band,
     },
     /// Labelled face pictures, DIR/<class>/*.{jpg,png} (e.g. $SUMMERD_ASSETS/data/fer/train):
     /// each picture's visual vector as the daemon makes it, with its label.
@@ -329,6 +333,10 @@ enum Features {
         /// The smoothed LLD frames as CSV (file, start time, 25 LLDs) instead of functionals.
         #[arg(long, conflicts_with = "json")]
         lld: bool,
+        /// The band heard: `telephone` (through 8 kHz, what the models read) or `wide` (as
+        /// openSMILE hears a 16 kHz recording).
+        #[arg(long, value_enum, default_value = "telephone")]
+        band: summerd::acoustic::Band,
         /// Audio files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -534,7 +542,12 @@ fn features(what: Features) -> anyhow::Result<()> {
             ids,
             texts,
         } => cli::features::text(&dir, max_tokens, ids, texts),
-        Features::Audio { json, lld, files } => cli::features::audio(&files, json, lld),
+        Features::Audio {
+            json,
+            lld,
+            band,
+            files,
+        } => cli::features::audio(&files, band, json, lld),
         Features::Face { json, files } => cli::features::face(&files, json),
         Features::Video {
             json,
@@ -571,7 +584,8 @@ fn dataset(what: DatasetCmd) -> anyhow::Result<()> {
             out,
             channel,
             noise,
-        } => cli::train::dataset_emodb(&out, summerd::decode::Condition { channel, noise }),
+            band,
+        } => cli::train::dataset_emodb(&out, summerd::decode::Condition { channel, noise }, band),
         DatasetCmd::Faces { dir, out } => cli::train::dataset_faces(&dir, &out),
     }
 }

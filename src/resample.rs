@@ -1,7 +1,8 @@
-//! Streaming resampling to 16 kHz mono with rubato (an FFT resampler with a fixed chunk),
-//! with caller-owned buffers: input is gathered into an internal chunk, and each full chunk is
-//! resampled into a buffer allocated once. The resampler's delay is removed, so that output
-//! sample n sits at input time n / 16000 s: timelines stay aligned.
+//! Streaming mono resampling with rubato (an FFT resampler with a fixed chunk), to 16 kHz (the
+//! rate everything downstream works at) or to any other rate, with caller-owned buffers: input
+//! is gathered into an internal chunk, and each full chunk is resampled into a buffer allocated
+//! once. The resampler's delay is removed, so that output sample n sits at input time
+//! n / target s: timelines stay aligned.
 
 use rubato::{FftFixedInOut, Resampler};
 
@@ -21,14 +22,15 @@ pub enum ResampleError {
     },
 }
 
-/// A streaming mono resampler from `rate` to 16 kHz.
-pub struct To16k {
+/// A streaming mono resampler from one rate to another (16 kHz for [`Resample::to_16k`]).
+pub struct Resample {
     inner: Option<Inner>,
 }
 
 struct Inner {
     rs: FftFixedInOut<f32>,
     rate: u32,
+    target: u32,
     pending: Vec<f32>,
     out: Vec<Vec<f32>>,
     skip: usize,
@@ -37,33 +39,40 @@ struct Inner {
     out_total: u64,
 }
 
-impl To16k {
-    /// A resampler for input at `rate` Hz (passes 16 kHz through untouched).
-    pub fn new(rate: u32) -> Result<Self, ResampleError> {
-        if rate == TARGET_RATE {
-            return Ok(To16k { inner: None });
+impl Resample {
+    /// A resampler for input at `rate` Hz to 16 kHz (passes 16 kHz through untouched).
+    pub fn to_16k(rate: u32) -> Result<Self, ResampleError> {
+        Self::new(rate, TARGET_RATE)
+    }
+
+    /// A resampler for input at `rate` Hz to `target` Hz (passes `target` through untouched).
+    pub fn new(rate: u32, target: u32) -> Result<Self, ResampleError> {
+        if rate == target {
+            return Ok(Resample { inner: None });
         }
-        if !(4000..=384_000).contains(&rate) {
+        if !(4000..=384_000).contains(&rate) || !(4000..=384_000).contains(&target) {
             return Err(ResampleError::Rate {
                 rate,
-                message: "outside 4-384 kHz".into(),
+                message: format!("{rate} Hz to {target} Hz: outside 4-384 kHz"),
             });
         }
         // ~10 ms input chunks keep the added latency small.
         let chunk = (rate / 100).max(1) as usize;
-        let rs = FftFixedInOut::<f32>::new(rate as usize, TARGET_RATE as usize, chunk, 1).map_err(
-            |e| ResampleError::Rate {
-                rate,
-                message: e.to_string(),
-            },
-        )?;
+        let rs =
+            FftFixedInOut::<f32>::new(rate as usize, target as usize, chunk, 1).map_err(|e| {
+                ResampleError::Rate {
+                    rate,
+                    message: e.to_string(),
+                }
+            })?;
         let out = rs.output_buffer_allocate(true);
         let skip = rs.output_delay();
-        Ok(To16k {
+        Ok(Resample {
             inner: Some(Inner {
                 pending: Vec::with_capacity(rs.input_frames_max()),
                 rs,
                 rate,
+                target,
                 out,
                 skip,
                 delay: skip,
@@ -73,7 +82,7 @@ impl To16k {
         })
     }
 
-    /// Resample `input`, appending the 16 kHz samples that are ready to `output`.
+    /// Resample `input`, appending the output samples that are ready to `output`.
     pub fn push(&mut self, input: &[f32], output: &mut Vec<f32>) {
         let Some(s) = &mut self.inner else {
             output.extend_from_slice(input);
@@ -97,12 +106,12 @@ impl To16k {
     }
 
     /// End of input: push out everything still inside (the partial chunk and the
-    /// resampler's delay), exactly as many samples as the input's duration makes at 16 kHz,
-    /// and start afresh.
+    /// resampler's delay), exactly as many samples as the input's duration makes at the target
+    /// rate, and start afresh.
     pub fn flush(&mut self, output: &mut Vec<f32>) {
         let Some(s) = &mut self.inner else { return };
         let expected =
-            (s.in_total * u64::from(TARGET_RATE) + u64::from(s.rate) / 2) / u64::from(s.rate);
+            (s.in_total * u64::from(s.target) + u64::from(s.rate) / 2) / u64::from(s.rate);
         // Zero-padded chunks push the partial chunk and then the delay line out.
         let mut input = std::mem::take(&mut s.pending);
         let mut guard = 0;
@@ -170,9 +179,9 @@ mod tests {
         for rate in [8000, 16000, 22050, 32000, 44100, 48000] {
             let input = tone(rate, 440.0, 1.0);
             let mut whole = Vec::new();
-            To16k::new(rate).unwrap().push(&input, &mut whole);
+            Resample::to_16k(rate).unwrap().push(&input, &mut whole);
             for chunk in [1, 7, 160, 441, 4096] {
-                let mut r = To16k::new(rate).unwrap();
+                let mut r = Resample::to_16k(rate).unwrap();
                 let mut out = Vec::new();
                 for c in input.chunks(chunk) {
                     r.push(c, &mut out);
@@ -197,7 +206,7 @@ mod tests {
         let mut x = vec![0.0f32; rate as usize];
         x[rate as usize / 2] = 1.0;
         let mut out = Vec::new();
-        To16k::new(rate).unwrap().push(&x, &mut out);
+        Resample::to_16k(rate).unwrap().push(&x, &mut out);
         let peak = out
             .iter()
             .enumerate()
@@ -211,7 +220,7 @@ mod tests {
     fn flush_yields_exactly_the_input_duration() {
         for rate in [8000, 16000, 22050, 44100, 48000] {
             let input = tone(rate, 300.0, 3.0);
-            let mut r = To16k::new(rate).unwrap();
+            let mut r = Resample::to_16k(rate).unwrap();
             let mut out = Vec::new();
             for c in input.chunks(1000) {
                 r.push(c, &mut out);
@@ -226,10 +235,36 @@ mod tests {
         }
     }
 
+    /// RMS of `x` (past the start).
+    fn rms(x: &[f32]) -> f32 {
+        let x = &x[400..];
+        (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt()
+    }
+
+    #[test]
+    fn down_to_8k_keeps_the_band_and_drops_what_is_above() {
+        let mut r = Resample::new(16_000, 8_000).unwrap();
+        let mut kept = Vec::new();
+        r.push(&tone(16_000, 1000.0, 1.0), &mut kept);
+        r.flush(&mut kept);
+        assert_eq!(kept.len(), 8000);
+        assert!((freq(&kept, 8000) - 1000.0).abs() < 5.0);
+        assert!(
+            (rms(&kept) - 0.5 / 2f32.sqrt()).abs() < 0.01,
+            "{}",
+            rms(&kept)
+        );
+        // 6 kHz is above 8 kHz's Nyquist: gone, not folded back to 2 kHz.
+        let mut gone = Vec::new();
+        r.push(&tone(16_000, 6000.0, 1.0), &mut gone);
+        r.flush(&mut gone);
+        assert!(rms(&gone) < 0.005, "{}", rms(&gone));
+    }
+
     #[test]
     fn bad_rates_are_errors() {
-        assert!(To16k::new(0).is_err());
-        assert!(To16k::new(1_000_000).is_err());
+        assert!(Resample::to_16k(0).is_err());
+        assert!(Resample::to_16k(1_000_000).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::f32::consts::PI;
 use std::path::Path;
 use std::process::Command;
 
-use summerd::acoustic::{self, AcousticStream, Edge, Functionals, Lld, NAMES, Settings, SpanError};
+use summerd::acoustic::{
+    self, AcousticStream, Band, Edge, Functionals, Lld, NAMES, Settings, SpanError,
+};
 
 const F0_IDX: usize = 10;
 
@@ -58,7 +60,7 @@ fn perturbed(rate: u32, seconds: f32, f0: f32, jitter: f32, shimmer: f32) -> Vec
 }
 
 fn whole(rate: u32, x: &[f32]) -> (Functionals, Vec<Lld>) {
-    acoustic::file_functionals(rate, x).expect("rate")
+    acoustic::file_functionals(rate, x, Band::Wide).expect("rate")
 }
 
 fn all_finite(f: &Functionals) -> bool {
@@ -178,7 +180,7 @@ fn spans_short_empty_unready_and_evicted() {
         rate,
         Settings {
             history_frames: 100,
-            pitch_lag_frames: 40,
+            ..Settings::default()
         },
     )
     .unwrap();
@@ -259,34 +261,95 @@ fn end_of_stream_frames_are_marked() {
     assert!(all_finite(&f));
 }
 
-/// Streaming in chunks of any size gives exactly the frames of one-shot processing.
+/// Streaming in chunks of any size gives exactly the frames of one-shot processing, in both
+/// bands.
 #[test]
 fn streaming_equals_one_shot_over_rates_and_chunk_sizes() {
-    for rate in [8_000u32, 16_000, 22_050, 32_000, 44_100, 48_000] {
+    for (rate, band) in [8_000u32, 16_000, 22_050, 32_000, 44_100, 48_000]
+        .into_iter()
+        .flat_map(|r| [(r, Band::Wide), (r, Band::Telephone)])
+    {
         let mut x = harmonic(rate, 1.2, |t| 130.0 + 40.0 * t);
         let mut seed = rate;
         for v in x.iter_mut() {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             *v += ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.01;
         }
-        let (f_once, once) = whole(rate, &x);
+        let (f_once, once) = acoustic::file_functionals(rate, &x, band).unwrap();
         assert!(once.len() > 100);
         for chunk in [1usize, 7, 160, 441, 4096] {
-            let mut s = AcousticStream::new(rate, Settings::default()).unwrap();
+            let settings = Settings {
+                band,
+                ..Settings::default()
+            };
+            let mut s = AcousticStream::new(rate, settings).unwrap();
             for c in x.chunks(chunk) {
                 s.push(c);
             }
             s.flush();
             let frames = s.frames(0.0, s.ready_until()).unwrap();
-            assert_eq!(frames.len(), once.len(), "rate {rate}, chunk {chunk}");
-            assert!(
-                frames == once,
-                "rate {rate}, chunk {chunk}: frames differ from one-shot"
-            );
+            let at = format!("rate {rate}, {band:?}, chunk {chunk}");
+            assert_eq!(frames.len(), once.len(), "{at}");
+            assert!(frames == once, "{at}: frames differ from one-shot");
             let f = s.functionals(0.0, s.ready_until()).unwrap();
-            assert_eq!(f, f_once, "rate {rate}, chunk {chunk}");
+            assert_eq!(f, f_once, "{at}");
         }
     }
+}
+
+/// The telephone band: a 16 kHz voice with strong partials between 4 and 5 kHz, and the same
+/// voice without them given at 8 kHz (what a G.711 call delivers), give nearly the same
+/// functionals; heard wide, the partials move the spectral ones a long way.
+#[test]
+fn the_telephone_band_hears_wide_and_narrow_recordings_alike() {
+    let voice = |rate: u32, high: bool| -> Vec<f32> {
+        let mut x = harmonic(rate, 1.5, |t| 140.0 + 30.0 * t);
+        if high {
+            for (i, v) in x.iter_mut().enumerate() {
+                let t = i as f32 / rate as f32;
+                *v += 0.08 * ((2.0 * PI * 4400.0 * t).sin() + (2.0 * PI * 4700.0 * t).sin());
+            }
+        }
+        x
+    };
+    let (wide16, narrow8) = (voice(16_000, true), voice(8_000, false));
+    let spectral = [
+        "alphaRatioV_sma3nz_amean",
+        "hammarbergIndexV_sma3nz_amean",
+        "slopeV500-1500_sma3nz_amean",
+        "spectralFlux_sma3_amean",
+        "mfcc1_sma3_amean",
+        "mfcc2_sma3_amean",
+        "loudness_sma3_amean",
+    ];
+    let distance = |a: &Functionals, b: &Functionals| -> f32 {
+        spectral
+            .iter()
+            .map(|n| (value(a, n) - value(b, n)).abs())
+            .sum()
+    };
+    let heard = |x: &[f32], rate, band| acoustic::file_functionals(rate, x, band).unwrap().0;
+    let tel = distance(
+        &heard(&wide16, 16_000, Band::Telephone),
+        &heard(&narrow8, 8_000, Band::Telephone),
+    );
+    let wide = distance(
+        &heard(&wide16, 16_000, Band::Wide),
+        &heard(&narrow8, 8_000, Band::Wide),
+    );
+    eprintln!("spectral distance, telephone band {tel:.3}, wide {wide:.3}");
+    assert!(
+        wide > 5.0,
+        "the partials must matter when heard wide: {wide}"
+    );
+    assert!(tel < 0.1 * wide, "telephone {tel} against wide {wide}");
+    // The pitch is heard the same either way.
+    let f0 = |f: &Functionals| value(f, "F0semitoneFrom27.5Hz_sma3nz_amean");
+    let (a, b) = (
+        heard(&wide16, 16_000, Band::Telephone),
+        heard(&wide16, 16_000, Band::Wide),
+    );
+    assert!((f0(&a) - f0(&b)).abs() < 0.2, "{} vs {}", f0(&a), f0(&b));
 }
 
 fn summerd() -> Command {

@@ -117,7 +117,7 @@ def main():
 
     def run_summerd(paths):
         out = subprocess.run(
-            [summerd, "features", "audio", "--json", *map(str, paths)],
+            [summerd, "features", "audio", "--band", "wide", "--json", *map(str, paths)],
             check=True, capture_output=True, text=True,
         ).stdout
         by_file = {json.loads(line)["file"]: json.loads(line)["functionals"]

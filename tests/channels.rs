@@ -1,8 +1,8 @@
 //! One channel per speaker, with real parts: a stereo call made by espeak-ng and GStreamer
 //! (demo/make_call.py --stereo, the agent on channel 0 and the customer on channel 1), the daemon
 //! with the default model, the reference ASR worker on the tap, two G.711 RTP legs from a
-//! gst-launch sender joined by the `rtp-pcmu-legs` template, and a map naming a channel the
-//! media lacks.
+//! gst-launch sender joined by the `rtp-pcmu-legs` template, the call as stereo Opus RTP, and a
+//! map naming a channel the media lacks.
 
 mod common;
 
@@ -208,6 +208,95 @@ impl Drop for Sender {
     }
 }
 
+/// Tap audio of one stream: (pts, interleaved S16 samples) per message.
+type TapFrames = Vec<(f64, Vec<i16>)>;
+
+/// Read the tap until `until`: each listed stream's frames, every header checked by `check`.
+fn read_tap(
+    tap: &zmq::Socket,
+    streams: &[&str],
+    until: Instant,
+    check: impl Fn(&Value),
+) -> Vec<TapFrames> {
+    let mut out = vec![Vec::new(); streams.len()];
+    while Instant::now() < until {
+        if let Ok(parts) = tap.recv_multipart(0) {
+            let h: Value = serde_json::from_slice(&parts[1]).unwrap();
+            check(&h);
+            if let Some(k) = streams.iter().position(|s| h["stream"] == *s) {
+                let pcm = parts[2]
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                out[k].push((h["pts"].as_f64().unwrap(), pcm));
+            }
+        }
+    }
+    out
+}
+
+/// RMS of channel `ch` of `n`-channel tap audio between two media times.
+fn rms(frames: &[(f64, Vec<i16>)], n: usize, from: f64, to: f64, ch: usize) -> f64 {
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for (pts, pcm) in frames {
+        for (i, f) in pcm.chunks_exact(n).enumerate() {
+            let t = pts + i as f64 / 16_000.0;
+            if t >= from && t < to {
+                sum += f64::from(f[ch]).powi(2);
+                count += 1;
+            }
+        }
+    }
+    (sum / count.max(1) as f64).sqrt()
+}
+
+/// In each line's middle, its speaker's channel of two-channel tap audio is loud and the other
+/// quiet.
+fn each_line_on_its_channel(call: &Value, frames: &[(f64, Vec<i16>)]) {
+    for l in call["lines"].as_array().unwrap() {
+        let (s, e) = (
+            l["start"].as_f64().unwrap() + 0.3,
+            l["end"].as_f64().unwrap() - 0.3,
+        );
+        let own = usize::from(l["speaker"] == "customer");
+        let (loud, quiet) = (rms(frames, 2, s, e, own), rms(frames, 2, s, e, 1 - own));
+        assert!(
+            loud > 300.0 && loud > 10.0 * quiet,
+            "{l}: own channel RMS {loud:.0}, other {quiet:.0}"
+        );
+    }
+}
+
+/// Segments of the call pushed for stream `id`: one emotion event per line, with its channel's
+/// speaker and audio.
+fn events_have_each_channels_speaker(d: &Daemon, sub: &zmq::Socket, call: &Value, id: &str) {
+    common::push_segments(&d.transcripts, &call_segments(call, id));
+    let n = speakers(call).len();
+    let events = collect(sub, Duration::from_secs(30), |g| g.len() >= n);
+    let who: Vec<&str> = events
+        .iter()
+        .map(|e| e["speaker"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, speakers(call), "{events:#?}\n{}", d.log());
+    for e in &events {
+        assert_eq!(e["modalities"]["audio"], true, "{e}");
+    }
+    let info = listed(d, id);
+    assert_eq!(info["audio_channels"], 2, "{info}");
+}
+
+/// The tap, subscribed to `streams`.
+fn tap(d: &Daemon, streams: &[&str]) -> zmq::Socket {
+    let tap = zmq::Context::new().socket(zmq::SUB).unwrap();
+    for s in streams {
+        tap.set_subscribe(s.as_bytes()).unwrap();
+    }
+    tap.set_rcvhwm(100_000).unwrap();
+    tap.set_rcvtimeo(100).unwrap();
+    tap.connect(&d.tap).unwrap();
+    tap
+}
+
 /// `wav`'s two channels as two G.711 mu-law RTP legs to `ports`, in real time.
 fn send_legs(wav: &str, ports: (u16, u16)) -> Sender {
     let leg = |pad: usize, port: u16| {
@@ -235,13 +324,7 @@ fn two_rtp_legs_are_one_call_with_a_speaker_per_leg() {
         .to_string();
     let d = common::model_daemon();
     let (_ctx, sub) = common::subscribe(&d, "emotion.");
-    let ctx = zmq::Context::new();
-    let tap = ctx.socket(zmq::SUB).unwrap();
-    tap.set_subscribe(b"legs").unwrap();
-    tap.set_rcvhwm(100_000).unwrap();
-    tap.set_rcvtimeo(100).unwrap();
-    tap.connect(&d.tap).unwrap();
-    tap.set_subscribe(b"mixed").unwrap();
+    let tap = tap(&d, &["legs", "mixed"]);
     let (a, b, c, e) = (free_port(), free_port(), free_port(), free_port());
     attach(
         &d,
@@ -261,34 +344,22 @@ fn two_rtp_legs_are_one_call_with_a_speaker_per_leg() {
     // The call plays in real time (about 10 s); the tap carries both legs, interleaved.
     let seconds = call["seconds"].as_f64().unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds + 3.0);
-    let mut frames: Vec<(f64, Vec<i16>)> = Vec::new();
-    let mut mixed: Vec<(f64, Vec<i16>)> = Vec::new();
-    let pcm_of = |bytes: &[u8]| -> Vec<i16> {
-        bytes
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect()
-    };
-    while Instant::now() < deadline {
-        if let Ok(parts) = tap.recv_multipart(0) {
-            let h: Value = serde_json::from_slice(&parts[1]).unwrap();
-            if h["stream"] == "mixed" {
-                assert_eq!(
-                    (&h["channels"], h.get("speakers")),
-                    (&json!(1), None),
-                    "{h}"
-                );
-                mixed.push((h["pts"].as_f64().unwrap(), pcm_of(&parts[2])));
-                continue;
-            }
+    let got = read_tap(&tap, &["legs", "mixed"], deadline, |h| {
+        if h["stream"] == "mixed" {
+            assert_eq!(
+                (&h["channels"], h.get("speakers")),
+                (&json!(1), None),
+                "{h}"
+            );
+        } else {
             assert_eq!(
                 (&h["channels"], &h["speakers"]),
                 (&json!(2), &json!(["agent", "customer"])),
                 "{h}"
             );
-            frames.push((h["pts"].as_f64().unwrap(), pcm_of(&parts[2])));
         }
-    }
+    });
+    let (frames, mixed) = (&got[0], &got[1]);
     drop(sender);
     drop(mixed_sender);
     assert!(
@@ -296,49 +367,61 @@ fn two_rtp_legs_are_one_call_with_a_speaker_per_leg() {
         "no tap audio\n{}",
         d.log()
     );
-    // RMS of channel `ch` of `n`-channel tap audio between two media times.
-    let rms = |frames: &[(f64, Vec<i16>)], n: usize, from: f64, to: f64, ch: usize| {
-        let (mut sum, mut count) = (0.0f64, 0usize);
-        for (pts, pcm) in frames {
-            for (i, f) in pcm.chunks_exact(n).enumerate() {
-                let t = pts + i as f64 / 16_000.0;
-                if t >= from && t < to {
-                    sum += f64::from(f[ch]).powi(2);
-                    count += 1;
-                }
-            }
-        }
-        (sum / count.max(1) as f64).sqrt()
-    };
-    // In each line's middle, its speaker's leg is loud and the other is quiet; the mix without
-    // a map carries every line.
+    // Each line on its speaker's leg; the mix without a map carries every line.
+    each_line_on_its_channel(&call, frames);
     for l in call["lines"].as_array().unwrap() {
         let (s, e) = (
             l["start"].as_f64().unwrap() + 0.3,
             l["end"].as_f64().unwrap() - 0.3,
         );
-        let own = usize::from(l["speaker"] == "customer");
-        let (loud, quiet) = (rms(&frames, 2, s, e, own), rms(&frames, 2, s, e, 1 - own));
-        assert!(
-            loud > 300.0 && loud > 10.0 * quiet,
-            "{l}: own leg RMS {loud:.0}, other {quiet:.0}"
-        );
-        let mix = rms(&mixed, 1, s, e, 0);
+        let mix = rms(mixed, 1, s, e, 0);
         assert!(mix > 100.0, "{l}: the mix's RMS {mix:.0}");
     }
-    common::push_segments(&d.transcripts, &call_segments(&call, "legs"));
-    let n = speakers(&call).len();
-    let events = collect(&sub, Duration::from_secs(30), |g| g.len() >= n);
-    let who: Vec<&str> = events
-        .iter()
-        .map(|e| e["speaker"].as_str().unwrap())
-        .collect();
-    assert_eq!(who, speakers(&call), "{events:#?}\n{}", d.log());
-    for e in &events {
-        assert_eq!(e["modalities"]["audio"], true, "{e}");
-    }
-    let info = listed(&d, "legs");
-    assert_eq!(info["audio_channels"], 2, "{info}");
+    events_have_each_channels_speaker(&d, &sub, &call, "legs");
+}
+
+/// The stereo call as one Opus RTP stream (two channels in each packet, 48 kHz), in real time,
+/// to `port`.
+fn send_stereo_opus(wav: &str, port: u16) -> Sender {
+    Sender(common::gst_launch(&format!(
+        "filesrc location={wav} ! wavparse ! audioconvert ! audioresample ! \
+         audio/x-raw,rate=48000,channels=2 ! opusenc bitrate=48000 ! rtpopuspay ! \
+         udpsink host=127.0.0.1 port={port}"
+    )))
+}
+
+#[test]
+fn a_stereo_opus_rtp_call_gives_each_channel_its_speaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let call = common::short_stereo_call(dir.path());
+    let wav = std::path::Path::new(call["media"].as_str().unwrap())
+        .with_file_name("call.wav")
+        .display()
+        .to_string();
+    let d = common::model_daemon();
+    let (_ctx, sub) = common::subscribe(&d, "emotion.");
+    let tap = tap(&d, &["opus"]);
+    let port = free_port();
+    attach(
+        &d,
+        json!({"id": "opus", "uri": format!("udp://127.0.0.1:{port}"), "template": "rtp-opus",
+               "channels": channels()}),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sender = send_stereo_opus(&wav, port);
+    let seconds = call["seconds"].as_f64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds + 3.0);
+    let got = read_tap(&tap, &["opus"], deadline, |h| {
+        assert_eq!(
+            (&h["channels"], &h["speakers"]),
+            (&json!(2), &json!(["agent", "customer"])),
+            "{h}"
+        );
+    });
+    drop(sender);
+    assert!(!got[0].is_empty(), "no tap audio\n{}", d.log());
+    each_line_on_its_channel(&call, &got[0]);
+    events_have_each_channels_speaker(&d, &sub, &call, "opus");
 }
 
 /// A call whose second channel goes away mid-call (a leg dropped: two channels, then one,

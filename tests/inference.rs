@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use summerd::acoustic::Band;
 use summerd::infer::engine::{Engine, Utterance, daemon_features};
 use summerd::model::norm::SpeakerNorm;
 use summerd::model::{Batch, Features, Model, ModelConfig, NetKind};
@@ -43,7 +44,7 @@ fn model(layers: i64) -> (tempfile::TempDir, SpeakerNorm) {
     };
     let mut m = Model::new(
         NetKind::Fused,
-        daemon_features(384, false),
+        daemon_features(384, false, Band::Telephone),
         classes(),
         &cfg,
         Device::Cpu,
@@ -315,20 +316,31 @@ fn refusal(features: Features, causal: bool) -> String {
         .to_string()
 }
 
+/// A model's voices are heard through the band its manifest names: the telephone band for
+/// egemaps-v02/summerd/4, wide for egemaps-v02/summerd/3.
+#[test]
+fn the_engine_hears_voices_through_the_models_band() {
+    for band in [Band::Telephone, Band::Wide] {
+        let dir = small_model(daemon_features(384, false, band), true);
+        let e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+        assert_eq!(e.audio_band(), band);
+    }
+}
+
 #[test]
 fn a_bidirectional_model_is_refused() {
-    let err = refusal(daemon_features(384, false), false);
+    let err = refusal(daemon_features(384, false, Band::Telephone), false);
     assert!(err.contains("bidirectional"), "{err}");
 }
 
 #[test]
 fn a_model_that_reads_other_features_is_refused_by_name() {
-    let mut f = daemon_features(384, false);
+    let mut f = daemon_features(384, false, Band::Telephone);
     f.audio.as_mut().unwrap().extractor = "egemaps-v02/opensmile".into();
     let err = refusal(f, true);
     assert!(err.contains("egemaps-v02/opensmile"), "{err}");
     // A visual input of another size (or extractor) is refused by name too.
-    let mut f = daemon_features(384, false);
+    let mut f = daemon_features(384, false, Band::Telephone);
     f.visual.as_mut().unwrap().dim = 7;
     let err = refusal(f, true);
     assert!(err.contains("visual") && err.contains("(7-d)"), "{err}");
@@ -388,7 +400,7 @@ fn a_face_changes_the_answer_and_a_missing_face_changes_no_bit() {
     }
     assert_ne!(probs(&with[2], &cl), probs(&base[2], &cl));
     // A model without a visual input loads and ignores faces.
-    let mut text_audio = daemon_features(384, false);
+    let mut text_audio = daemon_features(384, false, Band::Telephone);
     text_audio.visual = None;
     let plain = small_model(text_audio, true);
     assert!(

@@ -375,6 +375,9 @@ fn datasets_round_trip_and_subset() {
     );
     write(summerd::model::AUDIO_EXTRACTOR);
     assert!(Dataset::load(&p).is_ok());
+    // The wide-band version is one summerd still makes (`dataset emodb --band wide`).
+    write(summerd::model::AUDIO_EXTRACTOR_WIDE);
+    assert!(Dataset::load(&p).is_ok());
     write("opensmile/egemaps-v02");
     assert!(Dataset::load(&p).is_ok());
 }

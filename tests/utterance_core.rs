@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use summerd::acoustic::Band;
 use summerd::infer::engine::Engine;
 use summerd::infer::replay::{ReplayOptions, describe_audio, replay_lines};
 use summerd::infer::{self, InferenceConfig, core::Outcome};
@@ -78,7 +79,7 @@ fn lines(call: &Value) -> Vec<String> {
 }
 
 fn registry(wav: &Path) -> Arc<Registry> {
-    let (features, seconds) = describe_audio(wav).unwrap();
+    let (features, seconds) = describe_audio(wav, Band::Telephone).unwrap();
     let spec = StreamSpec {
         id: "call".into(),
         uri: format!("file://{}", wav.display()),

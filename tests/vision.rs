@@ -578,7 +578,7 @@ fn faces_without_video_through_features_face_and_eval_faces() {
     tch::manual_seed(5);
     let mut m = summerd::model::Model::new(
         summerd::model::NetKind::Fused,
-        summerd::infer::engine::daemon_features(384, false),
+        summerd::infer::engine::daemon_features(384, false, summerd::acoustic::Band::Telephone),
         summerd::train::writers::MELD_CLASSES
             .iter()
             .map(|c| c.to_string())

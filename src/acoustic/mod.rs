@@ -4,7 +4,8 @@
 //! are implemented.
 //!
 //! The pure core is [`AcousticStream`]: [`push`](AcousticStream::push) samples at the stream's
-//! rate (resampled to 16 kHz with rubato), [`flush`](AcousticStream::flush) at the end, and ask
+//! rate (resampled to 16 kHz with rubato, through the telephone band first unless the settings
+//! say [`Band::Wide`]), [`flush`](AcousticStream::flush) at the end, and ask
 //! for the [`functionals`](AcousticStream::functionals) of any span of the recent history (a
 //! bounded ring of LLD frames). Chunking does not change the result.
 
@@ -18,7 +19,7 @@ use std::collections::VecDeque;
 
 pub use functionals::{Edge, Functionals, LLD_NAMES, Lld, NAMES};
 
-use crate::resample::{ResampleError, To16k};
+use crate::resample::{Resample, ResampleError, TARGET_RATE};
 use frame::{ACF_LAGS, FrameAnalyzer, FrameOut, HOP, LONG, LONG_BINS, SHORT};
 use pitch::PitchTracker;
 
@@ -27,6 +28,23 @@ pub const FRAME_SECONDS: f64 = 0.01;
 /// Voicing gate: a frame whose 60 ms RMS is at or under this is unvoiced whatever its pitch.
 pub const VOICING_RMS: f32 = 0.001;
 
+/// The rate the telephone band is heard at.
+pub const TELEPHONE_RATE: u32 = 8_000;
+
+/// What part of the spectrum the descriptors hear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Band {
+    /// The telephone band: every input is resampled to 8 kHz (rubato's anti-aliasing filter
+    /// leaves nothing above 4 kHz) and then to 16 kHz, so that a wide-band recording and the
+    /// same speech through an 8 kHz codec give the same kind of functionals. What the models
+    /// read by default (the manifest's `egemaps-v02/summerd/4`).
+    #[default]
+    Telephone,
+    /// Everything up to 8 kHz, as openSMILE hears a 16 kHz recording (the manifest's
+    /// `egemaps-v02/summerd/3`).
+    Wide,
+}
+
 /// Settings of one stream's extractor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -34,6 +52,8 @@ pub struct Settings {
     pub history_frames: usize,
     /// Frames the pitch smoother waits before deciding (openSMILE: 40).
     pub pitch_lag_frames: usize,
+    /// The band heard.
+    pub band: Band,
 }
 
 impl Default for Settings {
@@ -41,7 +61,53 @@ impl Default for Settings {
         Settings {
             history_frames: 12_000,
             pitch_lag_frames: 40,
+            band: Band::default(),
         }
+    }
+}
+
+/// The input's path to 16 kHz: straight, or through 8 kHz first ([`Band::Telephone`]).
+struct FrontEnd {
+    narrow: Option<(Resample, Vec<f32>)>,
+    to16: Resample,
+}
+
+impl FrontEnd {
+    fn new(rate: u32, band: Band) -> Result<Self, ResampleError> {
+        Ok(match band {
+            Band::Wide => FrontEnd {
+                narrow: None,
+                to16: Resample::to_16k(rate)?,
+            },
+            // An 8 kHz input is already in the band: only the step up to 16 kHz runs.
+            Band::Telephone => FrontEnd {
+                narrow: (rate != TELEPHONE_RATE)
+                    .then(|| Resample::new(rate, TELEPHONE_RATE))
+                    .transpose()?
+                    .map(|r| (r, Vec::with_capacity(2048))),
+                to16: Resample::new(TELEPHONE_RATE, TARGET_RATE)?,
+            },
+        })
+    }
+
+    fn push(&mut self, input: &[f32], output: &mut Vec<f32>) {
+        match &mut self.narrow {
+            None => self.to16.push(input, output),
+            Some((r, buf)) => {
+                buf.clear();
+                r.push(input, buf);
+                self.to16.push(buf, output);
+            }
+        }
+    }
+
+    fn flush(&mut self, output: &mut Vec<f32>) {
+        if let Some((r, buf)) = &mut self.narrow {
+            buf.clear();
+            r.flush(buf);
+            self.to16.push(buf, output);
+        }
+        self.to16.flush(output);
     }
 }
 
@@ -82,7 +148,7 @@ struct Pending {
 
 /// One stream's eGeMAPS extractor.
 pub struct AcousticStream {
-    resampler: To16k,
+    resampler: FrontEnd,
     buf16: Vec<f32>,
     /// 16 kHz samples from sample index `wave_start`.
     wave: Vec<f32>,
@@ -110,7 +176,7 @@ impl AcousticStream {
             .collect();
         let history_frames = settings.history_frames.max(1);
         Ok(AcousticStream {
-            resampler: To16k::new(rate)?,
+            resampler: FrontEnd::new(rate, settings.band)?,
             buf16: Vec::with_capacity(4096),
             wave: Vec::with_capacity(LONG * 4 + lag * HOP),
             wave_start: 0,
@@ -320,16 +386,19 @@ impl AcousticStream {
     }
 }
 
-/// Functionals of a whole recording given as samples at `rate` (the `features audio` verb).
+/// Functionals of a whole recording given as samples at `rate`, heard through `band` (the
+/// `features audio` verb, the dataset writers).
 pub fn file_functionals(
     rate: u32,
     samples: &[f32],
+    band: Band,
 ) -> Result<(Functionals, Vec<Lld>), ResampleError> {
     let frames_needed = samples.len() as u64 * 16_000 / u64::from(rate.max(1)) / HOP as u64 + 8;
     let mut s = AcousticStream::new(
         rate,
         Settings {
             history_frames: frames_needed as usize,
+            band,
             ..Settings::default()
         },
     )?;

@@ -111,7 +111,7 @@ pub fn video(
 
 /// `summerd features audio`: the eGeMAPS functionals of each file (a table, or a JSON object a
 /// line), or the smoothed LLD frames as CSV; files that do not decode are named and counted.
-pub fn audio(files: &[PathBuf], json: bool, lld: bool) -> anyhow::Result<()> {
+pub fn audio(files: &[PathBuf], band: acoustic::Band, json: bool, lld: bool) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if lld {
         writeln!(out, "file,start,{}", LLD_NAMES.join(","))?;
@@ -126,7 +126,7 @@ pub fn audio(files: &[PathBuf], json: bool, lld: bool) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let (f, frames) = acoustic::file_functionals(audio.rate, &audio.samples)
+        let (f, frames) = acoustic::file_functionals(audio.rate, &audio.samples, band)
             .with_context(|| path.display().to_string())?;
         let name = path.display().to_string();
         if lld {

@@ -34,10 +34,14 @@ pub fn dataset_meld(split: &str, out: &Path, encoder: &Path) -> anyhow::Result<(
     save(&writers::meld(&csv, &enc)?, out)
 }
 
-/// `summerd dataset emodb`: EmoDB from the shared data, through `cond`.
-pub fn dataset_emodb(out: &Path, cond: summerd::decode::Condition) -> anyhow::Result<()> {
+/// `summerd dataset emodb`: EmoDB from the shared data, through `cond`, heard through `band`.
+pub fn dataset_emodb(
+    out: &Path,
+    cond: summerd::decode::Condition,
+    band: summerd::acoustic::Band,
+) -> anyhow::Result<()> {
     save(
-        &writers::emodb(&super::assets()?.join("data/emodb/wav"), cond)?,
+        &writers::emodb(&super::assets()?.join("data/emodb/wav"), cond, band)?,
         out,
     )
 }

@@ -19,11 +19,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::acoustic::Band;
 use crate::events::{EmotionEvent, Modalities, V, now_rfc3339};
 use crate::model::norm::{SpeakerNorm, SpeakerStats};
 use crate::model::{
-    AUDIO_EXTRACTOR, FeatureSpec, Features, Model, StepInput, StepPool, TEXT_EXTRACTOR, VISUAL_DIM,
-    VISUAL_EXTRACTOR,
+    FeatureSpec, Features, Model, StepInput, StepPool, TEXT_EXTRACTOR, VISUAL_DIM, VISUAL_EXTRACTOR,
 };
 use crate::settings::Checker;
 use crate::text::TextEncoder;
@@ -277,8 +277,9 @@ impl Conversation {
     }
 }
 
-/// The features the daemon makes, as a model manifest names them.
-pub fn daemon_features(text_dim: i64, tuned: bool) -> Features {
+/// The features the daemon makes, as a model manifest names them, with the audio heard through
+/// `band`.
+pub fn daemon_features(text_dim: i64, tuned: bool, band: Band) -> Features {
     let mut text = TEXT_EXTRACTOR.to_string();
     if tuned {
         text = crate::model::tuned_extractor(&text);
@@ -289,7 +290,7 @@ pub fn daemon_features(text_dim: i64, tuned: bool) -> Features {
             dim: text_dim,
         }),
         audio: Some(FeatureSpec {
-            extractor: AUDIO_EXTRACTOR.into(),
+            extractor: crate::model::audio_extractor(band).into(),
             dim: 88,
         }),
         visual: Some(FeatureSpec {
@@ -371,6 +372,7 @@ pub struct Engine {
     dims: [i64; 3],
     speakers: i64,
     norm: Option<SpeakerNorm>,
+    band: Band,
 }
 
 impl Engine {
@@ -396,7 +398,16 @@ impl Engine {
         let mut encoder =
             TextEncoder::load_tuned(encoder_dir, max_tokens, device, tuned.as_deref())?;
         let text_kind = encoder.set_precision(precision);
-        let have = daemon_features(encoder.dim() as i64, tuned.is_some());
+        // The band the model's voices were heard through (the telephone band for vectors
+        // summerd does not make: the check below names them).
+        let band = model
+            .manifest
+            .features
+            .audio
+            .as_ref()
+            .and_then(|a| crate::model::audio_band(&a.extractor))
+            .unwrap_or_default();
+        let have = daemon_features(encoder.dim() as i64, tuned.is_some(), band);
         model.manifest.features.check_against(&have)?;
         let dir_name = model_dir
             .canonicalize()
@@ -412,6 +423,7 @@ impl Engine {
             text_kind,
             speakers: model.manifest.config.speakers.max(1),
             norm: model.manifest.speaker_norm.clone(),
+            band,
             model,
             encoder,
             device,
@@ -460,6 +472,11 @@ impl Engine {
     /// The model's classes.
     pub fn classes(&self) -> &[String] {
         &self.model.manifest.classes
+    }
+
+    /// The band the model hears voices through: the streams' descriptors must be made so.
+    pub fn audio_band(&self) -> Band {
+        self.band
     }
 
     /// Whether the model reads the visual modality.

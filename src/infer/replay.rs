@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::core::{self, Core, Outcome};
 use super::engine::{Engine, EngineError, Utterance};
+use crate::acoustic::Band;
 use crate::events::{EmotionEvent, Event};
 use crate::signals::{EscalationConfig, Tracker};
 use crate::streams::Descriptors;
@@ -107,15 +108,16 @@ fn watch(media: &Path, v: &ReplayVision<'_>) -> Result<Option<Vec<FrameFaces>>, 
     Ok(Some(seen))
 }
 
-/// The media's audio as `spec`'s descriptors, as the ingest's audio thread makes them: mixed to
-/// mono, or with a channel map, each mapped channel the media has whose speaker the policy
-/// infers; and the media's length in seconds.
+/// The media's audio as `spec`'s descriptors heard through `band`, as the ingest's audio thread
+/// makes them: mixed to mono, or with a channel map, each mapped channel the media has whose
+/// speaker the policy infers; and the media's length in seconds.
 pub fn describe_stream_audio(
     media: &Path,
     spec: &StreamSpec,
+    band: Band,
 ) -> Result<(Descriptors, f64), ReplayError> {
     if spec.channels.is_empty() {
-        let (f, seconds) = describe_audio(media)?;
+        let (f, seconds) = describe_audio(media, band)?;
         return Ok((Descriptors::Mixed(Arc::new(f)), seconds));
     }
     let (audio, n) = crate::decode::decode_audio_channels(media)?;
@@ -131,24 +133,25 @@ pub fn describe_stream_audio(
             samples: Vec::new(),
         };
         crate::resample::deinterleave(&audio.samples, c, n as usize, &mut one.samples);
-        stores.push((c, speaker, Arc::new(describe(&one)?.0)));
+        stores.push((c, speaker, Arc::new(describe(&one, band)?.0)));
     }
     Ok((Descriptors::Channels(stores), seconds))
 }
 
 /// The media's audio mixed to mono through a stream's descriptors, as the ingest's audio
-/// thread feeds them: the descriptors and the media's length in seconds.
-pub fn describe_audio(media: &Path) -> Result<(AudioFeatures, f64), ReplayError> {
-    describe(&crate::decode::decode_audio(media)?)
+/// thread feeds them, heard through `band`: the descriptors and the media's length in seconds.
+pub fn describe_audio(media: &Path, band: Band) -> Result<(AudioFeatures, f64), ReplayError> {
+    describe(&crate::decode::decode_audio(media)?, band)
 }
 
-fn describe(audio: &crate::decode::Audio) -> Result<(AudioFeatures, f64), ReplayError> {
+fn describe(audio: &crate::decode::Audio, band: Band) -> Result<(AudioFeatures, f64), ReplayError> {
     let seconds = audio.samples.len() as f64 / f64::from(audio.rate.max(1));
     let features = AudioFeatures::new(crate::acoustic::Settings {
         history_frames: (seconds * 100.0) as usize + 100,
+        band,
         ..Default::default()
     });
-    let mut to16 = crate::resample::To16k::new(audio.rate)?;
+    let mut to16 = crate::resample::Resample::to_16k(audio.rate)?;
     let mut out16 = Vec::new();
     let piece = (audio.rate / 50).max(1) as usize;
     let mut t16 = 0.0;
@@ -303,7 +306,7 @@ pub fn replay(
         let first = jsonl.lines().find_map(|l| stream_and_end(l).0);
         StreamSpec::for_file(first.unwrap_or_else(|| "replay".into()), media)
     });
-    let (features, media_seconds) = describe_stream_audio(media, &spec)?;
+    let (features, media_seconds) = describe_stream_audio(media, &spec, engine.audio_band())?;
     let audio_seconds = t0.elapsed().as_secs_f64();
     let stream = Stream::with_features(spec, features, faces.as_ref().map(|_| f64::INFINITY));
     stream

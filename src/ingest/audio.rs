@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::Shared;
 use crate::bus::PublisherHandle;
 use crate::events::{Lifecycle, tap_message, tap_message_channels};
-use crate::resample::{TARGET_RATE, To16k, deinterleave, to_i16};
+use crate::resample::{Resample, TARGET_RATE, deinterleave, to_i16};
 use crate::streams::Descriptors;
 use crate::streams::features::AudioFeatures;
 
@@ -43,7 +43,7 @@ struct Lane {
     /// Its index in the media's frames.
     channel: usize,
     features: Option<Arc<AudioFeatures>>,
-    resampler: To16k,
+    resampler: Resample,
     /// 16 kHz samples not yet on the tap.
     out16: Vec<f32>,
     /// This channel's samples of the chunk at hand.
@@ -87,7 +87,7 @@ impl Lanes {
                     None => descriptors.mixed().cloned(),
                     Some(_) => descriptors.of_channel(*channel).cloned(),
                 },
-                resampler: To16k::new(rate)?,
+                resampler: Resample::to_16k(rate)?,
                 out16: Vec::new(),
                 input: Vec::new(),
             });

@@ -3,6 +3,7 @@
 
 use super::classes::meld_index;
 use super::data::Dataset;
+use crate::model::AUDIO_EXTRACTOR;
 use crate::model::norm::SpeakerNorm;
 
 /// Labelled clips: raw vectors, speakers, MELD labels.
@@ -16,6 +17,9 @@ pub struct Clips {
     /// The same clips through other conditions (a telephone channel, noise), by name: raw
     /// vectors in the same order as `audio`. The mix draws from them ([`super::mix`]).
     pub conditions: Vec<(String, Vec<Vec<f32>>)>,
+    /// The extractor that made the vectors (summerd's, heard through one band:
+    /// [`crate::model::audio_extractor`]).
+    pub extractor: String,
 }
 
 impl Clips {
@@ -33,6 +37,12 @@ impl Clips {
             speaker: ds.meta.groups.clone(),
             label,
             conditions: Vec::new(),
+            extractor: ds
+                .meta
+                .features
+                .audio
+                .as_ref()
+                .map_or(AUDIO_EXTRACTOR.into(), |a| a.extractor.clone()),
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{AUDIO_EXTRACTOR, Batch, Features};
+use crate::model::{AUDIO_EXTRACTOR, AUDIO_EXTRACTOR_WIDE, Batch, Features, audio_band};
 
 /// The sidecar's format tag.
 pub const FORMAT: &str = "summerd-dataset/1";
@@ -152,11 +152,12 @@ impl Dataset {
             let (family, _) = AUDIO_EXTRACTOR
                 .rsplit_once('/')
                 .unwrap_or((AUDIO_EXTRACTOR, ""));
-            if a.extractor.starts_with(&format!("{family}/")) && a.extractor != AUDIO_EXTRACTOR {
+            if a.extractor.starts_with(&format!("{family}/")) && audio_band(&a.extractor).is_none()
+            {
                 return Err(bad(format!(
                     "its audio features were made by {}, and this summerd computes \
-                     {AUDIO_EXTRACTOR}: remake the dataset (`summerd dataset emodb`, or the \
-                     writer that made it)",
+                     {AUDIO_EXTRACTOR} (or {AUDIO_EXTRACTOR_WIDE}, heard wide): remake the \
+                     dataset (`summerd dataset emodb`, or the writer that made it)",
                     a.extractor
                 )));
             }

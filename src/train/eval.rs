@@ -166,7 +166,15 @@ pub fn dataset(
                     "the model has no per-speaker normalisation in its manifest; evaluate it on a native split".into(),
                 )
             })?;
-            let (clips, notes) = writers::labelled_wavs(dir, labels, &m.manifest.classes, *cond)?;
+            let band = m
+                .manifest
+                .features
+                .audio
+                .as_ref()
+                .and_then(|a| crate::model::audio_band(&a.extractor))
+                .unwrap_or_default();
+            let (clips, notes) =
+                writers::labelled_wavs(dir, labels, &m.manifest.classes, *cond, band)?;
             for n in notes {
                 note(format!("{}: {n}", labels.display()));
             }
@@ -187,10 +195,9 @@ pub fn dataset(
             let kind = enc.set_precision(precision);
             note(format!("text encoder matrix products in {kind:?}"));
             let ds = writers::meld(csv, &enc)?;
-            if m.manifest.features.audio.is_some() {
-                mix::audio_absent(&ds)
-            } else {
-                ds
+            match &m.manifest.features.audio {
+                Some(a) => mix::audio_absent(&ds, &a.extractor),
+                None => ds,
             }
         }
     };

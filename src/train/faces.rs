@@ -339,7 +339,11 @@ mod tests {
         assert_eq!(c.len(), 4);
         assert_eq!(c.network_metrics().wa, 50.0);
         assert_eq!(f.calibrated(1.0, 1).len(), 20);
-        let ds = f.as_dataset(&crate::infer::engine::daemon_features(4, false));
+        let ds = f.as_dataset(&crate::infer::engine::daemon_features(
+            4,
+            false,
+            Default::default(),
+        ));
         assert_eq!(ds.features[0].size(), vec![20, 4]);
         assert_eq!(ds.features[1].size(), vec![20, 88]);
         let back = Faces::from_dataset(&ds).unwrap();

@@ -45,7 +45,7 @@ use super::clips::Clips;
 use super::data::{Dataset, FORMAT, Sidecar};
 use super::faces::Faces;
 use crate::model::norm::SpeakerNorm;
-use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features, VISUAL_DIM};
+use crate::model::{FeatureSpec, Features, VISUAL_DIM};
 use crate::rng::Rng;
 
 /// The `[mix]` table of a recipe.
@@ -93,13 +93,13 @@ impl Default for MixConfig {
     }
 }
 
-/// A mix's features: the text column named as its source's, the audio column summerd's, and
-/// the visual column summerd's when `visual`.
-fn features(text: Option<FeatureSpec>, visual: bool) -> Features {
+/// A mix's features: the text column named as its source's, the audio column summerd's (made
+/// by `audio`), and the visual column summerd's when `visual`.
+fn features(text: Option<FeatureSpec>, audio: &str, visual: bool) -> Features {
     Features {
         text,
         audio: Some(FeatureSpec {
-            extractor: AUDIO_EXTRACTOR.into(),
+            extractor: audio.into(),
             dim: 88,
         }),
         visual: visual.then(super::faces::visual_spec),
@@ -160,6 +160,7 @@ pub fn only(ds: &Dataset, keep: [bool; 3]) -> Dataset {
 /// Rows of one dialogue being built.
 struct Builder {
     text_spec: Option<FeatureSpec>,
+    audio_extractor: String,
     text_dim: i64,
     text: Vec<f32>,
     audio: Vec<f32>,
@@ -175,10 +176,11 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(text_spec: Option<FeatureSpec>, visual: bool) -> Builder {
+    fn new(text_spec: Option<FeatureSpec>, audio_extractor: &str, visual: bool) -> Builder {
         Builder {
             text_dim: text_spec.as_ref().map_or(0, |t| t.dim),
             text_spec,
+            audio_extractor: audio_extractor.into(),
             text: Vec::new(),
             audio: Vec::new(),
             visual: visual.then(Vec::new),
@@ -239,7 +241,7 @@ impl Builder {
             meta: Sidecar {
                 format: FORMAT.into(),
                 classes: meld_names(),
-                features: features(self.text_spec, self.visual.is_some()),
+                features: features(self.text_spec, &self.audio_extractor, self.visual.is_some()),
                 dialogues: self.dialogues,
                 groups: self.groups,
                 source,
@@ -288,7 +290,7 @@ pub fn pair_meld(
     let lab = Vec::<i64>::try_from(&meld.label).expect("i64");
     let by_voice: BTreeMap<&str, Vec<usize>> =
         speakers.iter().map(|s| (s.as_str(), clips.of(s))).collect();
-    let mut b = Builder::new(spec, faces.is_some());
+    let mut b = Builder::new(spec, &clips.extractor, faces.is_some());
     b.texts = meld.meta.texts.clone();
     for d in 0..meld.dialogues() {
         let mut voices: Vec<&str> = speakers.iter().map(String::as_str).collect();
@@ -353,14 +355,14 @@ fn draw_condition(rng: &mut Rng, clips: &Clips, p: f64) -> Option<usize> {
     (rng.unit() < p).then(|| rng.below(clips.conditions.len()))
 }
 
-/// A text-only split (MELD dev or test) with an absent audio column, as a model that also
-/// reads audio takes it.
-pub fn audio_absent(ds: &Dataset) -> Dataset {
+/// A text-only split (MELD dev or test) with an absent audio column of `audio`'s vectors, as a
+/// model that also reads them takes it.
+pub fn audio_absent(ds: &Dataset, audio: &str) -> Dataset {
     let n = ds.len() as i64;
     let mut meta = ds.meta.clone();
     meta.features = Features {
         visual: ds.meta.features.visual.clone(),
-        ..features(ds.meta.features.text.clone(), false)
+        ..features(ds.meta.features.text.clone(), audio, false)
     };
     Dataset {
         meta,
@@ -393,7 +395,7 @@ pub fn speaker_sequences(
     // The conditioned orders draw from their own stream: the clean ones are the same with or
     // without them.
     let mut cond_rng = Rng::new(seed ^ COND_STREAM);
-    let mut b = Builder::new(text.cloned(), false);
+    let mut b = Builder::new(text.cloned(), &clips.extractor, false);
     let conditioned = if clips.conditions.is_empty() {
         0
     } else {
@@ -467,6 +469,7 @@ pub fn concat(parts: &[&Dataset]) -> Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::AUDIO_EXTRACTOR;
 
     fn clips() -> Clips {
         // Two speakers, three clips each: anger, joy, boredom.
@@ -485,6 +488,7 @@ mod tests {
             speaker,
             label,
             conditions: Vec::new(),
+            extractor: AUDIO_EXTRACTOR.into(),
         }
     }
 
@@ -614,7 +618,7 @@ mod tests {
         );
         let audio_present = never.present.select(1, 1).any().int64_value(&[]);
         assert_eq!(audio_present, 0);
-        let absent = audio_absent(&meld());
+        let absent = audio_absent(&meld(), AUDIO_EXTRACTOR);
         assert_eq!(absent.meta.features, never.meta.features);
         assert!(absent.present.equal(&never.present));
         assert!(absent.features[1].equal(&never.features[1]));
@@ -624,7 +628,7 @@ mod tests {
         tuned.meta.features.mark_text_tuned();
         for d in [
             pair_meld(&tuned, &c, &sp, &norm, None, &cfg),
-            audio_absent(&tuned),
+            audio_absent(&tuned, AUDIO_EXTRACTOR),
         ] {
             assert_eq!(d.meta.features.text, tuned.meta.features.text);
         }

@@ -532,7 +532,8 @@ impl<'a> Students<'a> {
     ) -> Students<'a> {
         let mut student_recipe = recipe.clone();
         student_recipe.text.tune_layers = 0;
-        let wide = |d: &Dataset| with_faces(mix::audio_absent(d), faces.is_some());
+        let voices = clips.extractor.clone();
+        let wide = |d: &Dataset| with_faces(mix::audio_absent(d, &voices), faces.is_some());
         Students {
             recipe: student_recipe,
             teacher_dir,
@@ -766,6 +767,7 @@ impl<'a> Students<'a> {
         let daemon = crate::infer::engine::daemon_features(
             self.train.features[0].size()[1],
             self.tuned.is_some(),
+            crate::model::audio_band(&self.clips.extractor).unwrap_or_default(),
         );
         shipped
             .manifest

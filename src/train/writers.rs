@@ -12,8 +12,9 @@ use super::classes::meld_names;
 pub use super::classes::{EMODB_CLASSES, MELD_CLASSES};
 use super::clips::Clips;
 use super::data::{DataError, Dataset, FORMAT, Sidecar, absent, presence};
+use crate::acoustic::Band;
 use crate::decode::Condition;
-use crate::model::{AUDIO_EXTRACTOR, FeatureSpec, Features};
+use crate::model::{FeatureSpec, Features, audio_extractor};
 use crate::text::TextEncoder;
 
 fn invalid(path: &Path, message: String) -> DataError {
@@ -92,8 +93,8 @@ pub fn meld(csv: &Path, enc: &TextEncoder) -> Result<Dataset, DataError> {
 }
 
 /// EmoDB clips as a dataset: one single-utterance dialogue per clip, its 88 eGeMAPS functionals
-/// as the audio vector, the speaker (first two characters) as its group.
-pub fn emodb(dir: &Path, cond: Condition) -> Result<Dataset, DataError> {
+/// heard through `band` as the audio vector, the speaker (first two characters) as its group.
+pub fn emodb(dir: &Path, cond: Condition, band: Band) -> Result<Dataset, DataError> {
     let files = crate::assets::wav_files(dir).map_err(|e| invalid(dir, e.to_string()))?;
     let (mut feats, mut labels, mut ids, mut groups) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -116,7 +117,7 @@ pub fn emodb(dir: &Path, cond: Condition) -> Result<Dataset, DataError> {
         crate::decode::decode_set(&files, &groups, cond)
             .map_err(|e| invalid(dir, e.to_string()))?,
     ) {
-        let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples)
+        let (func, _) = crate::acoustic::file_functionals(audio.rate, &audio.samples, band)
             .map_err(|e| invalid(f, e.to_string()))?;
         feats.extend_from_slice(&func.values);
     }
@@ -128,21 +129,25 @@ pub fn emodb(dir: &Path, cond: Condition) -> Result<Dataset, DataError> {
             features: Features {
                 text: None,
                 audio: Some(FeatureSpec {
-                    extractor: AUDIO_EXTRACTOR.into(),
+                    extractor: audio_extractor(band).into(),
                     dim: 88,
                 }),
                 visual: None,
             },
             dialogues: ids,
             groups,
-            source: if cond == Condition::CLEAN {
-                "EmoDB (acted German speech), summerd eGeMAPS v02 functionals".into()
-            } else {
-                format!(
-                    "EmoDB (acted German speech) through {}, summerd eGeMAPS v02 functionals",
-                    cond.name()
-                )
-            },
+            source: format!(
+                "EmoDB (acted German speech){}, summerd eGeMAPS v02 functionals ({})",
+                if cond == Condition::CLEAN {
+                    String::new()
+                } else {
+                    format!(" through {}", cond.name())
+                },
+                match band {
+                    Band::Telephone => "telephone band",
+                    Band::Wide => "wide band",
+                }
+            ),
             texts: Vec::new(),
         },
         offsets: (0..=n).collect(),
@@ -161,12 +166,14 @@ pub fn emodb(dir: &Path, cond: Condition) -> Result<Dataset, DataError> {
 /// `FILE,LABEL,SPEAKER` (FILE relative to `dir`; `#` starts a comment; a first line whose
 /// label column is `label` is a header). LABEL must be one of `classes` (anything else is kept
 /// unlabelled and named in the returned notes); without SPEAKER every clip is one speaker's.
-/// Each clip goes through `cond` first ([`crate::decode::decode_set`]).
+/// Each clip goes through `cond` first ([`crate::decode::decode_set`]), then the descriptors
+/// heard through `band`.
 pub fn labelled_wavs(
     dir: &Path,
     labels: &Path,
     classes: &[String],
     cond: Condition,
+    band: Band,
 ) -> Result<(Clips, Vec<String>), DataError> {
     let text = std::fs::read_to_string(labels).map_err(|e| DataError::File {
         path: labels.to_path_buf(),
@@ -177,6 +184,7 @@ pub fn labelled_wavs(
         speaker: Vec::new(),
         label: Vec::new(),
         conditions: Vec::new(),
+        extractor: audio_extractor(band).into(),
     };
     let mut notes = Vec::new();
     let mut files = Vec::new();
@@ -212,7 +220,7 @@ pub fn labelled_wavs(
     let audio = crate::decode::decode_set(&files, &clips.speaker, cond)
         .map_err(|e| invalid(labels, e.to_string()))?;
     for (f, a) in files.iter().zip(audio) {
-        let (func, _) = crate::acoustic::file_functionals(a.rate, &a.samples)
+        let (func, _) = crate::acoustic::file_functionals(a.rate, &a.samples, band)
             .map_err(|e| invalid(f, e.to_string()))?;
         clips.audio.push(func.values.to_vec());
     }
