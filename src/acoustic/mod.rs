@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 
 pub use functionals::{Edge, Functionals, LLD_NAMES, Lld, NAMES};
 
+use crate::model::{AUDIO_EXTRACTOR, AUDIO_EXTRACTOR_WIDE};
 use crate::resample::{Resample, ResampleError, TARGET_RATE};
 use frame::{ACF_LAGS, FrameAnalyzer, FrameOut, HOP, LONG, LONG_BINS, SHORT};
 use pitch::PitchTracker;
@@ -43,6 +44,25 @@ pub enum Band {
     /// Everything up to 8 kHz, as openSMILE hears a 16 kHz recording (the manifest's
     /// `egemaps-v02/summerd/3`).
     Wide,
+}
+
+impl Band {
+    /// The name of summerd's audio vectors heard through this band, as model manifests and
+    /// datasets carry it.
+    pub fn extractor(self) -> &'static str {
+        match self {
+            Band::Telephone => AUDIO_EXTRACTOR,
+            Band::Wide => AUDIO_EXTRACTOR_WIDE,
+        }
+    }
+
+    /// The band summerd's audio vectors named `extractor` are heard through; None for vectors
+    /// summerd does not make.
+    pub fn of_extractor(extractor: &str) -> Option<Band> {
+        [Band::Telephone, Band::Wide]
+            .into_iter()
+            .find(|b| b.extractor() == extractor)
+    }
 }
 
 /// Settings of one stream's extractor.

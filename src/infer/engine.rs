@@ -290,7 +290,7 @@ pub fn daemon_features(text_dim: i64, tuned: bool, band: Band) -> Features {
             dim: text_dim,
         }),
         audio: Some(FeatureSpec {
-            extractor: crate::model::audio_extractor(band).into(),
+            extractor: band.extractor().into(),
             dim: 88,
         }),
         visual: Some(FeatureSpec {
@@ -405,7 +405,7 @@ impl Engine {
             .features
             .audio
             .as_ref()
-            .and_then(|a| crate::model::audio_band(&a.extractor))
+            .and_then(|a| crate::acoustic::Band::of_extractor(&a.extractor))
             .unwrap_or_default();
         let have = daemon_features(encoder.dim() as i64, tuned.is_some(), band);
         model.manifest.features.check_against(&have)?;

@@ -10,7 +10,6 @@ pub mod norm;
 
 use std::path::{Path, PathBuf};
 
-use crate::acoustic::Band;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, nn};
@@ -38,30 +37,15 @@ pub fn tuned_extractor(base: &str) -> String {
 /// functionals at r >= 0.9 against it on the same signal). Version 3: openSMILE's pitch
 /// candidates and smoother (its voicing on every frame) and its frames at the end of a
 /// recording (79 of 88). Version 4: the same functionals heard through the telephone band
-/// ([`Band::Telephone`]: every input through 8 kHz), so that wide-band and narrow-band calls
-/// give the model the same kind of vectors. Version 3 stays: a model trained on it is served
-/// wide ([`AUDIO_EXTRACTOR_WIDE`]). A model trained on an earlier version's features is
+/// (the acoustic stage's telephone band: every input through 8 kHz), so that wide-band and
+/// narrow-band calls give the model the same kind of vectors. Version 3 stays: a model trained
+/// on it is served wide ([`AUDIO_EXTRACTOR_WIDE`]). A model trained on an earlier version's features is
 /// refused, not silently fed a different distribution.
 pub const AUDIO_EXTRACTOR: &str = "egemaps-v02/summerd/4";
 /// Version 3 of the acoustic extractor: the functionals of [`AUDIO_EXTRACTOR`] heard wide
-/// ([`Band::Wide`]).
+/// (everything up to 8 kHz).
 pub const AUDIO_EXTRACTOR_WIDE: &str = "egemaps-v02/summerd/3";
 
-/// The name of summerd's audio vectors heard through `band`.
-pub fn audio_extractor(band: Band) -> &'static str {
-    match band {
-        Band::Telephone => AUDIO_EXTRACTOR,
-        Band::Wide => AUDIO_EXTRACTOR_WIDE,
-    }
-}
-
-/// The band summerd's audio vectors named `extractor` are heard through; None for vectors
-/// summerd does not make.
-pub fn audio_band(extractor: &str) -> Option<Band> {
-    [Band::Telephone, Band::Wide]
-        .into_iter()
-        .find(|b| audio_extractor(*b) == extractor)
-}
 /// The visual extractor summerd runs: the main face's mini-Xception embedding (128) and class
 /// probabilities (7, FER2013's order), each averaged over the utterance's frames that had a
 /// main face ([`crate::vision::stage::VisualVector::model_input`]).

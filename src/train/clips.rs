@@ -18,7 +18,7 @@ pub struct Clips {
     /// vectors in the same order as `audio`. The mix draws from them ([`super::mix`]).
     pub conditions: Vec<(String, Vec<Vec<f32>>)>,
     /// The extractor that made the vectors (summerd's, heard through one band:
-    /// [`crate::model::audio_extractor`]).
+    /// [`crate::acoustic::Band::extractor`]).
     pub extractor: String,
 }
 

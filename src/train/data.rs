@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{AUDIO_EXTRACTOR, AUDIO_EXTRACTOR_WIDE, Batch, Features, audio_band};
+use crate::acoustic::Band;
+use crate::model::{AUDIO_EXTRACTOR, AUDIO_EXTRACTOR_WIDE, Batch, Features};
 
 /// The sidecar's format tag.
 pub const FORMAT: &str = "summerd-dataset/1";
@@ -152,7 +153,8 @@ impl Dataset {
             let (family, _) = AUDIO_EXTRACTOR
                 .rsplit_once('/')
                 .unwrap_or((AUDIO_EXTRACTOR, ""));
-            if a.extractor.starts_with(&format!("{family}/")) && audio_band(&a.extractor).is_none()
+            if a.extractor.starts_with(&format!("{family}/"))
+                && Band::of_extractor(&a.extractor).is_none()
             {
                 return Err(bad(format!(
                     "its audio features were made by {}, and this summerd computes \

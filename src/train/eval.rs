@@ -171,7 +171,7 @@ pub fn dataset(
                 .features
                 .audio
                 .as_ref()
-                .and_then(|a| crate::model::audio_band(&a.extractor))
+                .and_then(|a| crate::acoustic::Band::of_extractor(&a.extractor))
                 .unwrap_or_default();
             let (clips, notes) =
                 writers::labelled_wavs(dir, labels, &m.manifest.classes, *cond, band)?;

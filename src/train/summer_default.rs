@@ -767,7 +767,7 @@ impl<'a> Students<'a> {
         let daemon = crate::infer::engine::daemon_features(
             self.train.features[0].size()[1],
             self.tuned.is_some(),
-            crate::model::audio_band(&self.clips.extractor).unwrap_or_default(),
+            crate::acoustic::Band::of_extractor(&self.clips.extractor).unwrap_or_default(),
         );
         shipped
             .manifest

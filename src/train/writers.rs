@@ -14,7 +14,7 @@ use super::clips::Clips;
 use super::data::{DataError, Dataset, FORMAT, Sidecar, absent, presence};
 use crate::acoustic::Band;
 use crate::decode::Condition;
-use crate::model::{FeatureSpec, Features, audio_extractor};
+use crate::model::{FeatureSpec, Features};
 use crate::text::TextEncoder;
 
 fn invalid(path: &Path, message: String) -> DataError {
@@ -129,7 +129,7 @@ pub fn emodb(dir: &Path, cond: Condition, band: Band) -> Result<Dataset, DataErr
             features: Features {
                 text: None,
                 audio: Some(FeatureSpec {
-                    extractor: audio_extractor(band).into(),
+                    extractor: band.extractor().into(),
                     dim: 88,
                 }),
                 visual: None,
@@ -184,7 +184,7 @@ pub fn labelled_wavs(
         speaker: Vec::new(),
         label: Vec::new(),
         conditions: Vec::new(),
-        extractor: audio_extractor(band).into(),
+        extractor: band.extractor().into(),
     };
     let mut notes = Vec::new();
     let mut files = Vec::new();
