@@ -132,7 +132,7 @@ enum Command {
         labels: Option<PathBuf>,
         /// Pass each --wavs file through a telephone channel's real encoder and decoder first
         /// (GStreamer: G.711 mu-law or A-law at 8 kHz, Opus at 16 kbit/s, GSM full rate), then
-        /// the daemon's own path (resampled to 16 kHz, descriptors, model).
+        /// the daemon's own path (the model's band, descriptors, model).
         #[arg(long, value_enum, default_value = "clean", requires = "wavs")]
         channel: summerd::decode::Channel,
         /// Add noise to each --wavs file after the channel: `pink:SNR` or `babble:SNR` (SNR in
@@ -333,8 +333,8 @@ enum Features {
         /// The smoothed LLD frames as CSV (file, start time, 25 LLDs) instead of functionals.
         #[arg(long, conflicts_with = "json")]
         lld: bool,
-        /// The band heard: `telephone` (through 8 kHz, what the models read) or `wide` (as
-        /// openSMILE hears a 16 kHz recording).
+        /// The band heard: `telephone` (through 8 kHz, what the default model reads) or `wide`
+        /// (as openSMILE hears a 16 kHz recording).
         #[arg(long, value_enum, default_value = "telephone")]
         band: summerd::acoustic::Band,
         /// Audio files.

@@ -12,7 +12,7 @@ pub const TARGET_RATE: u32 = 16_000;
 /// Errors building a resampler.
 #[derive(Debug, thiserror::Error)]
 pub enum ResampleError {
-    /// The input rate is unusable.
+    /// The input rate, or the rate asked for, is unusable.
     #[error("cannot resample from {rate} Hz: {message}")]
     Rate {
         /// Input rate.
@@ -50,11 +50,13 @@ impl Resample {
         if rate == target {
             return Ok(Resample { inner: None });
         }
-        if !(4000..=384_000).contains(&rate) || !(4000..=384_000).contains(&target) {
-            return Err(ResampleError::Rate {
-                rate,
-                message: format!("{rate} Hz to {target} Hz: outside 4-384 kHz"),
-            });
+        for (what, r) in [("the input", rate), ("the target", target)] {
+            if !(4000..=384_000).contains(&r) {
+                return Err(ResampleError::Rate {
+                    rate,
+                    message: format!("{what} ({r} Hz) is outside 4-384 kHz"),
+                });
+            }
         }
         // ~10 ms input chunks keep the added latency small.
         let chunk = (rate / 100).max(1) as usize;

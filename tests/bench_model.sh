@@ -36,18 +36,14 @@ emodb_sets() {
     done
   done
 }
-extractor() { grep -o "pub const $1: &str = \"[^\"]*\"" src/model/mod.rs | cut -d'"' -f2; }
-emodb_sets "$data" telephone "$(extractor AUDIO_EXTRACTOR)"
-if [ "${1:-}" = datasets-wide ]; then
-  mkdir -p target/data-wide
-  for s in train dev test; do
-    for f in "meld-$s.safetensors" "meld-$s.safetensors.json"; do
-      ln -sf "../data/$f" "target/data-wide/$f"
-    done
-  done
-  emodb_sets target/data-wide wide "$(extractor AUDIO_EXTRACTOR_WIDE)"
-  exit 0
-fi
+extractor() {
+  local name
+  name=$(grep -o "pub const $1: &str = \"[^\"]*\"" src/model/mod.rs | cut -d'"' -f2)
+  [ -n "$name" ] || { echo "no $1 in src/model/mod.rs" >&2; exit 1; }
+  echo "$name"
+}
+telephone=$(extractor AUDIO_EXTRACTOR)
+emodb_sets "$data" telephone "$telephone"
 # Labelled faces (the visual vectors of models/recipes/summer-faces.toml), rebuilt when the
 # visual extractor changed; skipped without the faces (the default recipe reads none).
 visual=$(grep -o '"fer-mini-xception/[^"]*"' src/model/mod.rs | head -1)
@@ -57,6 +53,16 @@ for s in train test; do
   grep -qF "$visual" "$data/fer-$s.safetensors.json" 2>/dev/null ||
     "$bin" dataset faces --dir "$fer/$s" --out "$data/fer-$s.safetensors"
 done
+# The same splits with EmoDB heard wide (MELD and the faces shared with target/data).
+if [ "${1:-}" = datasets-wide ]; then
+  wide=$(extractor AUDIO_EXTRACTOR_WIDE)
+  mkdir -p target/data-wide
+  for f in "$data"/meld-*.safetensors* "$data"/fer-*.safetensors*; do
+    [ -e "$f" ] && ln -sf "$(realpath "$f")" "target/data-wide/$(basename "$f")"
+  done
+  emodb_sets target/data-wide wide "$wide"
+  exit 0
+fi
 [ "${1:-}" = datasets ] && exit 0
 meld=(--train "$data/meld-train.safetensors" --dev "$data/meld-dev.safetensors" --test "$data/meld-test.safetensors")
 "$bin" train --recipe models/recipes/meld-text-lora.toml "${meld[@]}" --out "$out/meld-causal"

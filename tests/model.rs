@@ -356,8 +356,8 @@ fn datasets_round_trip_and_subset() {
     )
     .unwrap();
     assert!(Dataset::load(&p).is_err());
-    // Audio features from an earlier version of summerd's extractor are refused by name; the
-    // current version and other extractors load.
+    // Audio features from a version of summerd's extractor it does not make are refused by
+    // name; both bands' versions and other extractors load.
     let write = |audio: &str| {
         let mut meta = ds.meta.clone();
         meta.features.audio.as_mut().unwrap().extractor = audio.into();
@@ -375,7 +375,7 @@ fn datasets_round_trip_and_subset() {
     );
     write(summerd::model::AUDIO_EXTRACTOR);
     assert!(Dataset::load(&p).is_ok());
-    // The wide-band version is one summerd still makes (`dataset emodb --band wide`).
+    // The wide-band version is one summerd also makes (`dataset emodb --band wide`).
     write(summerd::model::AUDIO_EXTRACTOR_WIDE);
     assert!(Dataset::load(&p).is_ok());
     write("opensmile/egemaps-v02");

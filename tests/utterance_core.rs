@@ -14,7 +14,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use summerd::acoustic::Band;
 use summerd::infer::engine::Engine;
 use summerd::infer::replay::{ReplayOptions, describe_audio, replay_lines};
 use summerd::infer::{self, InferenceConfig, core::Outcome};
@@ -79,7 +78,7 @@ fn lines(call: &Value) -> Vec<String> {
 }
 
 fn registry(wav: &Path) -> Arc<Registry> {
-    let (features, seconds) = describe_audio(wav, Band::Telephone).unwrap();
+    let (features, seconds) = describe_audio(wav, engine().audio_band()).unwrap();
     let spec = StreamSpec {
         id: "call".into(),
         uri: format!("file://{}", wav.display()),

@@ -99,7 +99,9 @@ impl FrontEnd {
                 narrow: None,
                 to16: Resample::to_16k(rate)?,
             },
-            // An 8 kHz input is already in the band: only the step up to 16 kHz runs.
+            // An 8 kHz input is already in the band: only the step up to 16 kHz runs. (The
+            // daemon and replay hand the extractor the media's own rate, so a G.711 call is
+            // heard exactly as `summerd dataset emodb --channel g711u` hears a clip.)
             Band::Telephone => FrontEnd {
                 narrow: (rate != TELEPHONE_RATE)
                     .then(|| Resample::new(rate, TELEPHONE_RATE))

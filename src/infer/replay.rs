@@ -1,6 +1,6 @@
 //! `summerd replay`: a recorded call through the daemon's stages, as fast as the machine
-//! allows. The media's audio is decoded by GStreamer, resampled to 16 kHz and pushed through
-//! a stream's [`AudioFeatures`] in 20 ms pieces, as the ingest's audio thread does; with the
+//! allows. The media's audio is decoded by GStreamer and pushed at its own rate through a
+//! stream's [`AudioFeatures`] in 20 ms pieces, as the ingest's audio thread does; with the
 //! vision stage on, the video is decoded at `ingest.video_fps`, scaled as the ingest scales it,
 //! and every frame goes through the same [`VisionStage`]. The stream is put in a [`Registry`]
 //! and every line of the transcript file goes through the daemon's utterance [`Core`]: the same
@@ -151,19 +151,13 @@ fn describe(audio: &crate::decode::Audio, band: Band) -> Result<(AudioFeatures, 
         band,
         ..Default::default()
     });
-    let mut to16 = crate::resample::Resample::to_16k(audio.rate)?;
-    let mut out16 = Vec::new();
+    // A rate the resamplers refuse is an error here, as in the ingest's audio thread.
+    crate::resample::Resample::to_16k(audio.rate)?;
     let piece = (audio.rate / 50).max(1) as usize;
-    let mut t16 = 0.0;
-    for chunk in audio.samples.chunks(piece) {
-        out16.clear();
-        to16.push(chunk, &mut out16);
-        features.push(t16, &out16);
-        t16 += out16.len() as f64 / 16_000.0;
+    for (k, chunk) in audio.samples.chunks(piece).enumerate() {
+        let t = (k * piece) as f64 / f64::from(audio.rate);
+        features.push(t, audio.rate, chunk);
     }
-    out16.clear();
-    to16.flush(&mut out16);
-    features.push(t16, &out16);
     features.flush();
     Ok((features, seconds))
 }

@@ -1,6 +1,7 @@
-//! A stream's audio thread: resamples what the appsink hands over to 16 kHz (rubato), feeds
-//! the stream's acoustic descriptors and publishes the audio tap in `chunk_ms` pieces on the
-//! same media timeline.
+//! A stream's audio thread: feeds what the appsink hands over to the stream's acoustic
+//! descriptors at the media's own rate (their band front end takes it from there, as it does
+//! for a file), resamples it to 16 kHz (rubato) and publishes the audio tap in `chunk_ms`
+//! pieces on the same media timeline.
 //!
 //! Audio mixed to mono is one lane. A stream with a channel map has a lane per mapped channel
 //! the media has, each with its own resampler and descriptors (none for a speaker the policy
@@ -59,6 +60,8 @@ struct Lanes {
     speakers: Option<Vec<String>>,
     /// Media time of every lane's `out16[0]`.
     t16: f64,
+    /// Media time of the next input frame (the descriptors take the input at its own rate).
+    t_in: f64,
 }
 
 impl Lanes {
@@ -99,30 +102,31 @@ impl Lanes {
             speakers: (!map.is_empty())
                 .then(|| wanted.iter().filter_map(|(_, s)| s.cloned()).collect()),
             t16: t,
+            t_in: t,
         })
     }
 
-    /// Resample an interleaved chunk into every lane and describe it.
+    /// Describe an interleaved chunk in every lane (at the media's rate) and resample it to
+    /// 16 kHz for the tap.
     fn push(&mut self, samples: &[f32]) {
         let n = self.channels as usize;
         for lane in &mut self.lanes {
             lane.input.clear();
             deinterleave(samples, lane.channel, n, &mut lane.input);
-            let before = lane.out16.len();
-            lane.resampler.push(&lane.input, &mut lane.out16);
             if let Some(f) = &lane.features {
-                f.push(self.t16 + secs16(before), &lane.out16[before..]);
+                f.push(self.t_in, self.rate, &lane.input);
             }
+            lane.resampler.push(&lane.input, &mut lane.out16);
         }
+        self.t_in += (samples.len() / n.max(1)) as f64 / f64::from(self.rate.max(1));
     }
 
-    /// The end of a connection or layout: what the resamplers hold, described and flushed.
+    /// The end of a connection or layout: the descriptors decide what they hold, and the
+    /// resamplers' tails go to the tap.
     fn flush(&mut self) {
         for lane in &mut self.lanes {
-            let before = lane.out16.len();
             lane.resampler.flush(&mut lane.out16);
             if let Some(f) = &lane.features {
-                f.push(self.t16 + secs16(before), &lane.out16[before..]);
                 f.flush();
             }
         }

@@ -38,9 +38,9 @@ pub fn tuned_extractor(base: &str) -> String {
 /// candidates and smoother (its voicing on every frame) and its frames at the end of a
 /// recording (79 of 88). Version 4: the same functionals heard through the telephone band
 /// (the acoustic stage's telephone band: every input through 8 kHz), so that wide-band and
-/// narrow-band calls give the model the same kind of vectors. Version 3 stays: a model trained
-/// on it is served wide ([`AUDIO_EXTRACTOR_WIDE`]). A model trained on an earlier version's features is
-/// refused, not silently fed a different distribution.
+/// narrow-band calls give the model the same kind of vectors. Version 3 is also made: a model
+/// trained on it is served wide ([`AUDIO_EXTRACTOR_WIDE`]). A model trained on another
+/// version's features (1, 2) is refused, not silently fed a different distribution.
 pub const AUDIO_EXTRACTOR: &str = "egemaps-v02/summerd/4";
 /// Version 3 of the acoustic extractor: the functionals of [`AUDIO_EXTRACTOR`] heard wide
 /// (everything up to 8 kHz).

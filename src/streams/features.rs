@@ -1,6 +1,7 @@
 //! A stream's acoustic descriptors on its media timeline, shared between the stream's audio
-//! thread (which pushes 16 kHz samples) and the model worker (which asks for the functionals
-//! of an utterance's span).
+//! thread (which pushes the samples at the media's own rate, so that the extractor's band
+//! front end sees them as `summerd dataset` and `eval --wavs` do) and the model worker (which
+//! asks for the functionals of an utterance's span).
 //!
 //! The extractor's own clock starts at 0 with its first sample; `origin` is the media time of
 //! that sample. A new connection whose audio does not continue the timeline (a reconnect
@@ -12,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::acoustic::{AcousticStream, Functionals, Settings, SpanError};
-use crate::resample::TARGET_RATE;
 
 /// The acoustic state of one stream.
 pub struct AudioFeatures {
@@ -24,6 +24,8 @@ pub struct AudioFeatures {
 struct Timed {
     origin: f64,
     stream: AcousticStream,
+    /// The rate of the samples pushed.
+    rate: u32,
     /// Samples pushed, for continuity checks.
     pushed: u64,
 }
@@ -52,19 +54,21 @@ impl AudioFeatures {
         }
     }
 
-    /// 16 kHz samples whose first is at media time `t`.
-    pub fn push(&self, t: f64, samples: &[f32]) {
+    /// Mono samples at `rate` Hz whose first is at media time `t`. Samples that do not continue
+    /// the last push (another rate, or a gap) start a fresh extractor.
+    pub fn push(&self, t: f64, rate: u32, samples: &[f32]) {
         let mut g = self.inner.lock().expect("features lock");
         let continues = g.as_ref().is_some_and(|s| {
-            let end = s.origin + s.pushed as f64 / f64::from(TARGET_RATE);
-            (t - end).abs() < 0.05
+            let end = s.origin + s.pushed as f64 / f64::from(s.rate);
+            s.rate == rate && (t - end).abs() < 0.05
         });
         if !continues {
-            match AcousticStream::new(TARGET_RATE, self.settings) {
+            match AcousticStream::new(rate, self.settings) {
                 Ok(stream) => {
                     *g = Some(Timed {
                         origin: t,
                         stream,
+                        rate,
                         pushed: 0,
                     })
                 }
@@ -160,11 +164,36 @@ mod tests {
             .collect()
     }
 
+    /// What the daemon computes live, chunk by chunk at the media's rate, is what
+    /// `summerd dataset emodb` and `eval --wavs` compute for the whole recording.
+    #[test]
+    fn live_chunks_at_the_media_rate_give_the_whole_recordings_functionals() {
+        for rate in [8_000u32, 16_000, 48_000] {
+            let x: Vec<f32> = (0..rate as usize * 2)
+                .map(|i| {
+                    let t = i as f32 / rate as f32;
+                    0.3 * (std::f32::consts::TAU * 180.0 * t).sin()
+                        + 0.1 * (std::f32::consts::TAU * 2500.0 * t).sin()
+                })
+                .collect();
+            let f = AudioFeatures::new(Settings::default());
+            for (k, c) in x.chunks(rate as usize / 50).enumerate() {
+                f.push(k as f64 * 0.02, rate, c);
+            }
+            f.flush();
+            let (whole, _) =
+                crate::acoustic::file_functionals(rate, &x, crate::acoustic::Band::Telephone)
+                    .unwrap();
+            let live = f.functionals(0.0, f.covered_until().unwrap()).unwrap();
+            assert_eq!(live, whole, "{rate} Hz");
+        }
+    }
+
     #[test]
     fn spans_are_on_the_media_timeline_and_a_gap_starts_afresh() {
         let f = AudioFeatures::new(Settings::default());
         assert_eq!(f.covered_until(), None);
-        f.push(10.0, &tone(2.0));
+        f.push(10.0, 16_000, &tone(2.0));
         f.flush();
         let until = f.covered_until().unwrap();
         assert!((11.9..=12.01).contains(&until), "{until}");
@@ -176,9 +205,18 @@ mod tests {
         // Mostly decided: cut at the decided end.
         assert!(f.functionals(11.0, 12.6).is_ok());
         // A reconnect after a 5 s gap: the old span is gone, the new one works.
-        f.push(17.0, &tone(2.0));
+        f.push(17.0, 16_000, &tone(2.0));
         f.flush();
         assert!(f.functionals(10.5, 11.5).is_err());
         assert!(f.functionals(17.5, 18.5).is_ok());
+        // Audio at another rate, continuing in time: a fresh extractor at that rate, on the
+        // same timeline.
+        let at8k: Vec<f32> = tone(2.0).iter().step_by(2).copied().collect();
+        f.push(19.0, 8_000, &at8k);
+        f.flush();
+        assert!(f.functionals(17.5, 18.5).is_err());
+        let until = f.covered_until().unwrap();
+        assert!((20.9..=21.01).contains(&until), "{until}");
+        assert!(f.functionals(19.5, 20.5).is_ok());
     }
 }

@@ -147,8 +147,8 @@ impl Dataset {
                 meta.format
             )));
         }
-        // Audio features made by an earlier version of summerd's own extractor are not what
-        // this binary computes: a model trained on them would be refused by the daemon.
+        // Audio features made by a version of summerd's own extractor that this binary does
+        // not make (neither band): a model trained on them would be refused by the daemon.
         if let Some(a) = &meta.features.audio {
             let (family, _) = AUDIO_EXTRACTOR
                 .rsplit_once('/')
