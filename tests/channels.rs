@@ -297,6 +297,16 @@ fn tap(d: &Daemon, streams: &[&str]) -> zmq::Socket {
     tap
 }
 
+/// The short stereo call made in `dir`, and its uncompressed wav for a gst-launch sender.
+fn stereo_call_wav(dir: &std::path::Path) -> (Value, String) {
+    let call = common::short_stereo_call(dir);
+    let wav = std::path::Path::new(call["media"].as_str().unwrap())
+        .with_file_name("call.wav")
+        .display()
+        .to_string();
+    (call, wav)
+}
+
 /// `wav`'s two channels as two G.711 mu-law RTP legs to `ports`, in real time.
 fn send_legs(wav: &str, ports: (u16, u16)) -> Sender {
     let leg = |pad: usize, port: u16| {
@@ -317,11 +327,7 @@ fn send_legs(wav: &str, ports: (u16, u16)) -> Sender {
 #[test]
 fn two_rtp_legs_are_one_call_with_a_speaker_per_leg() {
     let dir = tempfile::tempdir().unwrap();
-    let call = common::short_stereo_call(dir.path());
-    let wav = std::path::Path::new(call["media"].as_str().unwrap())
-        .with_file_name("call.wav")
-        .display()
-        .to_string();
+    let (call, wav) = stereo_call_wav(dir.path());
     let d = common::model_daemon();
     let (_ctx, sub) = common::subscribe(&d, "emotion.");
     let tap = tap(&d, &["legs", "mixed"]);
@@ -393,11 +399,7 @@ fn send_stereo_opus(wav: &str, port: u16) -> Sender {
 #[test]
 fn a_stereo_opus_rtp_call_gives_each_channel_its_speaker() {
     let dir = tempfile::tempdir().unwrap();
-    let call = common::short_stereo_call(dir.path());
-    let wav = std::path::Path::new(call["media"].as_str().unwrap())
-        .with_file_name("call.wav")
-        .display()
-        .to_string();
+    let (call, wav) = stereo_call_wav(dir.path());
     let d = common::model_daemon();
     let (_ctx, sub) = common::subscribe(&d, "emotion.");
     let tap = tap(&d, &["opus"]);

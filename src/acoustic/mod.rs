@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 pub use functionals::{Edge, Functionals, LLD_NAMES, Lld, NAMES};
 
-use crate::model::{AUDIO_EXTRACTOR, AUDIO_EXTRACTOR_WIDE};
+use crate::model::{AUDIO_EXTRACTOR, AUDIO_EXTRACTOR_WIDE, Features};
 use crate::resample::{Resample, ResampleError, TARGET_RATE};
 use frame::{ACF_LAGS, FrameAnalyzer, FrameOut, HOP, LONG, LONG_BINS, SHORT};
 use pitch::PitchTracker;
@@ -62,6 +62,17 @@ impl Band {
         [Band::Telephone, Band::Wide]
             .into_iter()
             .find(|b| b.extractor() == extractor)
+    }
+
+    /// The band a model's audio input (its manifest's `features`) is heard through: the
+    /// telephone band where it reads no audio or audio summerd does not make (the manifest's
+    /// check against what the daemon makes then names it).
+    pub fn of_model(features: &Features) -> Band {
+        features
+            .audio
+            .as_ref()
+            .and_then(|a| Band::of_extractor(&a.extractor))
+            .unwrap_or_default()
     }
 }
 

@@ -398,15 +398,7 @@ impl Engine {
         let mut encoder =
             TextEncoder::load_tuned(encoder_dir, max_tokens, device, tuned.as_deref())?;
         let text_kind = encoder.set_precision(precision);
-        // The band the model's voices were heard through (the telephone band for vectors
-        // summerd does not make: the check below names them).
-        let band = model
-            .manifest
-            .features
-            .audio
-            .as_ref()
-            .and_then(|a| crate::acoustic::Band::of_extractor(&a.extractor))
-            .unwrap_or_default();
+        let band = Band::of_model(&model.manifest.features);
         let have = daemon_features(encoder.dim() as i64, tuned.is_some(), band);
         model.manifest.features.check_against(&have)?;
         let dir_name = model_dir

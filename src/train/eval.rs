@@ -166,13 +166,7 @@ pub fn dataset(
                     "the model has no per-speaker normalisation in its manifest; evaluate it on a native split".into(),
                 )
             })?;
-            let band = m
-                .manifest
-                .features
-                .audio
-                .as_ref()
-                .and_then(|a| crate::acoustic::Band::of_extractor(&a.extractor))
-                .unwrap_or_default();
+            let band = crate::acoustic::Band::of_model(&m.manifest.features);
             let (clips, notes) =
                 writers::labelled_wavs(dir, labels, &m.manifest.classes, *cond, band)?;
             for n in notes {
