@@ -69,24 +69,39 @@ fn kill_and_wait(
     panic!("{its:?} were not taken over within 30 s");
 }
 
-/// The largest difference between two streams' class probabilities, seq by seq.
+/// The largest difference between two streams' class probabilities, seq by seq, over the
+/// utterances whose spans both streams heard whole.
 fn largest_difference(events: &[Value], a: &str, b: &str) -> f64 {
     let of = |s: &str| -> BTreeMap<u64, Value> {
         events
             .iter()
             .filter(|e| e["type"] == "emotion" && e["stream"] == s)
-            .map(|e| (e["seq"].as_u64().unwrap(), e["probs"].clone()))
+            .map(|e| (e["seq"].as_u64().unwrap(), e.clone()))
             .collect()
     };
     let (pa, pb) = (of(a), of(b));
     assert_eq!(pa.keys().collect::<Vec<_>>(), pb.keys().collect::<Vec<_>>());
+    // A span that starts before its stream's first sample (a first utterance sent while the
+    // pipeline was still coming up) hears less of the call: such pairs are not comparable.
+    let whole = |e: &Value| e["start"].as_f64().is_some_and(|s| s >= 0.0);
     let mut worst = 0.0f64;
-    for (seq, p) in &pa {
-        for (class, v) in p.as_object().unwrap() {
-            let d = (v.as_f64().unwrap() - pb[seq][class].as_f64().unwrap()).abs();
+    let mut compared = 0;
+    for (seq, ea) in &pa {
+        let eb = &pb[seq];
+        if !(whole(ea) && whole(eb)) {
+            continue;
+        }
+        compared += 1;
+        for (class, v) in ea["probs"].as_object().unwrap() {
+            let d = (v.as_f64().unwrap() - eb["probs"][class].as_f64().unwrap()).abs();
             worst = worst.max(d);
         }
     }
+    assert!(
+        compared > pa.len() / 2,
+        "{a} vs {b}: only {compared} of {} comparable",
+        pa.len()
+    );
     worst
 }
 
