@@ -22,6 +22,19 @@ pub enum ResampleError {
     },
 }
 
+/// An error unless audio at `rate` Hz can be resampled to `target` Hz.
+pub fn check(rate: u32, target: u32) -> Result<(), ResampleError> {
+    for (what, r) in [("the input", rate), ("the target", target)] {
+        if !(4000..=384_000).contains(&r) {
+            return Err(ResampleError::Rate {
+                rate,
+                message: format!("{what} ({r} Hz) is outside 4-384 kHz"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A streaming mono resampler from one rate to another (16 kHz for [`Resample::to_16k`]).
 pub struct Resample {
     inner: Option<Inner>,
@@ -50,14 +63,7 @@ impl Resample {
         if rate == target {
             return Ok(Resample { inner: None });
         }
-        for (what, r) in [("the input", rate), ("the target", target)] {
-            if !(4000..=384_000).contains(&r) {
-                return Err(ResampleError::Rate {
-                    rate,
-                    message: format!("{what} ({r} Hz) is outside 4-384 kHz"),
-                });
-            }
-        }
+        check(rate, target)?;
         // ~10 ms input chunks keep the added latency small.
         let chunk = (rate / 100).max(1) as usize;
         let rs =

@@ -3,7 +3,7 @@
 //! conversation gives (the trainer's view), in any batching; provisional utterances never
 //! join the context; forgetting a stream starts it afresh; the model must fit the daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use summerd::acoustic::Band;
@@ -16,6 +16,11 @@ use tch::{Device, Kind, Tensor};
 
 fn encoder_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/third_party/all-minilm-l6-v2")
+}
+
+/// The engine on the model in `dir`, as the tests load it (f32 text, on the CPU).
+fn engine(dir: &Path) -> Engine {
+    Engine::load(dir, &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap()
 }
 
 fn classes() -> Vec<String> {
@@ -175,8 +180,7 @@ fn streaming_one_by_one_or_in_batches_equals_the_whole_conversation() {
         let conv = conversation(14);
         let want = reference(dir.path(), &norm, &conv);
         let cl = classes();
-        let mut one =
-            Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+        let mut one = engine(dir.path());
         for (i, u) in conv.iter().enumerate() {
             let e = one.infer(std::slice::from_ref(u)).unwrap();
             assert!(
@@ -190,11 +194,9 @@ fn streaming_one_by_one_or_in_batches_equals_the_whole_conversation() {
             assert!(e[0].modalities.text);
         }
         // All at once (one forward pass) and in uneven chunks: the same.
-        let mut all =
-            Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+        let mut all = engine(dir.path());
         let evs = all.infer(&conv).unwrap();
-        let mut chunks =
-            Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+        let mut chunks = engine(dir.path());
         let mut evs2 = Vec::new();
         for c in conv.chunks(5) {
             evs2.extend(chunks.infer(c).unwrap());
@@ -212,7 +214,7 @@ fn provisional_utterances_do_not_join_and_forget_starts_afresh() {
     let conv = conversation(6);
     let want = reference(dir.path(), &norm, &conv);
     let cl = classes();
-    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+    let mut e = engine(dir.path());
     // Another stream interleaved does not disturb this one.
     let mut other = conversation(3);
     for u in &mut other {
@@ -245,7 +247,7 @@ fn many_streams_grow_the_cache_and_reuse_freed_slots() {
     let conv = conversation(5);
     let want = reference(dir.path(), &norm, &conv);
     let cl = classes();
-    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+    let mut e = engine(dir.path());
     let as_stream = |u: &Utterance, s: String| Utterance {
         stream: s,
         ..u.clone()
@@ -322,7 +324,7 @@ fn refusal(features: Features, causal: bool) -> String {
 fn the_engine_hears_voices_through_the_models_band() {
     for band in [Band::Telephone, Band::Wide] {
         let dir = small_model(daemon_features(384, false, band), true);
-        let e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+        let e = engine(dir.path());
         assert_eq!(e.audio_band(), band);
     }
 }
@@ -358,7 +360,7 @@ fn a_face_changes_the_answer_and_a_missing_face_changes_no_bit() {
         .map(|u| Utterance { face: None, ..u })
         .collect();
     let run = |dir: &std::path::Path, conv: &[Utterance]| {
-        let mut e = Engine::load(dir, &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+        let mut e = engine(dir);
         conv.iter()
             .map(|u| e.infer(std::slice::from_ref(u)).unwrap().remove(0))
             .collect::<Vec<_>>()
@@ -425,7 +427,7 @@ fn a_face_changes_the_answer_and_a_missing_face_changes_no_bit() {
 #[test]
 fn a_stream_remembers_a_bounded_number_of_speakers() {
     let (dir, _) = model(1);
-    let mut e = Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+    let mut e = engine(dir.path());
     let base = conversation(1).remove(0);
     // Far more labels than remembered: the state stays bounded and inference goes on.
     for i in 0..(summerd::infer::engine::MAX_SPEAKERS * 3) {
@@ -448,8 +450,7 @@ fn a_checkpoint_continues_a_conversation_elsewhere_and_a_bad_one_is_refused() {
     let conv = conversation(9);
     let want = reference(dir.path(), &norm, &conv);
     let cl = classes();
-    let load =
-        || Engine::load(dir.path(), &encoder_dir(), 128, Precision::F32, Device::Cpu).unwrap();
+    let load = || engine(dir.path());
     let mut first = load();
     for u in &conv[..5] {
         first.infer(std::slice::from_ref(u)).unwrap();

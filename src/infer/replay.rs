@@ -152,7 +152,9 @@ fn describe(audio: &crate::decode::Audio, band: Band) -> Result<(AudioFeatures, 
         ..Default::default()
     });
     // A rate the resamplers refuse is an error here, as in the ingest's audio thread.
-    crate::resample::Resample::to_16k(audio.rate)?;
+    if audio.rate != crate::resample::TARGET_RATE {
+        crate::resample::check(audio.rate, crate::resample::TARGET_RATE)?;
+    }
     let piece = (audio.rate / 50).max(1) as usize;
     for (k, chunk) in audio.samples.chunks(piece).enumerate() {
         let t = (k * piece) as f64 / f64::from(audio.rate);
