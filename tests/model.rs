@@ -400,6 +400,66 @@ fn recipes_reject_unknown_keys_by_name() {
 }
 
 #[test]
+fn weight_averaging_is_judged_on_dev_learns_and_is_checked() {
+    let _rng = rng();
+    let (train_ds, dev_ds, test_ds) = (synthetic(40, 11), synthetic(12, 12), synthetic(12, 13));
+    let dir = tempfile::tempdir().unwrap();
+    let mut recipe = quick_recipe();
+    recipe.train.student = false;
+    let plain = train::run(
+        &recipe,
+        &train_ds,
+        &dev_ds,
+        Some(&test_ds),
+        &dir.path().join("p"),
+        Device::Cpu,
+    )
+    .unwrap();
+    recipe.train.ema = 0.9;
+    let avg = train::run(
+        &recipe,
+        &train_ds,
+        &dev_ds,
+        Some(&test_ds),
+        &dir.path().join("a"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let (p, a) = (plain.teacher.unwrap(), avg.teacher.unwrap());
+    // The averaged weights are the ones judged: another dev curve from the same steps.
+    assert_ne!(p.dev_wf1, a.dev_wf1);
+    assert!(
+        a.test.as_ref().unwrap().wa > 70.0,
+        "averaged test WA {}",
+        a.test.as_ref().unwrap().wa
+    );
+    // The kept weights are the averaged ones of the best epoch: the saved model scores its dev
+    // figure again.
+    let kept = summerd::model::Model::load(&dir.path().join("a"), Device::Cpu).unwrap();
+    let (t, pr, _) = train::predict(&kept.net, &dev_ds, Device::Cpu, 64);
+    let again = summerd::train::metrics::compute(&t, &pr, kept.manifest.classes.len());
+    assert!(
+        (again.wf1 - a.dev.wf1).abs() < 1e-9,
+        "{} vs {}",
+        again.wf1,
+        a.dev.wf1
+    );
+    // Out of range: a clear error naming the key.
+    recipe.train.ema = 1.0;
+    let err = train::run(
+        &recipe,
+        &train_ds,
+        &dev_ds,
+        None,
+        &dir.path().join("x"),
+        Device::Cpu,
+    )
+    .expect_err("ema = 1 refused")
+    .to_string();
+    assert!(err.contains("train.ema"), "{err}");
+}
+
+#[test]
 fn training_learns_is_deterministic_and_touches_test_once() {
     let _rng = rng();
     let (train_ds, dev_ds, test_ds) = (synthetic(40, 11), synthetic(12, 12), synthetic(12, 13));

@@ -68,6 +68,10 @@ pub struct TrainConfig {
     /// of them from the student (each subset as likely: with text and audio, each hidden with
     /// half of it), so that it learns each alone.
     pub modality_dropout: f64,
+    /// Weight averaging (0: off): after every step a running average of the weights moves
+    /// towards them by `1 - ema` (more at first: see [`Average`]), and each epoch is judged on
+    /// the dev split, and kept, with the averaged weights instead of the last step's.
+    pub ema: f64,
 }
 
 impl Default for TrainConfig {
@@ -81,6 +85,7 @@ impl Default for TrainConfig {
             threads: 2,
             student: true,
             modality_dropout: 0.0,
+            ema: 0.0,
         }
     }
 }
@@ -309,8 +314,58 @@ pub(crate) fn restore(vs: &nn::VarStore, saved: &[(String, Tensor)]) {
     });
 }
 
+/// A running (exponential) average of a model's weights, Polyak averaging: after step `t`
+/// the average moves towards the weights by `1 - d`, with `d = min(decay, (1 + t) / (10 + t))`
+/// so that the first steps' weights, far from trained, fade quickly.
+pub(crate) struct Average {
+    steps: u64,
+    decay: f64,
+    /// (name, the model's variable, its average), sorted by name as [`snapshot`] is.
+    vars: Vec<(String, Tensor, Tensor)>,
+}
+
+impl Average {
+    /// Start from the weights `vs` has now.
+    pub(crate) fn new(vs: &nn::VarStore, decay: f64) -> Average {
+        let live = vs.variables();
+        let vars = snapshot(vs)
+            .into_iter()
+            .map(|(k, avg)| {
+                let var = live[&k].shallow_clone();
+                (k, var, avg)
+            })
+            .collect();
+        Average {
+            steps: 0,
+            decay,
+            vars,
+        }
+    }
+
+    /// Move the average after a step.
+    pub(crate) fn update(&mut self) {
+        self.steps += 1;
+        let t = self.steps as f64;
+        let d = self.decay.min((1.0 + t) / (10.0 + t));
+        tch::no_grad(|| {
+            for (_, var, avg) in &mut self.vars {
+                let _ = avg.lerp_(var, 1.0 - d);
+            }
+        });
+    }
+
+    /// The averaged weights, as a [`snapshot`].
+    pub(crate) fn weights(&self) -> Snapshot {
+        self.vars
+            .iter()
+            .map(|(k, _, avg)| (k.clone(), avg.shallow_clone()))
+            .collect()
+    }
+}
+
 /// Train `net` (weights in `vs`) with cross-entropy plus `extra(output, batch, selection)`;
-/// keep the weights of the epoch with the best dev WF1.
+/// keep the weights of the epoch with the best dev WF1 (with `cfg.ema`, the averaged weights
+/// of that epoch; the encoder's adapters of a joint tuning, in `tuning`, are not averaged).
 #[allow(clippy::too_many_arguments)]
 fn fit(
     net: &Summer,
@@ -323,6 +378,12 @@ fn fit(
     extra: &dyn Fn(&Output, &crate::model::Batch, &Tensor) -> Option<Tensor>,
     tuning: Option<(&tune::Tuner, &tune::TextCache, &tune::TextCache)>,
 ) -> Result<(usize, usize, Metrics, Vec<f64>), TrainError> {
+    if !(0.0..1.0).contains(&cfg.ema) {
+        return Err(TrainError::Recipe(format!(
+            "train.ema = {} (expected at least 0 and below 1; 0 is off)",
+            cfg.ema
+        )));
+    }
     let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
     let mut extra_opts = extra_vs
         .iter()
@@ -333,6 +394,7 @@ fn fit(
     let mut curve = Vec::new();
     let mut since = 0;
     let mut epochs = 0;
+    let mut average = (cfg.ema > 0.0).then(|| Average::new(vs, cfg.ema));
     for epoch in 0..cfg.epochs {
         epochs = epoch + 1;
         let idx = order(train.dialogues(), cfg.seed, epoch);
@@ -359,7 +421,16 @@ fn fit(
             loss.backward();
             opt.step();
             extra_opts.iter_mut().for_each(|o| o.step());
+            if let Some(a) = &mut average {
+                a.update();
+            }
         }
+        // Judged (and kept) with the averaged weights; training goes on from its own.
+        let last = average.as_ref().map(|a| {
+            let last = snapshot(vs);
+            restore(vs, &a.weights());
+            last
+        });
         let (m, _) = match tuning {
             Some((t, _, dev_cache)) => evaluate(net, &t.retext(dev, dev_cache), device, 64),
             None => evaluate(net, dev, device, 64),
@@ -372,9 +443,12 @@ fn fit(
             since = 0;
         } else {
             since += 1;
-            if since >= cfg.patience {
-                break;
-            }
+        }
+        if let Some(last) = last {
+            restore(vs, &last);
+        }
+        if since >= cfg.patience {
+            break;
         }
     }
     let (_, best_epoch, m, saved) = best.ok_or_else(|| TrainError::Recipe("epochs = 0".into()))?;
@@ -1096,5 +1170,39 @@ mod tests {
         // Text and face: the face hidden like audio.
         assert_eq!(keep([1, 0, 1], 0.1, 0.3), [0, 0, 1]);
         assert_eq!(keep([1, 0, 1], 0.2, 0.3), [1, 0, 0]);
+    }
+
+    #[test]
+    fn the_weight_average_follows_the_weights_with_a_warm_up() {
+        use tch::{Device, Kind, Tensor, nn};
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut w = vs.root().zeros("w", &[2]);
+        let mut avg = super::Average::new(&vs, 0.9);
+        let set = |w: &mut Tensor, v: f64| {
+            tch::no_grad(|| {
+                let _ = w.fill_(v);
+            })
+        };
+        let got = |a: &super::Average| {
+            Vec::<f64>::try_from(a.weights()[0].1.to_kind(Kind::Double)).unwrap()
+        };
+        // Step 1: d = min(0.9, 2/11); the average moves 9/11 of the way to the weights.
+        set(&mut w, 11.0);
+        avg.update();
+        assert!(
+            got(&avg).iter().all(|v| (v - 9.0).abs() < 1e-5),
+            "{:?}",
+            got(&avg)
+        );
+        // Later steps: d reaches 0.9 (from t = 80 on), and a constant weight is approached.
+        for _ in 0..400 {
+            avg.update();
+        }
+        assert!(got(&avg).iter().all(|v| (v - 11.0).abs() < 1e-4));
+        // The model's own weights are left alone.
+        assert_eq!(
+            Vec::<f64>::try_from(w.to_kind(Kind::Double)).unwrap(),
+            vec![11.0, 11.0]
+        );
     }
 }
