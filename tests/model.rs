@@ -10,7 +10,7 @@ use summerd::model::{
 };
 use summerd::train::data::{Dataset, FORMAT, Sidecar};
 use summerd::train::tune::TuneMode;
-use summerd::train::{self, Recipe};
+use summerd::train::{self, Recipe, TrainReport};
 
 /// libtorch's generator is global to the process: tests that seed it and draw from it take
 /// turns, or one test's draws would move another's.
@@ -313,6 +313,15 @@ fn synthetic(dialogues: usize, seed: i64) -> Dataset {
     }
 }
 
+/// `train::run` on (train, dev, test) into `out`, on the CPU.
+fn run_on(
+    recipe: &Recipe,
+    [train, dev, test]: [&Dataset; 3],
+    out: &std::path::Path,
+) -> TrainReport {
+    train::run(recipe, train, dev, Some(test), out, Device::Cpu).unwrap()
+}
+
 fn quick_recipe() -> Recipe {
     let mut r = Recipe {
         model: small_cfg(),
@@ -403,28 +412,13 @@ fn recipes_reject_unknown_keys_by_name() {
 fn weight_averaging_is_judged_on_dev_learns_and_is_checked() {
     let _rng = rng();
     let (train_ds, dev_ds, test_ds) = (synthetic(40, 11), synthetic(12, 12), synthetic(12, 13));
+    let splits = [&train_ds, &dev_ds, &test_ds];
     let dir = tempfile::tempdir().unwrap();
     let mut recipe = quick_recipe();
     recipe.train.student = false;
-    let plain = train::run(
-        &recipe,
-        &train_ds,
-        &dev_ds,
-        Some(&test_ds),
-        &dir.path().join("p"),
-        Device::Cpu,
-    )
-    .unwrap();
+    let plain = run_on(&recipe, splits, &dir.path().join("p"));
     recipe.train.ema = 0.9;
-    let avg = train::run(
-        &recipe,
-        &train_ds,
-        &dev_ds,
-        Some(&test_ds),
-        &dir.path().join("a"),
-        Device::Cpu,
-    )
-    .unwrap();
+    let avg = run_on(&recipe, splits, &dir.path().join("a"));
     let (p, a) = (plain.teacher.unwrap(), avg.teacher.unwrap());
     // The averaged weights are the ones judged: another dev curve from the same steps.
     assert_ne!(p.dev_wf1, a.dev_wf1);
@@ -463,26 +457,11 @@ fn weight_averaging_is_judged_on_dev_learns_and_is_checked() {
 fn training_learns_is_deterministic_and_touches_test_once() {
     let _rng = rng();
     let (train_ds, dev_ds, test_ds) = (synthetic(40, 11), synthetic(12, 12), synthetic(12, 13));
+    let splits = [&train_ds, &dev_ds, &test_ds];
     let dir = tempfile::tempdir().unwrap();
     let recipe = quick_recipe();
-    let a = train::run(
-        &recipe,
-        &train_ds,
-        &dev_ds,
-        Some(&test_ds),
-        &dir.path().join("a"),
-        Device::Cpu,
-    )
-    .unwrap();
-    let b = train::run(
-        &recipe,
-        &train_ds,
-        &dev_ds,
-        Some(&test_ds),
-        &dir.path().join("b"),
-        Device::Cpu,
-    )
-    .unwrap();
+    let a = run_on(&recipe, splits, &dir.path().join("a"));
+    let b = run_on(&recipe, splits, &dir.path().join("b"));
     let (ta, sa) = (a.teacher.as_ref().unwrap(), a.student.as_ref().unwrap());
     // Learns: three separable classes, well above chance (33 %).
     assert!(
