@@ -19,8 +19,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::nats::{
-    Asr, Nats, Node, Setup, attach_rtp_calls, cluster_attach, held_by, load, owners, summerd_cli,
-    three_nodes,
+    Asr, Nats, Node, Setup, THREE_F32, attach_rtp_calls, cluster_attach, held_by, load, owners,
+    summerd_cli, three_nodes,
 };
 use common::{free_port, http_get};
 use serde_json::{Value, json};
@@ -94,6 +94,9 @@ fn largest_difference(events: &[Value], a: &str, b: &str) -> f64 {
         compared += 1;
         for (class, v) in ea["probs"].as_object().unwrap() {
             let d = (v.as_f64().unwrap() - eb["probs"][class].as_f64().unwrap()).abs();
+            if d > 1e-4 && d > worst {
+                eprintln!("{a} vs {b}, seq {seq}, {class} differs by {d:.2e}:\n  {ea}\n  {eb}");
+            }
             worst = worst.max(d);
         }
     }
@@ -103,6 +106,30 @@ fn largest_difference(events: &[Value], a: &str, b: &str) -> f64 {
         pa.len()
     );
     worst
+}
+
+/// Whether, within `limit`, every one of `streams` has at least `secs` of audio ingested
+/// (`summerd_ingest_audio_seconds_total`, summed over the nodes).
+fn audio_flowing(nodes: &[Node], streams: &[String], secs: f64, limit: Duration) -> bool {
+    common::eventually(limit, || {
+        let mut heard: BTreeMap<String, f64> = BTreeMap::new();
+        for n in nodes {
+            let (_, body) = http_get(&n.metrics, "/metrics").ok()?;
+            for l in body
+                .lines()
+                .filter(|l| l.starts_with("summerd_ingest_audio_seconds_total{"))
+            {
+                let stream = l.split("stream=\"").nth(1)?.split('"').next()?;
+                let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
+                *heard.entry(stream.to_string()).or_default() += v;
+            }
+        }
+        streams
+            .iter()
+            .all(|s| heard.get(s).is_some_and(|v| *v >= secs))
+            .then_some(())
+    })
+    .is_some()
 }
 
 /// Send rounds of segments for `secs` seconds, one a second a stream.
@@ -164,7 +191,7 @@ fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut nats = Nats::start(3);
     let urls = nats.urls();
-    let mut nodes = three_nodes(&urls);
+    let mut nodes = three_nodes(&urls, &THREE_F32);
     let admin = nodes[0].config();
 
     // Three RTSP calls with video (v0-v2, H.264 and AAC from one RTSP server) and nine
@@ -220,6 +247,13 @@ fn nodes_share_streams_and_lose_no_segment_through_kills_and_restarts() {
         "{held:?}"
     );
 
+    // Every call's media flows before the first segment, whose span ends 0.2 s before it is
+    // sent and lasts a second: each conversation then hears all of its utterances, so that
+    // conversations can be compared exactly (an utterance's output depends on all before it).
+    assert!(
+        audio_flowing(&nodes, &streams, 1.5, Duration::from_secs(20)),
+        "the calls' media did not flow"
+    );
     let mut asr = Asr::connect(&urls);
     talk(&mut asr, &streams, 6);
     let counts = settle(&asr, Duration::from_secs(30));
@@ -360,6 +394,7 @@ fn the_reference_worker_reads_the_tap_from_nats_and_sends_segments_into_jetstrea
         replicas: 1,
         tap: Some(free_port()),
         auth: Some(("summerd", "s3cret")),
+        text_precision: "auto",
     };
     let mut node = Node::new("solo", &urls, &setup);
     node.start();

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::nats::{Asr, Nats, attach_rtp_calls, held_by, load, owners, three_nodes, unix_now};
+use common::nats::{
+    Asr, Nats, THREE, attach_rtp_calls, held_by, load, owners, three_nodes, unix_now,
+};
 use common::{free_port, percentile, repo};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -43,7 +45,7 @@ fn balanced(admin: &std::path::Path, total: usize, most: usize, limit: Duration)
 fn handover(kills: usize) -> Value {
     let nats = Nats::start(3);
     let urls = nats.urls();
-    let mut nodes = three_nodes(&urls);
+    let mut nodes = three_nodes(&urls, &THREE);
     let admin = nodes[0].config();
     let (_, senders) = attach_rtp_calls(&admin, "h", 9);
     assert!(
@@ -206,7 +208,7 @@ type Received = BTreeMap<(String, u64), (f64, f64, usize)>;
 fn latency(per_node: usize, rounds: usize) -> Value {
     let nats = Nats::start(3);
     let urls = nats.urls();
-    let nodes = three_nodes(&urls);
+    let nodes = three_nodes(&urls, &THREE);
     let admin = nodes[0].config();
     let total = per_node * 3;
     let (ids, senders) = attach_rtp_calls(&admin, "l", total);

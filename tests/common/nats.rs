@@ -143,12 +143,25 @@ pub struct Setup {
     pub tap: Option<u16>,
     /// `cluster.user` and `cluster.password`.
     pub auth: Option<(&'static str, &'static str)>,
+    /// `text_encoder.precision`.
+    pub text_precision: &'static str,
 }
 
+/// Three replicas, the text encoder as shipped (`auto`: bf16 where the CPU has it), as a
+/// deployment runs.
 pub const THREE: Setup = Setup {
     replicas: 3,
     tap: None,
     auth: None,
+    text_precision: "auto",
+};
+
+/// [`THREE`] with the text encoder in f32: bf16 matrix products depend on the shapes of the
+/// batch an utterance shares (other streams' texts, their padding) by up to a few 1e-3 in the
+/// probabilities, so conversations are compared exactly only in f32.
+pub const THREE_F32: Setup = Setup {
+    text_precision: "f32",
+    ..THREE
 };
 
 pub fn node_config(name: &str, urls: &[String], metrics: &str, setup: &Setup) -> String {
@@ -166,7 +179,7 @@ pub fn node_config(name: &str, urls: &[String], metrics: &str, setup: &Setup) ->
          [control]\nendpoint = \"tcp://127.0.0.1:{}\"\n\
          [metrics]\nlisten = \"{metrics}\"\n\
          [model]\npath = \"{}\"\ndevice = \"cpu\"\n\
-         [text_encoder]\ndir = \"{}\"\n\
+         [text_encoder]\ndir = \"{}\"\nprecision = \"{}\"\n\
          [pipelines]\ndir = \"{}\"\n\
          [vision]\nenabled = false\n\
          [inference]\nfeature_wait = \"2s\"\n\
@@ -181,6 +194,7 @@ pub fn node_config(name: &str, urls: &[String], metrics: &str, setup: &Setup) ->
         free_port(),
         r.join("models/summer-default").display(),
         r.join("models/third_party/all-minilm-l6-v2").display(),
+        setup.text_precision,
         r.join("pipelines").display(),
         setup.replicas,
         setup.tap.is_some(),
@@ -455,11 +469,11 @@ impl Asr {
     }
 }
 
-/// Three nodes (a, b, c) on `urls` with 3 replicas, started.
-pub fn three_nodes(urls: &[String]) -> Vec<Node> {
+/// Three nodes (a, b, c) on `urls` set up as `setup`, started.
+pub fn three_nodes(urls: &[String], setup: &Setup) -> Vec<Node> {
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
-        .map(|n| Node::new(n, urls, &THREE))
+        .map(|n| Node::new(n, urls, setup))
         .collect();
     for n in &mut nodes {
         n.start();
