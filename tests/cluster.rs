@@ -112,21 +112,17 @@ fn largest_difference(events: &[Value], a: &str, b: &str) -> f64 {
 /// (`summerd_ingest_audio_seconds_total`, summed over the nodes).
 fn audio_flowing(nodes: &[Node], streams: &[String], secs: f64, limit: Duration) -> bool {
     common::eventually(limit, || {
-        let mut heard: BTreeMap<String, f64> = BTreeMap::new();
-        for n in nodes {
-            let (_, body) = http_get(&n.metrics, "/metrics").ok()?;
-            for l in body
-                .lines()
-                .filter(|l| l.starts_with("summerd_ingest_audio_seconds_total{"))
-            {
-                let stream = l.split("stream=\"").nth(1)?.split('"').next()?;
-                let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
-                *heard.entry(stream.to_string()).or_default() += v;
-            }
-        }
+        let bodies = nodes
+            .iter()
+            .map(|n| http_get(&n.metrics, "/metrics").ok().map(|(_, b)| b))
+            .collect::<Option<Vec<String>>>()?;
         streams
             .iter()
-            .all(|s| heard.get(s).is_some_and(|v| *v >= secs))
+            .all(|s| {
+                let name = format!("summerd_ingest_audio_seconds_total{{stream=\"{s}\"}}");
+                let heard: f64 = bodies.iter().filter_map(|b| common::metric(b, &name)).sum();
+                heard >= secs
+            })
             .then_some(())
     })
     .is_some()
